@@ -1,0 +1,48 @@
+"""The `podflow` command: one entry point, one module per subcommand.
+
+Each subcommand module exposes `add_arguments(parser)` and `run(args) -> int`, so flags live
+next to the code that uses them and this file only dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help). Modules are imported lazily so `podflow observe`
+# never pays for bcc and `podflow agent` never pays for Textual.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "agent": ("agent.main", "run the node agent (eBPF datapath, gRPC Observer, flow log)"),
+    "observe": ("agent.observe", "print flows from one or more agents"),
+    "status": ("agent.observe_status", "print an agent's ServerStatus"),
+    "tui": ("tui.cli", "open the terminal UI over every agent"),
+    "demo": ("agent.demo", "build a two-node cluster from namespaces and show it live"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="podflow", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_text)
+            continue
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Only import the module of the chosen subcommand.
+    only = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    parser = build_parser(only)
+    args = parser.parse_args(argv)
+    return int(args._module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

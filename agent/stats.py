@@ -1,0 +1,83 @@
+"""Counters the whole agent shares: what was lost where, datapath errors, interfaces traced,
+metadata and exporter health.
+
+Every stage that can lose or fail reports here, so ServerStatus, in-band lost-events notices,
+the flow log and Prometheus metrics all tell the same story from one place.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from podflow_api.v1 import flow_pb2, observer_pb2
+
+
+@dataclass
+class LostSpan:
+    """How many events one stage lost, and over which wall-clock span (ns)."""
+
+    count: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+
+
+@dataclass
+class AgentStats:
+    """Thread-safe shared counters. Writers call the `add_*`/`set_*` methods; readers
+    take a consistent copy with `snapshot_*`."""
+
+    node_name: str
+    version: str
+    started_ns: int = field(default_factory=time.time_ns)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _lost: dict[int, LostSpan] = field(default_factory=dict, repr=False)
+    _datapath_errors: dict[str, int] = field(default_factory=dict, repr=False)
+    _interfaces: dict[int, str] = field(default_factory=dict, repr=False)
+    metadata_source: str = "none"
+    metadata_stale: bool = False
+    metadata_error: str = ""
+    exporter_error: str = ""
+
+    def add_lost(self, stage: int, count: int, when_ns: int | None = None) -> None:
+        """Count `count` events lost at `stage` (an observer_pb2.LostStage value)."""
+        if count <= 0:
+            return
+        now = when_ns or time.time_ns()
+        with self._lock:
+            span = self._lost.setdefault(stage, LostSpan(first_ns=now))
+            span.count += count
+            span.last_ns = now
+
+    def set_datapath_errors(self, errors: dict[str, int]) -> None:
+        """Replace the kernel-side counters (they are cumulative in the kernel)."""
+        with self._lock:
+            self._datapath_errors = dict(errors)
+
+    def set_interface(self, ifindex: int, name: str | None) -> None:
+        """Record an interface as traced (name) or released (None)."""
+        with self._lock:
+            if name is None:
+                self._interfaces.pop(ifindex, None)
+            else:
+                self._interfaces[ifindex] = name
+
+    def snapshot_lost(self) -> dict[int, LostSpan]:
+        with self._lock:
+            return {k: LostSpan(v.count, v.first_ns, v.last_ns) for k, v in self._lost.items()}
+
+    def snapshot_datapath_errors(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._datapath_errors)
+
+    def snapshot_interfaces(self) -> list[flow_pb2.Interface]:
+        with self._lock:
+            return [flow_pb2.Interface(index=i, name=n) for i, n in sorted(self._interfaces.items())]
+
+    def uptime_ns(self) -> int:
+        return time.time_ns() - self.started_ns
+
+    def lost_counts(self) -> list[observer_pb2.LostCount]:
+        return [observer_pb2.LostCount(stage=stage, count=span.count)
+                for stage, span in sorted(self.snapshot_lost().items())]
