@@ -10,6 +10,7 @@ this module only builds them in order, connects them, and stops them in reverse 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -30,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node-name", default=os.environ.get("NODE_NAME") or socket.gethostname(),
                         help="name this agent reports for its node (default: $NODE_NAME or hostname)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--ready-file", metavar="PATH",
+                        help="write a JSON object here once every stage runs (addresses, "
+                             "interfaces); used by the lab, the demo and the tests")
     datapath.add_arguments(parser)
     server.add_arguments(parser)
     metadata.add_arguments(parser)
@@ -80,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
             if reopen is not None:
                 reopen()
 
+    if args.ready_file:
+        _write_ready_file(args.ready_file, started)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hup)
@@ -89,6 +95,20 @@ def run(args: argparse.Namespace) -> int:
     log.info("stopping")
     _stop_all(started)
     return 0
+
+
+def _write_ready_file(path: str, started: list) -> None:
+    """Merge each stage's `ready_info()` (e.g. {"listen": "unix:/run/x.sock"}) into one file,
+    written atomically so a reader never sees half of it."""
+    info: dict = {"pid": os.getpid()}
+    for stage in started:
+        ready_info = getattr(stage, "ready_info", None)
+        if ready_info is not None:
+            info.update(ready_info())
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(info, fh)
+    os.replace(tmp, path)
 
 
 def _stop_all(started: list) -> None:
