@@ -26,7 +26,7 @@ log = logging.getLogger("podflow.agent")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from agent import datapath, exporter, metadata, metrics, server
+    from agent import annotate, datapath, exporter, metadata, metrics, server
 
     parser.add_argument("--node-name", default=os.environ.get("NODE_NAME") or socket.gethostname(),
                         help="name this agent reports for its node (default: $NODE_NAME or hostname)")
@@ -35,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write a JSON object here once every stage runs (addresses, "
                              "interfaces); used by the lab, the demo and the tests")
     datapath.add_arguments(parser)
+    annotate.add_arguments(parser)
     server.add_arguments(parser)
     metadata.add_arguments(parser)
     exporter.add_arguments(parser)
