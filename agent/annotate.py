@@ -17,6 +17,7 @@ import argparse
 import logging
 import threading
 
+from agent.dnstrack import DnsPacket, DnsTracker
 from agent.errors import ConfigError
 from agent.outcome import OutcomeTracker
 from agent.stats import AgentStats
@@ -36,20 +37,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class Annotator:
-    """Holds the outcome tracker; `annotate` is called by the datapath's reader thread."""
+    """Holds the outcome and DNS state. The datapath's reader thread calls `dns_packet` for
+    each captured DNS packet and `annotate` for each batch of flows (one lock: cheap, and
+    safe if a datapath ever calls from two threads)."""
 
     def __init__(self, stats: AgentStats, syn_timeout_s: float = 3.0,
                  max_connections: int = 65536):
         self.stats = stats
         self.outcomes = OutcomeTracker(syn_timeout_s=syn_timeout_s,
                                        max_connections=max_connections)
+        self.dns = DnsTracker(max_entries=max_connections)
         self._lock = threading.Lock()
+
+    def dns_packet(self, packet: DnsPacket) -> None:
+        """Learn from one captured DNS packet; malformed ones are counted as
+        `dns_malformed` in ServerStatus.datapath_errors."""
+        with self._lock:
+            if self.dns.packet(packet) is None:
+                self.stats.add_error("dns_malformed")
 
     def annotate(self, flows: list[flow_pb2.Flow]) -> None:
         """Annotate `flows` in place; may append final records of timed-out connections."""
         with self._lock:
             extra = self.outcomes.annotate(flows)
-        flows.extend(extra)
+            flows.extend(extra)
+            self.dns.annotate(flows)
 
 
 def from_args(args: argparse.Namespace, stats: AgentStats) -> Annotator:

@@ -34,6 +34,7 @@ class AgentStats:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _lost: dict[int, LostSpan] = field(default_factory=dict, repr=False)
     _datapath_errors: dict[str, int] = field(default_factory=dict, repr=False)
+    _agent_errors: dict[str, int] = field(default_factory=dict, repr=False)  # add_error()
     _interfaces: dict[int, str] = field(default_factory=dict, repr=False)
     metadata_source: str = "none"
     metadata_stale: bool = False
@@ -55,6 +56,14 @@ class AgentStats:
         with self._lock:
             self._datapath_errors = dict(errors)
 
+    def add_error(self, name: str, count: int = 1) -> None:
+        """Count a user-space decoding error (e.g. "dns_malformed"); reported with the
+        kernel's counters in ServerStatus.datapath_errors, which set_datapath_errors keeps."""
+        if count <= 0:
+            return
+        with self._lock:
+            self._agent_errors[name] = self._agent_errors.get(name, 0) + count
+
     def set_interface(self, ifindex: int, name: str | None) -> None:
         """Record an interface as traced (name) or released (None)."""
         with self._lock:
@@ -69,7 +78,7 @@ class AgentStats:
 
     def snapshot_datapath_errors(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._datapath_errors)
+            return {**self._datapath_errors, **self._agent_errors}
 
     def snapshot_interfaces(self) -> list[flow_pb2.Interface]:
         with self._lock:

@@ -1,0 +1,133 @@
+"""DNS state across packets: query -> answer latency, the DNS record of each port-53 flow, and
+which names each pod looked up for which address.
+
+The datapath hands every captured DNS packet to `DnsTracker.packet`; the annotate stage calls
+`DnsTracker.annotate(flows)` to set `flow.dns` on port-53 flows and `destination.names`
+(`source.names` for the replies) on any later flow between a pod and an address it looked up,
+so pod-to-world flows read `api.example.com` and ExternalName Services show their name.
+Every table is bounded; malformed messages are counted in `malformed`, never raised.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from agent.dns import DnsDecodeError, DnsMessage, decode, qtype_name
+from podflow_api.v1 import flow_pb2
+
+DNS_PORT = 53
+NAME_GRACE_S = 300.0  # clients keep using an address a little after its TTL ran out
+
+
+@dataclass
+class DnsPacket:
+    """One captured DNS packet as the datapath decoded its headers."""
+
+    ifindex: int
+    proto: str            # "udp" or "tcp"
+    src_ip: str
+    dst_ip: str
+    src_port: int
+    dst_port: int
+    payload: bytes        # the L4 payload as captured (bounded by the kernel)
+    payload_len: int      # the L4 payload length on the wire
+    ts_ns: int            # kernel monotonic time of the packet
+
+
+class _Bounded(OrderedDict):
+    """An insertion-ordered dict that forgets its oldest entries past `limit`."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key, value) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
+class DnsTracker:
+    def __init__(self, max_entries: int = 65536, clock=time.monotonic):
+        self._clock = clock
+        self._queries = _Bounded(max_entries)   # (client ip, port, server ip, id) -> query ts_ns
+        self._latency = _Bounded(max_entries)   # same key -> latency_ns once answered
+        self._by_tuple = _Bounded(max_entries)  # (proto, src ip, sport, dst ip, dport) -> DNS
+        self._names = _Bounded(max_entries)     # (client ip, answered ip) -> (names, expiry s)
+        self.messages = 0
+        self.malformed = 0
+
+    def packet(self, pkt: DnsPacket) -> DnsMessage | None:
+        """Decode one packet and learn from it; None (and counted) when malformed."""
+        try:
+            msg = decode(pkt.payload, tcp=pkt.proto == "tcp",
+                         complete=len(pkt.payload) >= pkt.payload_len)
+        except DnsDecodeError:
+            self.malformed += 1
+            return None
+        self.messages += 1
+        record = flow_pb2.DNS(query=msg.query, qtypes=[qtype_name(t) for _, t in msg.questions],
+                              response=msg.response, id=msg.id)
+        if msg.response:
+            key = (pkt.dst_ip, pkt.dst_port, pkt.src_ip, msg.id)
+            record.rcode = msg.rcode_name
+            record.ips.extend(msg.addresses())
+            record.ttl = msg.min_ttl()
+            latency = self._latency.get(key)
+            if latency is None:
+                asked = self._queries.get(key)
+                if asked is not None and pkt.ts_ns >= asked:
+                    latency = pkt.ts_ns - asked
+                    self._latency.put(key, latency)
+            record.latency_ns = latency or 0
+            self._learn_names(pkt.dst_ip, msg)
+        else:
+            key = (pkt.src_ip, pkt.src_port, pkt.dst_ip, msg.id)
+            # The same query seen at a second observation point keeps its first timestamp.
+            if key not in self._queries:
+                self._queries.put(key, pkt.ts_ns)
+        self._by_tuple.put((pkt.proto, pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port), record)
+        return msg
+
+    def _learn_names(self, client_ip: str, msg: DnsMessage) -> None:
+        expiry = self._clock() + NAME_GRACE_S
+        for record in msg.answers:
+            if record.data is None or record.rtype not in (1, 28):
+                continue
+            names = msg.names_for(record.data)
+            if names:
+                self._names.put((client_ip, record.data),
+                                (names, max(expiry, self._clock() + record.ttl)))
+
+    def names(self, client_ip: str, address: str) -> list[str]:
+        entry = self._names.get((client_ip, address))
+        if entry is None:
+            return []
+        names, expiry = entry
+        if self._clock() > expiry:
+            del self._names[(client_ip, address)]
+            return []
+        return names
+
+    def annotate(self, flows: list[flow_pb2.Flow]) -> None:
+        for flow in flows:
+            kind = flow.l4.WhichOneof("protocol")
+            if kind in ("udp", "tcp"):
+                l4 = getattr(flow.l4, kind)
+                if DNS_PORT in (l4.source_port, l4.destination_port):
+                    record = self._by_tuple.get((kind, flow.ip.source, l4.source_port,
+                                                 flow.ip.destination, l4.destination_port))
+                    if record is not None:
+                        flow.dns.CopyFrom(record)
+                    continue
+            if not self._names:
+                continue
+            names = self.names(flow.ip.source, flow.ip.destination)
+            if names:
+                flow.destination.names[:] = names
+            names = self.names(flow.ip.destination, flow.ip.source)
+            if names:
+                flow.source.names[:] = names
