@@ -1,0 +1,295 @@
+"""Prometheus metrics for the agent (`--metrics HOST:PORT`).
+
+Another independent consumer of the flow store: it reads flows through its own subscription
+and folds them into counters by a small set of labels chosen with `--metrics-labels`, so label
+cardinality stays bounded: at most `--metrics-max-series` series per family (what does not fit
+goes to one series whose labels all read "__overflow__"), and series not updated for
+`--metrics-series-ttl` seconds (deleted pods, namespaces, Services) disappear.
+Agent health (lost events by stage, datapath errors, exporter and metadata state, traced
+interfaces) is read from AgentStats at scrape time, so it matches ServerStatus.
+
+Double counting: the same packet may be recorded on a pod veth, on a bridge, and on the
+peer pod's veth. Flow metrics count one observation point per packet: records taken on a pod
+veth leaving the pod (FROM_POD), plus records entering a pod (TO_POD) whose source is not a
+pod on this node (that pod's own veth already counted them). Bridge records are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from agent.errors import ConfigError, PodflowError
+from agent.stats import AgentStats
+from podflow_api.v1 import flow_pb2, observer_pb2
+
+log = logging.getLogger("podflow.metrics")
+
+OVERFLOW = "__overflow__"
+DEFAULT_LABELS = "source_namespace,destination_namespace,service,verdict"
+DEFAULT_MAX_SERIES = 2000
+DEFAULT_TTL_S = 600.0
+
+
+def _service(flow: flow_pb2.Flow) -> str:
+    svc = flow.service
+    return f"{svc.namespace}/{svc.name}" if svc.name else ""
+
+
+def _workload(endpoint: flow_pb2.Endpoint) -> str:
+    w = endpoint.workload
+    return f"{w.kind}/{w.name}" if w.name else ""
+
+
+def _protocol(flow: flow_pb2.Flow) -> str:
+    return flow.l4.WhichOneof("protocol") or ""
+
+
+# label name -> how to read it from a flow
+LABELS: dict[str, Callable[[flow_pb2.Flow], str]] = {
+    "source_namespace": lambda f: f.source.namespace,
+    "destination_namespace": lambda f: f.destination.namespace,
+    "source_pod": lambda f: f.source.pod_name,
+    "destination_pod": lambda f: f.destination.pod_name,
+    "source_workload": lambda f: _workload(f.source),
+    "destination_workload": lambda f: _workload(f.destination),
+    "service": _service,
+    "verdict": lambda f: flow_pb2.Verdict.Name(f.verdict),
+    "protocol": _protocol,
+    "traffic_direction": lambda f: flow_pb2.TrafficDirection.Name(f.traffic_direction),
+    "category": lambda f: flow_pb2.FlowCategory.Name(f.category),
+    "outcome": lambda f: flow_pb2.ConnectionOutcome.Name(f.outcome),
+    "interface": lambda f: f.interface.name,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Prometheus metrics")
+    group.add_argument("--metrics", metavar="HOST:PORT",
+                       help="serve Prometheus metrics on http://HOST:PORT/metrics (port 0 picks one)")
+    group.add_argument("--metrics-labels", default=DEFAULT_LABELS, metavar="L1,L2",
+                       help=f"labels of the flow metrics, from: {', '.join(LABELS)} "
+                            f"(default {DEFAULT_LABELS}; empty for none)")
+    group.add_argument("--metrics-max-series", type=int, default=DEFAULT_MAX_SERIES, metavar="N",
+                       help="series per flow metric; the rest is summed under label value "
+                            f"{OVERFLOW} (default {DEFAULT_MAX_SERIES})")
+    group.add_argument("--metrics-series-ttl", type=float, default=DEFAULT_TTL_S, metavar="SECONDS",
+                       help="drop series not updated for this long, e.g. of deleted pods "
+                            f"(default {DEFAULT_TTL_S:g})")
+
+
+def parse_labels(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        if name not in LABELS:
+            raise ConfigError(f"--metrics-labels: unknown label {name!r}; choose from "
+                              f"{', '.join(LABELS)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--metrics-labels: a label is listed twice in {text!r}")
+    return names
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--metrics must be HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def from_args(args: argparse.Namespace, store, stats: AgentStats) -> MetricsServer | None:
+    address = getattr(args, "metrics", None)
+    if not address:
+        return None
+    host, port = parse_address(address)
+    if args.metrics_max_series < 1:
+        raise ConfigError(f"--metrics-max-series must be at least 1, got {args.metrics_max_series}")
+    if not args.metrics_series_ttl > 0:
+        raise ConfigError(f"--metrics-series-ttl must be > 0, got {args.metrics_series_ttl}")
+    return MetricsServer(host, port, store, stats, labels=parse_labels(args.metrics_labels),
+                         max_series=args.metrics_max_series, ttl_s=args.metrics_series_ttl)
+
+
+class FlowCounters:
+    """flows / packets / bytes per label tuple, bounded and expiring. Thread-safe."""
+
+    def __init__(self, labels: list[str], max_series: int, ttl_s: float, node_name: str = ""):
+        self.labels = labels
+        self._readers = [LABELS[n] for n in labels]
+        self.max_series = max_series
+        self.ttl_ns = int(ttl_s * 1e9)
+        self.node_name = node_name
+        self._lock = threading.Lock()
+        # label values -> [flows, packets, bytes, last update (monotonic ns)]
+        self._series: dict[tuple[str, ...], list[int]] = {}
+        self._drops: dict[str, list[int]] = {}  # drop reason -> [packets, bytes, last update]
+        self.overflow_key = tuple(OVERFLOW for _ in labels)
+
+    def counts(self, flow: flow_pb2.Flow) -> bool:
+        """Whether this record is the one observation point counted for its packets."""
+        if flow.observation_point != flow_pb2.POD_VETH:
+            return False
+        if flow.traffic_direction == flow_pb2.FROM_POD:
+            return True
+        src = flow.source
+        local_pod = src.kind == flow_pb2.POD and (not src.node_name or src.node_name == flow.node_name)
+        return not local_pod
+
+    def add(self, flows: list[flow_pb2.Flow]) -> None:
+        now = time.monotonic_ns()
+        readers = self._readers
+        with self._lock:
+            series = self._series
+            for flow in flows:
+                if flow.verdict == flow_pb2.DROPPED:
+                    drop = self._drops.setdefault(flow.drop_reason or "UNKNOWN", [0, 0, 0])
+                    drop[0] += flow.packets
+                    drop[1] += flow.bytes
+                    drop[2] = now
+                if not self.counts(flow) and flow.verdict != flow_pb2.DROPPED:
+                    continue
+                key = tuple(read(flow) for read in readers)
+                entry = series.get(key)
+                if entry is None:
+                    if len(series) >= self.max_series:
+                        self._expire(now)
+                    if len(series) >= self.max_series:
+                        key = self.overflow_key
+                        entry = series.get(key)
+                    if entry is None:
+                        entry = series[key] = [0, 0, 0, 0]
+                entry[0] += 1
+                entry[1] += flow.packets
+                entry[2] += flow.bytes
+                entry[3] = now
+
+    def _expire(self, now: int) -> None:
+        cutoff = now - self.ttl_ns
+        for key in [k for k, v in self._series.items() if v[3] < cutoff]:
+            del self._series[key]
+        for key in [k for k, v in self._drops.items() if v[2] < cutoff]:
+            del self._drops[key]
+
+    def snapshot(self) -> tuple[dict[tuple[str, ...], list[int]], dict[str, list[int]]]:
+        with self._lock:
+            self._expire(time.monotonic_ns())
+            return ({k: list(v) for k, v in self._series.items()},
+                    {k: list(v) for k, v in self._drops.items()})
+
+
+class _Collector:
+    """Builds every metric family at scrape time from FlowCounters and AgentStats."""
+
+    def __init__(self, counters: FlowCounters, stats: AgentStats, store):
+        self.counters = counters
+        self.stats = stats
+        self.store = store
+
+    def describe(self):
+        return []  # no fixed set: avoids prometheus_client calling collect() at registration
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        labels = self.counters.labels
+        series, drops = self.counters.snapshot()
+        flows = CounterMetricFamily("podflow_flows", "Flow records counted (one observation point "
+                                    "per packet)", labels=labels)
+        packets = CounterMetricFamily("podflow_packets", "Packets in counted flow records",
+                                      labels=labels)
+        bytes_ = CounterMetricFamily("podflow_bytes", "Bytes (frame length at the hook) in "
+                                     "counted flow records", labels=labels)
+        for key, (n_flows, n_packets, n_bytes, _) in series.items():
+            flows.add_metric(list(key), n_flows)
+            packets.add_metric(list(key), n_packets)
+            bytes_.add_metric(list(key), n_bytes)
+        yield flows
+        yield packets
+        yield bytes_
+
+        drop_packets = CounterMetricFamily("podflow_drops", "Dropped packets by kernel drop reason",
+                                           labels=["reason"])
+        for reason, (n_packets, _, _) in sorted(drops.items()):
+            drop_packets.add_metric([reason], n_packets)
+        yield drop_packets
+
+        lost = CounterMetricFamily("podflow_lost_events", "Events lost, by pipeline stage",
+                                   labels=["stage"])
+        for stage, span in sorted(self.stats.snapshot_lost().items()):
+            lost.add_metric([observer_pb2.LostStage.Name(stage)], span.count)
+        yield lost
+
+        errors = CounterMetricFamily("podflow_datapath_errors", "Kernel-side datapath error "
+                                     "counters, by reason", labels=["reason"])
+        for reason, count in sorted(self.stats.snapshot_datapath_errors().items()):
+            errors.add_metric([reason], count)
+        yield errors
+
+        interfaces = self.stats.snapshot_interfaces()
+        yield GaugeMetricFamily("podflow_interfaces_traced", "Interfaces with podflow programs "
+                                "attached", value=len(interfaces))
+        yield GaugeMetricFamily("podflow_exporter_failing", "1 while the flow log cannot be "
+                                "written (see ServerStatus.exporter_error)",
+                                value=1 if self.stats.exporter_error else 0)
+        yield GaugeMetricFamily("podflow_metadata_stale", "1 while the Kubernetes metadata "
+                                "source is unreachable and the last known state is served",
+                                value=1 if self.stats.metadata_stale else 0)
+        if self.store is not None:
+            yield GaugeMetricFamily("podflow_store_flows", "Flows held in the flow store",
+                                    value=len(self.store))
+
+
+class MetricsServer:
+    """Serves /metrics over HTTP and feeds FlowCounters from a store subscription."""
+
+    def __init__(self, host: str, port: int, store, stats: AgentStats, *, labels: list[str],
+                 max_series: int = DEFAULT_MAX_SERIES, ttl_s: float = DEFAULT_TTL_S):
+        self.host = host
+        self.port = port
+        self.store = store
+        self.stats = stats
+        self.counters = FlowCounters(labels, max_series, ttl_s, node_name=stats.node_name)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._httpd = None
+        self._subscription = None
+
+    def start(self) -> None:
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.exposition import start_http_server
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(self.counters, self.stats, self.store))
+        try:
+            self._httpd, _ = start_http_server(self.port, addr=self.host, registry=registry)
+        except OSError as exc:
+            raise PodflowError(f"--metrics {self.host}:{self.port}: cannot listen: {exc.strerror}") from exc
+        self.port = self._httpd.server_address[1]
+        if self.store is not None:
+            self._subscription = self.store.subscribe()
+            self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        sub = self._subscription
+        while not self._stop.is_set():
+            flows, _lost = sub.next_batch(timeout_s=0.5, max_flows=4096)
+            if flows:
+                self.counters.add(flows)
+        sub.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._subscription is not None:
+            self._subscription.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+    def ready_info(self) -> dict:
+        host = self.host if self.host not in ("0.0.0.0", "") else "127.0.0.1"
+        return {"metrics": f"{host}:{self.port}"}
