@@ -1,0 +1,268 @@
+"""The agent's flow store: a bounded ring of the most recent flows, with sequence numbers, that
+feeds GetFlows history and live follow (and the flow log exporter).
+
+The datapath's reader thread calls `extend()` with each batch; it must stay cheap whatever the
+number of clients, so subscribers do not get copies pushed to them. Each subscriber is a
+cursor (a sequence number) into the ring plus a bound on how far it may lag behind the newest
+flow: its queue is the window of the ring between its cursor and the head. A subscriber that
+lags more than its bound loses its oldest flows and is told exactly how many; it never slows
+the writer or another subscriber, and closing it releases everything it held at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from agent.errors import ConfigError
+from agent.stats import AgentStats
+from podflow_api.v1 import flow_pb2, observer_pb2
+
+DEFAULT_STORE_SIZE = 65535
+DEFAULT_CLIENT_QUEUE = 8192
+_NS = 1_000_000_000
+RATE_WINDOW_S = 5.0  # flows_per_second is averaged over about this many seconds
+
+Predicate = Callable[[flow_pb2.Flow], bool]
+
+
+def flow_time_ns(flow: flow_pb2.Flow) -> int:
+    t = flow.time
+    return t.seconds * _NS + t.nanos
+
+
+@dataclass
+class Lost:
+    """Flows a subscriber missed: `count` of them, produced between first_ns and last_ns
+    (wall clock of the flows themselves; 0 when none of them could be examined)."""
+
+    stage: int
+    count: int
+    first_ns: int = 0
+    last_ns: int = 0
+
+
+class Subscription:
+    """A reader's cursor into the store. Not thread-safe: one reader per subscription."""
+
+    def __init__(self, store: FlowStore, cursor: int, predicate: Predicate | None,
+                 queue_size: int):
+        self._store = store
+        self.cursor = cursor
+        self._predicate = predicate
+        self.queue_size = queue_size
+        self.closed = False
+
+    def close(self) -> None:
+        """Stop following and release this subscriber at once (wakes a blocked reader)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._store._unsubscribe(self)
+
+    def lag(self) -> int:
+        return self._store.seq - self.cursor
+
+    def next_batch(self, timeout_s: float, max_flows: int = 1024,
+                   ) -> tuple[list[flow_pb2.Flow], Lost | None]:
+        """Wait up to `timeout_s` for flows after the cursor; return the matching ones (up to
+        `max_flows` examined) and what was lost since the last call because this reader lagged
+        more than its queue size, or because flows left the ring before it got to them."""
+        store = self._store
+        if store.seq <= self.cursor and not self.closed:
+            with store._cond:
+                store._cond.wait_for(lambda: store.seq > self.cursor or self.closed, timeout_s)
+        if self.closed:
+            return [], None
+        head = store.seq
+        lost = None
+        if head - self.cursor > self.queue_size:
+            # The oldest flows of this reader's window are dropped so it catches up with the
+            # newest ones; they are counted (filtered where they can still be read).
+            new_cursor = head - self.queue_size
+            lost = store._count_matching(self.cursor, new_cursor, self._predicate)
+            self.cursor = new_cursor
+        flows, end, overwritten = store._read(self.cursor, min(head, self.cursor + max_flows),
+                                              self._predicate)
+        self.cursor = end
+        if overwritten.count:
+            if lost is None:
+                lost = overwritten
+            else:
+                lost.count += overwritten.count
+        return flows, lost
+
+
+class FlowStore:
+    """Bounded ring of flows. One writer (`extend`), any number of readers."""
+
+    def __init__(self, capacity: int = DEFAULT_STORE_SIZE, stats: AgentStats | None = None,
+                 client_queue_size: int = DEFAULT_CLIENT_QUEUE):
+        if capacity < 1:
+            raise ConfigError(f"--store-size must be at least 1, got {capacity}")
+        if client_queue_size < 1:
+            raise ConfigError(f"--client-queue-size must be at least 1, got {client_queue_size}")
+        self.capacity = capacity
+        self.stats = stats
+        # A reader cannot lag by more than the ring holds.
+        self.client_queue_size = min(client_queue_size, capacity)
+        # Slot i % capacity holds (i, time_ns, flow); the sequence number tells a reader
+        # whether the slot was overwritten since it computed the index.
+        self._ring: list[tuple[int, int, flow_pb2.Flow] | None] = [None] * capacity
+        self.seq = 0  # sequence number of the next flow; flows [seq - capacity, seq) are held
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._subscribers: set[Subscription] = set()
+        self._rate_samples: deque[tuple[float, int]] = deque()
+        self.started_mono = time.monotonic()
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, stats: AgentStats) -> FlowStore:
+        return cls(capacity=getattr(args, "store_size", DEFAULT_STORE_SIZE), stats=stats,
+                   client_queue_size=getattr(args, "client_queue_size", DEFAULT_CLIENT_QUEUE))
+
+    # -- writer ---------------------------------------------------------------------------
+
+    def extend(self, flows: Iterable[flow_pb2.Flow]) -> None:
+        """Append a batch. O(len(flows)); never waits for a reader."""
+        ring = self._ring
+        cap = self.capacity
+        with self._cond:
+            seq = self.seq
+            for flow in flows:
+                t = flow.time
+                ring[seq % cap] = (seq, t.seconds * _NS + t.nanos, flow)
+                seq += 1
+            if seq == self.seq:
+                return
+            self.seq = seq
+            now = time.monotonic()
+            samples = self._rate_samples
+            if not samples or now - samples[-1][0] >= 0.5:
+                samples.append((now, seq))
+                while len(samples) > 2 and now - samples[1][0] > RATE_WINDOW_S:
+                    samples.popleft()
+            if self._subscribers:
+                self._cond.notify_all()
+
+    # -- readers --------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return min(self.seq, self.capacity)
+
+    @property
+    def oldest_seq(self) -> int:
+        return max(0, self.seq - self.capacity)
+
+    @property
+    def num_subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def flows_per_second(self) -> float:
+        """Flows stored per second over the last few seconds (falls to 0 when idle)."""
+        now = time.monotonic()
+        with self._lock:
+            seq = self.seq
+            samples = list(self._rate_samples)
+        base_t, base_seq = self.started_mono, 0
+        for t, s in samples:
+            if now - t <= RATE_WINDOW_S:
+                break
+            base_t, base_seq = t, s
+        elapsed = now - base_t
+        if elapsed <= 0:
+            return 0.0
+        return (seq - base_seq) / elapsed
+
+    def subscribe(self, predicate: Predicate | None = None, start_seq: int | None = None,
+                  queue_size: int | None = None) -> Subscription:
+        """A cursor starting at `start_seq` (default: the next flow to arrive)."""
+        with self._lock:
+            sub = Subscription(self, self.seq if start_seq is None else start_seq, predicate,
+                               min(queue_size or self.client_queue_size, self.capacity))
+            self._subscribers.add(sub)
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with self._cond:
+            self._subscribers.discard(sub)
+            self._cond.notify_all()
+
+    def history(self, predicate: Predicate | None = None, *, number: int = 0,
+                first: bool = False, since_ns: int | None = None, until_ns: int | None = None,
+                end_seq: int | None = None) -> list[flow_pb2.Flow]:
+        """Matching flows held now (before `end_seq`), oldest first: the last `number` (the
+        first with `first`; all when 0) whose time lies within [since_ns, until_ns]."""
+        end = self.seq if end_seq is None else end_seq
+        start = max(0, end - self.capacity)
+        ring = self._ring
+        cap = self.capacity
+        out: list[flow_pb2.Flow] = []
+
+        def keep(i: int) -> bool:
+            entry = ring[i % cap]
+            if entry is None or entry[0] != i:
+                return False  # overwritten while we read
+            _, t_ns, flow = entry
+            if since_ns is not None and t_ns < since_ns:
+                return False
+            if until_ns is not None and t_ns > until_ns:
+                return False
+            if predicate is not None and not predicate(flow):
+                return False
+            out.append(flow)
+            return True
+
+        if number and not first:
+            for i in range(end - 1, start - 1, -1):
+                if keep(i) and len(out) >= number:
+                    break
+            out.reverse()
+        else:
+            for i in range(start, end):
+                if keep(i) and number and len(out) >= number:
+                    break
+        return out
+
+    def _read(self, begin: int, end: int, predicate: Predicate | None,
+              ) -> tuple[list[flow_pb2.Flow], int, Lost]:
+        """Flows in [begin, end) that match; flows already overwritten count as lost."""
+        ring = self._ring
+        cap = self.capacity
+        out = []
+        lost = Lost(observer_pb2.CLIENT_QUEUE, 0)
+        for i in range(begin, end):
+            entry = ring[i % cap]
+            if entry is None or entry[0] != i:
+                lost.count += 1
+                continue
+            flow = entry[2]
+            if predicate is None or predicate(flow):
+                out.append(flow)
+        return out, end, lost
+
+    def _count_matching(self, begin: int, end: int, predicate: Predicate | None) -> Lost:
+        """Count the flows in [begin, end) a reader skips: those matching its filter where the
+        slot still holds them, every one already overwritten (it can no longer be judged)."""
+        ring = self._ring
+        cap = self.capacity
+        lost = Lost(observer_pb2.CLIENT_QUEUE, 0)
+        floor = min(end, max(begin, self.seq - cap))
+        lost.count += floor - begin  # already overwritten: no need to look
+        for i in range(floor, end):
+            entry = ring[i % cap]
+            if entry is None or entry[0] != i:
+                lost.count += 1
+                continue
+            _, t_ns, flow = entry
+            if predicate is None or predicate(flow):
+                lost.count += 1
+                if not lost.first_ns or t_ns < lost.first_ns:
+                    lost.first_ns = t_ns
+                if t_ns > lost.last_ns:
+                    lost.last_ns = t_ns
+        return lost
