@@ -12,7 +12,11 @@ import argparse
 import logging
 import os
 
-from agent.errors import ConfigError
+from agent.conntrack import Conntrack, open_conntrack
+from agent.enrich import FlowEnricher
+from agent.errors import ConfigError, PodflowError
+from agent.k8s.filesource import FileSource
+from agent.k8s.state import ClusterState
 from agent.stats import AgentStats
 
 log = logging.getLogger("podflow.metadata")
@@ -42,27 +46,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class Enricher:
-    """What the pipeline calls for each batch: `enrich(flows)` fills in names in place."""
+    """What the pipeline calls for each batch: `enrich(flows)` fills in names in place.
 
-    def __init__(self, stats: AgentStats, source_name: str) -> None:
+    It owns the pieces it starts: the metadata source (a file poller or the API watch),
+    and the conntrack reader used for Service translations."""
+
+    def __init__(self, stats: AgentStats, source_name: str, state: ClusterState | None = None,
+                 source=None, use_conntrack: bool = True) -> None:
         self._stats = stats
         self._stats.metadata_source = source_name
+        self.state = state
+        self._source = source
+        self._use_conntrack = use_conntrack
+        self._conntrack: Conntrack | None = None
+        self._enricher = FlowEnricher(state, None)
 
     def start(self) -> None:
-        """Nothing to start without a metadata source."""
+        if self._use_conntrack:
+            self._conntrack = open_conntrack()
+        self._enricher = FlowEnricher(self.state, self._conntrack)
+        if self._source is not None:
+            try:
+                self._source.start()
+            except PodflowError:
+                self.stop()
+                raise
 
     def stop(self) -> None:
-        """Nothing to stop without a metadata source."""
+        if self._source is not None:
+            self._source.stop()
+        if self._conntrack is not None:
+            self._conntrack.stop()
+            self._conntrack = None
 
     def enrich(self, flows: list) -> None:
-        """Without metadata there is nothing to name."""
+        self._enricher.enrich(flows)
 
     def ready_info(self) -> dict:
-        return {"metadata": self._stats.metadata_source}
+        return {"metadata": self._stats.metadata_source,
+                "conntrack": self._conntrack is not None}
 
 
 def from_args(args: argparse.Namespace, stats: AgentStats) -> Enricher:
     source = args.metadata
+    use_conntrack = getattr(args, "conntrack", True)
     if source == "none":
-        return Enricher(stats, "none")
-    raise ConfigError(f"--metadata {source}: not supported yet")
+        return Enricher(stats, "none", use_conntrack=use_conntrack)
+    state = ClusterState()
+    if source == "kubernetes":
+        from agent.k8s.kubesource import KubeSource
+
+        return Enricher(stats, "kubernetes", state,
+                        KubeSource(state, stats, kubeconfig=args.kubeconfig, context=args.context),
+                        use_conntrack=use_conntrack)
+    if args.kubeconfig or args.context:
+        raise ConfigError(f"--kubeconfig/--context need --metadata kubernetes, not {source!r}")
+    if not os.path.isfile(source):
+        raise ConfigError(f"--metadata {source}: not `kubernetes`, `none` or an existing file")
+    return Enricher(stats, f"file:{source}", state, FileSource(source, state, stats),
+                    use_conntrack=use_conntrack)

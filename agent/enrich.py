@@ -1,0 +1,171 @@
+"""Names for a flow: its endpoints, its category, the Service it went to and the backend that
+answered, from the cluster state and the kernel's conntrack.
+
+Pure Python over two small interfaces (a ClusterState-like `peer`/`service_at`/... and a
+Conntrack-like `lookup`), so it is tested and benchmarked without a cluster or a kernel.
+
+One hop per Service connection: the record seen at the client's veth (client -> ClusterIP)
+and the one seen at the backend's veth (client -> backend, after DNAT) both carry the same
+`service`, `backend` and `translation`, and so do their replies; the side of a record that
+is the Service address is described as the backend pod that really answered.
+"""
+
+from __future__ import annotations
+
+from agent.conntrack import Match, Tuple5
+from agent.k8s.state import ClusterState, Peer
+from podflow_api.v1 import flow_pb2
+
+_L4 = {"tcp": (6, "TCP"), "udp": (17, "UDP"), "sctp": (132, "SCTP")}
+
+
+def _is_host(peer: Peer) -> bool:
+    return peer.kind == flow_pb2.NODE or (peer.pod is not None and peer.pod.host_network)
+
+
+def category_of(src: Peer, dst: Peer) -> int:
+    """The category of a flow between two peers that involves no Service."""
+    src_pod = src.kind == flow_pb2.POD and not _is_host(src)
+    dst_pod = dst.kind == flow_pb2.POD and not _is_host(dst)
+    if src_pod and dst_pod:
+        return (flow_pb2.POD_TO_POD_SAME_NODE if src.node_name == dst.node_name
+                else flow_pb2.POD_TO_POD_CROSS_NODE)
+    if src_pod or dst_pod:
+        other = dst if src_pod else src
+        if _is_host(other):
+            return flow_pb2.HOST_TO_POD
+        if other.kind == flow_pb2.WORLD:
+            return flow_pb2.POD_TO_WORLD
+    return flow_pb2.OTHER
+
+
+class FlowEnricher:
+    """Fills endpoints, category, service, backend and translation of flows in place.
+
+    `state` None (--metadata none): only the translation read from conntrack is filled.
+    `conntrack` None (no CAP_NET_ADMIN, --no-conntrack): Services are still named from
+    the address dialed, without the backend."""
+
+    def __init__(self, state: ClusterState | None, conntrack=None) -> None:
+        self._state = state
+        self._conntrack = conntrack
+
+    def enrich(self, flows: list) -> None:
+        if self._conntrack is not None:
+            self._conntrack.drain()
+        for flow in flows:
+            self.enrich_one(flow)
+
+    def enrich_one(self, flow: flow_pb2.Flow) -> None:
+        src, dst = flow.ip.source, flow.ip.destination
+        state = self._state
+        if not src:
+            if state is not None:
+                flow.category = flow_pb2.OTHER
+            return
+        which = flow.l4.WhichOneof("protocol")
+        proto_num, proto = _L4.get(which, (0, ""))
+        sport = dport = 0
+        if proto_num:
+            l4 = getattr(flow.l4, which)
+            sport, dport = l4.source_port, l4.destination_port
+        match: Match | None = None
+        if proto_num and self._conntrack is not None:
+            first_seen_ns = flow.first_seen.seconds * 1_000_000_000 + flow.first_seen.nanos
+            match = self._conntrack.lookup(Tuple5(proto_num, src, sport, dst, dport), first_seen_ns)
+            if match is not None:
+                orig, reply = match.entry.orig, match.entry.reply
+                tr = flow.translation
+                tr.original_ip, tr.original_port = orig.dst, orig.dport
+                tr.translated_ip, tr.translated_port = reply.src, reply.sport
+        if state is None:
+            return
+        src_peer, dst_peer = state.peer(src), state.peer(dst)
+        if not proto_num:
+            flow.source.MergeFrom(src_peer.endpoint)
+            flow.destination.MergeFrom(dst_peer.endpoint)
+            flow.category = category_of(src_peer, dst_peer)
+            return
+
+        # Which Service (if any), dialed at which address, answered by which backend.
+        svc = svc_port_spec = None
+        svc_ip, svc_port, backend_ip, backend_port = "", 0, "", 0
+        client_ip, is_reply = src, False
+        if match is not None:
+            orig, reply = match.entry.orig, match.entry.reply
+            hit = state.service_at(orig.dst, orig.dport, proto)
+            if hit is not None:
+                svc, svc_port_spec = hit
+            svc_ip, svc_port = orig.dst, orig.dport
+            backend_ip, backend_port = reply.src, reply.sport
+            client_ip, is_reply = orig.src, match.is_reply
+        else:
+            hit = state.service_at(dst, dport, proto)
+            if hit is not None:
+                svc, svc_port_spec = hit
+                svc_ip, svc_port = dst, dport
+            else:
+                hit = state.service_at(src, sport, proto)
+                if hit is not None:
+                    svc, svc_port_spec = hit
+                    svc_ip, svc_port, client_ip, is_reply = src, sport, dst, True
+                else:
+                    headless = state.headless_at(dst, dport, proto)
+                    if headless is not None:
+                        svc, svc_ip, svc_port = headless, dst, dport
+                        backend_ip, backend_port = dst, dport
+                    else:
+                        headless = state.headless_at(src, sport, proto)
+                        if headless is not None:
+                            svc, svc_ip, svc_port = headless, src, sport
+                            backend_ip, backend_port = src, sport
+                            client_ip, is_reply = dst, True
+
+        if match is not None or svc is not None:
+            # The Service address side of the record is described as what answered.
+            vip_is_dst = (dst, dport) == (svc_ip, svc_port)
+            vip_is_src = (src, sport) == (svc_ip, svc_port)
+            if backend_ip and (vip_is_dst or vip_is_src):
+                backend_peer = state.peer(backend_ip)
+                if vip_is_dst:
+                    dst_peer = backend_peer
+                else:
+                    src_peer = backend_peer
+            elif svc is not None and not backend_ip and (vip_is_dst or vip_is_src):
+                vip_peer = Peer(kind=flow_pb2.SERVICE_IP, node_name="",
+                                endpoint=flow_pb2.Endpoint(kind=flow_pb2.SERVICE_IP,
+                                                           namespace=svc.namespace))
+                if vip_is_dst:
+                    dst_peer = vip_peer
+                else:
+                    src_peer = vip_peer
+
+        flow.source.MergeFrom(src_peer.endpoint)
+        flow.destination.MergeFrom(dst_peer.endpoint)
+
+        if svc is None:
+            flow.category = category_of(src_peer, dst_peer)
+            return
+        out = flow.service
+        out.namespace, out.name, out.type = svc.namespace, svc.name, svc.display_type
+        out.ip, out.port = svc_ip, svc_port
+        if not svc.headless and not state.has_endpoints(svc):
+            out.no_endpoints = True
+        if backend_ip:
+            backend = flow.backend
+            backend.ip, backend.port = backend_ip, backend_port
+            backend_peer = state.peer(backend_ip)
+            if backend_peer.pod is not None:
+                backend.namespace = backend_peer.pod.namespace
+                backend.pod_name = backend_peer.pod.name
+            backend.node_name = backend_peer.node_name
+        client = state.peer(client_ip)
+        if client.kind == flow_pb2.POD and not _is_host(client):
+            flow.category = flow_pb2.POD_TO_SERVICE
+        elif svc.headless:
+            server = src_peer if is_reply else dst_peer
+            flow.category = category_of(client, server)
+        elif svc_ip in svc.cluster_ips and client.kind != flow_pb2.WORLD:
+            flow.category = flow_pb2.HOST_TO_POD  # the node itself dialed a ClusterIP
+        else:
+            flow.category = flow_pb2.OUTSIDE_TO_SERVICE
