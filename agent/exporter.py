@@ -21,7 +21,10 @@ import logging
 import threading
 import time
 
-from agent import flowjson
+from google.protobuf import field_mask_pb2, json_format
+
+from agent import filters, flowjson
+from agent.aggregate import Aggregator, parse_interval
 from agent.errors import ConfigError, ExportError
 from agent.rotate import RotatingWriter, add_rotation_arguments, rotation_from_args
 from agent.stats import AgentStats, LostSpan
@@ -41,6 +44,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--flow-log", metavar="PATH",
                        help="write every flow as a JSON line to PATH ('-' for stdout)")
     add_rotation_arguments(group, "flow-log-")
+    group.add_argument("--flow-log-allow", action="append", default=[], metavar="JSON",
+                       help='write only flows matching this FlowFilter, as JSON, e.g. '
+                            '\'{"source_namespace":["shop"]}\' (repeatable: any may match)')
+    group.add_argument("--flow-log-deny", action="append", default=[], metavar="JSON",
+                       help="never write flows matching this FlowFilter (JSON, repeatable)")
+    filters.add_filter_arguments(group, "flow-log-")  # --flow-log-namespace shop, --flow-log-not ...
+    group.add_argument("--flow-log-fields", metavar="PATHS",
+                       help="keep only these Flow fields, e.g. source,destination,l4,packets,"
+                            "bytes,source.pod_name (default: all)")
+    group.add_argument("--flow-log-aggregate", metavar="INTERVAL",
+                       help="write one record per flow key per INTERVAL (30s, 1m, 1h) with "
+                            "summed packets and bytes instead of every record")
     group.add_argument("--flow-log-queue-size", type=int, default=DEFAULT_QUEUE, metavar="N",
                        help="flows the flow log may lag behind before the oldest are skipped "
                             f"and reported as lost (default {DEFAULT_QUEUE})")
@@ -53,8 +68,74 @@ def from_args(args: argparse.Namespace, store, stats: AgentStats) -> FlowLogExpo
     queue_size = args.flow_log_queue_size
     if queue_size < 1:
         raise ConfigError(f"--flow-log-queue-size must be at least 1, got {queue_size}")
+    allow = [parse_filter_json(text, "--flow-log-allow") for text in args.flow_log_allow]
+    deny = [parse_filter_json(text, "--flow-log-deny") for text in args.flow_log_deny]
+    flag_allow, flag_deny = filters.filters_from_args(args, "flow-log-")
+    allow += flag_allow
+    deny += flag_deny
+    try:
+        filters.compile_filters(allow, deny)
+    except filters.FilterError as exc:
+        raise ConfigError(f"--flow-log-allow/--flow-log-deny: {exc}") from exc
     return FlowLogExporter(path, store, stats, rotation=rotation_from_args(args, "flow-log-"),
-                           node_name=args.node_name, queue_size=queue_size)
+                           node_name=args.node_name, queue_size=queue_size,
+                           allowlist=allow, denylist=deny,
+                           field_mask=parse_field_mask(args.flow_log_fields or ""),
+                           aggregate=args.flow_log_aggregate or "")
+
+
+def parse_filter_json(text: str, flag: str) -> observer_pb2.FlowFilter:
+    """A FlowFilter from its JSON mapping (proto field names or lowerCamelCase)."""
+    try:
+        return json_format.Parse(text, observer_pb2.FlowFilter())
+    except json_format.ParseError as exc:
+        raise ConfigError(f"{flag}: not a FlowFilter in JSON ({exc}): {text!r}") from exc
+
+
+def parse_field_mask(text: str) -> list[str]:
+    """'source,l4,destination.pod_name' -> validated paths into Flow."""
+    paths = [p.strip() for p in text.split(",") if p.strip()]
+    if not paths:
+        return []
+    mask = field_mask_pb2.FieldMask(paths=paths)
+    if not mask.IsValidForDescriptor(flow_pb2.Flow.DESCRIPTOR):
+        bad = [p for p in paths
+               if not field_mask_pb2.FieldMask(paths=[p]).IsValidForDescriptor(flow_pb2.Flow.DESCRIPTOR)]
+        raise ConfigError(f"--flow-log-fields: not a field of Flow: {', '.join(bad)}")
+    return paths
+
+
+def mask_tree(paths: list[str]) -> dict:
+    """Paths -> nested dict; an empty dict keeps the whole field."""
+    tree: dict = {}
+    for path in sorted(paths, key=len):
+        node = tree
+        parts = path.split(".")
+        for i, part in enumerate(parts):
+            if part in node and not node[part]:
+                break  # a shorter path already keeps the whole field
+            node = node.setdefault(part, {})
+            if i == len(parts) - 1:
+                node.clear()
+    return tree
+
+
+def apply_mask(record: dict, tree: dict) -> dict:
+    """Keep the fields of a JSON-mapped message named by `tree` (field order kept); messages
+    left empty by the mask are dropped, as FieldMask.MergeMessage would."""
+    out = {}
+    for name, value in record.items():
+        sub = tree.get(name)
+        if sub is None:
+            continue
+        if sub:
+            if not isinstance(value, dict):
+                continue
+            value = apply_mask(value, sub)
+            if not value:
+                continue
+        out[name] = value
+    return out
 
 
 def timestamp_ns(ts) -> int:
@@ -65,8 +146,19 @@ class FlowLogExporter:
     """Reads the store on its own thread and writes the flow log."""
 
     def __init__(self, path: str, store, stats: AgentStats, *, rotation, node_name: str,
-                 queue_size: int = DEFAULT_QUEUE):
+                 queue_size: int = DEFAULT_QUEUE,
+                 allowlist: list[observer_pb2.FlowFilter] | None = None,
+                 denylist: list[observer_pb2.FlowFilter] | None = None,
+                 field_mask: list[str] | None = None, aggregate: str = ""):
         self.path = path
+        self.allowlist = list(allowlist or [])
+        self.denylist = list(denylist or [])
+        self.field_mask = list(field_mask or [])
+        self._mask_tree = mask_tree(self.field_mask) if self.field_mask else None
+        self.aggregate = aggregate
+        self._aggregator = Aggregator(parse_interval(aggregate)) if aggregate else None
+        # The Observer's filter semantics; None keeps every flow.
+        self._predicate = filters.compile_filters(self.allowlist, self.denylist)
         self.store = store
         self.stats = stats
         self.node_name = node_name
@@ -87,7 +179,8 @@ class FlowLogExporter:
     # -- stage interface ------------------------------------------------------------------
 
     def start(self) -> None:
-        self._subscription = self.store.subscribe(queue_size=self.queue_size)
+        self._subscription = self.store.subscribe(predicate=self._predicate,
+                                                  queue_size=self.queue_size)
         try:
             self.writer.open()
         except ExportError as exc:
@@ -121,13 +214,21 @@ class FlowLogExporter:
             if lost is not None and lost.count:
                 self._count_lost(observer_pb2.EXPORTER_QUEUE, lost.count, lost.first_ns,
                                  lost.last_ns)
-            if flows:
-                self._add_records(flows)
             if self._reopen.is_set():
+                # Before this batch: what came in after the HUP goes to the new file.
                 self._reopen.clear()
                 self._flush()
                 self.writer.close()
                 log.info("reopening flow log %s", self.path)
+            if self._aggregator is not None:
+                now_ns = time.time_ns()
+                if flows:
+                    self._aggregator.add(flows, now_ns)
+                done = self._aggregator.flush() if stopping and not flows else self._aggregator.due(now_ns)
+                if done:
+                    self._add_records(done)
+            elif flows:
+                self._add_records(flows)
             now = time.monotonic()
             drained = not flows
             if (now - last_flush >= FLUSH_INTERVAL_S or self._pending_bytes >= FLUSH_BYTES
@@ -144,13 +245,15 @@ class FlowLogExporter:
         dumps = json.dumps
         pending = self._pending
         times = self._pending_times
+        tree = self._mask_tree
         added = 0
         for flow in flows:
             t = flow.time
             record = {"node_name": flow.node_name or node}
             if t.seconds or t.nanos:
                 record["time"] = flowjson.timestamp_str(t)
-            record["flow"] = to_dict(flow)
+            flow_dict = to_dict(flow)
+            record["flow"] = apply_mask(flow_dict, tree) if tree is not None else flow_dict
             line = (dumps(record) + "\n").encode()
             pending.append(line)
             times.append(t.seconds * 1_000_000_000 + t.nanos)
@@ -235,10 +338,10 @@ class FlowLogExporter:
         header = {"podflow_flow_log": {
             "node_name": self.node_name,
             "agent_version": self.stats.version,
-            "allowlist": [],
-            "denylist": [],
-            "field_mask": [],
-            "aggregate": "",
+            "allowlist": [flowjson.to_dict(f) for f in self.allowlist],
+            "denylist": [flowjson.to_dict(f) for f in self.denylist],
+            "field_mask": self.field_mask,
+            "aggregate": self.aggregate,
             "start_time": flowjson.timestamp_ns_str(time.time_ns()),
             "format": FORMAT,
         }}
