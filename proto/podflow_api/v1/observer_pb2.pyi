@@ -160,6 +160,12 @@ class GetFlowsResponse(_message.Message):
     node_status: NodeStatusEvent
     def __init__(self, node_name: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., flow: _Optional[_Union[_flow_pb2.Flow, _Mapping]] = ..., lost_events: _Optional[_Union[LostEvents, _Mapping]] = ..., node_status: _Optional[_Union[NodeStatusEvent, _Mapping]] = ...) -> None: ...
 
+class GetFlowsBatch(_message.Message):
+    __slots__ = ("responses",)
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    responses: _containers.RepeatedCompositeFieldContainer[GetFlowsResponse]
+    def __init__(self, responses: _Optional[_Iterable[_Union[GetFlowsResponse, _Mapping]]] = ...) -> None: ...
+
 class ServerStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
