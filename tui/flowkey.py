@@ -1,0 +1,136 @@
+"""The few facts of a flow record that the TUI filters, pivots and counts on.
+
+Flow messages are big; the views only need a dozen of their fields. Extracting them once
+into a small hashable tuple (FlowKey) lets the aggregator count traffic per key, lets a
+filter be evaluated once per distinct key instead of once per record, and keeps the
+per-second buckets small: the key leaves out everything with a high cardinality (IPs of
+pods, ephemeral ports, timestamps).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from podflow_api.v1 import flow_pb2
+
+_VERDICTS = {flow_pb2.FORWARDED: "forwarded", flow_pb2.DROPPED: "dropped"}
+_KINDS = {flow_pb2.NODE: "(node)", flow_pb2.WORLD: "(world)", flow_pb2.SERVICE_IP: "(service-ip)"}
+_OUTCOMES = {v.number: v.name.lower() for v in flow_pb2.ConnectionOutcome.DESCRIPTOR.values}
+
+
+class FlowKey(NamedTuple):
+    """What a record is about, at the grain the views aggregate on."""
+
+    node: str
+    src_ns: str
+    src_pod: str
+    src_workload: str   # workload name (the pod's name when it has none), "" for non-pods
+    dst_ns: str
+    dst_pod: str
+    dst_workload: str
+    service: str        # "namespace/name" of the Service the flow went to, or ""
+    backend: str        # "namespace/pod" (or "ip:port") of the backend that answered, or ""
+    port: int           # the server port: destination port of a request, source port of a reply
+    proto: str          # tcp, udp, sctp, icmpv4, icmpv6, or "" (not IP / fragment)
+    verdict: str        # forwarded, dropped, unknown
+    outcome: str        # established, refused, unanswered ... ("outcome_unknown" when unknown)
+    no_endpoints: bool  # the Service had no ready backend
+    local_is_src: bool  # the pod at the observation point is the source (else the destination)
+
+
+def endpoint_label(ns: str, pod: str, kind_label: str = "") -> str:
+    """How an endpoint is named in pivots: "ns/pod", or "(world)" and friends."""
+    if pod:
+        return f"{ns}/{pod}" if ns else pod
+    return kind_label or "(unknown)"
+
+
+def _is_pod(ep: flow_pb2.Endpoint) -> bool:
+    return ep.kind == flow_pb2.POD or bool(ep.pod_name)
+
+
+def flow_key(flow: flow_pb2.Flow) -> FlowKey:
+    """Extract the FlowKey of one record (pure; safe in any thread)."""
+    src, dst = flow.source, flow.destination
+    proto = flow.l4.WhichOneof("protocol") or ""
+    port = 0
+    if proto in ("tcp", "udp", "sctp"):
+        l4 = getattr(flow.l4, proto)
+        port = l4.source_port if flow.is_reply else l4.destination_port
+    svc = ""
+    if flow.HasField("service") and flow.service.name:
+        svc = f"{flow.service.namespace}/{flow.service.name}" if flow.service.namespace \
+            else flow.service.name
+    backend = ""
+    if flow.HasField("backend"):
+        b = flow.backend
+        if b.pod_name:
+            backend = f"{b.namespace}/{b.pod_name}" if b.namespace else b.pod_name
+        elif b.ip:
+            backend = f"{b.ip}:{b.port}" if b.port else b.ip
+    src_pod = src.pod_name or _KINDS.get(src.kind, "")
+    dst_pod = dst.pod_name or _KINDS.get(dst.kind, "")
+    if flow.traffic_direction == flow_pb2.TO_POD:
+        local_is_src = False
+    elif flow.traffic_direction == flow_pb2.FROM_POD:
+        local_is_src = True
+    else:
+        local_is_src = _is_pod(src) or not _is_pod(dst)
+    return FlowKey(
+        node=flow.node_name,
+        src_ns=src.namespace,
+        src_pod=src_pod,
+        src_workload=_workload(src),
+        dst_ns=dst.namespace,
+        dst_pod=dst_pod,
+        dst_workload=_workload(dst),
+        service=svc,
+        backend=backend,
+        port=port,
+        proto=proto,
+        verdict=_VERDICTS.get(flow.verdict, "unknown"),
+        outcome=_OUTCOMES.get(flow.outcome, "outcome_unknown"),
+        no_endpoints=bool(flow.HasField("service") and flow.service.no_endpoints),
+        local_is_src=local_is_src,
+    )
+
+
+def _workload(ep: flow_pb2.Endpoint) -> str:
+    if ep.HasField("workload") and ep.workload.name:
+        return ep.workload.name
+    return ep.pod_name
+
+
+def counts_once(flow: flow_pb2.Flow) -> bool:
+    """The de-duplication rule of every aggregated view (Top, Services, totals).
+
+    The same packet can be reported by several observation points: the sending pod's veth
+    (FROM_POD), the receiving pod's veth on the same or another node (TO_POD), a CNI bridge,
+    and the host stack when it is dropped. Exactly one of them is counted:
+
+    * POD_VETH, FROM_POD: always counted. Every packet a pod sends is seen here once.
+    * POD_VETH, TO_POD: counted only when the source is not a pod with its own veth (world,
+      a node, a host-network pod, an untranslated Service IP); otherwise the sender's
+      FROM_POD record, on this node or another, already counted the packet.
+    * BRIDGE: counted only when neither end is a pod with a veth (those are counted at the
+      veth); this keeps node-to-node or host traffic crossing a bridge visible.
+    * HOST_STACK (drops traced at skb:kfree_skb): always counted, as verdict=dropped. A packet
+      dropped after it left a pod was also counted as forwarded at the veth: TC runs before
+      the stack and cannot know; the two rows say different things (sent, then dropped).
+    * Anything else (unknown observation point): counted, there is nothing to prefer.
+
+    With a node's agent missing, the packets only its agent saw are missing too: the status
+    bar says how many nodes are connected of those known, so the picture never looks
+    complete when it is not.
+    """
+    point = flow.observation_point
+    if point == flow_pb2.POD_VETH:
+        if flow.traffic_direction == flow_pb2.TO_POD:
+            src = flow.source
+            return not (_is_pod(src) and not src.host_network)
+        return True
+    if point == flow_pb2.BRIDGE:
+        src, dst = flow.source, flow.destination
+        return not ((_is_pod(src) and not src.host_network)
+                    or (_is_pod(dst) and not dst.host_network))
+    return True

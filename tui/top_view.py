@@ -1,0 +1,58 @@
+"""TopView: traffic pivoted by namespace, workload, pod, Service, port, verdict or node,
+sorted by bytes, packets, flows or rate, with each row's recent rate as a sparkline."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import DataTable, Sparkline, Static
+
+from tui.aggregator import PIVOTS, SORTS, Aggregator
+from tui.filterexpr import FlowFilter
+from tui.format import human_bytes, human_rate, sparkline
+
+TREND_S = 30
+
+
+class TopView(Vertical):
+    DEFAULT_CSS = """
+    TopView > #top-header { height: 1; }
+    TopView > Sparkline { height: 3; }
+    TopView > DataTable { height: 1fr; }
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.pivot = "namespace"
+        self.sort = "bytes"
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="top-header")
+        yield Sparkline([0], id="top-rate")
+        table = DataTable(id="top-table", cursor_type="row", zebra_stripes=True)
+        table.add_columns(self.pivot, "bytes", "packets", "flows", "rate", f"last {TREND_S}s")
+        yield table
+
+    def next_pivot(self) -> None:
+        self.pivot = PIVOTS[(PIVOTS.index(self.pivot) + 1) % len(PIVOTS)]
+
+    def next_sort(self) -> None:
+        self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+
+    def refresh_from(self, agg: Aggregator, flt: FlowFilter) -> None:
+        rows = agg.top(flt, self.pivot, self.sort, limit=100, spark_s=TREND_S)
+        total = agg.total_rate_series(flt, spark_s=60)
+        total_rate = sum(total[-agg.rate_s:]) / agg.rate_s
+        self.query_one("#top-header", Static).update(
+            f"Top by [b]{self.pivot}[/b] (p: next), sorted by [b]{self.sort}[/b] (o: next) · "
+            f"{len(rows)} rows · all matching traffic now {human_rate(total_rate)} "
+            "(each packet counted once)")
+        self.query_one(Sparkline).data = total
+        table = self.query_one(DataTable)
+        cursor = table.cursor_row
+        table.clear(columns=True)
+        table.add_columns(self.pivot, "bytes", "packets", "flows", "rate", f"last {TREND_S}s")
+        table.add_rows([(r.label, human_bytes(r.bytes), f"{r.packets:,}", f"{r.flows:,}",
+                         human_rate(r.rate_bps), sparkline(r.series, TREND_S)) for r in rows])
+        if rows:
+            table.move_cursor(row=min(max(cursor, 0), len(rows) - 1), animate=False)
