@@ -35,6 +35,7 @@ DEFAULT_LISTEN = ":4245"
 FOLLOW_POLL_S = 0.5     # how often a follower with nothing to send checks it is still wanted
 STATS_NOTICE_S = 1.0    # how often a follower is told about loss at other stages
 MAX_BATCH = 2048        # flows taken from the store per wake-up of a follower
+MAX_BATCH_BYTES = 1 << 20  # one GetFlowsBatch message stays under this
 _NS = 1_000_000_000
 
 
@@ -171,6 +172,63 @@ def _timestamp(ns: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=ns // _NS, nanos=ns % _NS)
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def node_prefix(node: str) -> bytes:
+    """GetFlowsResponse field 1 (node_name), encoded once per stream."""
+    raw = node.encode()
+    return b"\n" + _varint(len(raw)) + raw if raw else b""
+
+
+def encode_flow_response(prefix: bytes, flow: flow_pb2.Flow, mask=None) -> bytes:
+    """The bytes of GetFlowsResponse(node_name, time=flow.time, flow=flow) (fields 1, 2, 3),
+    without building that message."""
+    if mask is not None:
+        masked = flow_pb2.Flow()
+        mask.MergeMessage(flow, masked)
+        flow = masked
+    body = flow.SerializeToString()
+    ts = flow.time.SerializeToString() if flow.HasField("time") else b""
+    return b"".join((prefix, b"\x12", _varint(len(ts)), ts, b"\x1a", _varint(len(body)), body))
+
+
+def frame_batches(responses: list[bytes], max_bytes: int = MAX_BATCH_BYTES):
+    """GetFlowsBatch messages (field 1, repeated) holding `responses`, each under max_bytes
+    so clients' default 4 MiB message limit is never reached."""
+    parts: list[bytes] = []
+    size = 0
+    for r in responses:
+        framed = b"\n" + _varint(len(r)) + r
+        if parts and size + len(framed) > max_bytes:
+            yield b"".join(parts)
+            parts, size = [], 0
+        parts.append(framed)
+        size += len(framed)
+    if parts:
+        yield b"".join(parts)
+
+
+def lost_response(node: str, lost: Lost) -> observer_pb2.GetFlowsResponse:
+    now = time.time_ns()
+    first = lost.first_ns or lost.last_ns or now
+    last = lost.last_ns or now
+    return observer_pb2.GetFlowsResponse(
+        node_name=node, time=_timestamp(now),
+        lost_events=observer_pb2.LostEvents(stage=lost.stage, num_events_lost=lost.count,
+                                            first=_timestamp(first), last=_timestamp(last)))
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
 class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     """Serves one agent's store. Thread-safe: every method may run in several workers."""
 
@@ -191,13 +249,27 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             sub.close()
 
     # -- GetFlows -------------------------------------------------------------------------
+    #
+    # Responses are encoded to bytes once, here, by hand: a GetFlowsResponse is the node name,
+    # the time and the flow's own serialization, so no intermediate message is built per flow.
+    # GetFlows sends them one per message; GetFlowsBatched frames many into one GetFlowsBatch.
 
     def GetFlows(self, request, context):
+        for chunk in self._stream(request, context):
+            yield from chunk
+
+    def GetFlowsBatched(self, request, context):
+        for chunk in self._stream(request, context):
+            yield from frame_batches(chunk)
+
+    def _stream(self, request, context):
+        """Chunks (lists) of encoded GetFlowsResponse: history, then live flows."""
         try:
             plan = plan_request(request)
         except InvalidRequest as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         node = self.stats.node_name
+        prefix = node_prefix(node)
         store = self.store
         sub = None
         if plan.follow:
@@ -211,39 +283,43 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         try:
             want_history = not plan.follow or plan.number or plan.since_ns is not None
             if want_history:
-                for flow in store.history(plan.predicate, number=plan.number, first=plan.first,
-                                          since_ns=plan.since_ns, until_ns=plan.until_ns,
-                                          end_seq=end_seq):
-                    yield self._flow_response(node, flow, plan.mask)
-            if sub is None:
-                return
-            yield from self._follow(sub, plan, context, node)
+                flows = store.history(plan.predicate, number=plan.number, first=plan.first,
+                                      since_ns=plan.since_ns, until_ns=plan.until_ns,
+                                      end_seq=end_seq)
+                for i in range(0, len(flows), MAX_BATCH):
+                    yield [encode_flow_response(prefix, f, plan.mask)
+                           for f in flows[i:i + MAX_BATCH]]
+            if sub is not None:
+                yield from self._follow(sub, plan, context, node, prefix)
         finally:
             if sub is not None:
                 sub.close()
                 with self._lock:
                     self._subs.discard(sub)
 
-    def _follow(self, sub, plan: FlowsPlan, context, node: str):
+    def _follow(self, sub, plan: FlowsPlan, context, node: str, prefix: bytes):
         stats = self.stats
         baseline = {stage: span.count for stage, span in stats.snapshot_lost().items()}
         last_check = time.monotonic()
         until_ns = plan.until_ns
+        mask = plan.mask
         while not self._stopping.is_set() and context.is_active():
             flows, lost = sub.next_batch(FOLLOW_POLL_S, MAX_BATCH)
             if sub.closed:
                 return
+            chunk = []
             if lost is not None and lost.count:
                 stats.add_lost(observer_pb2.CLIENT_QUEUE, lost.count)
-                yield self._lost_response(node, lost)
-            for flow in flows:
-                if until_ns is not None and flow.time.seconds * _NS + flow.time.nanos > until_ns:
-                    continue
-                yield self._flow_response(node, flow, plan.mask)
+                chunk.append(lost_response(node, lost).SerializeToString())
+            if until_ns is not None:
+                flows = [f for f in flows if f.time.seconds * _NS + f.time.nanos <= until_ns]
+            chunk.extend(encode_flow_response(prefix, f, mask) for f in flows)
             now = time.monotonic()
             if now - last_check >= STATS_NOTICE_S:
                 last_check = now
-                yield from self._stats_notices(node, baseline)
+                chunk.extend(r.SerializeToString() for r in self._stats_notices(node, baseline))
+            if chunk:
+                yield chunk
             if until_ns is not None and time.time_ns() > until_ns:
                 return
 
@@ -256,29 +332,9 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             before = baseline.get(stage, 0)
             if span.count > before:
                 baseline[stage] = span.count
-                yield self._lost_response(node, Lost(stage, span.count - before,
-                                                     span.first_ns if not before else 0,
-                                                     span.last_ns))
-
-    @staticmethod
-    def _flow_response(node: str, flow: flow_pb2.Flow, mask) -> observer_pb2.GetFlowsResponse:
-        if mask is not None:
-            masked = flow_pb2.Flow()
-            mask.MergeMessage(flow, masked)
-            flow = masked
-        return observer_pb2.GetFlowsResponse(node_name=node, time=flow.time, flow=flow)
-
-    @staticmethod
-    def _lost_response(node: str, lost: Lost) -> observer_pb2.GetFlowsResponse:
-        now = time.time_ns()
-        first = lost.first_ns or lost.last_ns or now
-        last = lost.last_ns or now
-        return observer_pb2.GetFlowsResponse(
-            node_name=node, time=_timestamp(now),
-            lost_events=observer_pb2.LostEvents(stage=lost.stage,
-                                                num_events_lost=lost.count,
-                                                first=_timestamp(first),
-                                                last=_timestamp(last)))
+                yield lost_response(node, Lost(stage, span.count - before,
+                                               span.first_ns if not before else 0,
+                                               span.last_ns))
 
     # -- status ---------------------------------------------------------------------------
 
@@ -301,6 +357,27 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             name=stats.node_name, version=stats.version, address=self.address,
             state=observer_pb2.NODE_CONNECTED, uptime_ns=stats.uptime_ns(),
             num_flows=len(store), max_flows=store.capacity, seen_flows=store.seq)])
+
+
+def observer_handler(servicer: ObserverServicer) -> grpc.GenericRpcHandler:
+    """Like the generated add_ObserverServicer_to_server, but the flow streams carry bytes
+    the servicer already encoded."""
+    req = observer_pb2
+    handlers = {
+        "GetFlows": grpc.unary_stream_rpc_method_handler(
+            servicer.GetFlows, request_deserializer=req.GetFlowsRequest.FromString,
+            response_serializer=_identity),
+        "GetFlowsBatched": grpc.unary_stream_rpc_method_handler(
+            servicer.GetFlowsBatched, request_deserializer=req.GetFlowsRequest.FromString,
+            response_serializer=_identity),
+        "ServerStatus": grpc.unary_unary_rpc_method_handler(
+            servicer.ServerStatus, request_deserializer=req.ServerStatusRequest.FromString,
+            response_serializer=req.ServerStatusResponse.SerializeToString),
+        "GetNodes": grpc.unary_unary_rpc_method_handler(
+            servicer.GetNodes, request_deserializer=req.GetNodesRequest.FromString,
+            response_serializer=req.GetNodesResponse.SerializeToString),
+    }
+    return grpc.method_handlers_generic_handler(OBSERVER_SERVICE, handlers)
 
 
 class ObserverServer:
@@ -326,7 +403,7 @@ class ObserverServer:
                                        thread_name_prefix="observer"),
             maximum_concurrent_rpcs=self.max_streams + 4,
             options=[("grpc.so_reuseport", 0)])
-        observer_pb2_grpc.add_ObserverServicer_to_server(self.servicer, server)
+        server.add_generic_rpc_handlers((observer_handler(self.servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [OBSERVER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
