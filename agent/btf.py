@@ -39,10 +39,18 @@ FIELDS = {
     ("sk_buff", "network_header"): "PF_SKB_NETWORK_HEADER_OFF",
     ("sk_buff", "transport_header"): "PF_SKB_TRANSPORT_HEADER_OFF",
     ("net_device", "ifindex"): "PF_NETDEV_IFINDEX_OFF",
+    # dev -> its network namespace's inode number: drops are traced machine-wide, an agent
+    # reports those of its own namespace (the node's).
+    ("net_device", "nd_net"): "PF_NETDEV_ND_NET_OFF",
+    ("net", "ns.inum"): "PF_NET_NS_INUM_OFF",
+    # The skb:kfree_skb tracepoint's record (what the tracepoint program's ctx points to).
+    ("trace_event_raw_kfree_skb", "skbaddr"): "PF_TP_SKBADDR_OFF",
+    ("trace_event_raw_kfree_skb", "protocol"): "PF_TP_PROTOCOL_OFF",
+    ("trace_event_raw_kfree_skb", "reason"): "PF_TP_REASON_OFF",
 }
 # Expected member sizes: drop.h reads exactly these widths.
-SIZES = {"head": 8, "data": 8, "len": 4, "dev": 8, "protocol": 2, "network_header": 2,
-         "transport_header": 2, "ifindex": 4}
+SIZES = {"nd_net": 8, "ns.inum": 4, "head": 8, "data": 8, "len": 4, "dev": 8, "protocol": 2, "network_header": 2,
+         "transport_header": 2, "ifindex": 4, "skbaddr": 8, "reason": 4}
 DROP_REASON_PREFIX = "SKB_DROP_REASON_"
 
 
@@ -130,13 +138,19 @@ class Btf:
 
     def member(self, struct_name: str, member: str) -> tuple[int, int]:
         """(byte offset, byte size) of `member` in `struct struct_name`, looking through
-        anonymous structs and unions (sk_buff keeps most fields in them)."""
-        found = self._find_member(self.struct_id(struct_name), member, 0)
-        if found is None:
-            raise BtfError(f"struct {struct_name} has no member {member}")
-        return found
+        anonymous structs and unions (sk_buff keeps most fields in them). A dotted path
+        ("ns.inum") walks into embedded structs."""
+        type_id, offset, size = self.struct_id(struct_name), 0, 0
+        for part in member.split("."):
+            found = self._find_member(self._strip(type_id), part, 0)
+            if found is None:
+                raise BtfError(f"struct {struct_name} has no member {member}")
+            part_offset, size, type_id = found
+            offset += part_offset
+        return offset, size
 
-    def _find_member(self, type_id: int, member: str, base_bits: int) -> tuple[int, int] | None:
+    def _find_member(self, type_id: int, member: str,
+                     base_bits: int) -> tuple[int, int, int] | None:
         kind, vlen, kind_flag, _size, off = self._type(type_id)
         anonymous: list[tuple[int, int]] = []
         for i in range(vlen):
@@ -149,7 +163,7 @@ class Btf:
             if self._str(name_off) == member:
                 if bitfield_size or (base_bits + bit_offset) % 8:
                     raise BtfError(f"member {member} is a bitfield")
-                return (base_bits + bit_offset) // 8, self.size_of(mtype)
+                return (base_bits + bit_offset) // 8, self.size_of(mtype), mtype
         for mtype, bits in anonymous:
             resolved = self._strip(mtype)
             if self._type(resolved)[0] in (STRUCT, UNION):

@@ -60,7 +60,11 @@ def sample_blob() -> bytes:
     b.struct_("sk_buff", 64, [("dev", ptr, 64), ("len", u32, 128), ("", const_union, 256),
                               ("head", ptr, 320), ("data", ptr, 384),
                               ("flag", u32, (3 << 24) | 448)], kind_flag=1)
-    b.struct_("net_device", 16, [("ifindex", u32, 96)])
+    b.struct_("net_device", 24, [("ifindex", u32, 96), ("nd_net", ptr, 128)])
+    ns_common = b.struct_("ns_common", 16, [("stashed", ptr, 0), ("inum", u32, 64)])
+    b.struct_("net", 64, [("passive", u32, 0), ("ns", ns_common, 256)])
+    b.struct_("trace_event_raw_kfree_skb", 40, [("skbaddr", ptr, 64), ("protocol", u16, 256),
+                                                ("reason", u32, 288)])
     enum_extra = b"".join(struct.pack("<Ii", b.s(n), v) for n, v in
                           [("SKB_NOT_DROPPED_YET", 0), ("SKB_CONSUMED", 1),
                            ("SKB_DROP_REASON_NOT_SPECIFIED", 2), ("SKB_DROP_REASON_NETFILTER_DROP", 12)])
@@ -74,6 +78,7 @@ MEMBERS = [
     ("typedef-through-anon-union", "sk_buff", "protocol", (32, 2)),
     ("anon-struct-in-anon-union", "sk_buff", "network_header", (36, 2)),
     ("other-struct", "net_device", "ifindex", (12, 4)),
+    ("dotted-path-into-embedded-struct", "net", "ns.inum", (40, 4)),
 ]
 
 
@@ -131,25 +136,40 @@ def _bpftool_types(raw: str) -> dict:
     return types
 
 
-def _bpftool_offset(types: dict, struct_name: str, member: str) -> int:
+def _bpftool_offset(types: dict, struct_name: str, path: str) -> int:
     def strip(tid):
         while types[tid][0] in ("TYPEDEF", "CONST", "VOLATILE", "RESTRICT", "TYPE_TAG"):
             tid = types[tid][2]
         return tid
 
-    def find(tid, base):
+    def find(tid, base, member):
         for name, mtid, bits in types[tid][3]:
             if name == member:
                 return base + bits
         for name, mtid, bits in types[tid][3]:
             if name == "(anon)" and types[strip(mtid)][0] in ("STRUCT", "UNION"):
-                found = find(strip(mtid), base + bits)
+                found = find(strip(mtid), base + bits, member)
+                if found is not None:
+                    return found
+        return None
+
+    def member_type(tid, member):
+        for name, mtid, _bits in types[tid][3]:
+            if name == member:
+                return strip(mtid)
+        for name, mtid, _bits in types[tid][3]:
+            if name == "(anon)" and types[strip(mtid)][0] in ("STRUCT", "UNION"):
+                found = member_type(strip(mtid), member)
                 if found is not None:
                     return found
         return None
 
     tid = next(i for i, t in types.items() if t[0] == "STRUCT" and t[1] == struct_name)
-    return find(tid, 0) // 8
+    total = 0
+    for member in path.split("."):
+        total += find(tid, 0, member)
+        tid = member_type(tid, member)
+    return total // 8
 
 
 @pytest.mark.skipif(shutil.which("bpftool") is None, reason="bpftool not installed")
