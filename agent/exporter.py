@@ -220,6 +220,10 @@ class FlowLogExporter:
                 self._flush()
                 self.writer.close()
                 log.info("reopening flow log %s", self.path)
+                try:
+                    self.writer.open()
+                except ExportError as exc:
+                    self._fail(exc)
             if self._aggregator is not None:
                 now_ns = time.time_ns()
                 if flows:

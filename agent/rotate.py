@@ -75,6 +75,7 @@ class RotatingWriter:
         self._fd: int | None = None
         self._size = 0
         self._needs_header = True
+        self._has_data = False  # lines other than our header in the current file
         self.rotations = 0
 
     # -- opening and closing ---------------------------------------------------------------
@@ -84,7 +85,8 @@ class RotatingWriter:
         return self.path == "-"
 
     def open(self) -> None:
-        """Open (append) the file; the next write starts with a header line."""
+        """Open (append) the file and write its header line at once, so a new file appears
+        as soon as it is opened (after a start, a rotation or a SIGHUP)."""
         if self._fd is not None:
             return
         if self.is_stdout:
@@ -97,7 +99,16 @@ class RotatingWriter:
                 self._size = os.fstat(self._fd).st_size
             except OSError as exc:
                 raise ExportError(f"cannot open {self.path}: {exc.strerror}") from exc
+        self._has_data = self._size > 0
         self._needs_header = True
+        self._write_header()
+
+    def _write_header(self) -> None:
+        try:
+            self._write_all(self._header())
+        except OSError as exc:
+            raise ExportError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        self._needs_header = False
 
     def close(self) -> None:
         if self._fd is not None:
@@ -123,12 +134,15 @@ class RotatingWriter:
         done = 0
         try:
             self.open()
+            if self._needs_header:
+                self._write_header()
             while done < len(lines):
                 chunk, count = self._next_chunk(lines, done)
                 if count == 0:
                     self._rotate()
                     continue
                 self._write_all(chunk)
+                self._has_data = True
                 done += count
         except ExportError as exc:
             exc.unwritten = len(lines) - done
@@ -139,26 +153,19 @@ class RotatingWriter:
             raise err from exc
 
     def _next_chunk(self, lines: list[bytes], start: int) -> tuple[bytes, int]:
-        """The lines from `start` that fit in the current file (with the header if due).
-        Returns count 0 when the file must rotate first."""
-        header = self._header() if self._needs_header else b""
-        limit = self.config.max_bytes
-        room = limit - self._size - len(header)
-        parts = [header] if header else []
-        count = 0
+        """The lines from `start` that fit in the current file. Returns count 0 when the
+        file must rotate first."""
+        room = self.config.max_bytes - self._size
+        parts = []
         for line in lines[start:]:
             if len(line) > room and not self.is_stdout:
                 # A line that fits no file at all goes alone into a fresh file.
-                if count == 0 and self._size == 0:
+                if not parts and not self._has_data:
                     parts.append(line)
-                    count = 1
                 break
             parts.append(line)
             room -= len(line)
-            count += 1
-        if count == 0:
-            return b"", 0
-        return b"".join(parts), count
+        return b"".join(parts), len(parts)
 
     def _write_all(self, data: bytes) -> None:
         """Write `data` completely or undo the partial write (truncate to the old size)."""
@@ -179,7 +186,6 @@ class RotatingWriter:
                     log.warning("truncating %s after a failed write: %s", self.path, exc)
             raise
         self._size = start + written
-        self._needs_header = False
 
     def _rotate(self) -> None:
         """PATH -> PATH.1[.gz], PATH.k -> PATH.k+1, dropping what exceeds max_backups."""
