@@ -1,0 +1,100 @@
+"""Interface selection, flag validation and source assembly: plain functions, no root."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from agent import datapath, interfaces
+from agent.decode import InterfaceKind
+from agent.errors import ConfigError
+from agent.interfaces import Link
+
+LINKS = [
+    Link(1, "lo", "", None, None),
+    Link(2, "eth0", "veth", None, 0),           # uplink: a veth too, but carries the default route
+    Link(3, "cni0", "bridge", None, None),
+    Link(4, "veth1a2b3c4d", "veth", 3, 1),      # pod veth on cni0
+    Link(5, "cali0123456789", "veth", None, 2),  # routed pod veth
+    Link(6, "docker0", "bridge", None, None),   # bridge without veth ports
+    Link(7, "vethlocal", "veth", None, None),   # peer in this namespace: not a pod
+    Link(8, "br-ext", "bridge", None, None),
+    Link(9, "eth1", "", 8, None),               # physical port on br-ext
+]
+
+
+@pytest.mark.parametrize("include,exclude,want", [
+    ([], [], {3: "bridge", 4: "pod_veth", 5: "pod_veth"}),
+    ([], ["cali*"], {3: "bridge", 4: "pod_veth"}),
+    ([], ["cni0"], {4: "pod_veth", 5: "pod_veth"}),
+    (["veth*"], [], {4: "pod_veth", 7: "pod_veth"}),
+    (["docker0", "eth1"], [], {6: "bridge", 9: "pod_veth"}),
+    (["*"], ["eth*", "veth*"], {3: "bridge", 5: "pod_veth", 6: "bridge", 8: "bridge"}),
+    (["nothing*"], [], {}),
+], ids=["detect", "exclude-routed", "exclude-bridge", "include-glob", "include-names",
+        "include-all-but", "include-nothing"])
+def test_select_interfaces(include, exclude, want):
+    chosen = interfaces.select_interfaces(LINKS, uplinks={2}, include=include, exclude=exclude)
+    assert {i: info.kind.value for i, info in chosen.items()} == want
+    assert all(isinstance(info.kind, InterfaceKind) for info in chosen.values())
+
+
+@pytest.mark.parametrize("text,want", [
+    ("", []), (None, []), ("veth*", ["veth*"]), (" veth*, cni0 ,,", ["veth*", "cni0"]),
+])
+def test_parse_globs(text, want):
+    assert interfaces.parse_globs(text) == want
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--node-name", default="n1")
+    datapath.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_defaults():
+    cfg = datapath.DatapathConfig.from_args(_args())
+    assert (cfg.active_timeout_s, cfg.idle_timeout_s) == (5.0, 15.0)
+    assert (cfg.flow_map_size, cfg.ringbuf_bytes) == (65536, 4 << 20)
+    assert (cfg.include, cfg.exclude) == ([], [])
+
+
+def test_sizes_with_suffixes():
+    cfg = datapath.DatapathConfig.from_args(_args("--flow-map-size", "128K",
+                                                  "--ringbuf-size", "256KiB"))
+    assert (cfg.flow_map_size, cfg.ringbuf_bytes) == (128 * 1024, 256 * 1024)
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--flow-map-size", "lots"], "--flow-map-size"),
+    (["--flow-map-size", "0"], "--flow-map-size"),
+    (["--flow-map-size", "64M"], "--flow-map-size"),
+    (["--ringbuf-size", "3M"], "--ringbuf-size"),
+    (["--ringbuf-size", "1K"], "--ringbuf-size"),
+    (["--ringbuf-size=-4M"], "--ringbuf-size"),
+    (["--active-timeout", "0"], "--active-timeout"),
+    (["--idle-timeout", "-1"], "--idle-timeout"),
+    (["--sweep-interval", "0"], "--sweep-interval"),
+], ids=lambda v: v if isinstance(v, str) else " ".join(v))
+def test_bad_values_name_the_flag(argv, flag):
+    with pytest.raises(ConfigError, match=flag):
+        datapath.DatapathConfig.from_args(_args(*argv))
+
+
+def test_expand_includes_inlines_headers_and_keeps_missing_optional(tmp_path):
+    (tmp_path / "a.h").write_text('#include "b.h"\nint a;\n')
+    (tmp_path / "b.h").write_text("int b;\n")
+    (tmp_path / "main.c").write_text('#include "a.h"\n#ifdef X\n#include "absent.h"\n#endif\n'
+                                     "int main_;\n")
+    src = datapath.expand_includes(tmp_path / "main.c")
+    assert "int a;" in src and "int b;" in src and "int main_;" in src
+    assert '#include "absent.h"' in src
+    assert f'#line 2 "{tmp_path / "main.c"}"' in src
+
+
+def test_real_source_expands_every_header():
+    src = datapath.expand_includes(datapath.BPF_DIR / "podflow.c")
+    for header in ("types.h", "maps.h", "parse.h"):
+        assert f'{datapath.BPF_DIR / header}"' in src
