@@ -126,6 +126,7 @@ class FlowCounters:
         self._series: dict[tuple[str, ...], list[int]] = {}
         self._drops: dict[str, list[int]] = {}  # drop reason -> [packets, bytes, last update]
         self.overflow_key = tuple(OVERFLOW for _ in labels)
+        self.skipped = 0  # flows this consumer fell too far behind to read
 
     def counts(self, flow: flow_pb2.Flow) -> bool:
         """Whether this record is the one observation point counted for its packets."""
@@ -220,6 +221,8 @@ class _Collector:
         for stage, span in sorted(self.stats.snapshot_lost().items()):
             lost.add_metric([observer_pb2.LostStage.Name(stage)], span.count)
         yield lost
+        yield CounterMetricFamily("podflow_metrics_skipped_flows", "Flows the metrics consumer "
+                                  "fell too far behind to count", value=self.counters.skipped)
 
         errors = CounterMetricFamily("podflow_datapath_errors", "Kernel-side datapath error "
                                      "counters, by reason", labels=["reason"])
@@ -268,14 +271,16 @@ class MetricsServer:
             raise PodflowError(f"--metrics {self.host}:{self.port}: cannot listen: {exc.strerror}") from exc
         self.port = self._httpd.server_address[1]
         if self.store is not None:
-            self._subscription = self.store.subscribe()
+            self._subscription = self.store.subscribe(queue_size=self.store.capacity)
             self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
             self._thread.start()
 
     def _run(self) -> None:
         sub = self._subscription
         while not self._stop.is_set():
-            flows, _lost = sub.next_batch(timeout_s=0.5, max_flows=4096)
+            flows, lost = sub.next_batch(timeout_s=0.5, max_flows=4096)
+            if lost is not None:
+                self.counters.skipped += lost.count
             if flows:
                 self.counters.add(flows)
         sub.close()
