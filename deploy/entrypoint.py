@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 EXIT_NO_HEADERS = 3
@@ -44,20 +44,33 @@ SOURCE_MARKER = Path("include/linux/kconfig.h")
 
 @dataclass
 class Layout:
-    """Where things are inside the container. Defaults are the pod's; tests point every path
+    """Where things are inside the container. Defaults are the pod's (see the DaemonSet);
+    every path can be moved with an environment variable, which the tests use to point them
     into a temporary directory."""
 
     # The container's /lib/modules: where bcc looks, writable (an emptyDir in the pod).
-    modules_dir: Path = Path("/lib/modules")
+    modules_dir: Path
     # Node directories as mounted in the container, keyed by their path on the node. A link
     # on the node pointing into one of them is followed there; anything else is not visible.
-    node_mounts: dict[str, Path] = field(default_factory=lambda: {
-        "/lib/modules": Path(os.environ.get("PODFLOW_HOST_MODULES", "/host/lib/modules")),
-        "/usr/src": Path(os.environ.get("PODFLOW_HOST_USR_SRC", "/usr/src")),
-    })
-    sys_dir: Path = Path("/sys")
-    mountinfo: Path = Path("/proc/self/mountinfo")
-    fallback_dir: Path = Path(os.environ.get("PODFLOW_FALLBACK_HEADERS", "/opt/podflow/headers"))
+    node_mounts: dict[str, Path]
+    sys_dir: Path
+    mountinfo: Path
+    # Generic headers shipped in the image (deploy/Dockerfile).
+    fallback_dir: Path
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Layout":
+        env = os.environ if env is None else env
+        return cls(
+            modules_dir=Path(env.get("PODFLOW_MODULES_DIR", "/lib/modules")),
+            node_mounts={
+                "/lib/modules": Path(env.get("PODFLOW_HOST_MODULES", "/host/lib/modules")),
+                "/usr/src": Path(env.get("PODFLOW_HOST_USR_SRC", "/usr/src")),
+            },
+            sys_dir=Path(env.get("PODFLOW_SYS_DIR", "/sys")),
+            mountinfo=Path(env.get("PODFLOW_MOUNTINFO", "/proc/self/mountinfo")),
+            fallback_dir=Path(env.get("PODFLOW_FALLBACK_HEADERS", "/opt/podflow/headers")),
+        )
 
 
 @dataclass
@@ -83,21 +96,19 @@ def node_path(layout: Layout, path: str) -> Path | None:
     return None
 
 
-def resolve_node_link(layout: Layout, path: Path, hops: int = 40) -> Path | None:
-    """Follow `path` (a container path inside a node mount) the way the node would: an absolute
-    link target is a node path, so it is mapped through the node mounts. None when the chain
-    leaves what is mounted or ends nowhere."""
+def resolve_node_link(layout: Layout, node: str, hops: int = 40) -> Path | None:
+    """The container path of node path `node`, following links the way the node would: link
+    targets (absolute or relative) are node paths, mapped through the node mounts. None when
+    the chain leaves what is mounted or ends nowhere."""
     for _ in range(hops):
+        path = node_path(layout, node)
+        if path is None:
+            return None
         if not path.is_symlink():
             return path if path.exists() else None
         target = os.readlink(path)
-        if os.path.isabs(target):
-            mapped = node_path(layout, target)
-            if mapped is None:
-                return None
-            path = mapped
-        else:
-            path = Path(os.path.normpath(path.parent / target))
+        node = os.path.normpath(target if os.path.isabs(target)
+                                else os.path.join(os.path.dirname(node), target))
     return None
 
 
@@ -145,11 +156,11 @@ def find_headers(layout: Layout, release: str) -> Headers:
     node_build_path = f"/lib/modules/{release}/build"
     mounted = node_path(layout, node_build_path)
     if mounted is not None:
-        build = resolve_node_link(layout, mounted)
+        build = resolve_node_link(layout, node_build_path)
         if build is not None:
-            source_link = node_path(layout, f"/lib/modules/{release}/source")
-            source = pick_source(build, [resolve_node_link(layout, source_link) if source_link else None,
-                                         common_sibling(build)])
+            source = pick_source(build, [
+                resolve_node_link(layout, f"/lib/modules/{release}/source"),
+                common_sibling(build)])
             if usable(build, source):
                 return Headers("node-modules", build, source, f"node {node_build_path} -> {build}")
             looked.append(f"node {node_build_path} -> {build}: incomplete "
@@ -162,9 +173,8 @@ def find_headers(layout: Layout, release: str) -> Headers:
 
     # 3. The node's /usr/src/linux-headers-<release>.
     usr_src = f"/usr/src/linux-headers-{release}"
-    mounted = node_path(layout, usr_src)
-    if mounted is not None:
-        build = resolve_node_link(layout, mounted)
+    if node_path(layout, usr_src) is not None:
+        build = resolve_node_link(layout, usr_src)
         if build is not None:
             source = pick_source(build, [common_sibling(build)])
             if usable(build, source):
@@ -312,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     needs_kernel = args.check or (podflow_args[:1] == ["agent"])
     if needs_kernel:
         release = os.uname().release
-        headers = prepare(Layout(), release)
+        headers = prepare(Layout.from_env(), release)
         print(f"{PROG}: kernel {release}; headers: {headers.kind}: {headers.detail}",
               file=sys.stderr)
         if headers.kind == "fallback":

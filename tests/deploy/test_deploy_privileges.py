@@ -1,0 +1,152 @@
+"""The DaemonSet asks for nothing beyond the documented privileges, with any values: exactly
+the documented capabilities (each one is justified in deploy/helm/podflow/README.md and
+proven needed by test_deploy_capabilities.py), not privileged, no host PID/IPC, host network,
+read-only host mounts except bpffs (and the flow log directory, when the user puts it on the
+node), and RBAC limited to get/list/watch on what agent/metadata reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy_helpers import VALUE_SETS, agent_container, by_kind, one, render
+
+DOCUMENTED_CAPABILITIES = {"BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"}
+# Node paths the agent may mount, and whether it may write there.
+HOST_PATHS_WRITABLE = {
+    "/sys/fs/bpf": True,  # bpffs: pinned maps/programs belong to the agent
+    "/sys/kernel/tracing": False,
+    "/lib/modules": False,
+    "/usr/src": False,
+}
+RBAC_RULES = {
+    ("", "pods"), ("", "services"), ("", "nodes"), ("", "namespaces"),
+    ("discovery.k8s.io", "endpointslices"), ("apps", "replicasets"), ("batch", "jobs"),
+}
+
+
+def _values_ids():
+    return list(VALUE_SETS)
+
+
+@pytest.mark.parametrize("values_name", _values_ids())
+def test_exact_capabilities(values_name):
+    values = VALUE_SETS[values_name]
+    sc = agent_container(render(values))["securityContext"]
+    expected = set(DOCUMENTED_CAPABILITIES)
+    if values.get("compat", {}).get("sysAdmin"):
+        expected.add("SYS_ADMIN")  # only for kernels < 5.8, which have no CAP_BPF/CAP_PERFMON
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sorted(sc["capabilities"]["add"]) == sorted(expected)
+    assert len(sc["capabilities"]["add"]) == len(expected), "duplicate capability"
+
+
+@pytest.mark.parametrize("values_name", _values_ids())
+def test_not_privileged_and_no_host_namespaces_but_network(values_name):
+    objects = render(VALUE_SETS[values_name])
+    pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    container = agent_container(objects)
+    sc = container["securityContext"]
+    assert sc["privileged"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    sys_admin = bool(VALUE_SETS[values_name].get("compat", {}).get("sysAdmin"))
+    # Kubernetes rejects allowPrivilegeEscalation=false together with SYS_ADMIN.
+    assert sc["allowPrivilegeEscalation"] is (not sys_admin)
+    assert sc.get("seccompProfile", {}).get("type") in ("RuntimeDefault", "Unconfined")
+    if not sys_admin:
+        assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod.get("hostPID", False) is False
+    assert pod.get("hostIPC", False) is False
+    assert "securityContext" not in pod  # no pod-level sysctls or supplemental groups
+    assert "initContainers" not in pod and "ephemeralContainers" not in pod
+    assert len(pod["containers"]) == 1
+    assert all("hostPort" not in p or p["hostPort"] == p["containerPort"]
+               for p in container["ports"])
+
+
+@pytest.mark.parametrize("values_name", _values_ids())
+def test_host_mounts_are_read_only_except_bpffs(values_name):
+    values = VALUE_SETS[values_name]
+    objects = render(values)
+    pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    allowed = dict(HOST_PATHS_WRITABLE)
+    flow_log_node_dir = values.get("flowLog", {}).get("hostPath")
+    if flow_log_node_dir and values.get("flowLog", {}).get("enabled", True):
+        allowed[flow_log_node_dir] = True  # the user asked for the flow log on the node
+    host_volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert set(host_volumes.values()) <= set(allowed)
+    mounts = pod["containers"][0]["volumeMounts"]
+    for mount in mounts:
+        path = host_volumes.get(mount["name"])
+        if path is None:
+            continue
+        if allowed[path]:
+            assert not mount.get("readOnly", False), f"{path} should be writable"
+        else:
+            assert mount.get("readOnly") is True, f"{path} mounted writable"
+    # Every volume is either from the node (above) or pod-local: no sockets, no devices.
+    for volume in pod["volumes"]:
+        assert set(volume) - {"name"} <= {"hostPath", "emptyDir", "secret"}, volume
+
+
+def test_kernel_filesystems_and_headers_are_mounted_where_the_entrypoint_looks():
+    container = agent_container(render())
+    pod = one(render(), "DaemonSet")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    where = {}
+    for m in container["volumeMounts"]:
+        source = volumes[m["name"]].get("hostPath", {}).get("path", m["name"])
+        where[source] = m["mountPath"]
+    assert where["/sys/fs/bpf"] == "/sys/fs/bpf"
+    assert where["/sys/kernel/tracing"] == "/sys/kernel/tracing"
+    assert where["/lib/modules"] == "/host/lib/modules"
+    assert where["/usr/src"] == "/usr/src"  # same path: the node's absolute links resolve
+    assert volumes["lib-modules"]["emptyDir"] and where["lib-modules"] == "/lib/modules"
+    assert where["tmp"] == "/tmp"  # bcc unpacks kheaders there; the root filesystem is read-only
+
+
+@pytest.mark.parametrize("values_name", _values_ids())
+def test_rbac_is_read_only_on_what_the_agent_reads(values_name):
+    objects = render(VALUE_SETS[values_name])
+    assert by_kind(objects, "Role") == [] and by_kind(objects, "RoleBinding") == []
+    role = one(objects, "ClusterRole")
+    granted = set()
+    for rule in role["rules"]:
+        assert sorted(rule["verbs"]) == ["get", "list", "watch"], rule
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule  # no resourceNames/URLs
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                assert "*" not in (group, resource)
+                granted.add((group, resource))
+    assert granted == RBAC_RULES
+    binding = one(objects, "ClusterRoleBinding")
+    account = one(objects, "ServiceAccount")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                  "kind": "ClusterRole", "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount",
+                                    "name": account["metadata"]["name"],
+                                    "namespace": account["metadata"]["namespace"]}]
+    pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+
+
+def test_rbac_matches_what_the_metadata_watcher_lists():
+    """Every resource agent/k8s watches is granted, and nothing else."""
+    watched = _watched_resources()
+    if watched is None:
+        pytest.skip("agent/k8s does not expose its watched resources as data")
+    assert watched == RBAC_RULES
+
+
+def _watched_resources() -> set[tuple[str, str]] | None:
+    """(apiGroup, resource) pairs from agent.k8s.kubesource.RESOURCES ("endpointslices.discovery.k8s.io")."""
+    try:
+        from agent.k8s.kubesource import RESOURCES
+    except ImportError:
+        return None
+    pairs = set()
+    for res in RESOURCES:
+        name, _, group = res.resource.partition(".")
+        pairs.add((group, name))
+    return pairs
