@@ -548,6 +548,7 @@ class Datapath:
             if record is not None:
                 records.append(record)
         self._pending.extend(self._decode(r) for r in records)
+        self._sweep_extensions(now_ns, final=False)
         self._update_counters()
 
     def _final_sweep(self) -> None:
@@ -555,7 +556,16 @@ class Datapath:
         entries = read_flow_map(self._flow_map_fd, self.config.flow_map_size)
         records = self.tracker.flush(entries, now_ns)
         self._pending.extend(self._decode(r) for r in records)
+        self._sweep_extensions(now_ns, final=True)
         self._update_counters()
+
+    def _sweep_extensions(self, now_ns: int, final: bool) -> None:
+        """Extensions with maps of their own (drop.h) sweep them with the flow map:
+        optional `sweep(datapath, now_ns, final) -> list[Flow]`."""
+        for ext in self.extensions:
+            sweep = getattr(ext, "sweep", None)
+            if sweep is not None:
+                self._pending.extend(sweep(self, now_ns, final) or ())
 
     def kernel_errors(self) -> list[int]:
         """The per-reason counters, summed over CPUs."""

@@ -10,10 +10,13 @@ Every table is bounded; malformed messages are counted in `malformed`, never rai
 
 from __future__ import annotations
 
+import ctypes
+import ipaddress
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from agent.decode import EVENT_DNS, PF_FAMILY_IPV4, FlowKey
 from agent.dns import DnsDecodeError, DnsMessage, decode, qtype_name
 from podflow_api.v1 import flow_pb2
 
@@ -34,6 +37,45 @@ class DnsPacket:
     payload: bytes        # the L4 payload as captured (bounded by the kernel)
     payload_len: int      # the L4 payload length on the wire
     ts_ns: int            # kernel monotonic time of the packet
+
+
+class DnsEventHeader(ctypes.Structure):
+    """struct pf_dns_event (bpf/dns.h) without its payload; the payload follows at
+    ctypes.sizeof(DnsEventHeader) and holds `captured` bytes."""
+
+    _fields_ = [
+        ("kind", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 7),
+        ("key", FlowKey),
+        ("payload_len", ctypes.c_uint16),
+        ("captured", ctypes.c_uint16),
+        ("ts_ns", ctypes.c_uint64),
+    ]
+
+
+DNS_EVENT_HEADER_SIZE = ctypes.sizeof(DnsEventHeader)
+_PROTOS = {6: "tcp", 17: "udp"}
+
+
+def packet_from_event(data: bytes) -> DnsPacket | None:
+    """A PF_EVENT_DNS ring-buffer record -> DnsPacket (None when it is not one)."""
+    if len(data) < DNS_EVENT_HEADER_SIZE:
+        return None
+    hdr = DnsEventHeader.from_buffer_copy(data)
+    proto = _PROTOS.get(hdr.key.proto)
+    if hdr.kind != EVENT_DNS or proto is None:
+        return None
+    if hdr.key.family == PF_FAMILY_IPV4:
+        src = str(ipaddress.IPv4Address(bytes(hdr.key.src_addr[:4])))
+        dst = str(ipaddress.IPv4Address(bytes(hdr.key.dst_addr[:4])))
+    else:
+        src = str(ipaddress.IPv6Address(bytes(hdr.key.src_addr)))
+        dst = str(ipaddress.IPv6Address(bytes(hdr.key.dst_addr)))
+    captured = min(hdr.captured, len(data) - DNS_EVENT_HEADER_SIZE)
+    payload = bytes(data[DNS_EVENT_HEADER_SIZE:DNS_EVENT_HEADER_SIZE + captured])
+    return DnsPacket(ifindex=hdr.key.ifindex, proto=proto, src_ip=src, dst_ip=dst,
+                     src_port=hdr.key.src_port, dst_port=hdr.key.dst_port, payload=payload,
+                     payload_len=hdr.payload_len, ts_ns=hdr.ts_ns)
 
 
 class _Bounded(OrderedDict):
@@ -131,3 +173,35 @@ class DnsTracker:
             names = self.names(flow.ip.destination, flow.ip.source)
             if names:
                 flow.source.names[:] = names
+
+
+ERR_DNS_LOST = 24  # bpf/dns.h PF_ERR_DNS_LOST
+
+
+class DnsExtension:
+    """The datapath extension (agent/datapath.py) for DNS: compiles dns.h into the TC
+    programs and hands every captured packet to `sink` (the annotator's dns_packet)."""
+
+    def __init__(self, sink, capture_bytes: int = 512):
+        self.sink = sink
+        self.capture_bytes = capture_bytes
+
+    def cflags(self) -> list[str]:
+        return ["-DPODFLOW_DNS", f"-DPODFLOW_DNS_CAPTURE={self.capture_bytes}"]
+
+    def error_names(self) -> dict[int, str]:
+        return {ERR_DNS_LOST: "ringbuf_full_dns"}
+
+    def event_handlers(self) -> dict:
+        return {EVENT_DNS: self._on_event}
+
+    def _on_event(self, _datapath, raw: bytes) -> None:
+        packet = packet_from_event(raw)
+        if packet is not None:
+            self.sink(packet)
+
+    def attach(self, bpf) -> None:
+        pass  # runs inside the TC programs the datapath attaches
+
+    def detach(self, bpf) -> None:
+        pass

@@ -16,7 +16,7 @@
  * devices of that namespace are kept).
  *
  * bcc rewrites map calls only in its main file: load podflow.c through
- * agent/bpfsource.inline_includes (one text), not with #include search paths.
+ * agent/datapath.expand_includes (one text), not with #include search paths.
  *
  * Python mirror: agent/drops.py (DropKey, DropValue, DropEvent); tests/drops/test_layout.py
  * compiles this header with gcc and compares sizes and offsets.
