@@ -190,12 +190,12 @@ def node_prefix(node: str) -> bytes:
 def encode_flow_response(prefix: bytes, flow: flow_pb2.Flow, mask=None) -> bytes:
     """The bytes of GetFlowsResponse(node_name, time=flow.time, flow=flow) (fields 1, 2, 3),
     without building that message."""
+    ts = flow.time.SerializeToString() if flow.HasField("time") else b""
     if mask is not None:
         masked = flow_pb2.Flow()
         mask.MergeMessage(flow, masked)
         flow = masked
     body = flow.SerializeToString()
-    ts = flow.time.SerializeToString() if flow.HasField("time") else b""
     return b"".join((prefix, b"\x12", _varint(len(ts)), ts, b"\x1a", _varint(len(body)), body))
 
 

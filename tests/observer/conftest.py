@@ -1,0 +1,67 @@
+"""Fixtures of the Observer tests: real gRPC servers (agent.server over agent.flowstore, as the
+agent runs them) on port 0 or unix sockets, fed with generated, enriched-looking flows."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import grpc
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from observer_flows import make_flow  # noqa: E402
+
+from agent.flowstore import FlowStore  # noqa: E402
+from agent.server import ObserverServer  # noqa: E402
+from agent.stats import AgentStats  # noqa: E402
+from podflow_api.v1 import observer_pb2_grpc  # noqa: E402
+
+
+class InProcessAgent:
+    """A node's Observer as a client sees it, without eBPF: flows are fed with `feed()`."""
+
+    def __init__(self, node: str = "node-a", listen: str = "127.0.0.1:0", capacity: int = 4096,
+                 client_queue_size: int = 1024, credentials=None):
+        self.stats = AgentStats(node_name=node, version="test")
+        self.store = FlowStore(capacity, self.stats, client_queue_size=client_queue_size)
+        self.server = ObserverServer(listen, self.store, self.stats, credentials=credentials)
+        self.node = node
+
+    def start(self) -> InProcessAgent:
+        self.server.start()
+        return self
+
+    @property
+    def address(self) -> str:
+        addr = self.server.address
+        return addr.replace("0.0.0.0", "127.0.0.1")
+
+    def feed(self, n: int, **kw) -> list:
+        flows = [make_flow(i, node=self.node, **kw) for i in range(n)]
+        self.store.extend(flows)
+        return flows
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.address)
+
+    def stub(self, channel: grpc.Channel) -> observer_pb2_grpc.ObserverStub:
+        return observer_pb2_grpc.ObserverStub(channel)
+
+    def stop(self) -> None:
+        self.server.stop(grace_s=0.2)
+
+
+@pytest.fixture
+def agent():
+    a = InProcessAgent().start()
+    yield a
+    a.stop()
+
+
+@pytest.fixture
+def sockdir():
+    with tempfile.TemporaryDirectory(prefix="pf-obs-") as d:
+        yield d
