@@ -22,6 +22,7 @@ from typing import Callable
 import grpc
 from google.protobuf import json_format
 
+from agent.client import TLSOptions, get_flow_batches, open_channel
 from podflow_api.v1 import observer_pb2, observer_pb2_grpc
 
 from tui.aggregator import Aggregator
@@ -30,6 +31,7 @@ log = logging.getLogger("podflow.tui.sources")
 
 Notify = Callable[[str, str, str], None]  # (event: "connected"|"lost"|"gone", source_id, msg)
 STATUS_POLL_S = 3.0
+_NS = 1_000_000_000
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 
@@ -38,26 +40,13 @@ def _no_notify(_event: str, _source_id: str, _message: str) -> None:
     return None
 
 
-def open_channel(address: str, tls: bool = False) -> grpc.Channel:
-    """The Observer client's channel (agent.client when present: TLS and options in one
-    place), else a plain insecure channel. Addresses: HOST:PORT or unix:/path."""
-    try:
-        from agent.client import open_channel as agent_open_channel
-    except ImportError:
-        agent_open_channel = None
-    if agent_open_channel is not None:
-        return agent_open_channel(address, tls)
-    return grpc.insecure_channel(address, options=[("grpc.max_receive_message_length",
-                                                    64 * 1024 * 1024)])
-
-
 class AgentSource:
     """One agent's stream: GetFlows(follow, last `history` flows), plus ServerStatus polled
     every few seconds, reconnecting with backoff when the agent goes away."""
 
     def __init__(self, address: str, aggregator: Aggregator, *, history: int = 1000,
                  notify: Notify = _no_notify, kind: str = "agent", source_id: str | None = None,
-                 label: str = "", tls: bool = False, status_poll_s: float = STATUS_POLL_S,
+                 label: str = "", tls: TLSOptions | None = None, status_poll_s: float = STATUS_POLL_S,
                  backoff_max_s: float = BACKOFF_MAX_S):
         self.address = address
         self.source_id = source_id or address
@@ -69,6 +58,7 @@ class AgentSource:
         self.backoff_max_s = backoff_max_s
         self._stop = threading.Event()
         self._call = None
+        self._resume_ns = 0  # newest flow time received: where a reconnect resumes
         self._thread = threading.Thread(target=self._run, name=f"tui-src-{self.source_id}",
                                         daemon=True)
         aggregator.add_source(self.source_id, address, kind, name=label)
@@ -93,6 +83,7 @@ class AgentSource:
                 self.agg.set_state(self.source_id, "reconnecting", f"attempt {attempts + 1}")
             channel = open_channel(self.address, self.tls)
             poller = None
+            stream_done = threading.Event()
             try:
                 stub = observer_pb2_grpc.ObserverStub(channel)
                 status = stub.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=5)
@@ -100,22 +91,18 @@ class AgentSource:
                 self.agg.set_state(self.source_id, "connected")
                 self.notify("connected", self.source_id, status.node_name)
                 backoff, attempts = BACKOFF_START_S, 0
-                poller = threading.Thread(target=self._poll_status, args=(stub,), daemon=True,
+                poller = threading.Thread(target=self._poll_status, args=(stub, stream_done),
+                                          daemon=True,
                                           name=f"tui-status-{self.source_id}")
                 poller.start()
-                self._call = stub.GetFlows(observer_pb2.GetFlowsRequest(
-                    number=self.history, follow=True))
-                if self._stop.is_set():
-                    self._call.cancel()
-                feed, sid = self.agg.feed, self.source_id
-                for response in self._call:
-                    feed(sid, response)
+                self._stream(channel)
                 message = "the agent ended the stream"
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
                 message = f"{code.name if code else 'error'}: {exc.details() if hasattr(exc, 'details') else exc}"
             finally:
                 self._call = None
+                stream_done.set()
                 channel.close()
                 if poller is not None:
                     poller.join(timeout=1)
@@ -130,12 +117,34 @@ class AgentSource:
             if self._stop.wait(delay):
                 return
 
-    def _poll_status(self, stub) -> None:
+    def _stream(self, channel) -> None:
+        """GetFlowsBatched (GetFlows from older agents) via agent.client. The first stream
+        asks for `history` flows; a reconnect resumes just after the newest flow received,
+        so nothing is counted twice."""
+        request = observer_pb2.GetFlowsRequest(follow=True)
+        if self._resume_ns:
+            request.since.seconds, request.since.nanos = divmod(self._resume_ns + 1, _NS)
+        else:
+            request.number = self.history
+        sid = self.source_id
+        feed_many = self.agg.feed_many
+        for batch in get_flow_batches(channel, request, on_call=self._on_call):
+            for resp in reversed(batch):
+                if resp.HasField("flow"):
+                    t = resp.flow.time
+                    self._resume_ns = max(self._resume_ns, t.seconds * _NS + t.nanos)
+                    break
+            feed_many(sid, batch)
+
+    def _on_call(self, call) -> None:
+        self._call = call
+        if self._stop.is_set():
+            call.cancel()
+
+    def _poll_status(self, stub, stream_done: threading.Event) -> None:
         """ServerStatus every few seconds while the stream is up: lost events by stage,
         interfaces traced, flows/s as the agent sees them."""
-        while not self._stop.wait(self.status_poll_s):
-            if self._call is None:
-                return
+        while not stream_done.wait(self.status_poll_s):
             try:
                 status = stub.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=5)
             except grpc.RpcError:
