@@ -3,7 +3,9 @@
 A flow record only carries the TCP flags of one direction at one observation point, so it
 cannot say "refused" or "unanswered" by itself. This module pairs each record with the
 records of the reverse 5-tuple seen at the SAME interface (a pod's veth sees both directions
-of every connection of its pod; a bridge too) and keeps a small state per connection:
+of every connection of its pod) and keeps a small state per connection. Bridge records get
+no outcome: a bridge sees requests after kube-proxy's DNAT and replies before the reverse
+translation, so the two directions do not pair up there.
 
     TCP  SYN, then the other side's SYN+ACK            -> ESTABLISHED
          SYN, then the other side's RST (no SYN+ACK)    -> REFUSED
@@ -30,6 +32,7 @@ from podflow_api.v1 import flow_pb2
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 1, 2, 4, 16
 Outcome = flow_pb2.ConnectionOutcome
+_UNPAIRED = (flow_pb2.BRIDGE, flow_pb2.HOST_STACK)
 
 # (interface index, protocol, (ip, port) of one side, (ip, port) of the other): sorted so
 # both directions of a connection share one key.
@@ -101,7 +104,9 @@ class OutcomeTracker:
         # Learn from the whole batch first: both directions often arrive together, and the
         # reply record must decide the outcome of the request record of the same batch.
         for flow in sorted(flows, key=lambda f: (f.first_seen.seconds, f.first_seen.nanos)):
-            if flow.verdict == flow_pb2.DROPPED:
+            # A bridge sees a connection's two directions on either side of kube-proxy's
+            # DNAT (requests translated, replies not yet), so they never pair up there.
+            if flow.verdict == flow_pb2.DROPPED or flow.observation_point in _UNPAIRED:
                 continue
             keyed = connection_key(flow)
             if keyed is None:

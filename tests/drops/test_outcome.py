@@ -107,3 +107,11 @@ def test_drops_and_icmp_are_left_alone():
     icmp.l4.icmpv4.type = 8
     tracker.annotate([dropped, icmp])
     assert (dropped.outcome, icmp.outcome, len(tracker)) == (O.OUTCOME_UNKNOWN, O.OUTCOME_UNKNOWN, 0)
+
+
+def test_bridge_records_get_no_outcome():
+    tracker = OutcomeTracker(clock=FakeClock())
+    syn = rec(CLIENT, SERVER, "SYN")
+    syn.observation_point = flow_pb2.BRIDGE
+    tracker.annotate([syn])
+    assert syn.outcome == O.OUTCOME_UNKNOWN and len(tracker) == 0
