@@ -164,7 +164,6 @@ class Reflector:
                 break
         self._state.replace(self.spec.kind, items)
         self.resource_version = meta.get("resourceVersion")
-        self.synced.set()
         log.debug("%s: listed %d at version %s", self.spec.resource, len(items), self.resource_version)
 
     def _watch_once(self) -> bool:
@@ -177,7 +176,9 @@ class Reflector:
             resp = self._list_fn(**kwargs)
             if 200 <= resp.status < 300:
                 established = True
+                self.forbidden = ""
                 self._health.ok(self)
+                self.synced.set()  # listed and watching: start() may go on
             return resp
 
         w = _RawWatch()

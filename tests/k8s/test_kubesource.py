@@ -177,11 +177,22 @@ def test_missing_rbac_for_an_optional_resource_is_a_warning(api, connect):
     assert state.peer("10.0.0.3").endpoint.workload.kind == "Deployment"
 
 
-def test_missing_watch_permission_is_reported(api, connect):
+def test_missing_watch_permission_at_start_is_fatal(api, connect):
     api.forbid("pods", "watch")
-    _state, stats, _ = connect()
+    with pytest.raises(MetadataError, match=r"missing RBAC permission: watch pods \(at cluster scope\)"):
+        connect()
+
+
+def test_permission_revoked_later_is_reported_as_stale(api, connect):
+    state, stats, _ = connect()
+    api.forbid("pods", "watch")
+    api.disconnect_watches()
     assert wait_until(lambda: "missing RBAC permission: watch pods" in stats.metadata_error, 3.0)
     assert stats.metadata_stale
+    api.allow("pods", "watch")
+    api.create(objs.pod("after", "10.0.4.1"))
+    assert state.wait_for(lambda s: "10.0.4.1" in s.pod_by_ip, 5.0)
+    assert wait_until(lambda: not stats.metadata_stale, 2.0)
 
 
 def test_large_lists_are_paged(api, connect):
