@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 import time
+from json.encoder import encode_basestring_ascii as _quote
 
 from google.protobuf import field_mask_pb2, json_format
 
@@ -244,21 +245,24 @@ class FlowLogExporter:
                 return
 
     def _add_records(self, flows: list[flow_pb2.Flow]) -> None:
-        node = self.node_name
-        to_dict = flowjson.to_dict
-        dumps = json.dumps
+        node_json = _quote(self.node_name)
+        tree = self._mask_tree
         pending = self._pending
         times = self._pending_times
-        tree = self._mask_tree
         added = 0
         for flow in flows:
             t = flow.time
-            record = {"node_name": flow.node_name or node}
+            node = _quote(flow.node_name) if flow.node_name else node_json
+            if tree is None:
+                flow_json = flowjson.to_json(flow)
+            else:
+                flow_json = json.dumps(apply_mask(flowjson.to_dict(flow), tree))
             if t.seconds or t.nanos:
-                record["time"] = flowjson.timestamp_str(t)
-            flow_dict = to_dict(flow)
-            record["flow"] = apply_mask(flow_dict, tree) if tree is not None else flow_dict
-            line = (dumps(record) + "\n").encode()
+                text = '{"node_name": %s, "time": "%s", "flow": %s}\n' % (
+                    node, flowjson.timestamp_str(t), flow_json)
+            else:
+                text = '{"node_name": %s, "flow": %s}\n' % (node, flow_json)
+            line = text.encode()
             pending.append(line)
             times.append(t.seconds * 1_000_000_000 + t.nanos)
             added += len(line)

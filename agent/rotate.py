@@ -13,13 +13,18 @@ from __future__ import annotations
 import argparse
 import errno
 import gzip
+import json
 import logging
 import os
 import shutil
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent import flowjson
 from agent.errors import ConfigError, ExportError
+from podflow_api.v1 import observer_pb2
 
 log = logging.getLogger("podflow.rotate")
 
@@ -230,3 +235,112 @@ def _gzip_file(path: str) -> None:
             pass
         return
     os.unlink(path)
+
+
+# -- `podflow observe --output-file` ---------------------------------------------------------
+
+def add_output_file_arguments(parser: argparse.ArgumentParser) -> None:
+    """--output-file and its rotation flags (--output-max-size-mb, --output-max-backups,
+    --output-compress) for `podflow observe`."""
+    parser.add_argument("--output-file", metavar="PATH",
+                        help="write the output to PATH instead of stdout, rotated like the "
+                             "agent's flow log (with -o jsonl: the same file format)")
+    add_rotation_arguments(parser, "output-")
+
+
+class RotatingFileSink:
+    """The observe output sink for --output-file: lines (str) buffered and written through a
+    RotatingWriter. A write error (disk full) does not stop the stream: one warning per
+    episode on stderr, the lines that could not be written are counted, and for JSON output a
+    lost_events record (EXPORTER_WRITE) goes into the file once it can be written again.
+
+    `header`: the fields of the {"podflow_flow_log": ...} header line (JSON output), or None
+    for text output (no header, no lost records)."""
+
+    FLUSH_BYTES = 256 * 1024
+
+    def __init__(self, path: str, config: RotationConfig, header: dict | None, stderr=None):
+        self._header_fields = header
+        self._stderr = stderr or sys.stderr
+        self.writer = RotatingWriter(path, config, self._header_line)
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self.failing = False
+        self.lost_lines = 0       # not written and not yet reported in the file
+        self.lost_total = 0
+        self._lost_first_ns = 0
+        self._lost_last_ns = 0
+        try:
+            self.writer.open()
+        except ExportError as exc:
+            raise ConfigError(f"--output-file: {exc}") from exc
+
+    def _header_line(self) -> bytes:
+        if self._header_fields is None:
+            return b""
+        fields = dict(self._header_fields)
+        fields["start_time"] = flowjson.timestamp_ns_str(time.time_ns())
+        return (json.dumps({"podflow_flow_log": fields}) + "\n").encode()
+
+    def write_line(self, line: str) -> None:
+        data = (line + "\n").encode()
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= self.FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        lost = self._lost_record()
+        lines = lost + self._pending
+        self._pending, self._pending_bytes = [], 0
+        if not lines:
+            return
+        try:
+            self.writer.write_lines(lines)
+        except ExportError as exc:
+            written = len(lines) - exc.unwritten
+            if lost and written >= len(lost):
+                self.lost_lines = 0  # the earlier loss is on record now
+                self._lost_first_ns = 0
+            now = time.time_ns()
+            unwritten = min(exc.unwritten, len(lines) - len(lost))
+            self.lost_lines += unwritten
+            self.lost_total += unwritten
+            if not self._lost_first_ns:
+                self._lost_first_ns = now
+            self._lost_last_ns = now
+            self.writer.close()
+            if not self.failing:
+                self.failing = True
+                print(f"WARNING: {exc}; counting the lines not written until it can be "
+                      "written again", file=self._stderr, flush=True)
+            return
+        self.lost_lines = 0
+        self._lost_first_ns = 0
+        if self.failing:
+            self.failing = False
+            print(f"WARNING: {self.writer.path} can be written again; {self.lost_total} lines "
+                  "were lost so far", file=self._stderr, flush=True)
+
+    def _lost_record(self) -> list[bytes]:
+        if not self.lost_lines or self._header_fields is None:
+            return []
+        resp = observer_pb2.GetFlowsResponse()
+        resp.time.FromNanoseconds(time.time_ns())
+        resp.lost_events.stage = observer_pb2.EXPORTER_WRITE
+        resp.lost_events.num_events_lost = self.lost_lines
+        resp.lost_events.first.FromNanoseconds(self._lost_first_ns)
+        resp.lost_events.last.FromNanoseconds(self._lost_last_ns)
+        return [(flowjson.to_json(resp) + "\n").encode()]
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+def open_output_sink(args: argparse.Namespace, header: dict | None) -> RotatingFileSink | None:
+    """The --output-file sink, or None when output goes to stdout."""
+    path = getattr(args, "output_file", None)
+    if not path:
+        return None
+    return RotatingFileSink(path, rotation_from_args(args, "output-"), header)

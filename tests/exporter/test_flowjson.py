@@ -79,3 +79,17 @@ def test_timestamp_ns_str():
     ts = observer_pb2.GetFlowsResponse().time
     ts.FromNanoseconds(1_700_000_000_123_000_000)
     assert flowjson.timestamp_ns_str(1_700_000_000_123_000_000) == ts.ToJsonString()
+
+
+@pytest.mark.parametrize("build", CASES.values(), ids=CASES.keys())
+def test_dict_identical_to_message_to_dict(build):
+    msg = build()
+    assert flowjson.to_dict(msg) == json_format.MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def test_repeated_sub_messages_come_from_the_cache_unchanged():
+    a, b = make_flow(1, service="shop/db"), make_flow(2, service="shop/db")
+    b.source.pod_name = "other"
+    for msg in (a, b, a, b):
+        assert flowjson.to_json(msg) == json_format.MessageToJson(
+            msg, preserving_proto_field_name=True, indent=None)
