@@ -1,0 +1,134 @@
+"""The flow store on its own: ring bounds, history queries, subscriber lag and loss counts."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from observer_flows import make_flow
+
+from agent.errors import ConfigError
+from agent.flowstore import FlowStore
+from agent.stats import AgentStats
+from podflow_api.v1 import observer_pb2
+
+T0 = 1_800_000_000 * 1_000_000_000
+
+
+def filled(n: int, capacity: int = 100, **kw) -> FlowStore:
+    store = FlowStore(capacity, AgentStats("n", "t"), **kw)
+    store.extend([make_flow(i, time_ns=T0 + i * 1000) for i in range(n)])
+    return store
+
+
+def ids(flows) -> list[int]:
+    return [(f.time.seconds * 1_000_000_000 + f.time.nanos - T0) // 1000 for f in flows]
+
+
+def test_ring_keeps_the_newest():
+    store = filled(250)
+    assert len(store) == 100 and store.seq == 250 and store.oldest_seq == 150
+    assert ids(store.history()) == list(range(150, 250))
+
+
+HISTORY = [
+    ("last-n", dict(number=5), [245, 246, 247, 248, 249]),
+    ("first-n", dict(number=3, first=True), [150, 151, 152]),
+    ("since", dict(since_ns=T0 + 247_000), [247, 248, 249]),
+    ("until", dict(until_ns=T0 + 152_000), [150, 151, 152]),
+    ("since-until", dict(since_ns=T0 + 200_000, until_ns=T0 + 202_000), [200, 201, 202]),
+    ("more-than-held", dict(number=1000), list(range(150, 250))),
+    ("filtered-last", dict(number=2, predicate=lambda f: f.packets == 1), [238, 245]),
+]
+
+
+@pytest.mark.parametrize("kw,expected", [h[1:] for h in HISTORY], ids=[h[0] for h in HISTORY])
+def test_history(kw, expected):
+    assert ids(filled(250).history(**kw)) == expected
+
+
+def test_follow_gets_new_flows_in_order():
+    store = filled(10)
+    sub = store.subscribe()
+    store.extend([make_flow(i, time_ns=T0 + i * 1000) for i in range(10, 15)])
+    flows, lost = sub.next_batch(0.1)
+    assert ids(flows) == [10, 11, 12, 13, 14] and lost is None
+    flows, lost = sub.next_batch(0.05)
+    assert flows == [] and lost is None
+
+
+def test_lagging_subscriber_loses_its_oldest_exactly():
+    store = filled(0, capacity=1000, client_queue_size=100)
+    sub = store.subscribe()
+    store.extend([make_flow(i, time_ns=T0 + i * 1000) for i in range(350)])
+    flows, lost = sub.next_batch(0.1, max_flows=10_000)
+    assert lost.count == 250 and lost.stage == observer_pb2.CLIENT_QUEUE
+    assert (lost.first_ns, lost.last_ns) == (T0, T0 + 249_000)
+    assert ids(flows) == list(range(250, 350))
+
+
+def test_lost_counts_only_flows_the_filter_wanted():
+    store = filled(0, capacity=1000, client_queue_size=10)
+    sub = store.subscribe(predicate=lambda f: f.packets == 1)  # every 7th flow
+    store.extend([make_flow(i, time_ns=T0 + i * 1000) for i in range(70)])
+    flows, lost = sub.next_batch(0.1)
+    assert lost.count == 9  # flows 0, 7, ... 56 matched and were skipped
+    assert ids(flows) == [63]
+
+
+def test_overwritten_before_read_counts_every_flow():
+    store = filled(0, capacity=50, client_queue_size=50)
+    sub = store.subscribe(predicate=lambda f: f.packets == 1)
+    store.extend([make_flow(i, time_ns=T0 + i * 1000) for i in range(500)])
+    flows, lost = sub.next_batch(0.1)
+    # 450 flows left the ring unseen: they are counted whatever the filter would have said
+    assert lost.count == 450
+    assert len(flows) == sum(1 for i in range(450, 500) if i % 7 == 0)
+
+
+def test_close_wakes_reader_and_unsubscribes():
+    store = filled(0)
+    sub = store.subscribe()
+    assert store.num_subscribers == 1
+    done = threading.Event()
+
+    def reader():
+        sub.next_batch(30.0)
+        done.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    time.sleep(0.05)
+    sub.close()
+    assert done.wait(1.0)
+    assert store.num_subscribers == 0
+
+
+def test_extend_does_not_wait_for_readers():
+    store = filled(0, capacity=10_000, client_queue_size=100)
+    subs = [store.subscribe() for _ in range(50)]  # none of them ever reads
+    batch = [make_flow(i) for i in range(1000)]
+    t = time.perf_counter()
+    for _ in range(20):
+        store.extend(batch)
+    per_flow_us = (time.perf_counter() - t) / 20_000 * 1e6
+    assert per_flow_us < 20, per_flow_us  # O(batch): no per-subscriber work
+    assert len(store) == 10_000
+    for s in subs:
+        s.close()
+
+
+def test_flows_per_second():
+    store = filled(0)
+    assert store.flows_per_second() == 0.0
+    for _ in range(5):
+        store.extend([make_flow(i) for i in range(100)])
+        time.sleep(0.1)
+    assert 400 < store.flows_per_second() < 1500
+
+
+@pytest.mark.parametrize("kw,flag", [({"capacity": 0}, "--store-size"),
+                                     ({"client_queue_size": 0}, "--client-queue-size")])
+def test_bad_sizes_name_the_flag(kw, flag):
+    with pytest.raises(ConfigError, match=flag):
+        FlowStore(**{"capacity": 10, **kw})
