@@ -62,10 +62,11 @@ class TLSOptions:
     def credentials(self) -> grpc.ChannelCredentials | None:
         if not self.enabled:
             return None
-        return grpc.ssl_channel_credentials(
-            root_certificates=_read(self.ca_file, "--tls-ca"),
-            private_key=_read(self.key_file, "--tls-key"),
-            certificate_chain=_read(self.cert_file, "--tls-cert"))
+        ca = _read(self.ca_file, "--tls-ca")
+        cert = _read(self.cert_file, "--tls-cert")
+        key = _read(self.key_file, "--tls-key")
+        return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
+                                            certificate_chain=cert)
 
 
 def _read(path: str | None, flag: str) -> bytes | None:
