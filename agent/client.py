@@ -321,7 +321,7 @@ class MergedFlows:
         counter = itertools.count()
         single = len(self.sources) == 1
         try:
-            while True:
+            while not self._closed.is_set():
                 if all(s.done for s in self.sources) and self._queue.empty():
                     break
                 try:
@@ -355,7 +355,7 @@ class MergedFlows:
                             or now - s.last_arrival > self.window_s for s in self.sources):
                         break
                     yield heapq.heappop(heap)[2]
-            while heap:
+            while heap and not self._closed.is_set():
                 yield heapq.heappop(heap)[2]
         finally:
             self.close()
