@@ -138,3 +138,22 @@ def test_service_is_headless_and_selects_the_agents():
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["selector"] == ds["spec"]["selector"]["matchLabels"]
     assert by_kind(objects, "ServiceMonitor") == []
+
+
+BAD_VALUES = [
+    ("port-not-a-number", {"ports": {"grpc": "4245x"}}, "/ports/grpc"),
+    ("misspelt-top-level-key", {"toleratons": []}, "'toleratons' not allowed"),
+    ("extra-arg-not-a-flag", {"agent": {"extraArgs": ["syn-timeout=5"]}}, "/agent/extraArgs/0"),
+    ("relative-flow-log-path", {"flowLog": {"path": "flows.jsonl"}}, "/flowLog/path"),
+    ("unknown-log-level", {"agent": {"logLevel": "verbose"}}, "/agent/logLevel"),
+    ("grace-too-short-to-detach", {"terminationGracePeriodSeconds": 5},
+     "/terminationGracePeriodSeconds"),
+    ("issuer-kind", {"tls": {"certManager": {"issuerRef": {"kind": "Vault"}}}},
+     "/tls/certManager/issuerRef/kind"),
+]
+
+
+@pytest.mark.parametrize("values,where", [b[1:] for b in BAD_VALUES], ids=[b[0] for b in BAD_VALUES])
+def test_schema_rejects_bad_values_naming_them(values, where):
+    with pytest.raises(helm.HelmValuesError, match=where):
+        render(values)
