@@ -36,7 +36,7 @@ log = logging.getLogger("podflow.exporter")
 FORMAT = "podflow.v1.GetFlowsResponse"
 FLUSH_INTERVAL_S = 1.0      # lines reach the file at least this often
 FLUSH_BYTES = 1024 * 1024   # ... or as soon as this much is pending
-DEFAULT_QUEUE = 32768       # flows the exporter may lag behind the store before skipping
+DEFAULT_QUEUE = 65535       # flows the exporter may lag behind the store (capped by its size)
 _LOST_STAGES = (observer_pb2.EXPORTER_QUEUE, observer_pb2.EXPORTER_WRITE)
 
 

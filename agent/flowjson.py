@@ -140,9 +140,11 @@ def to_dict(msg: Message) -> dict:
 _CACHE_MAX = 20000
 _text_cache: dict[tuple, str] = {}  # (message full name, wire bytes) -> JSON text
 _text_encoders: dict = {}  # FieldDescriptor -> value -> JSON text
-# Messages whose text is looked up by their wire bytes; the top-level records are not (they
-# carry counters and times that rarely repeat).
-_UNCACHED = {"podflow.v1.Flow", "podflow.v1.GetFlowsResponse", "google.protobuf.Timestamp"}
+# Messages whose text is looked up by their wire bytes: few distinct values that repeat from
+# flow to flow (pods, Services, addresses). Messages that carry ports or counters seldom
+# repeat, and a miss costs more than encoding them.
+_CACHED = {"podflow.v1.Endpoint", "podflow.v1.Service", "podflow.v1.Backend",
+           "podflow.v1.Interface", "podflow.v1.IP", "podflow.v1.TCPFlags", "podflow.v1.Workload"}
 
 
 def _float_text(value: float) -> str:
@@ -155,7 +157,7 @@ def _message_text_converter(descriptor):
         return lambda m: '"' + _timestamp(m) + '"'
     if full_name.startswith("google.protobuf."):
         return lambda m: json.dumps(json_format.MessageToDict(m, preserving_proto_field_name=True))
-    if full_name in _UNCACHED:
+    if full_name not in _CACHED:
         return to_json
 
     def cached(m, full_name=full_name):

@@ -29,6 +29,9 @@ from podflow_api.v1 import observer_pb2
 log = logging.getLogger("podflow.rotate")
 
 MIB = 1024 * 1024
+# JSON flow logs compress ~14x at level 3 at ~300 MB/s here; level 6 gains ~25% in size
+# for 2.5x the CPU, which the writer thread would pay inline at every rotation.
+GZIP_LEVEL = 3
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,7 @@ def _gzip_file(path: str) -> None:
     """path -> path.gz; on failure (disk full) the uncompressed backup is kept."""
     target = f"{path}.gz"
     try:
-        with open(path, "rb") as src, gzip.open(target, "wb", compresslevel=6) as dst:
+        with open(path, "rb") as src, gzip.open(target, "wb", compresslevel=GZIP_LEVEL) as dst:
             shutil.copyfileobj(src, dst, 1024 * 1024)
     except OSError as exc:
         log.warning("compressing %s failed, keeping it uncompressed: %s", path, exc)
