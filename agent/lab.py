@@ -72,7 +72,7 @@ def _run(cmd: Sequence[str], *, check: bool = True, input_text: str | None = Non
     return res
 
 
-_DEBIAN_PACKAGE = {"ip": "iproute2", "iptables": "iptables", "iptables-restore": "iptables",
+_DEBIAN_PACKAGE = {"ip": "iproute2", "ss": "iproute2", "iptables": "iptables", "iptables-restore": "iptables",
                    "dnsmasq": "dnsmasq-base", "sysctl": "procps", "ping": "iputils-ping",
                    "conntrack": "conntrack", "tcpdump": "tcpdump", "iperf3": "iperf3",
                    "tmux": "tmux"}
@@ -616,8 +616,10 @@ class Node(_InNetns):
         cmd += list(extra_args)
         stderr_path, stdout_path = f"{base}.stderr", f"{base}.stdout"
         with open(stderr_path, "wb") as err, open(stdout_path, "wb") as out:
+            # Own session: a Ctrl-C meant for the caller's terminal does not reach the agent;
+            # the lab stops it in order at cleanup.
             proc = subprocess.Popen(self._argv(cmd), stdout=out, stderr=err,
-                                    stdin=subprocess.DEVNULL,
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
                                     env={**os.environ, **(env or {})})
         handle = AgentHandle(self, proc, f"unix:{sock}", ready, stderr_path, stdout_path)
         self.agents.append(handle)
@@ -1169,7 +1171,7 @@ class Lab:
             if pod.owner is not None:
                 kind, oname = pod.owner
                 if kind == "Deployment":
-                    rs_name = f"{oname}-{hashlib.sha1(oname.encode()).hexdigest()[:10]}"
+                    rs_name = replicaset_name(oname)
                     rs_key = (pod.namespace, rs_name)
                     if rs_key not in replicasets:
                         replicasets[rs_key] = {
@@ -1276,6 +1278,12 @@ class Lab:
 
 
 _LIVE_LABS: set[str] = set()  # ids of the labs this process owns now
+
+
+def replicaset_name(deployment: str) -> str:
+    """The ReplicaSet the lab's metadata puts between a Deployment and its pods
+    (`<deployment>-<10-char pod-template-hash>`), for naming pods like Kubernetes does."""
+    return f"{deployment}-{hashlib.sha1(deployment.encode()).hexdigest()[:10]}"
 
 
 def _common_labels(pods: Sequence[Pod]) -> dict[str, str]:
