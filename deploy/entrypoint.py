@@ -18,7 +18,8 @@ container's own /lib/modules is a small writable emptyDir. This script picks hea
    headers of another kernel version are enough there;
 
 and links the choice into the container's /lib/modules/<release>. When nothing fits it says
-exactly what it looked for and how to fix it, and exits non-zero. It mounts nothing (the pod
+exactly what it looked for and how to fix it, and exits non-zero (3: no headers, 4: bpffs or
+tracefs not mounted, 5: no BTF, which the agent needs whatever the headers). It mounts nothing (the pod
 has no CAP_SYS_ADMIN): bpffs and tracefs must come from the node, and are only checked.
 
 Only standard library here: it runs before anything else, with the image's Python.
@@ -34,6 +35,7 @@ from pathlib import Path
 
 EXIT_NO_HEADERS = 3
 EXIT_NO_MOUNTS = 4
+EXIT_NO_BTF = 5
 PROG = "podflow-entrypoint"
 
 # Files whose presence makes a header tree usable by bcc: a configured build tree (generated
@@ -287,12 +289,27 @@ def check_mounts(layout: Layout) -> list[str]:
     return problems
 
 
+def check_btf(layout: Layout) -> str | None:
+    """The agent reads kernel-internal struct offsets (sk_buff, drop reasons) from BTF and
+    refuses to start without it; say so before anything else, with the fix."""
+    btf = layout.sys_dir / "kernel" / "btf" / "vmlinux"
+    if btf.is_file():
+        return None
+    return (f"no kernel BTF at {btf}: podflow reads kernel structure layouts from BTF, so "
+            "this node needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (the default of "
+            "current major distributions). Kernel headers alone are not enough.")
+
+
 def prepare(layout: Layout, release: str) -> Headers:
-    """Check mounts, choose and link headers; raises SystemExit with a message on failure."""
+    """Check mounts and BTF, choose and link headers; raises SystemExit with a message on
+    failure."""
     problems = check_mounts(layout)
     if problems:
         raise SystemExit(_fail(EXIT_NO_MOUNTS, "kernel filesystems missing:\n  - "
                                + "\n  - ".join(problems)))
+    problem = check_btf(layout)
+    if problem:
+        raise SystemExit(_fail(EXIT_NO_BTF, problem))
     try:
         headers = find_headers(layout, release)
     except HeadersMissing as exc:

@@ -32,12 +32,15 @@ class FakeNode:
     /usr/src mounts, the container's own /lib/modules, /sys, mountinfo, the image's headers."""
 
     root: Path
+    btf: bool = True
     layout: object = field(init=False)
 
     def __post_init__(self):
-        for d in ("container/lib/modules", "node/lib/modules", "node/usr/src", "sys/kernel",
+        for d in ("container/lib/modules", "node/lib/modules", "node/usr/src", "sys/kernel/btf",
                   "image/headers"):
             (self.root / d).mkdir(parents=True)
+        if self.btf:
+            (self.root / "sys/kernel/btf/vmlinux").write_bytes(b"\x9f\xeb")
         (self.root / "mountinfo").write_text(GOOD_MOUNTINFO)
         self.layout = entrypoint.Layout.from_env(self.env())
 
@@ -112,8 +115,6 @@ def kheaders(n: FakeNode):
 
 
 def btf_and_image_headers(n: FakeNode):
-    (n.root / "sys/kernel/btf").mkdir()
-    (n.root / "sys/kernel/btf/vmlinux").write_bytes(b"\x9f\xeb")
     n.tree(n.root / "image/headers/linux-headers-6.1.0-50-amd64", include=False)
     n.tree(n.root / "image/headers/linux-headers-6.1.0-50-common", build=False)
 
@@ -183,12 +184,11 @@ def test_links_headers_where_bcc_looks(tmp_path, builder):
 
 
 def no_headers_no_btf(n: FakeNode):
-    pass
+    (n.root / "sys/kernel/btf/vmlinux").unlink()
 
 
 def btf_but_image_without_headers(n: FakeNode):
-    (n.root / "sys/kernel/btf").mkdir()
-    (n.root / "sys/kernel/btf/vmlinux").write_bytes(b"\x9f\xeb")
+    pass
 
 
 def build_link_outside_mounts(n: FakeNode):
@@ -251,6 +251,17 @@ def test_checks_kernel_filesystems(tmp_path, mountinfo, problem_words):
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "deploy/entrypoint.py"), *args],
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+
+
+def test_no_btf_stops_before_headers(tmp_path):
+    node = FakeNode(tmp_path, btf=False)
+    only_usr_src(node)  # headers alone are not enough
+    with pytest.raises(SystemExit) as stop:
+        entrypoint.prepare(node.layout, RELEASE)
+    assert stop.value.code == entrypoint.EXIT_NO_BTF
+    done = _run(["--check"], node.env())
+    assert done.returncode == entrypoint.EXIT_NO_BTF
+    assert "CONFIG_DEBUG_INFO_BTF=y" in done.stderr
 
 
 def test_cli_exit_status_and_message_without_headers(tmp_path):
