@@ -23,7 +23,7 @@ from typing import Protocol, TextIO
 import grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
 
-from agent import filters, flowjson
+from agent import __version__, filters, flowjson, rotate
 from agent.client import (DEFAULT_SERVER, MergedFlows, RequestRejected, TLSOptions,
                           add_tls_arguments, normalize_address)
 from agent.errors import ConfigError
@@ -90,6 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("-o", "--output", choices=OUTPUTS, default="compact",
                      help="table, compact (one line per flow, the default), json or jsonl "
                           "(one GetFlowsResponse JSON object per line)")
+    rotate.add_output_file_arguments(out)
     fg = parser.add_argument_group("filters (repeatable; --not turns the next one into a deny)")
     filters.add_filter_arguments(fg)
     add_tls_arguments(parser)
@@ -310,6 +311,17 @@ class StreamSink:
 
 def open_sink(args: argparse.Namespace) -> Sink:
     """Where formatted output goes: the one place for file output."""
+    if getattr(args, "output_file", None):
+        header = None  # text output: rotated, without the JSON header line
+        if args.output in ("json", "jsonl"):
+            allow, deny = filters.filters_from_args(args)
+            header = {"node_name": "", "servers": args.server or [DEFAULT_SERVER],
+                      "agent_version": __version__,
+                      "allowlist": [flowjson.to_dict(f) for f in allow],
+                      "denylist": [flowjson.to_dict(f) for f in deny],
+                      "field_mask": [p.strip() for p in (args.fields or "").split(",") if p.strip()],
+                      "aggregate": "", "format": "podflow.v1.GetFlowsResponse"}
+        return rotate.open_output_sink(args, header)
     return StreamSink(sys.stdout)
 
 
