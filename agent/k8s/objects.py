@@ -98,6 +98,7 @@ class EndpointSlice:
 class Node:
     name: str
     addresses: tuple[str, ...]  # InternalIP and ExternalIP
+    pod_cidrs: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -217,7 +218,11 @@ def parse_node(obj: dict) -> Node:
     meta = _meta(obj)
     addresses = [a.get("address") for a in (obj.get("status") or {}).get("addresses") or []
                  if a.get("type") in ("InternalIP", "ExternalIP") and a.get("address")]
-    return Node(name=meta["name"], addresses=tuple(addresses))
+    spec = obj.get("spec") or {}
+    cidrs = list(spec.get("podCIDRs") or [])
+    if not cidrs and spec.get("podCIDR"):
+        cidrs = [spec["podCIDR"]]
+    return Node(name=meta["name"], addresses=tuple(addresses), pod_cidrs=tuple(cidrs))
 
 
 def parse_namespace(obj: dict) -> Namespace:

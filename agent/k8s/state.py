@@ -9,6 +9,7 @@ is re-indexed on its own when it or one of its EndpointSlices changes.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ class ClusterState:
         self.pod_by_ip: dict[str, Pod] = {}
         self.host_pod_by_ip: dict[str, Pod] = {}
         self.node_by_ip: dict[str, Node] = {}
+        # The first address of a node's pod CIDR: the CNI's gateway on that node (cni0,
+        # cbr0), the source of traffic the node masquerades into its pods.
+        self.node_gateway_by_ip: dict[str, Node] = {}
         # (ip, port, protocol) -> (Service, ServicePort): ClusterIPs, external and LB IPs.
         self.vip: dict[tuple[str, int, str], tuple[Service, ServicePort]] = {}
         # (nodePort, protocol) -> (Service, ServicePort), reached on any node address.
@@ -195,12 +199,19 @@ class ClusterState:
 
     def _reindex_nodes(self) -> None:
         index: dict[str, Node] = {}
+        gateways: dict[str, Node] = {}
         for node in self._objects["Node"].values():
             for ip in node.addresses:
                 index.setdefault(ip, node)
-        for ip in [ip for ip in self.node_by_ip if ip not in index]:
-            del self.node_by_ip[ip]
-        self.node_by_ip.update(index)
+            for cidr in node.pod_cidrs:
+                try:
+                    gateways.setdefault(str(ipaddress.ip_network(cidr, strict=False)[1]), node)
+                except (ValueError, IndexError):
+                    log.warning("node %s: ignoring pod CIDR %r", node.name, cidr)
+        for old, new in ((self.node_by_ip, index), (self.node_gateway_by_ip, gateways)):
+            for ip in [ip for ip in old if ip not in new]:
+                del old[ip]
+            old.update(new)
         self._node_peers = {}
 
     # ---- Services ----------------------------------------------------------------------
@@ -252,6 +263,8 @@ class ClusterState:
         if pod is not None:
             return self._pod_peer(pod)
         node = self.node_by_ip.get(ip)
+        if node is None:
+            node = self.node_gateway_by_ip.get(ip)
         if node is not None:
             peer = self._node_peers.get(node.name)
             if peer is None:

@@ -54,8 +54,9 @@ def endpointslice(service_name: str, endpoints: list[tuple[str, str | None, bool
             "endpoints": eps}
 
 
-def node(name: str, ip: str) -> dict:
+def node(name: str, ip: str, pod_cidr: str | None = None) -> dict:
     return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "spec": {"podCIDR": pod_cidr} if pod_cidr else {},
             "status": {"addresses": [{"type": "InternalIP", "address": ip},
                                      {"type": "Hostname", "address": name}]}}
 

@@ -103,6 +103,15 @@ def test_nodes_and_host_network_pods():
     assert state.peer("8.8.8.8").kind == flow_pb2.WORLD
 
 
+def test_pod_cidr_gateway_is_the_node_unless_a_pod_has_it():
+    state = build(objs.node("node-a", "172.18.0.2", pod_cidr="10.244.1.0/24"))
+    gateway = state.peer("10.244.1.1")
+    assert (gateway.kind, gateway.node_name) == (flow_pb2.NODE, "node-a")
+    assert state.peer("10.244.1.9").kind == flow_pb2.WORLD
+    state.apply("Pod", "ADDED", objs.pod("odd", "10.244.1.1"))
+    assert state.peer("10.244.1.1").kind == flow_pb2.POD
+
+
 def test_replace_removes_missing_objects():
     state = build(objs.pod("a", "10.0.0.1"), objs.pod("b", "10.0.0.2"))
     state.replace("Pod", [objs.pod("b", "10.0.0.2")])
