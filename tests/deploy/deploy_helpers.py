@@ -228,7 +228,3 @@ VALUE_SETS: dict[str, dict] = {
     },
     "kernel-before-5.8": {"compat": {"sysAdmin": True}, "seccompProfile": {"type": "Unconfined"}},
 }
-
-
-def values_with(name: str) -> dict:
-    return VALUE_SETS[name]
