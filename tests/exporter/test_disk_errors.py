@@ -15,6 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent import metrics
+from agent.client import server_status
+from agent.server import ObserverServer
 from podflow_api.v1 import observer_pb2
 from tests.exporter.conftest import make_flow, read_lines, seq_of, wait_for
 from tests.exporter.test_exporter import build
@@ -111,8 +113,10 @@ def test_write_errors_are_reported_and_writing_resumes(small_tmpfs, store, stats
     if at_start:
         repair = breaker(small_tmpfs)
     server = metrics.MetricsServer("127.0.0.1", 0, store, stats, labels=[])
+    observer = ObserverServer(f"unix:{small_tmpfs.parent}/observer.sock", store, stats)
     exp.start()
     server.start()
+    observer.start()
     address = server.ready_info()["metrics"]
     feeder = Feeder(store)
     feeder.start()
@@ -124,6 +128,8 @@ def test_write_errors_are_reported_and_writing_resumes(small_tmpfs, store, stats
         wait_for(lambda: stats.exporter_error, timeout_s=10)
         assert str(path) in stats.exporter_error
         assert _scrape_failing(address) == 1
+        status = server_status(observer.address)
+        assert str(path) in status.exporter_error
         time.sleep(1.5)  # flows keep coming while the file cannot be written
         assert stats.exporter_error, "still failing while the disk is broken"
         assert feeder.is_alive()
@@ -132,11 +138,15 @@ def test_write_errors_are_reported_and_writing_resumes(small_tmpfs, store, stats
         repair()
         wait_for(lambda: not stats.exporter_error, timeout_s=10)
         assert _scrape_failing(address) == 0
+        status = server_status(observer.address)
+        assert status.exporter_error == ""
+        assert {c.stage for c in status.lost} >= {observer_pb2.EXPORTER_WRITE}
         time.sleep(0.5)
     finally:
         feeder.stop()
         exp.stop()
         server.stop()
+        observer.stop(0)
 
     errors = [r for r in caplog.records if r.name == "podflow.exporter" and r.levelno >= logging.ERROR]
     assert len(errors) == 1, "one log line per episode"
@@ -160,3 +170,39 @@ def test_write_errors_are_reported_and_writing_resumes(small_tmpfs, store, stats
     assert max(written) > max(missing)
     if at_start:
         assert min(written) > 0 and records[0].get("podflow_flow_log"), "the file starts with its header"
+
+
+def test_observe_file_sink_counts_what_a_full_disk_refused(small_tmpfs):
+    """The --output-file sink keeps going on a full disk and writes a lost record after."""
+    import io
+
+    from agent.rotate import RotatingFileSink, RotationConfig
+
+    path = small_tmpfs / "cluster.jsonl"
+    stderr = io.StringIO()
+    sink = RotatingFileSink(str(path), RotationConfig(), {"format": "test"}, stderr=stderr)
+    line = '{"flow": {"summary": "seq=%d"}}'
+    seq = 0
+
+    def write(n):
+        nonlocal seq
+        for _ in range(n):
+            sink.write_line(line % seq)
+            seq += 1
+            sink.flush()
+
+    write(100)
+    free = _break_disk_full(small_tmpfs)
+    write(100)
+    assert sink.failing and sink.lost_total > 0
+    free()
+    write(100)
+    sink.close()
+    assert not sink.failing
+    assert stderr.getvalue().count("WARNING") == 2  # failing, writable again
+
+    records = read_lines(str(path))
+    written = {seq_of(r) for r in records if "flow" in r}
+    lost = [r["lost_events"] for r in records if "lost_events" in r]
+    assert sum(int(r["num_events_lost"]) for r in lost) == 300 - len(written) == sink.lost_total
+    assert all(r["stage"] == "EXPORTER_WRITE" for r in lost)
