@@ -187,16 +187,26 @@ def node_prefix(node: str) -> bytes:
     return b"\n" + _varint(len(raw)) + raw if raw else b""
 
 
-def encode_flow_response(prefix: bytes, flow: flow_pb2.Flow, mask=None) -> bytes:
-    """The bytes of GetFlowsResponse(node_name, time=flow.time, flow=flow) (fields 1, 2, 3),
-    without building that message."""
-    ts = flow.time.SerializeToString() if flow.HasField("time") else b""
+def _timestamp_bytes(t_ns: int) -> bytes:
+    """A google.protobuf.Timestamp's bytes (fields 1 seconds, 2 nanos; zeros omitted)."""
+    seconds, nanos = divmod(t_ns, _NS)
+    out = b""
+    if seconds:
+        out += b"\x08" + _varint(seconds)
+    if nanos:
+        out += b"\x10" + _varint(nanos)
+    return out
+
+
+def encode_flow_response(prefix: bytes, t_ns: int, data: bytes, mask=None) -> bytes:
+    """The bytes of GetFlowsResponse(node_name, time, flow) (fields 1, 2, 3) from a serialized
+    Flow and its time, without building that message."""
     if mask is not None:
         masked = flow_pb2.Flow()
-        mask.MergeMessage(flow, masked)
-        flow = masked
-    body = flow.SerializeToString()
-    return b"".join((prefix, b"\x12", _varint(len(ts)), ts, b"\x1a", _varint(len(body)), body))
+        mask.MergeMessage(flow_pb2.Flow.FromString(data), masked)
+        data = masked.SerializeToString()
+    ts = _timestamp_bytes(t_ns)
+    return b"".join((prefix, b"\x12", _varint(len(ts)), ts, b"\x1a", _varint(len(data)), data))
 
 
 def frame_batches(responses: list[bytes], max_bytes: int = MAX_BATCH_BYTES):
@@ -283,12 +293,12 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         try:
             want_history = not plan.follow or plan.number or plan.since_ns is not None
             if want_history:
-                flows = store.history(plan.predicate, number=plan.number, first=plan.first,
-                                      since_ns=plan.since_ns, until_ns=plan.until_ns,
-                                      end_seq=end_seq)
+                flows = store.history_raw(plan.predicate, number=plan.number,
+                                          first=plan.first, since_ns=plan.since_ns,
+                                          until_ns=plan.until_ns, end_seq=end_seq)
                 for i in range(0, len(flows), MAX_BATCH):
-                    yield [encode_flow_response(prefix, f, plan.mask)
-                           for f in flows[i:i + MAX_BATCH]]
+                    yield [encode_flow_response(prefix, t_ns, data, plan.mask)
+                           for t_ns, data in flows[i:i + MAX_BATCH]]
             if sub is not None:
                 yield from self._follow(sub, plan, context, node, prefix)
         finally:
@@ -304,7 +314,7 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         until_ns = plan.until_ns
         mask = plan.mask
         while not self._stopping.is_set() and context.is_active():
-            flows, lost = sub.next_batch(FOLLOW_POLL_S, MAX_BATCH)
+            flows, lost = sub.next_raw(FOLLOW_POLL_S, MAX_BATCH)
             if sub.closed:
                 return
             chunk = []
@@ -312,8 +322,8 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
                 stats.add_lost(observer_pb2.CLIENT_QUEUE, lost.count)
                 chunk.append(lost_response(node, lost).SerializeToString())
             if until_ns is not None:
-                flows = [f for f in flows if f.time.seconds * _NS + f.time.nanos <= until_ns]
-            chunk.extend(encode_flow_response(prefix, f, mask) for f in flows)
+                flows = [item for item in flows if item[0] <= until_ns]
+            chunk.extend(encode_flow_response(prefix, t_ns, data, mask) for t_ns, data in flows)
             now = time.monotonic()
             if now - last_check >= STATS_NOTICE_S:
                 last_check = now

@@ -132,3 +132,15 @@ def test_flows_per_second():
 def test_bad_sizes_name_the_flag(kw, flag):
     with pytest.raises(ConfigError, match=flag):
         FlowStore(**{"capacity": 10, **kw})
+
+
+def test_only_the_newest_flows_stay_objects():
+    store = FlowStore(100, AgentStats("n", "t"), hot_flows=10)
+    flows = [make_flow(i, time_ns=T0 + i * 1000) for i in range(150)]
+    store.extend(flows)
+    objects = [e[3] for e in store._ring if e[3] is not None]
+    assert len(objects) == 10 and objects == flows[-10:] or set(map(id, objects)) == set(map(id, flows[-10:]))
+    assert store.history() == flows[50:]  # older ones come back from their bytes, equal
+    assert store.history()[-1] is flows[-1]  # the hot ones are the very objects handed in
+    raw = store.history_raw(number=1)
+    assert raw == [(T0 + 149_000, flows[-1].SerializeToString())]
