@@ -444,7 +444,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             start_agents(c, lab.run_dir, args.flow_log_dir)
         except LabError as exc:
-            say(f"an agent could not start, so the demo cannot run here:\n{exc}")
+            say(f"an agent could not start, so the demo cannot run here:\n{exc}\n"
+                "podflow needs eBPF (Linux with BTF, root or CAP_BPF + CAP_NET_ADMIN + "
+                "CAP_PERFMON) and kernel headers for bcc; `make demo` installs what is missing.")
             return 1
         start_traffic(c)
         for agent in c.agents:
