@@ -77,9 +77,13 @@ class _Entry:
 class Aggregator:
     """Sums records per (window, flow key). Not thread-safe: the exporter thread owns it."""
 
-    def __init__(self, interval_ns: int, grace_ns: int = 5 * _NS):
+    def __init__(self, interval_ns: int, grace_ns: int = 5 * _NS, max_entries: int = 500_000):
         self.interval_ns = interval_ns
         self.grace_ns = grace_ns
+        # Memory bound: with more distinct flow keys than this pending, every open window is
+        # written early (a window may then have two records per key; sums stay exact).
+        self.max_entries = max_entries
+        self._entries = 0
         self._windows: dict[int, dict[tuple, _Entry]] = {}  # window start -> key -> entry
         self.records_in = 0
 
@@ -97,6 +101,7 @@ class Aggregator:
             entry = entries.get(key)
             if entry is None:
                 entry = entries[key] = _Entry(flow)
+                self._entries += 1
             entry.packets += flow.packets
             entry.bytes += flow.bytes
             first = _ts_ns(flow.first_seen)
@@ -117,12 +122,17 @@ class Aggregator:
             self.records_in += 1
 
     def due(self, now_ns: int) -> list[flow_pb2.Flow]:
-        """Records of every window that ended more than the grace period ago."""
+        """Records of every window that ended more than the grace period ago (of every
+        window when more than max_entries records are pending)."""
+        if self._entries > self.max_entries:
+            return self.flush()
         out: list[flow_pb2.Flow] = []
         for start in sorted(self._windows):
             if start + self.interval_ns + self.grace_ns > now_ns:
                 break
-            out.extend(self._emit(start, self._windows.pop(start)))
+            entries = self._windows.pop(start)
+            self._entries -= len(entries)
+            out.extend(self._emit(start, entries))
         return out
 
     def flush(self) -> list[flow_pb2.Flow]:
@@ -131,10 +141,11 @@ class Aggregator:
         for start in sorted(self._windows):
             out.extend(self._emit(start, self._windows[start]))
         self._windows.clear()
+        self._entries = 0
         return out
 
     def pending_records(self) -> int:
-        return sum(len(entries) for entries in self._windows.values())
+        return self._entries
 
     def _emit(self, start: int, entries: dict[tuple, _Entry]) -> list[flow_pb2.Flow]:
         end_ns = start + self.interval_ns

@@ -299,6 +299,7 @@ class FlowLogExporter:
         except ExportError as exc:
             written = len(lines) - exc.unwritten
             self._mark_reported(spans[:written])
+            self.records_written += max(0, written - len(lost_lines))
             unwritten_times = times[max(0, written - len(lost_lines)):]
             if unwritten_times:
                 self._count_lost(observer_pb2.EXPORTER_WRITE, len(unwritten_times),
