@@ -30,6 +30,7 @@ from podflow_api.v1 import flow_pb2, observer_pb2
 DEFAULT_STORE_SIZE = 65535
 DEFAULT_CLIENT_QUEUE = 8192
 DEFAULT_HOT_FLOWS = 8192  # newest flows also kept as objects
+EVICTED_SECONDS = 6 * 3600  # seconds (with evictions) remembered for `since` queries
 _NS = 1_000_000_000
 RATE_WINDOW_S = 5.0  # flows_per_second is averaged over about this many seconds
 
@@ -136,6 +137,10 @@ class FlowStore:
         self._cond = threading.Condition(self._lock)
         self._subscribers: set[Subscription] = set()
         self._rate_samples: deque[tuple[float, int]] = deque()
+        # Flows pushed out of the ring, counted per second of their time, so a `since` query
+        # reaching further back than the ring holds can say how many it cannot have.
+        self._evicted: dict[int, int] = {}
+        self._evicted_last_ns = 0
         self.started_mono = time.monotonic()
 
     @classmethod
@@ -152,10 +157,18 @@ class FlowStore:
         hot = self.hot_flows
         with self._cond:
             seq = self.seq
+            evicted = self._evicted
             for flow in flows:
                 t = flow.time
-                ring[seq % cap] = [seq, t.seconds * _NS + t.nanos, flow.SerializeToString(),
-                                   flow if hot else None]
+                slot = seq % cap
+                old = ring[slot]
+                if old is not None:
+                    sec = old[1] // _NS
+                    evicted[sec] = evicted.get(sec, 0) + 1
+                    if old[1] > self._evicted_last_ns:
+                        self._evicted_last_ns = old[1]
+                ring[slot] = [seq, t.seconds * _NS + t.nanos, flow.SerializeToString(),
+                              flow if hot else None]
                 if hot and seq >= hot:
                     cold = ring[(seq - hot) % cap]
                     if cold is not None:
@@ -164,6 +177,8 @@ class FlowStore:
             if seq == self.seq:
                 return
             self.seq = seq
+            while len(evicted) > EVICTED_SECONDS:
+                del evicted[next(iter(evicted))]
             now = time.monotonic()
             samples = self._rate_samples
             if not samples or now - samples[-1][0] >= 0.5:
@@ -201,6 +216,17 @@ class FlowStore:
         if elapsed <= 0:
             return 0.0
         return (seq - base_seq) / elapsed
+
+    def evicted_since(self, since_ns: int) -> Lost | None:
+        """Flows no longer held whose time is at or after `since_ns` (to the second: the
+        count includes evictions of since's own second), or None."""
+        since_sec = since_ns // _NS
+        with self._lock:
+            count = sum(n for sec, n in self._evicted.items() if sec >= since_sec)
+            last_ns = self._evicted_last_ns
+        if not count:
+            return None
+        return Lost(observer_pb2.STORE_OVERWRITTEN, count, since_ns, last_ns)
 
     def subscribe(self, predicate: Predicate | None = None, start_seq: int | None = None,
                   queue_size: int | None = None) -> Subscription:

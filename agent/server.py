@@ -292,6 +292,10 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             end_seq = store.seq
         try:
             want_history = not plan.follow or plan.number or plan.since_ns is not None
+            if want_history and plan.since_ns is not None:
+                gone = store.evicted_since(plan.since_ns)
+                if gone is not None:
+                    yield [lost_response(node, gone).SerializeToString()]
             if want_history:
                 flows = store.history_raw(plan.predicate, number=plan.number,
                                           first=plan.first, since_ns=plan.since_ns,

@@ -319,3 +319,16 @@ def test_listen_parse(value, bind):
 def test_bad_listen_names_the_flag(value):
     with pytest.raises(ConfigError, match="--listen"):
         ListenAddress.parse(value)
+
+
+def test_since_beyond_the_store_is_reported():
+    a = InProcessAgent(capacity=10).start()
+    try:
+        base = 1_800_000_000 * 10**9
+        a.store.extend([make_flow(i, time_ns=base + i * 10**9) for i in range(25)])
+        got = call(a, Req(since=timestamp_pb2.Timestamp(seconds=1_800_000_005)))
+        assert got[0].lost_events.stage == observer_pb2.STORE_OVERWRITTEN
+        assert got[0].lost_events.num_events_lost == 10  # flows 5 .. 14 are gone
+        assert [f.bytes for f in flows_of(got)] == list(range(115, 125))
+    finally:
+        a.stop()

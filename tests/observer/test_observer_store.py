@@ -144,3 +144,11 @@ def test_only_the_newest_flows_stay_objects():
     assert store.history()[-1] is flows[-1]  # the hot ones are the very objects handed in
     raw = store.history_raw(number=1)
     assert raw == [(T0 + 149_000, flows[-1].SerializeToString())]
+
+
+def test_evicted_since_counts_what_history_cannot_return():
+    store = filled(250)  # 150 flows (times T0 .. T0+149us) were pushed out
+    gone = store.evicted_since(T0)
+    assert gone.count == 150 and gone.stage == observer_pb2.STORE_OVERWRITTEN
+    assert gone.last_ns == T0 + 149_000
+    assert store.evicted_since(T0 + 10**9) is None
