@@ -186,7 +186,7 @@ class FlowLogExporter:
             self.writer.open()
         except ExportError as exc:
             self._fail(exc)
-        self._thread = threading.Thread(target=self._run, name="flow-log", daemon=True)
+        self._thread = threading.Thread(target=self._run_guarded, name="flow-log", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -205,6 +205,16 @@ class FlowLogExporter:
         return {"flow_log": self.path}
 
     # -- the writer thread ----------------------------------------------------------------
+
+    def _run_guarded(self) -> None:
+        """A bug here must not end the flow log without a word: report it where a user
+        looks (ServerStatus, metrics, log) before the thread ends."""
+        try:
+            self._run()
+        except Exception as exc:  # the thread's last resort: anything unexpected is reported
+            log.exception("flow log writer stopped")
+            self.stats.exporter_error = f"flow log writer stopped: {exc!r}"
+            self._subscription.close()
 
     def _run(self) -> None:
         sub = self._subscription

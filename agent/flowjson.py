@@ -222,8 +222,6 @@ def _field_text_encoder(field: FieldDescriptor):
 def to_json(msg: Message) -> str:
     """One line of JSON, identical to MessageToJson(msg, preserving_proto_field_name=True,
     indent=None)."""
-    parts = []
-    for field, value in msg.ListFields():
-        encoder = _text_encoders.get(field) or _field_text_encoder(field)
-        parts.append(encoder(value))
-    return "{" + ", ".join(parts) + "}"
+    get = _text_encoders.get
+    return "{" + ", ".join([(get(field) or _field_text_encoder(field))(value)
+                            for field, value in msg.ListFields()]) + "}"
