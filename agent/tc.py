@@ -115,10 +115,14 @@ def attach(ipr, ifindex: int, ifname: str, progs: dict[str, tuple[int, str]]) ->
                 if exc.code != errno.EEXIST:  # someone added it meanwhile: reuse it
                     raise
         attachment = Attachment(ifindex, ifname, created)
-        for direction, (fd, name) in progs.items():
-            ipr.tc("add-filter", "bpf", ifindex, FILTER_HANDLE, fd=fd, name=name,
-                   parent=PARENTS[direction], prio=FILTER_PRIO, classid=1,
-                   direct_action=True)
+        try:
+            for direction, (fd, name) in progs.items():
+                ipr.tc("add-filter", "bpf", ifindex, FILTER_HANDLE, fd=fd, name=name,
+                       parent=PARENTS[direction], prio=FILTER_PRIO, classid=1,
+                       direct_action=True)
+        except NetlinkError:
+            detach(ipr, attachment)  # never leave half an attachment behind
+            raise
         return attachment
     except NetlinkError as exc:
         raise AttachError(f"cannot attach to {ifname} (ifindex {ifindex}): "

@@ -17,6 +17,7 @@ Medians of the rounds; ratios are agent / baseline.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import statistics
@@ -45,6 +46,44 @@ def _link_counters(node, ifname: str) -> tuple[int, int]:
                    text=True).stdout
     stats = json.loads(out)[0]["stats64"]
     return stats["rx"]["packets"], stats["tx"]["packets"]
+
+
+def _enable_bpf_stats() -> int:
+    """BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): the kernel times every program run while the
+    returned fd is open (closed at the end, or when this process exits)."""
+    attr = ctypes.c_uint32(0)  # enable_stats.type = BPF_STATS_RUN_TIME
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(321, 32, ctypes.byref(attr), ctypes.sizeof(attr))
+    return fd if fd >= 0 else -1
+
+
+def _prog_ids(pid: int) -> list[int]:
+    """The eBPF programs one process holds (its fds' prog_id in /proc/<pid>/fdinfo)."""
+    ids = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("prog_id:"):
+                        ids.append(int(line.split()[1]))
+        except OSError:
+            continue
+    return ids
+
+
+def _prog_run_stats(ids: list[int]) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) summed over programs named podflow_* among `ids`."""
+    ns = cnt = 0
+    for prog_id in ids:
+        out = subprocess.run(["bpftool", "prog", "show", "id", str(prog_id), "-j"],
+                             capture_output=True, text=True).stdout
+        info = json.loads(out or "{}")
+        if str(info.get("name", "")).startswith("podflow"):
+            ns += info.get("run_time_ns", 0)
+            cnt += info.get("run_cnt", 0)
+    return ns, cnt
 
 
 def _iperf(client, server_ip: str, seconds: float, udp: bool) -> float:
@@ -111,6 +150,8 @@ def run(rounds: int, seconds: float) -> int:
                                         "cpu_tcp", "cpu_udp")}
     accounting: list[tuple[str, int, int]] = []
     lost_total = 0
+    prog_ns = prog_runs = 0
+    stats_fd = _enable_bpf_stats()
     with Lab("benchdp") as lab, tempfile.TemporaryDirectory() as tmp:
         node = lab.add_node("node-a", kind="bridge", pod_cidr="10.244.1.0/24")
         client = node.add_pod("bench", "client-1")
@@ -127,6 +168,8 @@ def run(rounds: int, seconds: float) -> int:
             agent = node.start_agent("--flow-log", log, *AGENT_ARGS)
             assert set(veths + ["cni0"]) <= set(agent.ready.get("interfaces", [])), agent.ready
             before = {v: _link_counters(node, v) for v in veths}
+            ids = _prog_ids(agent.pid)
+            ns0, runs0 = _prog_run_stats(ids)
             for proto in ("tcp", "udp"):
                 cpu0, t0 = _cpu_s(agent.pid), time.monotonic()
                 results[f"{proto}_agent"].append(_iperf(client, server.ip, seconds,
@@ -135,6 +178,8 @@ def run(rounds: int, seconds: float) -> int:
                                                 / (time.monotonic() - t0))
             time.sleep(0.5)  # quiet: nothing moves between reading counters and detaching
             after = {v: _link_counters(node, v) for v in veths}
+            ns1, runs1 = _prog_run_stats(ids)
+            prog_ns, prog_runs = prog_ns + ns1 - ns0, prog_runs + runs1 - runs0
             status = _status(agent.address)
             lost_total += sum(c.count for c in status.lost)
             lost_total += sum(n for k, n in status.datapath_errors.items() if "full" in k)
@@ -146,6 +191,8 @@ def run(rounds: int, seconds: float) -> int:
                 accounting.append((f"{v} FROM_POD", rx, _record_packets(log, v, "FROM_POD")))
                 accounting.append((f"{v} TO_POD", tx, _record_packets(log, v, "TO_POD")))
 
+    if stats_fd >= 0:
+        os.close(stats_fd)
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"podflow datapath benchmark: {rounds} rounds x {seconds:g}s, medians "
           f"(bridge node, 2 pods, agent on both veths + cni0)")
@@ -156,6 +203,9 @@ def run(rounds: int, seconds: float) -> int:
           f"{med['udp_agent'] / 1e3:>12.1f}{med['udp_agent'] / med['udp_base']:>8.3f}")
     print(f"agent CPU during TCP: {med['cpu_tcp'] * 100:.1f}% of a core; "
           f"during UDP: {med['cpu_udp'] * 100:.1f}%")
+    if prog_runs:
+        print(f"TC program cost (kernel run-time stats): {prog_ns / prog_runs:.0f} ns per "
+              f"packet over {prog_runs} runs")
     exact = all(truth == counted for _, truth, counted in accounting)
     total_truth = sum(t for _, t, _ in accounting)
     total_counted = sum(c for _, _, c in accounting)

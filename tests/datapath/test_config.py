@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 import pytest
 
@@ -98,3 +100,16 @@ def test_real_source_expands_every_header():
     src = datapath.expand_includes(datapath.BPF_DIR / "podflow.c")
     for header in ("types.h", "maps.h", "parse.h"):
         assert f'{datapath.BPF_DIR / header}"' in src
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--flow-map-size", "lots"], "--flow-map-size"),
+    (["--ringbuf-size", "3M"], "--ringbuf-size"),
+    (["--idle-timeout", "0"], "--idle-timeout"),
+], ids=["map-size", "ringbuf-size", "idle-timeout"])
+def test_bad_flags_exit_2_with_a_message_naming_the_flag(tmp_path, argv, message):
+    res = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "--node-name", "n1",
+                          "--listen", f"unix:{tmp_path}/a.sock", *argv],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr

@@ -319,11 +319,74 @@ def test_malformed_frames_are_counted_per_reason_never_misread(ebpf_ready, lab_f
     assert {k: v[0] for k, v in got.items()} == {key: COUNT for key in VALID_FLOWS.values()}
 
 
+MANY_FLOWS = """
+import socket, sys
+dst, flows, per_flow = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = []
+for i in range(flows):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 41000 + i))
+    socks.append(s)
+for _ in range(per_flow):
+    for s in socks:
+        s.sendto(b"z" * 50, (dst, 7000))
+"""
+
+
+def test_full_flow_map_still_counts_every_packet(ebpf_ready, lab_factory, tmp_path):
+    """With room for 8 flows, 40 flows are still counted exactly: packets that find the map
+    full go through the ring buffer and are summed in user space."""
+    lab = lab_factory("dpfull")
+    node = lab.add_node("node-a", kind="routed", pod_cidr="10.244.1.0/24")
+    client = node.add_pod("shop", "client-1")
+    server = node.add_pod("shop", "server-1")
+    agent, log = _start(node, tmp_path, "--flow-map-size", "8")
+    cap = Capture(node, client.host_ifname, "in", f"udp and host {server.ip}", tmp_path)
+    client.run([sys.executable, "-c", MANY_FLOWS, server.ip, "40", "5"])
+    truth = cap.stop()
+    time.sleep(0.5)
+    status = server_status(agent.address)
+    assert agent.stop() == 0
+    assert status.datapath_errors["flow_map_full"] > 0
+    assert "ringbuf_full_map_full" not in status.datapath_errors
+    assert sum(c.count for c in status.lost) == 0
+    got = record_totals(read_flow_log(log), client.host_ifname, "FROM_POD")
+    got = {k: v for k, v in got.items() if k[0] == "udp" and k[2] == server.ip}
+    assert len(truth) == 40 and all(v[0] == 5 for v in truth.values())
+    assert got == truth
+
+
+def test_an_interface_that_cannot_be_attached_does_not_stop_the_others(ebpf_ready,
+                                                                        lab_factory, tmp_path):
+    lab = lab_factory("dpbad")
+    node = lab.add_node("node-a", kind="routed", pod_cidr="10.244.1.0/24")
+    good = node.add_pod("shop", "good-1")
+    bad = node.add_pod("shop", "bad-1")
+    # another tool holds our priority with another protocol: the kernel refuses our filter
+    node.run(["tc", "qdisc", "add", "dev", bad.host_ifname, "clsact"])
+    node.run(["tc", "filter", "add", "dev", bad.host_ifname, "egress", "prio", "20304",
+              "protocol", "ip", "u32", "match", "u32", "0", "0"])
+    agent, log = _start(node, tmp_path)
+    assert bad.host_ifname in agent.ready["attach_errors"]
+    assert good.host_ifname in agent.ready["interfaces"]
+    assert bad.host_ifname not in agent.ready["interfaces"]
+    assert not [line for line in podflow_filters(node, bad.host_ifname) if "podflow" in line]
+    good.run(["ping", "-q", "-c", "2", "-i", "0.05", bad.ip], stdout=subprocess.DEVNULL)
+    time.sleep(0.3)
+    assert server_status(agent.address).datapath_errors["attach_failed"] == 1
+    assert agent.stop() == 0
+    assert f"cannot attach to {bad.host_ifname}" in agent.stderr_text()
+    sent = record_totals(read_flow_log(log), good.host_ifname, "FROM_POD")
+    assert sent[("icmpv4", good.ip, bad.ip, 8, 0, False)][0] == 2
+    assert "u32" in node.run(["tc", "filter", "show", "dev", bad.host_ifname, "egress"],
+                             capture_output=True, text=True).stdout
+
+
 def test_host_is_clean_afterwards():
     """Nothing of ours in the root namespace: no lab namespaces, no podflow filter."""
     from agent.lab import Lab
 
-    for lab_id in ("dpcbr", "dpcro", "dpcac", "dpnew", "dpcoex", "dpkill", "dpmal"):
+    for lab_id in ("dpcbr", "dpcro", "dpcac", "dpnew", "dpcoex", "dpkill", "dpmal", "dpfull",
+                   "dpbad"):
         assert not any(Lab.leftovers(lab_id).values()), lab_id
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     for line in links.splitlines():
