@@ -229,3 +229,60 @@ def test_stdout(capfd, store, stats):
     lines = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
     assert "podflow_flow_log" in lines[0]
     assert seq_of(lines[1]) == 0
+
+
+def test_a_blocked_disk_slows_neither_the_store_nor_the_api(tmp_path, store, stats):
+    """The flow log is a FIFO nobody reads: the writer blocks in write(). Flows keep going
+    into the store at full speed and to an API client; the flow log skips what it cannot
+    keep, and says so in the file once it can write again."""
+    import os
+    import threading
+
+    from agent.client import get_flows
+    from agent.server import ObserverServer
+
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # lets the writer open; never read yet
+    exp = build(fifo, store, stats, "--flow-log-queue-size", "2000")
+    server = ObserverServer(f"unix:{tmp_path}/api.sock", store, stats)
+    exp.start()
+    server.start()
+    try:
+        t0 = time.perf_counter()
+        for i in range(0, 20000, 500):
+            store.extend([make_flow(j) for j in range(i, i + 500)])
+            time.sleep(0.01)
+        feed_s = time.perf_counter() - t0
+        assert feed_s < 5, f"feeding the store took {feed_s:.1f}s with a blocked flow log"
+        import grpc
+
+        with grpc.insecure_channel(server.address) as channel:
+            got = [r for r in get_flows(channel, observer_pb2.GetFlowsRequest(number=100))
+                   if r.HasField("flow")]
+        assert [seq_of({"flow": {"summary": r.flow.summary}}) for r in got] == list(range(19900, 20000))
+
+        chunks = []
+        done = threading.Event()
+
+        def drain():
+            os.set_blocking(reader_fd, True)
+            while True:
+                data = os.read(reader_fd, 1 << 16)
+                if not data:
+                    break
+                chunks.append(data)
+            done.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+    finally:
+        exp.stop()
+        server.stop(0)
+    done.wait(10)
+    os.close(reader_fd)
+    records = [json.loads(line) for line in b"".join(chunks).decode().splitlines()]
+    written = [seq_of(r) for r in records if "flow" in r]
+    lost = sum(int(r["lost_events"]["num_events_lost"]) for r in records if "lost_events" in r)
+    assert lost > 0
+    assert len(written) + lost == 20000
+    assert stats.snapshot_lost()[observer_pb2.EXPORTER_QUEUE].count == lost
