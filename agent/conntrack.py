@@ -28,6 +28,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 log = logging.getLogger("podflow.conntrack")
 
@@ -62,8 +63,10 @@ class ConntrackError(OSError):
     """The conntrack table could not be opened (no CAP_NET_ADMIN, no nf_conntrack)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Tuple5:
+class Tuple5(NamedTuple):
+    """A connection's 5-tuple in one direction (a NamedTuple: built for every record, so
+    it must be cheap to create and hash)."""
+
     proto: int
     src: str
     sport: int

@@ -23,6 +23,15 @@ def _is_host(peer: Peer) -> bool:
     return peer.kind == flow_pb2.NODE or (peer.pod is not None and peer.pod.host_network)
 
 
+def _set_endpoint(flow: flow_pb2.Flow, field: str, endpoint: flow_pb2.Endpoint) -> None:
+    """Copy the shared Endpoint in; merge only when an earlier stage already set something
+    (DNS names from annotate), since CopyFrom is the cheaper of the two."""
+    if flow.HasField(field):
+        getattr(flow, field).MergeFrom(endpoint)
+    else:
+        getattr(flow, field).CopyFrom(endpoint)
+
+
 def category_of(src: Peer, dst: Peer) -> int:
     """The category of a flow between two peers that involves no Service."""
     src_pod = src.kind == flow_pb2.POD and not _is_host(src)
@@ -57,17 +66,20 @@ class FlowEnricher:
             self.enrich_one(flow)
 
     def enrich_one(self, flow: flow_pb2.Flow) -> None:
-        src, dst = flow.ip.source, flow.ip.destination
+        ip = flow.ip
+        src = ip.source
         state = self._state
         if not src:
             if state is not None:
                 flow.category = flow_pb2.OTHER
             return
-        which = flow.l4.WhichOneof("protocol")
+        dst = ip.destination
+        l4_msg = flow.l4
+        which = l4_msg.WhichOneof("protocol")
         proto_num, proto = _L4.get(which, (0, ""))
         sport = dport = 0
         if proto_num:
-            l4 = getattr(flow.l4, which)
+            l4 = getattr(l4_msg, which)
             sport, dport = l4.source_port, l4.destination_port
         match: Match | None = None
         if proto_num and self._conntrack is not None:
@@ -82,32 +94,32 @@ class FlowEnricher:
             return
         src_peer, dst_peer = state.peer(src), state.peer(dst)
         if not proto_num:
-            flow.source.MergeFrom(src_peer.endpoint)
-            flow.destination.MergeFrom(dst_peer.endpoint)
+            _set_endpoint(flow, "source", src_peer.endpoint)
+            _set_endpoint(flow, "destination", dst_peer.endpoint)
             flow.category = category_of(src_peer, dst_peer)
             return
 
         # Which Service (if any), dialed at which address, answered by which backend.
-        svc = svc_port_spec = None
+        svc = None
         svc_ip, svc_port, backend_ip, backend_port = "", 0, "", 0
         client_ip, is_reply = src, False
         if match is not None:
             orig, reply = match.entry.orig, match.entry.reply
             hit = state.service_at(orig.dst, orig.dport, proto)
             if hit is not None:
-                svc, svc_port_spec = hit
+                svc = hit[0]
             svc_ip, svc_port = orig.dst, orig.dport
             backend_ip, backend_port = reply.src, reply.sport
             client_ip, is_reply = orig.src, match.is_reply
         else:
             hit = state.service_at(dst, dport, proto)
             if hit is not None:
-                svc, svc_port_spec = hit
+                svc = hit[0]
                 svc_ip, svc_port = dst, dport
             else:
                 hit = state.service_at(src, sport, proto)
                 if hit is not None:
-                    svc, svc_port_spec = hit
+                    svc = hit[0]
                     svc_ip, svc_port, client_ip, is_reply = src, sport, dst, True
                 else:
                     headless = state.headless_at(dst, dport, proto)
@@ -140,8 +152,8 @@ class FlowEnricher:
                 else:
                     src_peer = vip_peer
 
-        flow.source.MergeFrom(src_peer.endpoint)
-        flow.destination.MergeFrom(dst_peer.endpoint)
+        _set_endpoint(flow, "source", src_peer.endpoint)
+        _set_endpoint(flow, "destination", dst_peer.endpoint)
 
         if svc is None:
             flow.category = category_of(src_peer, dst_peer)

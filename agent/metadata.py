@@ -52,18 +52,19 @@ class Enricher:
     and the conntrack reader used for Service translations."""
 
     def __init__(self, stats: AgentStats, source_name: str, state: ClusterState | None = None,
-                 source=None, use_conntrack: bool = True) -> None:
+                 source=None, use_conntrack: bool = True, conntrack_grace_s: float = 30.0) -> None:
         self._stats = stats
         self._stats.metadata_source = source_name
         self.state = state
         self._source = source
         self._use_conntrack = use_conntrack
+        self._conntrack_grace_s = conntrack_grace_s
         self._conntrack: Conntrack | None = None
         self._enricher = FlowEnricher(state, None)
 
     def start(self) -> None:
         if self._use_conntrack:
-            self._conntrack = open_conntrack()
+            self._conntrack = open_conntrack(event_grace_s=self._conntrack_grace_s)
         self._enricher = FlowEnricher(self.state, self._conntrack)
         if self._source is not None:
             try:
@@ -89,19 +90,21 @@ class Enricher:
 
 def from_args(args: argparse.Namespace, stats: AgentStats) -> Enricher:
     source = args.metadata
-    use_conntrack = getattr(args, "conntrack", True)
+    # A connection's last record can come an idle timeout after its last packet: keep the
+    # translations of destroyed connections at least twice that long.
+    options = {"use_conntrack": getattr(args, "conntrack", True),
+               "conntrack_grace_s": max(30.0, 2 * float(getattr(args, "idle_timeout", 15.0) or 0))}
     if source == "none":
-        return Enricher(stats, "none", use_conntrack=use_conntrack)
+        return Enricher(stats, "none", **options)
     state = ClusterState()
     if source == "kubernetes":
         from agent.k8s.kubesource import KubeSource
 
         return Enricher(stats, "kubernetes", state,
                         KubeSource(state, stats, kubeconfig=args.kubeconfig, context=args.context),
-                        use_conntrack=use_conntrack)
+                        **options)
     if args.kubeconfig or args.context:
         raise ConfigError(f"--kubeconfig/--context need --metadata kubernetes, not {source!r}")
     if not os.path.isfile(source):
         raise ConfigError(f"--metadata {source}: not `kubernetes`, `none` or an existing file")
-    return Enricher(stats, f"file:{source}", state, FileSource(source, state, stats),
-                    use_conntrack=use_conntrack)
+    return Enricher(stats, f"file:{source}", state, FileSource(source, state, stats), **options)

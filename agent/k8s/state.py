@@ -58,7 +58,7 @@ class ClusterState:
         self._slices_by_service: dict[tuple[str, str], dict[tuple[str, str], EndpointSlice]] = {}
         self._service_index_keys: dict[tuple[str, str], list[tuple[str, object]]] = {}
         self._owners_generation = 0
-        self._peer_cache: dict[tuple[str, str], tuple[Pod, int, Peer]] = {}
+        self._peer_cache: dict[str, tuple[Pod, int, Peer]] = {}
         self._node_peers: dict[str, Peer] = {}
         self.generation = 0  # bumped on every change; lets tests and benches wait for one
         self.changed = threading.Condition(self._lock)
@@ -134,7 +134,9 @@ class ClusterState:
             return
         if kind == "Pod":
             self._unindex_pod(old)
-            self._peer_cache.pop(key, None)
+            for ip in old.ips:
+                if ip not in self.pod_by_ip and ip not in self.host_pod_by_ip:
+                    self._peer_cache.pop(ip, None)
         elif kind == "Service":
             self._reindex_service(key)
         elif kind == "EndpointSlice":
@@ -261,7 +263,10 @@ class ClusterState:
         """What `ip` is: a pod, a node (host network), or the world."""
         pod = self.pod_by_ip.get(ip)
         if pod is not None:
-            return self._pod_peer(pod)
+            cached = self._peer_cache.get(ip)
+            if cached is not None and cached[0] is pod and cached[1] == self._owners_generation:
+                return cached[2]
+            return self._pod_peer(pod, ip)
         node = self.node_by_ip.get(ip)
         if node is None:
             node = self.node_gateway_by_ip.get(ip)
@@ -274,24 +279,20 @@ class ClusterState:
             return peer
         pod = self.host_pod_by_ip.get(ip)
         if pod is not None:  # a host-network pod on a node we have no Node object for
-            return self._pod_peer(pod)
+            return self._pod_peer(pod, ip)
         return WORLD
 
-    def pod_peer(self, pod: Pod) -> Peer:
-        return self._pod_peer(pod)
-
-    def _pod_peer(self, pod: Pod) -> Peer:
-        cached = self._peer_cache.get(pod.key)
+    def _pod_peer(self, pod: Pod, ip: str) -> Peer:
+        """Build (and cache by IP) a pod's Endpoint; the cache entry is valid while the IP
+        still maps to this very Pod object and no owner (ReplicaSet, Job) changed."""
         generation = self._owners_generation
-        if cached is not None and cached[0] is pod and cached[1] == generation:
-            return cached[2]
         kind, name = self._workload(pod)
         endpoint = flow_pb2.Endpoint(kind=flow_pb2.POD, namespace=pod.namespace,
                                      pod_name=pod.name, labels=pod.labels,
                                      workload=flow_pb2.Workload(kind=kind, name=name),
                                      node_name=pod.node_name, host_network=pod.host_network)
         peer = Peer(kind=flow_pb2.POD, node_name=pod.node_name, endpoint=endpoint, pod=pod)
-        self._peer_cache[pod.key] = (pod, generation, peer)
+        self._peer_cache[ip] = (pod, generation, peer)
         return peer
 
     def service_at(self, ip: str, port: int, protocol: str) -> tuple[Service, ServicePort] | None:

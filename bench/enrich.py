@@ -1,0 +1,245 @@
+"""Enrichment cost: flows/s through the pipeline with and without enrichment (same run, same
+records), memory of the cluster cache for 10,000 pods and 2,000 Services, a netlink
+conntrack lookup's round trip, and the time from a pod's creation on the (fake) API server
+to its flows being named.
+
+    .venv/bin/python -m bench.enrich [--pods 10000] [--services 2000] [--flows 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import statistics
+import tempfile
+import time
+import tracemalloc
+
+from agent.conntrack import CTA_TUPLE_ORIG, Conntrack, Entry, Tuple5, open_conntrack
+from agent.enrich import FlowEnricher
+from agent.flowstore import FlowStore
+from agent.k8s.state import ClusterState
+from agent.stats import AgentStats
+from podflow_api.v1 import flow_pb2
+
+BATCH = 256
+
+
+def pod_ip(i: int) -> str:
+    return f"10.{64 + i // 65000}.{(i // 250) % 256}.{i % 250 + 2}"
+
+
+def cluster_objects(pods: int, services: int, nodes: int = 100) -> list[dict]:
+    """Pods of Deployments (via ReplicaSets) spread over nodes and namespaces, Services
+    with an EndpointSlice of 5 pods each; a tenth of the Services are headless."""
+    items: list[dict] = []
+    for n in range(nodes):
+        items.append({"kind": "Node", "metadata": {"name": f"node-{n}"},
+                      "spec": {"podCIDR": f"10.200.{n}.0/24"},
+                      "status": {"addresses": [{"type": "InternalIP", "address": f"172.20.{n // 250}.{n % 250 + 2}"}]}})
+    for i in range(pods):
+        ns, app = f"ns-{i % 50}", f"app-{i % (pods // 5 or 1)}"
+        rs = f"{app}-5f4d8c9b7"
+        items.append({"kind": "Pod", "metadata": {
+            "name": f"{rs}-{i:05x}", "namespace": ns, "creationTimestamp": "2026-11-21T09:00:00Z",
+            "labels": {"app": app, "pod-template-hash": "5f4d8c9b7", "tier": "backend",
+                       "version": "v1"},
+            "ownerReferences": [{"kind": "ReplicaSet", "name": rs, "controller": True}]},
+            "spec": {"nodeName": f"node-{i % nodes}"},
+            "status": {"phase": "Running", "podIP": pod_ip(i), "podIPs": [{"ip": pod_ip(i)}]}})
+        if i < pods // 5:
+            items.append({"kind": "ReplicaSet", "metadata": {
+                "name": rs, "namespace": ns,
+                "ownerReferences": [{"kind": "Deployment", "name": app, "controller": True}]}})
+    for s in range(services):
+        ns = f"ns-{s % 50}"
+        headless = s % 10 == 9
+        items.append({"kind": "Service", "metadata": {"name": f"svc-{s}", "namespace": ns},
+                      "spec": {"type": "ClusterIP",
+                               "clusterIP": "None" if headless else f"10.96.{s // 250}.{s % 250 + 1}",
+                               "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}})
+        eps = [{"addresses": [pod_ip((s * 5 + k) % pods)], "conditions": {"ready": True}}
+               for k in range(5)]
+        items.append({"kind": "EndpointSlice", "metadata": {
+            "name": f"svc-{s}-abcde", "namespace": ns,
+            "labels": {"kubernetes.io/service-name": f"svc-{s}"}},
+            "ports": [{"port": 8080, "protocol": "TCP"}], "endpoints": eps})
+    return items
+
+
+def build_state(items: list[dict]) -> ClusterState:
+    state = ClusterState()
+    for item in items:
+        state.apply(item["kind"], "ADDED", item)
+    return state
+
+
+def make_flows(n: int, pods: int, services: int, ct: Conntrack, seed: int = 7) -> list[flow_pb2.Flow]:
+    """45% pod->pod, 35% pod->ClusterIP (DNATed: conntrack knows the backend), 10% to a
+    headless Service's pod, 10% pod->world; a few thousand distinct connections."""
+    rng = random.Random(seed)
+    now = time.time_ns()
+    flows = []
+    for i in range(n):
+        f = flow_pb2.Flow(node_name="node-0", packets=3, bytes=400,
+                          observation_point=flow_pb2.POD_VETH, traffic_direction=flow_pb2.FROM_POD)
+        f.first_seen.FromNanoseconds(now)
+        client = rng.randrange(pods)
+        sport = 32768 + (i % 4000)
+        kind = rng.random()
+        if kind < 0.45:
+            dst, dport = pod_ip(rng.randrange(pods)), 8080
+        elif kind < 0.80:
+            s = rng.randrange(services)
+            if s % 10 == 9:
+                s -= 1
+            dst, dport = f"10.96.{s // 250}.{s % 250 + 1}", 80
+            backend = pod_ip((s * 5 + rng.randrange(5)) % pods)
+            ct._remember(Entry(Tuple5(6, pod_ip(client), sport, dst, dport),
+                               Tuple5(6, backend, 8080, pod_ip(client), sport)), 0)
+        elif kind < 0.90:
+            s = rng.randrange(services // 10) * 10 + 9
+            dst, dport = pod_ip((s * 5) % pods), 8080
+        else:
+            dst, dport = f"93.184.{rng.randrange(256)}.{rng.randrange(1, 255)}", 443
+        f.ip.source, f.ip.destination, f.ip.ip_version = pod_ip(client), dst, flow_pb2.IPV4
+        f.l4.tcp.source_port, f.l4.tcp.destination_port = sport, dport
+        flows.append(f)
+    return flows
+
+
+def run_pipeline(flows: list[flow_pb2.Flow], enricher: FlowEnricher | None) -> float:
+    """Seconds to push copies of `flows` through (enrich +) store, in batches."""
+    store = FlowStore(capacity=65536, stats=AgentStats("bench", "bench"))
+    copies = [flow_pb2.Flow() for _ in flows]
+    for c, f in zip(copies, flows):
+        c.CopyFrom(f)
+    gc.collect()
+    start = time.perf_counter()
+    for i in range(0, len(copies), BATCH):
+        batch = copies[i:i + BATCH]
+        if enricher is not None:
+            enricher.enrich(batch)
+        store.extend(batch)
+    return time.perf_counter() - start
+
+
+def bench_throughput(state: ClusterState, args) -> list[tuple[str, str]]:
+    ct = Conntrack()
+    # The event listener has been running (and lost nothing) since before these flows began.
+    ct._listening_since_ns = time.time_ns() - 60_000_000_000
+    flows = make_flows(args.flows, args.pods, args.services, ct)
+    enricher = FlowEnricher(state, ct)
+    rows = []
+    base, enriched = [], []
+    for _ in range(3):  # interleaved, medians: the machine is shared
+        base.append(run_pipeline(flows, None))
+        enriched.append(run_pipeline(flows, enricher))
+    b, e = statistics.median(base), statistics.median(enriched)
+    rows.append(("pipeline without enrichment", f"{len(flows) / b:,.0f} flows/s"))
+    rows.append(("pipeline with enrichment", f"{len(flows) / e:,.0f} flows/s"))
+    rows.append(("enrichment cost per flow", f"{(e - b) / len(flows) * 1e6:.2f} us"))
+    sample = flows[:1000]
+    copies = [flow_pb2.Flow() for _ in sample]
+    for c, f in zip(copies, sample):
+        c.CopyFrom(f)
+    enricher.enrich(copies)
+    named = sum(1 for f in copies if f.service.name or f.destination.pod_name)
+    rows.append(("records named (sample of 1,000)", f"{named}"))
+    return rows
+
+
+def bench_memory(args) -> list[tuple[str, str]]:
+    items = cluster_objects(args.pods, args.services)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    start = time.perf_counter()
+    state = build_state(items)
+    build_s = time.perf_counter() - start
+    # Every pod's Endpoint message, as a running agent ends up holding them.
+    for ip in list(state.pod_by_ip):
+        state.peer(ip)
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return [(f"cache for {args.pods:,} pods, {args.services:,} Services",
+             f"{used / 2**20:.1f} MiB ({used / args.pods / 1024:.2f} KiB/pod, all included)"),
+            ("cache build from API objects", f"{build_s * 1000:.0f} ms")], state
+
+
+def bench_netlink(rows: list[tuple[str, str]]) -> None:
+    if os.geteuid() != 0:
+        rows.append(("conntrack netlink lookup", "skipped (needs root)"))
+        return
+    ct = open_conntrack()
+    if ct is None:
+        rows.append(("conntrack netlink lookup", "unavailable"))
+        return
+    try:
+        t = Tuple5(6, "192.0.2.1", 1, "192.0.2.2", 2)  # TEST-NET: never in the table
+        n = 2000
+        start = time.perf_counter()
+        for _ in range(n):
+            ct.get(CTA_TUPLE_ORIG, t)
+        rows.append(("conntrack netlink lookup (one CT_GET)",
+                     f"{(time.perf_counter() - start) / n * 1e6:.1f} us"))
+    finally:
+        ct.stop()
+
+
+def bench_latency(args) -> list[tuple[str, str]]:
+    from agent.k8s.kubesource import KubeSource
+    from tests.k8s.fakeapi import FakeAPIServer
+
+    api = FakeAPIServer(bookmark_interval_s=5).start()
+    state, stats = ClusterState(), AgentStats("bench", "bench")
+    with tempfile.TemporaryDirectory() as tmp:
+        source = KubeSource(state, stats, kubeconfig=api.write_kubeconfig(os.path.join(tmp, "kc")))
+        source.start()
+        enricher = FlowEnricher(state, None)
+        delays = []
+        try:
+            for i in range(args.latency_samples):
+                ip = f"10.250.0.{i + 2}"
+                start = time.perf_counter()
+                api.create({"kind": "Pod", "metadata": {"name": f"new-{i}", "namespace": "bench"},
+                            "spec": {"nodeName": "node-0"},
+                            "status": {"phase": "Running", "podIP": ip}})
+                state.wait_for(lambda s, ip=ip: ip in s.pod_by_ip, 5.0)
+                f = flow_pb2.Flow()
+                f.ip.source, f.ip.destination = ip, "10.250.1.1"
+                enricher.enrich([f])
+                assert f.source.pod_name == f"new-{i}"
+                delays.append(time.perf_counter() - start)
+        finally:
+            source.stop()
+            api.stop()
+    delays.sort()
+    return [("pod created on API server -> its flows named",
+             f"median {statistics.median(delays) * 1000:.1f} ms, "
+             f"p95 {delays[int(len(delays) * 0.95) - 1] * 1000:.1f} ms, max {delays[-1] * 1000:.1f} ms "
+             f"({len(delays)} pods)")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pods", type=int, default=10_000)
+    parser.add_argument("--services", type=int, default=2_000)
+    parser.add_argument("--flows", type=int, default=100_000)
+    parser.add_argument("--latency-samples", type=int, default=50)
+    args = parser.parse_args()
+    rows, state = bench_memory(args)
+    rows += bench_throughput(state, args)
+    bench_netlink(rows)
+    rows += bench_latency(args)
+    width = max(len(k) for k, _ in rows)
+    print(f"{'measure'.ljust(width)}  value")
+    for key, value in rows:
+        print(f"{key.ljust(width)}  {value}")
+
+
+if __name__ == "__main__":
+    main()
