@@ -44,6 +44,12 @@ def _workload(endpoint: flow_pb2.Endpoint) -> str:
     return f"{w.kind}/{w.name}" if w.name else ""
 
 
+def _enum_name(enum_type, number: int) -> str:
+    """The value's name; the number for a value this build does not know (newer agents)."""
+    value = enum_type.DESCRIPTOR.values_by_number.get(number)
+    return value.name if value is not None else str(number)
+
+
 def _protocol(flow: flow_pb2.Flow) -> str:
     return flow.l4.WhichOneof("protocol") or ""
 
@@ -57,11 +63,11 @@ LABELS: dict[str, Callable[[flow_pb2.Flow], str]] = {
     "source_workload": lambda f: _workload(f.source),
     "destination_workload": lambda f: _workload(f.destination),
     "service": _service,
-    "verdict": lambda f: flow_pb2.Verdict.Name(f.verdict),
+    "verdict": lambda f: _enum_name(flow_pb2.Verdict, f.verdict),
     "protocol": _protocol,
-    "traffic_direction": lambda f: flow_pb2.TrafficDirection.Name(f.traffic_direction),
-    "category": lambda f: flow_pb2.FlowCategory.Name(f.category),
-    "outcome": lambda f: flow_pb2.ConnectionOutcome.Name(f.outcome),
+    "traffic_direction": lambda f: _enum_name(flow_pb2.TrafficDirection, f.traffic_direction),
+    "category": lambda f: _enum_name(flow_pb2.FlowCategory, f.category),
+    "outcome": lambda f: _enum_name(flow_pb2.ConnectionOutcome, f.outcome),
     "interface": lambda f: f.interface.name,
 }
 
@@ -219,7 +225,7 @@ class _Collector:
         lost = CounterMetricFamily("podflow_lost_events", "Events lost, by pipeline stage",
                                    labels=["stage"])
         for stage, span in sorted(self.stats.snapshot_lost().items()):
-            lost.add_metric([observer_pb2.LostStage.Name(stage)], span.count)
+            lost.add_metric([_enum_name(observer_pb2.LostStage, stage)], span.count)
         yield lost
         yield CounterMetricFamily("podflow_metrics_skipped_flows", "Flows the metrics consumer "
                                   "fell too far behind to count", value=self.counters.skipped)
