@@ -159,6 +159,10 @@ def _traffic_plan(c: Cluster) -> list[tuple[object, list[dict]]]:
             {"kind": "bulk", "ip": db_ip, "port": DB_PORT, "bytes": 2_000_000, "every_s": 5,
              "timeout_s": 10},
         ]),
+        (p["prober"], [  # health checks straight to pod IPs, no Service: same node, cross node
+            {"kind": "http", "ip": p["storefront"].ip, "port": APP_PORT, "every_s": 2},
+            {"kind": "http", "ip": c.carts[0].ip, "port": APP_PORT, "every_s": 3},
+        ]),
         (c.outside, [
             {"kind": "http", "ip": node.ip, "port": NODE_PORT, "every_s": 2}
             for node in c.lab.nodes[:2]
