@@ -139,10 +139,6 @@ def apply_mask(record: dict, tree: dict) -> dict:
     return out
 
 
-def timestamp_ns(ts) -> int:
-    return ts.seconds * 1_000_000_000 + ts.nanos
-
-
 class FlowLogExporter:
     """Reads the store on its own thread and writes the flow log."""
 

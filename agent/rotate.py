@@ -220,9 +220,6 @@ class RotatingWriter:
         self.rotations += 1
         self.open()
 
-    def flush(self) -> None:
-        """Writes go straight to the kernel; fsync is left to the OS."""
-
 
 def _gzip_file(path: str) -> None:
     """path -> path.gz; on failure (disk full) the uncompressed backup is kept."""

@@ -12,12 +12,11 @@ import os
 import random
 import shutil
 import tempfile
-import threading
 import time
 
 from agent.exporter import FlowLogExporter
 from agent.flowstore import FlowStore
-from agent.metrics import FlowCounters, MetricsServer
+from agent.metrics import MetricsServer
 from agent.rotate import RotationConfig
 from agent.stats import AgentStats
 from podflow_api.v1 import flow_pb2, observer_pb2
