@@ -148,7 +148,8 @@ def from_args(args: argparse.Namespace, stats: AgentStats) -> Annotator:
                                           drops.KtimeClock.now(),
                                           active_timeout_s=getattr(args, "active_timeout", 5.0),
                                           idle_timeout_s=getattr(args, "idle_timeout", 15.0))
-            found.append(drops.DropExtension(reporter, drop_map_size, drops.netns_inode()))
+            found.append(drops.DropExtension(reporter, drop_map_size, drops.netns_inode(),
+                                             scope=annotator.drop_scope))
         if dns_on:
             found.append(DnsExtension(annotator.dns_packet, capture))
         return found

@@ -17,15 +17,20 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import logging
 import os
 import socket
 import time
 from collections import OrderedDict
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from agent.btf import KernelLayout
 from agent.decode import EVENT_DROP, FlowKey, FlowRecord, FlowTracker, KtimeClock, decode_record
 from agent.stats import AgentStats
 from podflow_api.v1 import flow_pb2, observer_pb2
+
+log = logging.getLogger("podflow.drops")
 
 # pf_drop_event.flags (bpf/drop.h)
 DROP_EV_NEW = 0x01
@@ -182,14 +187,19 @@ class DropScope:
     The tracepoint sees every drop of the node's namespace (host traffic too). A drop is
     kept when its device is a traced interface (a pod veth or a CNI bridge), or when one of
     its addresses is a pod's: learned from the forwarded records at pod veths (the source
-    of FROM_POD traffic, the destination of TO_POD traffic), or inside a --drop-cidr range
-    (pod and Service CIDRs, so a pod's very first packet counts even before it was seen).
+    of FROM_POD traffic, the destination of TO_POD traffic), routed by the node to a traced
+    interface (a /32 to a pod's veth, the pod CIDR on cni0: so a policy drop of the first
+    packet to a pod that never spoke yet counts), or inside a --drop-cidr range.
     """
 
     def __init__(self, cidrs=(), max_addresses: int = 65536):
         self.cidrs = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+        self.routed: list = []  # pod prefixes from the node's routes (set_pod_routes)
         self.max_addresses = max_addresses
         self._pods: OrderedDict[str, int] = OrderedDict()  # pod IP -> its veth's ifindex
+
+    def set_pod_routes(self, prefixes: list) -> None:
+        self.routed = list(prefixes)
 
     def learn(self, flow: flow_pb2.Flow) -> None:
         if flow.verdict == flow_pb2.DROPPED or flow.observation_point != flow_pb2.POD_VETH:
@@ -208,13 +218,13 @@ class DropScope:
     def is_pod(self, address: str) -> bool:
         if address in self._pods:
             return True
-        if not self.cidrs or not address:
+        if not (self.cidrs or self.routed) or not address:
             return False
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
-        return any(ip in net for net in self.cidrs)
+        return any(ip in net for net in self.cidrs) or any(ip in net for net in self.routed)
 
     def judge(self, flow: flow_pb2.Flow, traced: set[int]) -> bool:
         """Keep this DROPPED record? Sets its direction when it is pod traffic."""
@@ -230,18 +240,38 @@ class DropScope:
         return True
 
 
+def pod_routes(ipr, traced: set[int]) -> list:
+    """Prefixes the node routes to traced interfaces (main table, no default route): the
+    pods' addresses as the CNI set them up. `ipr`: a pyroute2 IPRoute."""
+    prefixes = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for route in ipr.get_routes(family=family, table=254):
+            dst, oif = route.get_attr("RTA_DST"), route.get_attr("RTA_OIF")
+            if dst and route["dst_len"] and oif in traced:
+                try:
+                    prefixes.append(ipaddress.ip_network(f"{dst}/{route['dst_len']}", strict=False))
+                except ValueError:
+                    continue
+    return prefixes
+
+
 class DropExtension:
     """The datapath extension (agent/datapath.py) for drops: compiles drop.h into the
     program, attaches it to skb:kfree_skb, decodes its events and sweeps its map."""
 
     TRACEPOINT = b"skb:kfree_skb"
 
+    ROUTES_EVERY_NS = 5_000_000_000
+
     def __init__(self, reporter: DropReporter, map_size: int = 16384,
-                 netns_ino: int | None = None):
+                 netns_ino: int | None = None, scope: DropScope | None = None):
         self.reporter = reporter
         self.map_size = map_size
         self.netns_ino = netns_ino
+        self.scope = scope
         self._table = None
+        self._ipr = None
+        self._routes_at_ns = 0
 
     def cflags(self) -> list[str]:
         return drop_cflags(self.reporter.layout, self.map_size, self.netns_ino)
@@ -259,10 +289,28 @@ class DropExtension:
         ensure_tracefs()
         bpf.attach_tracepoint(tp=self.TRACEPOINT, fn_name=b"pf_kfree_skb")
         self._table = bpf["drops"]
+        if self.scope is not None:
+            from pyroute2 import IPRoute  # noqa: PLC0415
+
+            self._ipr = IPRoute()
 
     def detach(self, bpf) -> None:
         self._table = None
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
         bpf.detach_tracepoint(self.TRACEPOINT)
+
+    def _refresh_routes(self, datapath, now_ns: int) -> None:
+        if self._ipr is None or now_ns - self._routes_at_ns < self.ROUTES_EVERY_NS:
+            return
+        self._routes_at_ns = now_ns
+        traced = {i.index for i in datapath.stats.snapshot_interfaces()}
+        try:
+            self.scope.set_pod_routes(pod_routes(self._ipr, traced))
+        except (OSError, NetlinkError) as exc:  # netlink trouble: keep the last known routes
+            datapath.stats.add_error("drop_routes_unreadable")
+            log.warning("cannot read routes for the drop scope: %s", exc)
 
     def sweep(self, datapath, now_ns: int, final: bool = False) -> list[flow_pb2.Flow]:
         """Called on the reader thread with each flow-map sweep: records due, idle entries
@@ -270,6 +318,7 @@ class DropExtension:
         table = self._table
         if table is None:
             return []
+        self._refresh_routes(datapath, now_ns)
         entries = [(bytes(k), v) for k, v in table.items()]
         flows, idle = self.reporter.sweep(entries, now_ns)
         if final:

@@ -115,6 +115,39 @@ def test_policy_drop_yields_exactly_the_blocked_attempts(cluster):
     assert not [f for f in c.flows() if f.get("verdict") == "DROPPED" and _port(f, "destination") == 8081]
 
 
+def test_policy_on_the_destination_node_names_the_pod_it_protected(cluster):
+    """A NetworkPolicy is enforced on the destination pod's node: the packet arrives on the
+    uplink, and the drop is still pod traffic (the node routes the address to a pod veth)."""
+    c = cluster
+    log_path = c.log_path + ".node-b"
+    agent = c.server.node.start_agent("--flow-log", log_path, *AGENT_ARGS)
+    try:
+        time.sleep(1)
+        rule = c.lab.add_drop_rule(c.client, c.server, port=8080)  # on node-b
+        try:
+            c.client.fetch(c.server.ip, 8080, timeout_s=0.5, check=False)
+        finally:
+            c.lab.remove_drop_rule(rule)
+        node_b = Cluster(c.lab, agent, log_path, c.client, c.server, c.dns)
+        (drop, *_) = node_b.wait_for(lambda f: f.get("verdict") == "DROPPED"
+                                     and f["ip"]["destination"] == c.server.ip, what="node-b's drop")
+        assert (drop["drop_reason"], drop["traffic_direction"], drop["interface"]["name"]) == \
+            ("NETFILTER_DROP", "TO_POD", "eth0")
+        assert drop["node_name"] == "node-b"
+    finally:
+        agent.stop()
+
+
+def test_udp_without_reply_is_no_reply(cluster):
+    c = cluster
+    c.client.fetch(c.server.ip, 7999, protocol="udp", timeout_s=0.5, check=False)
+    flows = c.wait_for(lambda f: f.get("observation_point") == "POD_VETH"
+                       and f["ip"]["destination"] == c.server.ip and "udp" in f["l4"]
+                       and _port(f, "destination") == 7999 and f.get("outcome") == "NO_REPLY",
+                       what="the unanswered datagram")
+    assert flows[0]["traffic_direction"] == "FROM_POD"
+
+
 def test_closed_port_is_refused(cluster):
     c = cluster
     c.client.fetch(c.server.ip, 9, timeout_s=2, check=False)
