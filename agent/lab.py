@@ -756,6 +756,7 @@ class Lab:
     def _save_state(self) -> None:
         state = {"id": self.id, "owner_pid": os.getpid(),
                  "owner_start": _pid_start_time(os.getpid()), "netns": self._netns}
+        os.makedirs(self.run_dir, exist_ok=True)  # a concurrent leftover sweep may race us
         tmp = self._state_file() + ".tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(state, fh)
