@@ -1,0 +1,140 @@
+"""The metadata stage inside a real `podflow agent` process: `--metadata kubernetes` against
+the fake API server (ServerStatus says stale while it is away, fresh once it is back; missing
+RBAC stops the agent with a message naming verb and resource), bad flags, and
+`--metadata none` still reporting Service translations from conntrack."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agent.client import server_status
+from agent.lab import Lab
+from k8s import objs
+from k8s.fakeapi import FakeAPIServer
+
+pytestmark = pytest.mark.root
+
+
+def wait_until(predicate, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def run_agent(tmp_path, *args: str, wait: bool = True):
+    ready = tmp_path / "ready.json"
+    stderr = open(tmp_path / "agent.err", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "agent", "--node-name", "node-a",
+         "--interfaces", "pfnomatch*", "--listen", f"unix:{tmp_path}/agent.sock",
+         "--ready-file", str(ready), *args],
+        stdout=subprocess.DEVNULL, stderr=stderr)
+    if wait:
+        wait_until(lambda: ready.exists() or proc.poll() is not None, 60)
+    return proc, ready, stderr
+
+
+def stop(proc) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def api():
+    server = FakeAPIServer(bookmark_interval_s=0.5).start()
+    yield server
+    server.stop()
+
+
+def test_kubernetes_source_stale_then_fresh_in_server_status(ebpf_ready, api, tmp_path):
+    api.create(objs.pod("cart-1", "10.0.0.2"))
+    kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
+    proc, ready, stderr = run_agent(tmp_path, "--metadata", "kubernetes", "--kubeconfig", kubeconfig)
+    try:
+        assert ready.exists(), open(stderr.name).read()
+        assert json.loads(ready.read_text())["metadata"] == "kubernetes"
+        address = f"unix:{tmp_path}/agent.sock"
+        status = server_status(address)
+        assert (status.metadata_source, status.metadata_stale, status.metadata_error) == ("kubernetes", False, "")
+        api.stop()
+        assert wait_until(lambda: server_status(address).metadata_stale, 10)
+        assert "API server unreachable" in server_status(address).metadata_error
+        api.start()
+        assert wait_until(lambda: not server_status(address).metadata_stale, 15)
+        assert server_status(address).metadata_error == ""
+    finally:
+        stop(proc)
+        stderr.close()
+    log = open(stderr.name).read()
+    assert "serving the last known state" in log and "fresh again" in log
+
+
+def test_missing_rbac_stops_the_agent_with_a_clear_message(ebpf_ready, api, tmp_path):
+    api.forbid("pods", "list")
+    kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
+    proc, _ready, stderr = run_agent(tmp_path, "--metadata", "kubernetes", "--kubeconfig",
+                                     kubeconfig, wait=False)
+    try:
+        assert proc.wait(timeout=60) == 2
+    finally:
+        stop(proc)
+        stderr.close()
+    assert "missing RBAC permission: list pods (at cluster scope)" in open(stderr.name).read()
+
+
+@pytest.mark.parametrize("args,message", [
+    pytest.param(["--metadata", "/nonexistent/meta.json"], "--metadata /nonexistent/meta.json", id="missing-file"),
+    pytest.param(["--metadata", "kubernetes", "--kubeconfig", "/nonexistent/kubeconfig"], "--kubeconfig", id="bad-kubeconfig"),
+])
+def test_bad_metadata_flags_are_named(ebpf_ready, tmp_path, args, message):
+    proc, _ready, stderr = run_agent(tmp_path, *args, wait=False)
+    try:
+        assert proc.wait(timeout=60) == 2
+    finally:
+        stop(proc)
+        stderr.close()
+    assert message in open(stderr.name).read()
+
+
+def test_without_metadata_translation_is_still_reported(ebpf_ready, tmp_path):
+    with Lab(f"k8snm{os.getpid() % 10000}") as lab:
+        node = lab.add_node("node-a", kind="bridge", pod_cidr="10.244.1.0/24")
+        client = node.add_pod("shop", "client-1")
+        server = node.add_pod("shop", "cart-1")
+        server.serve(8080)
+        lab.add_service("shop", "cart", cluster_ip="10.96.0.12", port=80, backends=[(server, 8080)])
+        log_path = tmp_path / "flows.jsonl"
+        node.start_agent("--flow-log", str(log_path), "--active-timeout", "1", "--idle-timeout", "2",
+                         "--sweep-interval", "0.2", metadata_file="none")
+        assert client.reply_name(client.fetch("10.96.0.12", 80)) == "cart-1"
+
+        def records():
+            out = []
+            if log_path.exists():
+                for line in log_path.read_text().splitlines():
+                    flow = json.loads(line).get("flow")
+                    if (flow and flow["interface"]["name"] == client.host_ifname
+                            and "tcp" in flow.get("l4", {})):
+                        out.append(flow)
+            return out
+
+        assert wait_until(lambda: len(records()) >= 2, 20)
+        for flow in records():
+            assert flow["translation"] == {"original_ip": "10.96.0.12", "original_port": 80,
+                                           "translated_ip": server.ip, "translated_port": 8080}
+            assert "service" not in flow and "source" not in flow
