@@ -536,7 +536,13 @@ class Datapath:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
-        self.pipeline(batch)
+        try:
+            self.pipeline(batch)
+        # The reader is the boundary between the kernel and every later stage: a bug in one
+        # of them must cost that batch (counted and logged), not stop all flow accounting.
+        except Exception:  # noqa: BLE001
+            log.exception("pipeline failed on a batch of %d flows", len(batch))
+            self.stats.add_lost(observer_pb2.AGENT_QUEUE, len(batch))
 
     def _sweep(self) -> None:
         now_ns = time.monotonic_ns()

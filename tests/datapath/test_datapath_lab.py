@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -265,6 +266,8 @@ frames = {
                                + udp(1111, 2222)),
     "trunc_ipv6": eth(0x86DD) + ip6(4, 17, b"")[:30],
     "cut_udp6": eth(0x86DD) + ip6(5, 17, udp(1111, 2222)[:5]),
+    "sctp4": eth(0x0800) + ip4(10, 132, struct.pack("!HHII", 3868, 2905, 0, 0)),
+    "cut_sctp": eth(0x0800) + ip4(11, 132, struct.pack("!HHII", 3868, 2905, 0, 0)[:8]),
 }
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind(("eth0", 0))
@@ -279,7 +282,7 @@ MALFORMED_CASES = {
     "bad_ihl": "bad_ipv4_ihl", "cut_tcp": "truncated_l4", "bad_doff": "bad_tcp_data_offset",
     "trunc_ipv4": "truncated_ipv4", "vlan4": "vlan_too_deep", "trunc_vlan": "truncated_vlan",
     "ext_long": "ipv6_ext_chain_too_long", "trunc_ipv6": "truncated_ipv6",
-    "cut_udp6": "truncated_l4",
+    "cut_udp6": "truncated_l4", "cut_sctp": "truncated_l4", "sctp4": None,
     "frag4": None, "opts4": None, "vlan1": None, "vlan3": None, "ext_ok": None, "frag6": None,
 }
 # valid cases: the flow they must produce (key as in conftest.flow_key)
@@ -290,6 +293,7 @@ VALID_FLOWS = {
     "vlan3": ("udp", "10.99.0.8", "10.99.1.1", 8001, 8002, False),
     "ext_ok": ("tcp", "fd99::2", "fd99::1", 8081, 8082, False),
     "frag6": ("udp", "fd99::3", "fd99::1", 0, 0, True),
+    "sctp4": ("sctp", "10.99.0.10", "10.99.1.1", 3868, 2905, False),
 }
 
 
@@ -379,6 +383,19 @@ def test_an_interface_that_cannot_be_attached_does_not_stop_the_others(ebpf_read
     assert sent[("icmpv4", good.ip, bad.ip, 8, 0, False)][0] == 2
     assert "u32" in node.run(["tc", "filter", "show", "dev", bad.host_ifname, "egress"],
                              capture_output=True, text=True).stdout
+
+
+def test_without_capabilities_the_agent_says_what_it_needs(ebpf_ready, tmp_path):
+    """Root without any capability (empty bounding set): a clear message and exit 2, not
+    a bcc traceback."""
+    res = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--",
+                          sys.executable, "-m", "agent.cli", "agent", "--node-name", "n1",
+                          "--listen", f"unix:{tmp_path}/a.sock"],
+                         capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+                         env={"PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+                              "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 2, res.stderr
+    assert "needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON" in res.stderr, res.stderr
 
 
 def test_host_is_clean_afterwards():
