@@ -332,3 +332,10 @@ def test_since_beyond_the_store_is_reported():
         assert [f.bytes for f in flows_of(got)] == list(range(115, 125))
     finally:
         a.stop()
+
+
+def test_port_in_use_is_a_config_error_naming_listen(agent):
+    port = agent.server.address.rpartition(":")[2]
+    other = InProcessAgent(listen=f"127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match="--listen"):
+        other.start()
