@@ -286,3 +286,19 @@ def test_a_blocked_disk_slows_neither_the_store_nor_the_api(tmp_path, store, sta
     assert lost > 0
     assert len(written) + lost == 20000
     assert stats.snapshot_lost()[observer_pb2.EXPORTER_QUEUE].count == lost
+
+
+def test_the_tui_replays_a_flow_log(tmp_path, store, stats):
+    """The TUI's file reader skips the header and reads flows and lost records."""
+    from tui.sources import parse_response_line
+
+    path = tmp_path / "replay.jsonl"
+    exp = build(path, store, stats, "--flow-log-queue-size", "10")
+    exp.start()
+    store.extend([make_flow(i) for i in range(50)])  # 40 skipped: a lost record
+    exp.stop()
+    parsed = [parse_response_line(line) for line in path.read_text().splitlines()]
+    assert parsed[0] is False, "the header is not a response"
+    kinds = [p.WhichOneof("response_types") for p in parsed[1:]]
+    assert kinds.count("flow") == 10 and kinds.count("lost_events") == 1
+    assert parsed[-1].flow.summary == "seq=49"
