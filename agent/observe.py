@@ -144,9 +144,17 @@ _DIRECTION = {flow_pb2.FROM_POD: "from-pod", flow_pb2.TO_POD: "to-pod"}
 _VERDICT = {flow_pb2.FORWARDED: "FORWARDED", flow_pb2.DROPPED: "DROPPED"}
 
 
+_second_text: dict[int, str] = {}  # epoch second -> "Nov 21 10:00:00" (UTC)
+
+
 def format_time(ts: timestamp_pb2.Timestamp) -> str:
-    when = dt.datetime.fromtimestamp(ts.seconds, dt.timezone.utc)
-    return f"{when:%b %d %H:%M:%S}.{ts.nanos // 1_000_000:03d}"
+    prefix = _second_text.get(ts.seconds)
+    if prefix is None:
+        if len(_second_text) > 4096:
+            _second_text.clear()
+        when = dt.datetime.fromtimestamp(ts.seconds, dt.timezone.utc)
+        prefix = _second_text[ts.seconds] = f"{when:%b %d %H:%M:%S}"
+    return f"{prefix}.{ts.nanos // 1_000_000:03d}"
 
 
 def _ports(flow: flow_pb2.Flow) -> tuple[int | None, int | None]:
