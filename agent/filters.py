@@ -18,6 +18,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Sequence
 
+from agent.errors import ConfigError
 from podflow_api.v1 import flow_pb2, observer_pb2
 
 Predicate = Callable[[flow_pb2.Flow], bool]
@@ -581,7 +582,11 @@ class _SideTracker:
 
 def filters_from_args(args: argparse.Namespace, prefix: str = "",
                       ) -> tuple[list[observer_pb2.FlowFilter], list[observer_pb2.FlowFilter]]:
-    """(allowlist, denylist) from the flags added by add_filter_arguments."""
+    """(allowlist, denylist) from the flags added by add_filter_arguments. A --not that no
+    filter flag follows is a ConfigError (it would silently deny nothing)."""
+    if getattr(args, _pending_dest(prefix), False):
+        raise ConfigError(f"--{prefix}not must be followed by a filter flag, e.g. "
+                          f"--{prefix}not --{prefix}namespace kube-system")
     allow, deny = _SideTracker(), _SideTracker()
     for flag, value, negate in getattr(args, _ops_dest(prefix), None) or []:
         field, other, _parse, _help = FLAGS[flag]

@@ -8,6 +8,7 @@ import pytest
 from observer_flows import make_flow
 
 from agent import filters
+from agent.errors import ConfigError
 from agent.filters import FilterError, compile_filters
 from podflow_api.v1 import flow_pb2, observer_pb2
 
@@ -255,3 +256,10 @@ def test_label_selector_parser():
     assert not sel({"a": "1", "c": "x", "e": "", "f": "1"})
     assert not sel({"a": "1", "b": "2", "c": "x", "e": ""})
     assert not sel({"a": "1", "c": "x", "d": "z", "e": ""})
+
+
+def test_dangling_not_is_an_error():
+    with pytest.raises(ConfigError, match="--not must be followed"):
+        parse(["--pod", "x", "--not"])
+    with pytest.raises(ConfigError, match="--flow-log-not"):
+        parse(["--flow-log-not"], prefix="flow-log-")
