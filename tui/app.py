@@ -54,6 +54,7 @@ class AppConfig:
     refresh_s: float = 0.25      # redraw period of the visible view
     initial_filter: str = ""
     backoff_max_s: float = 30.0
+    tls: object = None           # agent.client.TLSOptions for --server / port-forwarded agents
     status_poll_s: float = 3.0
 
 
@@ -91,7 +92,7 @@ class PodflowApp(App):
         for address in config.servers:
             self.sources.append(AgentSource(address, self.agg, history=config.history,
                                             notify=self._notify_from_thread,
-                                            backoff_max_s=config.backoff_max_s,
+                                            backoff_max_s=config.backoff_max_s, tls=config.tls,
                                             status_poll_s=config.status_poll_s))
         for path in config.files:
             self.sources.append(FileSource(path, self.agg, notify=self._notify_from_thread))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from agent.client import TLSOptions, add_tls_arguments, normalize_address
+from agent.errors import ConfigError
 from tui.filterexpr import FilterError, parse_filter
 
 try:
@@ -37,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="initial filter, same language as the / key (e.g. 'ns=shop !proto=udp')")
     parser.add_argument("--export-dir", default=".", metavar="DIR",
                         help="where the e key writes its JSON-lines files (default: here)")
+    add_tls_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,12 +60,24 @@ def run(args: argparse.Namespace) -> int:
     except FilterError as exc:
         print(f"podflow tui: --filter: {exc}", file=sys.stderr)
         return 2
+    try:
+        for address in args.server:
+            normalize_address(address)
+        tls = TLSOptions.from_args(args)
+    except ConfigError as exc:
+        print(f"podflow tui: {exc}", file=sys.stderr)
+        return 2
+    for path in args.file:
+        if not os.path.isfile(path):
+            print(f"podflow tui: --file: no such file {path}", file=sys.stderr)
+            return 2
     k8s = None
     if args.kubernetes:
         k8s = KubernetesOptions(context=args.context, namespace=args.namespace,
                                 selector=args.selector, port_name=GRPC_PORT_NAME, port=GRPC_PORT)
     app = create_app(AppConfig(servers=args.server, files=args.file, kubernetes=k8s,
                                history=args.history, max_flows=args.max_flows,
-                               export_dir=args.export_dir, initial_filter=args.filter))
+                               export_dir=args.export_dir, initial_filter=args.filter,
+                               tls=tls if tls.enabled else None))
     app.run()
     return 0
