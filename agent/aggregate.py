@@ -23,7 +23,7 @@ from podflow_api.v1 import flow_pb2
 
 _NS = 1_000_000_000
 _UNITS_NS = {"ms": 1_000_000, "s": _NS, "m": 60 * _NS, "h": 3600 * _NS}
-_TCP_FLAGS = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
+_TCP_FLAGS = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")  # field numbers 1..8
 
 
 def parse_interval(text: str, flag: str = "--flow-log-aggregate") -> int:
@@ -53,10 +53,6 @@ def flow_key(flow: flow_pb2.Flow) -> tuple:
     return (flow.node_name, flow.interface.index, flow.observation_point, flow.traffic_direction,
             flow.verdict, flow.drop_reason_code, ip.source, ip.destination, ip.ip_version, proto,
             a, b, flow.is_reply)
-
-
-def _ts_ns(ts) -> int:
-    return ts.seconds * _NS + ts.nanos
 
 
 class _Entry:
@@ -104,17 +100,18 @@ class Aggregator:
                 self._entries += 1
             entry.packets += flow.packets
             entry.bytes += flow.bytes
-            first = _ts_ns(flow.first_seen)
-            last = _ts_ns(flow.last_seen)
+            ts = flow.first_seen
+            first = ts.seconds * _NS + ts.nanos
+            ts = flow.last_seen
+            last = ts.seconds * _NS + ts.nanos
             if first and (not entry.first_ns or first < entry.first_ns):
                 entry.first_ns = first
             if last > entry.last_ns:
                 entry.last_ns = last
             if flow.l4.HasField("tcp"):
-                flags = flow.l4.tcp.flags
-                for bit, name in enumerate(_TCP_FLAGS):
-                    if getattr(flags, name):
-                        entry.flags |= 1 << bit
+                # Only the set flags are listed; TCPFlags field numbers are 1 (FIN) .. 8 (CWR).
+                for field, _value in flow.l4.tcp.flags.ListFields():
+                    entry.flags |= 1 << (field.number - 1)
             if flow.flow_end:
                 entry.flow_end = True
             if flow.outcome:
