@@ -1,10 +1,10 @@
 /* podflow: packet parsing for the TC programs: Ethernet, up to two VLAN tags, IPv4 (options,
  * fragments), IPv6 (bounded extension-header walk), TCP, UDP, SCTP, ICMPv4, ICMPv6.
  *
- * Everything is read with bpf_skb_load_bytes, which fails cleanly past skb->len and works on
- * non-linear skbs, so a truncated or malformed frame ends up in a per-reason counter and
- * never yields a flow with made-up ports. Malformed packets are counted only there, not as
- * flows.
+ * Everything is read through pf_load (direct packet access, else bpf_skb_load_bytes), which
+ * fails cleanly past skb->len and works on non-linear skbs, so a truncated or malformed frame
+ * ends up in a per-reason counter and never yields a flow with made-up ports. Malformed
+ * packets are counted only there, not as flows.
  */
 #ifndef PODFLOW_PARSE_H
 #define PODFLOW_PARSE_H
@@ -47,6 +47,28 @@ struct pf_parsed {
     __u32 tcp_flags; /* this packet's TCP flags */
 };
 
+/* Copy `len` bytes at `off` of the frame: straight from the linear packet data when they lie
+ * there (the common case: it halves the parsing cost), else with bpf_skb_load_bytes (non-linear
+ * skbs). Fails (< 0) past the end of the frame, so a truncated header is never read. */
+#define PF_DIRECT_MAX_OFF 256
+
+/* The frame being parsed. data/data_end are read from the context once, in pf_parse: the
+ * verifier rejects context reads the compiler has folded into modified pointers. */
+struct pf_pkt {
+    struct __sk_buff *skb;
+    void *data;
+    void *data_end;
+};
+
+static __always_inline int pf_load(const struct pf_pkt *pkt, __u32 off, void *to, __u32 len)
+{
+    if (off <= PF_DIRECT_MAX_OFF && pkt->data + off + len <= pkt->data_end) {
+        __builtin_memcpy(to, pkt->data + off, len);
+        return 0;
+    }
+    return bpf_skb_load_bytes(pkt->skb, off, to, len);
+}
+
 static __always_inline int pf_parse_error(__u32 reason)
 {
     pf_count_error(reason);
@@ -54,30 +76,30 @@ static __always_inline int pf_parse_error(__u32 reason)
 }
 
 /* Fill ports (or ICMP type/code) and TCP flags from the L4 header at `off`. */
-static __always_inline int pf_parse_l4(struct __sk_buff *skb, __u32 off,
+static __always_inline int pf_parse_l4(const struct pf_pkt *pkt, __u32 off,
                                        struct pf_flow_key *key, struct pf_parsed *out)
 {
     __u8 buf[20];
 
     switch (key->proto) {
     case PF_IPPROTO_TCP:
-        if (bpf_skb_load_bytes(skb, off, buf, 20) < 0)
+        if (pf_load(pkt, off, buf, 20) < 0)
             return pf_parse_error(PF_ERR_TRUNC_L4);
         if ((buf[12] >> 4) < 5)
             return pf_parse_error(PF_ERR_BAD_TCP_DOFF);
         out->tcp_flags = buf[13];
         break;
     case PF_IPPROTO_UDP:
-        if (bpf_skb_load_bytes(skb, off, buf, 8) < 0)
+        if (pf_load(pkt, off, buf, 8) < 0)
             return pf_parse_error(PF_ERR_TRUNC_L4);
         break;
     case PF_IPPROTO_SCTP:
-        if (bpf_skb_load_bytes(skb, off, buf, 12) < 0)
+        if (pf_load(pkt, off, buf, 12) < 0)
             return pf_parse_error(PF_ERR_TRUNC_L4);
         break;
     case PF_IPPROTO_ICMP:
     case PF_IPPROTO_ICMPV6:
-        if (bpf_skb_load_bytes(skb, off, buf, 4) < 0)
+        if (pf_load(pkt, off, buf, 4) < 0)
             return pf_parse_error(PF_ERR_TRUNC_L4);
         key->src_port = buf[0]; /* type */
         key->dst_port = buf[1]; /* code */
@@ -94,12 +116,12 @@ static __always_inline int pf_parse_l4(struct __sk_buff *skb, __u32 off,
     return PF_PARSE_FLOW;
 }
 
-static __always_inline int pf_parse_ipv4(struct __sk_buff *skb, __u32 off,
+static __always_inline int pf_parse_ipv4(const struct pf_pkt *pkt, __u32 off,
                                          struct pf_flow_key *key, struct pf_parsed *out)
 {
     __u8 ip[20];
 
-    if (bpf_skb_load_bytes(skb, off, ip, 20) < 0)
+    if (pf_load(pkt, off, ip, 20) < 0)
         return pf_parse_error(PF_ERR_TRUNC_IPV4);
     if ((ip[0] >> 4) != 4)
         return pf_parse_error(PF_ERR_BAD_IP_VERSION);
@@ -118,15 +140,15 @@ static __always_inline int pf_parse_ipv4(struct __sk_buff *skb, __u32 off,
         key->flags |= PF_KEY_FRAGMENT;
         return PF_PARSE_FLOW;
     }
-    return pf_parse_l4(skb, off + ihl * 4, key, out);
+    return pf_parse_l4(pkt, off + ihl * 4, key, out);
 }
 
-static __always_inline int pf_parse_ipv6(struct __sk_buff *skb, __u32 off,
+static __always_inline int pf_parse_ipv6(const struct pf_pkt *pkt, __u32 off,
                                          struct pf_flow_key *key, struct pf_parsed *out)
 {
     __u8 ip6[40];
 
-    if (bpf_skb_load_bytes(skb, off, ip6, 40) < 0)
+    if (pf_load(pkt, off, ip6, 40) < 0)
         return pf_parse_error(PF_ERR_TRUNC_IPV6);
     if ((ip6[0] >> 4) != 6)
         return pf_parse_error(PF_ERR_BAD_IP_VERSION);
@@ -146,19 +168,19 @@ static __always_inline int pf_parse_ipv6(struct __sk_buff *skb, __u32 off,
         case PF_IPPROTO_ROUTING:
         case PF_IPPROTO_DSTOPTS:
         case PF_IPPROTO_MH:
-            if (bpf_skb_load_bytes(skb, off, ext, 2) < 0)
+            if (pf_load(pkt, off, ext, 2) < 0)
                 return pf_parse_error(PF_ERR_TRUNC_IPV6_EXT);
             nexthdr = ext[0];
             off += ((__u32)ext[1] + 1) * 8;
             continue;
         case PF_IPPROTO_AH:
-            if (bpf_skb_load_bytes(skb, off, ext, 2) < 0)
+            if (pf_load(pkt, off, ext, 2) < 0)
                 return pf_parse_error(PF_ERR_TRUNC_IPV6_EXT);
             nexthdr = ext[0];
             off += ((__u32)ext[1] + 2) * 4;
             continue;
         case PF_IPPROTO_FRAGMENT:
-            if (bpf_skb_load_bytes(skb, off, ext, 8) < 0)
+            if (pf_load(pkt, off, ext, 8) < 0)
                 return pf_parse_error(PF_ERR_TRUNC_IPV6_EXT);
             nexthdr = ext[0];
             off += 8;
@@ -170,7 +192,7 @@ static __always_inline int pf_parse_ipv6(struct __sk_buff *skb, __u32 off,
             continue;
         default:
             key->proto = nexthdr;
-            return pf_parse_l4(skb, off, key, out);
+            return pf_parse_l4(pkt, off, key, out);
         }
     }
     return pf_parse_error(PF_ERR_IPV6_EXT_TOO_LONG);
@@ -181,8 +203,14 @@ static __always_inline int pf_parse(struct __sk_buff *skb, struct pf_flow_key *k
                                     struct pf_parsed *out)
 {
     __u8 eth[PF_ETH_HLEN];
+    struct pf_pkt frame = {
+        .skb = skb,
+        .data = (void *)(long)skb->data,
+        .data_end = (void *)(long)skb->data_end,
+    };
+    const struct pf_pkt *pkt = &frame;
 
-    if (bpf_skb_load_bytes(skb, 0, eth, PF_ETH_HLEN) < 0)
+    if (pf_load(pkt, 0, eth, PF_ETH_HLEN) < 0)
         return pf_parse_error(PF_ERR_TRUNC_ETH);
     __u16 proto = ((__u16)eth[12] << 8) | eth[13];
     __u32 off = PF_ETH_HLEN;
@@ -192,7 +220,7 @@ static __always_inline int pf_parse(struct __sk_buff *skb, struct pf_flow_key *k
         if (proto != PF_ETH_P_8021Q && proto != PF_ETH_P_8021AD)
             break;
         __u8 tag[4];
-        if (bpf_skb_load_bytes(skb, off, tag, 4) < 0)
+        if (pf_load(pkt, off, tag, 4) < 0)
             return pf_parse_error(PF_ERR_TRUNC_VLAN);
         proto = ((__u16)tag[2] << 8) | tag[3];
         off += 4;
@@ -201,9 +229,9 @@ static __always_inline int pf_parse(struct __sk_buff *skb, struct pf_flow_key *k
         return pf_parse_error(PF_ERR_VLAN_TOO_DEEP);
 
     if (proto == PF_ETH_P_IP)
-        return pf_parse_ipv4(skb, off, key, out);
+        return pf_parse_ipv4(pkt, off, key, out);
     if (proto == PF_ETH_P_IPV6)
-        return pf_parse_ipv6(skb, off, key, out);
+        return pf_parse_ipv6(pkt, off, key, out);
     return PF_PARSE_OTHER;
 }
 
