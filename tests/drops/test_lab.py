@@ -93,17 +93,30 @@ def test_policy_drop_yields_exactly_the_blocked_attempts(cluster):
         for _ in range(3):
             assert c.client.fetch(c.server.ip, 8080, timeout_s=0.5, check=False) == ""
         assert c.client.fetch(c.server.ip, 8081, timeout_s=3) != ""  # not blocked
+        out = c.client.node.run(["iptables", "-w", "5", "-L", "FORWARD", "-v", "-x", "-n"],
+                                capture_output=True, text=True).stdout
+        netfilter_dropped = sum(int(line.split()[0]) for line in out.splitlines()
+                                if "podflow-lab policy" in line and "dpt:8080" in line)
     finally:
         c.lab.remove_drop_rule(rule)
     # Each blocked attempt is a connection of its own (its own source port).
-    blocked = {_port(f, "source") for f in c.flows()
-               if f.get("verdict") == "FORWARDED" and f.get("observation_point") == "POD_VETH"
-               and f["ip"]["destination"] == c.server.ip and _port(f, "destination") == 8080}
-    drops = c.wait_for(lambda f: f.get("verdict") == "DROPPED"
-                       and f["ip"]["destination"] == c.server.ip, what="the policy drops")
-    time.sleep(1.5)  # later retransmissions of the same attempts land in the same records
-    drops = [f for f in c.flows() if f.get("verdict") == "DROPPED"
-             and f["ip"]["destination"] == c.server.ip]
+    def attempts() -> set[int]:
+        return {_port(f, "source") for f in c.flows()
+                if f.get("verdict") == "FORWARDED" and f.get("observation_point") == "POD_VETH"
+                and f["ip"]["destination"] == c.server.ip and _port(f, "destination") == 8080}
+
+    def dropped() -> list[dict]:
+        return [f for f in c.flows() if f.get("verdict") == "DROPPED"
+                and f["ip"]["destination"] == c.server.ip]
+
+    deadline = time.monotonic() + 15
+    while (len(attempts()) < 3
+           or sum(int(f["packets"]) for f in dropped()) < netfilter_dropped):
+        assert time.monotonic() < deadline, (netfilter_dropped, attempts(), dropped())
+        time.sleep(0.2)
+    blocked, drops = attempts(), dropped()
+    # every packet netfilter dropped is reported, once
+    assert sum(int(f["packets"]) for f in drops) == netfilter_dropped >= 3
     assert {_port(f, "source") for f in drops} == blocked and len(blocked) == 3
     for f in drops:
         assert (f["drop_reason"], f["ip"]["source"], _port(f, "destination")) == \
