@@ -138,17 +138,20 @@ def open_channel(address: str, tls: TLSOptions | None = None, aio: bool = False,
 # -- one agent --------------------------------------------------------------------------------
 
 def get_flow_batches(channel: grpc.Channel, request: observer_pb2.GetFlowsRequest,
-                     on_call=None) -> Iterator[Sequence[observer_pb2.GetFlowsResponse]]:
+                     on_call=None, yield_empty: bool = False,
+                     ) -> Iterator[Sequence[observer_pb2.GetFlowsResponse]]:
     """GetFlows of one agent as the batches it sends (GetFlowsBatched; one response per batch
     from an agent that only has GetFlows). `on_call(call)` receives each call so another
-    thread can cancel it."""
+    thread can cancel it. With `yield_empty`, the empty batch an agent sends when the stream
+    starts is passed on too (it means "connected")."""
     stub = observer_pb2_grpc.ObserverStub(channel)
     call = stub.GetFlowsBatched(request)
     if on_call is not None:
         on_call(call)
     try:
         for batch in call:
-            yield batch.responses
+            if batch.responses or yield_empty:
+                yield batch.responses
         return
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
@@ -249,7 +252,8 @@ class MergedFlows:
                 channel = open_channel(src.address, self.tls)
                 got_any = False
                 try:
-                    for batch in get_flow_batches(channel, request, self._remember(src)):
+                    for batch in get_flow_batches(channel, request, self._remember(src),
+                                                  yield_empty=True):
                         if not got_any:
                             got_any = True
                             backoff_s = 0.5
@@ -259,6 +263,8 @@ class MergedFlows:
                                         src.address, observer_pb2.NODE_CONNECTED,
                                         f"{src.address}: connected again", src.node_names)])):
                                     return
+                        if not batch:
+                            continue
                         batch = list(batch)
                         for resp in reversed(batch):
                             if resp.HasField("flow"):
@@ -284,10 +290,8 @@ class MergedFlows:
                         return
                 finally:
                     channel.close()
-                state = observer_pb2.NODE_UNAVAILABLE if not reconnecting \
-                    else observer_pb2.NODE_RECONNECTING
-                if not reconnecting:
-                    self._put((src, [node_status(src.address, state,
+                if not reconnecting:  # said once per outage, not at every retry
+                    self._put((src, [node_status(src.address, observer_pb2.NODE_UNAVAILABLE,
                                                  f"{src.address}: {message}; retrying",
                                                  src.node_names)]))
                 reconnecting = True

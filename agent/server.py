@@ -268,19 +268,28 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     # GetFlows sends them one per message; GetFlowsBatched frames many into one GetFlowsBatch.
 
     def GetFlows(self, request, context):
-        for chunk in self._stream(request, context):
+        plan = self._plan(request, context)
+        for chunk in self._stream(plan, context):
             yield from chunk
 
     def GetFlowsBatched(self, request, context):
-        for chunk in self._stream(request, context):
+        plan = self._plan(request, context)
+        # An empty batch at once tells the client the agent is there and accepted the request
+        # (a follower may otherwise hear nothing until the next flow).
+        yield b""
+        for chunk in self._stream(plan, context):
             yield from frame_batches(chunk)
 
-    def _stream(self, request, context):
-        """Chunks (lists) of encoded GetFlowsResponse: history, then live flows."""
+    @staticmethod
+    def _plan(request, context) -> FlowsPlan:
         try:
-            plan = plan_request(request)
+            return plan_request(request)
         except InvalidRequest as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise  # abort raises; this keeps type checkers and readers sure of it
+
+    def _stream(self, plan: FlowsPlan, context):
+        """Chunks (lists) of encoded GetFlowsResponse: history, then live flows."""
         node = self.stats.node_name
         prefix = node_prefix(node)
         store = self.store
