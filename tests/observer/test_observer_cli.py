@@ -159,3 +159,33 @@ def test_status(two_agents, sockdir):
     down = f"unix:{os.path.join(sockdir, 'gone.sock')}"
     r = podflow("status", "--server", down, "--timeout", "2")
     assert r.returncode == 1 and "WARNING" in r.stderr and down in r.stderr
+
+
+
+NOW = 1_800_000_000 * 10**9
+TIMES = [("5m", NOW - 300 * 10**9), ("1h30m", NOW - 5400 * 10**9), ("90s", NOW - 90 * 10**9),
+         ("250ms", NOW - 250 * 10**6), ("2d", NOW - 2 * 86400 * 10**9),
+         ("2027-01-15T08:00:00Z", NOW),
+         ("2027-01-15T08:00:00.5+01:00", None)]
+
+
+@pytest.mark.parametrize("text,expected", TIMES, ids=[t for t, _ in TIMES])
+def test_parse_time(text, expected):
+    import datetime as dt
+
+    from agent.observe import parse_time
+    if expected is None:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        expected = int(when.timestamp()) * 10**9 + when.microsecond * 1000
+    assert parse_time(text, now_ns=NOW) == expected
+
+
+def test_first_and_since_reach_the_agent(two_agents):
+    a, _ = two_agents
+    r = podflow("observe", "--server", a.address, "--first", "2", "-o", "jsonl")
+    assert [x.flow.bytes for x in parse_jsonl(r.stdout)] == [100, 101]
+    since = "2027-01-15T08:00:00.000050Z"  # T0 + 50 us: flows 25 .. 29 (2 us apart)
+    assert T0 == 1_800_000_000 * 10**9
+    r = podflow("observe", "--server", a.address, "--since", since, "-o", "jsonl")
+    assert r.returncode == 0, r.stderr
+    assert [x.flow.bytes for x in parse_jsonl(r.stdout)] == [125, 126, 127, 128, 129]

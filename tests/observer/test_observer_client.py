@@ -121,3 +121,13 @@ def test_invalid_request_is_raised_not_retried():
             list(client.MergedFlows([a.address], req))
     finally:
         a.stop()
+
+
+async def test_aio_channel(agent):
+    from podflow_api.v1 import observer_pb2_grpc
+    agent.feed(2)
+    async with client.open_channel(agent.address, aio=True) as ch:
+        stub = observer_pb2_grpc.ObserverStub(ch)
+        st = await stub.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=5)
+        got = [r async for b in stub.GetFlowsBatched(Req()) for r in b.responses]
+    assert st.num_flows == 2 and len(got) == 2
