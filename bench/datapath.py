@@ -41,11 +41,13 @@ def _cpu_s(pid: int) -> float:
 
 
 def _link_counters(node, ifname: str) -> tuple[int, int]:
-    """(rx_packets, tx_packets) of one interface in the node namespace."""
+    """Frames that passed the TC ingress and egress hooks of a host-side veth, from its
+    counters: rx_packets (the pod's frames the veth accepted; what it refused never reached
+    ingress), tx_packets + tx_dropped (the egress hook runs before the veth can refuse)."""
     out = node.run(["ip", "-j", "-s", "link", "show", "dev", ifname], capture_output=True,
                    text=True).stdout
     stats = json.loads(out)[0]["stats64"]
-    return stats["rx"]["packets"], stats["tx"]["packets"]
+    return stats["rx"]["packets"], stats["tx"]["packets"] + stats["tx"]["dropped"]
 
 
 def _enable_bpf_stats() -> int:
