@@ -25,13 +25,21 @@ Plain Python, no kernel access: the tests drive it with hand-built records.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from podflow_api.v1 import flow_pb2
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 1, 2, 4, 16
-Outcome = flow_pb2.ConnectionOutcome
+# Plain ints: attribute access on the protobuf enum wrapper is slow on the hot path.
+_CLOSED = flow_pb2.CLOSED
+_ESTABLISHED = flow_pb2.ESTABLISHED
+_IN_PROGRESS = flow_pb2.IN_PROGRESS
+_NO_REPLY = flow_pb2.NO_REPLY
+_OUTCOME_UNKNOWN = flow_pb2.OUTCOME_UNKNOWN
+_REFUSED = flow_pb2.REFUSED
+_RESET = flow_pb2.RESET
+_UNANSWERED = flow_pb2.UNANSWERED
 _UNPAIRED = (flow_pb2.BRIDGE, flow_pb2.HOST_STACK)
 
 # (interface index, protocol, (ip, port) of one side, (ip, port) of the other): sorted so
@@ -77,7 +85,7 @@ class _Conn:
     closed: bool = False      # a flow_end record arrived
     last_record: flow_pb2.Flow | None = None
     final_emitted: bool = False
-    outcome: int = Outcome.OUTCOME_UNKNOWN
+    outcome: int = _OUTCOME_UNKNOWN
 
 
 class OutcomeTracker:
@@ -91,6 +99,8 @@ class OutcomeTracker:
         self.linger_ns = int(linger_s * 1e9)
         self._clock = clock
         self._conns: OrderedDict[ConnKey, _Conn] = OrderedDict()
+        self._deadlines: deque = deque()  # (opened_ns + syn timeout, key, conn), in order
+        self._cleaned_ns = 0
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -116,6 +126,7 @@ class OutcomeTracker:
             if conn is None:
                 conn = _Conn(proto=key[1], opened_ns=now)
                 self._conns[key] = conn
+                self._deadlines.append((now + self.syn_timeout_ns, key, conn))
                 self._evict_over_limit()
             else:
                 self._conns.move_to_end(key)
@@ -127,7 +138,7 @@ class OutcomeTracker:
         for flow, conn in touched:
             conn.outcome = self._judge(conn, now)
             flow.outcome = conn.outcome
-            if conn.outcome not in (Outcome.IN_PROGRESS, Outcome.OUTCOME_UNKNOWN):
+            if conn.outcome not in (_IN_PROGRESS, _OUTCOME_UNKNOWN):
                 conn.final_emitted = True
         return self._expire(now, {id(c) for _, c in touched})
 
@@ -149,16 +160,16 @@ class OutcomeTracker:
         sides = [s for s, n in conn.packets.items() if n > 0]
         if conn.proto == "udp":
             if len(sides) >= 2:
-                return Outcome.ESTABLISHED
-            return Outcome.NO_REPLY if timed_out else Outcome.IN_PROGRESS
+                return _ESTABLISHED
+            return _NO_REPLY if timed_out else _IN_PROGRESS
         init = conn.initiator
         if init is None:
             # No SYN seen from anyone (started mid-connection, or only replies seen).
             if any(f & TCP_RST for f in conn.flags.values()):
-                return Outcome.RESET
+                return _RESET
             if any(f & TCP_FIN for f in conn.flags.values()):
-                return Outcome.CLOSED
-            return Outcome.ESTABLISHED if len(sides) >= 2 else Outcome.OUTCOME_UNKNOWN
+                return _CLOSED
+            return _ESTABLISHED if len(sides) >= 2 else _OUTCOME_UNKNOWN
         mine = conn.flags.get(init, 0)
         theirs = 0
         for side, bits in conn.flags.items():
@@ -166,35 +177,45 @@ class OutcomeTracker:
                 theirs |= bits
         if theirs & TCP_SYN:  # SYN+ACK came back: the handshake completed
             if (mine | theirs) & TCP_RST:
-                return Outcome.RESET
+                return _RESET
             if (mine | theirs) & TCP_FIN:
-                return Outcome.CLOSED
-            return Outcome.ESTABLISHED
+                return _CLOSED
+            return _ESTABLISHED
         if theirs & TCP_RST:
-            return Outcome.REFUSED
+            return _REFUSED
         if mine & TCP_SYN:
-            return Outcome.UNANSWERED if timed_out else Outcome.IN_PROGRESS
-        return Outcome.OUTCOME_UNKNOWN
+            return _UNANSWERED if timed_out else _IN_PROGRESS
+        return _OUTCOME_UNKNOWN
 
     def _expire(self, now: int, fresh: set[int]) -> list[flow_pb2.Flow]:
+        """Final records of connections whose timeout passed, from a deadline queue (no
+        walk over every connection per batch); forget finished and long-idle ones."""
         extra: list[flow_pb2.Flow] = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _deadline, key, conn = self._deadlines.popleft()
+            if self._conns.get(key) is not conn or id(conn) in fresh or conn.final_emitted:
+                continue
+            outcome = self._judge(conn, now)
+            if outcome != conn.outcome and outcome != _OUTCOME_UNKNOWN:
+                conn.outcome = outcome
+                extra.append(self._final_record(conn.last_record, outcome))
+            conn.final_emitted = True
+        if now - self._cleaned_ns >= 1_000_000_000:
+            self._cleaned_ns = now
+            self._forget_idle(now)
+        return extra
+
+    def _forget_idle(self, now: int) -> None:
+        # _conns is in least-recently-touched order: stop at the first recent one.
         stale: list[ConnKey] = []
         for key, conn in self._conns.items():
-            if id(conn) in fresh:
-                continue
-            if (not conn.final_emitted and conn.last_record is not None
-                    and now - conn.opened_ns >= self.syn_timeout_ns):
-                outcome = self._judge(conn, now)
-                if outcome != conn.outcome and outcome != Outcome.OUTCOME_UNKNOWN:
-                    conn.outcome = outcome
-                    extra.append(self._final_record(conn.last_record, outcome))
-                conn.final_emitted = True
             idle_ns = now - conn.touched_ns
-            if (conn.closed and idle_ns >= self.linger_ns) or idle_ns >= 10 * self.linger_ns:
+            if idle_ns < self.linger_ns:
+                break
+            if conn.closed or idle_ns >= 10 * self.linger_ns:
                 stale.append(key)
         for key in stale:
             del self._conns[key]
-        return extra
 
     @staticmethod
     def _final_record(last: flow_pb2.Flow, outcome: int) -> flow_pb2.Flow:

@@ -115,3 +115,14 @@ def test_bridge_records_get_no_outcome():
     syn.observation_point = flow_pb2.BRIDGE
     tracker.annotate([syn])
     assert syn.outcome == O.OUTCOME_UNKNOWN and len(tracker) == 0
+
+
+def test_finished_connections_are_forgotten_after_linger():
+    clock = FakeClock()
+    tracker = OutcomeTracker(syn_timeout_s=3, linger_s=30, clock=clock)
+    tracker.annotate([rec(CLIENT, SERVER, "SYN,ACK"), rec(SERVER, CLIENT, "SYN,ACK", reply=True)])
+    tracker.annotate([rec(CLIENT, SERVER, "FIN,ACK", end=True)])
+    tracker.annotate([rec(("10.0.0.9", 1), SERVER, "SYN")])  # another, still waiting
+    clock.ns += 31_000_000_000
+    tracker.annotate([rec(("10.0.0.9", 1), SERVER, "SYN")])
+    assert len(tracker) == 1
