@@ -50,6 +50,22 @@ def _timestamp(msg) -> str:
 timestamp_str = _timestamp  # Timestamp message -> RFC 3339 string
 
 
+def _timestamp_quoted(msg) -> str:
+    """A Timestamp as its JSON string literal; the most frequent field kind in a flow."""
+    seconds, nanos = msg.seconds, msg.nanos
+    prefix = _second_prefix.get(seconds)
+    if prefix is None:
+        _timestamp(msg)
+        prefix = _second_prefix[seconds]
+    if nanos == 0:
+        return '"%sZ"' % prefix
+    if nanos % 1_000_000 == 0:
+        return '"%s.%03dZ"' % (prefix, nanos // 1_000_000)
+    if nanos % 1000 == 0:
+        return '"%s.%06dZ"' % (prefix, nanos // 1000)
+    return '"%s.%09dZ"' % (prefix, nanos)
+
+
 def timestamp_ns_str(ns: int) -> str:
     """Epoch nanoseconds -> the same RFC 3339 form as a Timestamp field."""
     return _timestamp(_Ts(ns // 1_000_000_000, ns % 1_000_000_000))
@@ -154,7 +170,7 @@ def _float_text(value: float) -> str:
 def _message_text_converter(descriptor):
     full_name = descriptor.full_name
     if full_name == "google.protobuf.Timestamp":
-        return lambda m: '"' + _timestamp(m) + '"'
+        return _timestamp_quoted
     if full_name.startswith("google.protobuf."):
         return lambda m: json.dumps(json_format.MessageToDict(m, preserving_proto_field_name=True))
     if full_name not in _CACHED:
