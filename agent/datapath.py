@@ -429,7 +429,8 @@ class Datapath:
         return self._known.get(ifindex)
 
     def traced_names(self) -> list[str]:
-        return sorted(a.ifname for a in self._attached.values())
+        with self._lock:
+            return sorted(a.ifname for a in self._attached.values())
 
     def _remove_all_leftovers(self) -> int:
         removed = 0

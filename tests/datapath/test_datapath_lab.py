@@ -89,9 +89,15 @@ def test_new_pod_is_traced_within_a_second_and_deleted_pod_releases_cleanly(
         ebpf_ready, lab_factory, tmp_path):
     lab = lab_factory("dpnew")
     node = lab.add_node("node-a", kind="bridge", pod_cidr="10.244.1.0/24")
-    first = node.add_pod("shop", "first-1")
     agent, log = _start(node, tmp_path)
+    assert agent.ready["interfaces"] == []  # cni0 has no veth port yet: not a pod bridge
 
+    first = node.add_pod("shop", "first-1")  # its veth, and with it the bridge
+    created = time.monotonic()
+    while len(podflow_filters(node, first.host_ifname)) < 2 \
+            or len(podflow_filters(node, "cni0")) < 2:
+        assert time.monotonic() - created < 1.0, "first pod veth / bridge not traced in 1 s"
+        time.sleep(0.02)
     late = node.add_pod("shop", "late-1")
     created = time.monotonic()
     while len(podflow_filters(node, late.host_ifname)) < 2:
