@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo setup proto bench clean-host
+.PHONY: test demo setup proto bench clean-host manifest
 
 setup: $(STAMP)
 	@bash scripts/setup-host.sh
@@ -30,6 +30,10 @@ bench: setup
 proto: setup
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto \
 	  --grpc_python_out=proto proto/podflow_api/v1/flow.proto proto/podflow_api/v1/observer.proto
+
+# Re-render deploy/podflow.yaml from the Helm chart (checked in; a test fails when stale).
+manifest: setup
+	$(PY) scripts/render-manifest.py
 
 # Remove anything a crashed test or demo left on this host.
 clean-host: setup

@@ -7,7 +7,7 @@ set -euo pipefail
 need_root() { [ "$(id -u)" = 0 ] || { echo "setup-host: run as root (apt-get, mounts)" >&2; exit 1; }; }
 
 PKGS=(python3-bpfcc python3-venv python3-dev iproute2 iptables conntrack tcpdump iperf3
-      tmux dnsmasq-base bpftool iputils-ping procps kmod gcc)
+      tmux dnsmasq-base bpftool iputils-ping procps kmod gcc openssl)
 
 missing=()
 for p in "${PKGS[@]}"; do
