@@ -99,12 +99,12 @@ def _ip_check(side: str):
                 return False
             if ip in exact:
                 return True
-            if nets:
-                addr = _parse_ip(ip)
-                if addr is None:
-                    return False
-                return any(addr.version == n.version and addr in n for n in nets)
-            return False
+            addr = _parse_ip(ip)  # cached; also catches non-canonical spellings of an IP
+            if addr is None:
+                return False
+            if exact and str(addr) in exact:
+                return True
+            return any(addr.version == n.version and addr in n for n in nets)
         return check
     return build
 

@@ -19,6 +19,7 @@ CASES = [
     ("source_ip-exact", {"source_ip": ["10.244.1.5"]}, {"src": "10.244.1.5"}, {"src": "10.244.1.6"}),
     ("source_ip-cidr", {"source_ip": ["10.244.1.0/24"]}, {}, {"src": "10.1.0.1"}),
     ("source_ip-v6-cidr", {"source_ip": ["fd00::/8"]}, {"src": "fd00::1"}, {"src": "fe80::1"}),
+    ("source_ip-v6-spelling", {"source_ip": ["fd00::1"]}, {"src": "fd00:0:0::1"}, {"src": "fd00::2"}),
     ("source_ip-alternatives", {"source_ip": ["10.9.0.0/16", "10.244.1.1"]}, {}, {"src": "10.8.0.1"}),
     ("destination_ip", {"destination_ip": ["10.244.2.17"]}, {}, {"dst": "10.244.2.18"}),
     ("source_pod-ns-prefix", {"source_pod": ["shop/frontend"]}, {}, {"source__namespace": "other"}),
