@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import fnmatch
 import logging
 import os
 import platform
@@ -362,6 +363,7 @@ class Datapath:
         self._watcher = interfaces.LinkWatcher(self.reconcile)
         self._watcher.start()  # subscribe before the first read: no event falls in between
         self.reconcile()
+        self._warn_unmatched_globs()
         self._reader = threading.Thread(target=self._read_loop, name="podflow-reader",
                                         daemon=True)
         self._reader.start()
@@ -476,6 +478,17 @@ class Datapath:
                 self.attach_errors.pop(info.name, None)
                 self.stats.set_interface(ifindex, info.name)
                 log.info("tracing %s (%s, ifindex %d)", info.name, info.kind.value, ifindex)
+
+    def _warn_unmatched_globs(self) -> None:
+        """--interfaces globs that match nothing are most likely typos: say so once."""
+        if not self.config.include:
+            return
+        with self._lock:
+            names = [link.name for link in interfaces.list_links(self._ipr)]
+        for glob in self.config.include:
+            if not any(fnmatch.fnmatchcase(name, glob) for name in names):
+                log.warning("--interfaces %r matches no interface (yet); links here: %s",
+                            glob, ", ".join(sorted(names)))
 
     def _detach(self, attachment: tc.Attachment) -> None:
         try:

@@ -391,6 +391,20 @@ def test_an_interface_that_cannot_be_attached_does_not_stop_the_others(ebpf_read
                              capture_output=True, text=True).stdout
 
 
+def test_interface_globs_override_detection(ebpf_ready, lab_factory, tmp_path):
+    lab = lab_factory("dpglob")
+    node = lab.add_node("node-a", kind="bridge", pod_cidr="10.244.1.0/24")
+    client = node.add_pod("shop", "client-1")
+    server = node.add_pod("shop", "server-1")
+    agent, _log = _start(node, tmp_path, "--interfaces", "veth*,eth0,nothing*",
+                         "--exclude-interfaces", client.host_ifname)
+    assert sorted(agent.ready["interfaces"]) == sorted([server.host_ifname, "eth0"])
+    assert agent.stop() == 0
+    assert "'nothing*' matches no interface" in agent.stderr_text()
+    for ifname in (server.host_ifname, "eth0"):
+        assert not [line for line in podflow_filters(node, ifname) if "podflow" in line]
+
+
 def test_without_capabilities_the_agent_says_what_it_needs(ebpf_ready, tmp_path):
     """Root without any capability (empty bounding set): a clear message and exit 2, not
     a bcc traceback."""
@@ -409,7 +423,7 @@ def test_host_is_clean_afterwards():
     from agent.lab import Lab
 
     for lab_id in ("dpcbr", "dpcro", "dpcac", "dpnew", "dpcoex", "dpkill", "dpmal", "dpfull",
-                   "dpbad"):
+                   "dpbad", "dpglob"):
         assert not any(Lab.leftovers(lab_id).values()), lab_id
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     for line in links.splitlines():
