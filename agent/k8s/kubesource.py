@@ -16,6 +16,7 @@ remote end must be named too (about 1 KiB of cache per pod; see bench/enrich.py)
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -181,13 +182,14 @@ class Reflector:
                 self.synced.set()  # listed and watching: start() may go on
             return resp
 
+        # Spread the watches' renewals over time, as client-go's reflectors do.
+        timeout_s = max(1, int(self._watch_timeout_s * random.uniform(1.0, 1.5)))
         w = _RawWatch()
         self._watch = w
         try:
             for event in w.stream(call, resource_version=self.resource_version,
-                                  allow_watch_bookmarks=True,
-                                  timeout_seconds=self._watch_timeout_s,
-                                  _request_timeout=(5, self._watch_timeout_s + 30)):
+                                  allow_watch_bookmarks=True, timeout_seconds=timeout_s,
+                                  _request_timeout=(5, timeout_s + 30)):
                 obj = event.get("raw_object") or event.get("object") or {}
                 rv = (obj.get("metadata") or {}).get("resourceVersion")
                 if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
@@ -218,8 +220,6 @@ class Reflector:
 
 
 def _json(resp) -> dict:
-    import json
-
     try:
         return json.loads(resp.data)
     finally:

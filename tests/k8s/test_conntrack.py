@@ -77,8 +77,10 @@ def conntrack(lab):
 
 def test_events_name_the_backend_that_answered(lab, conntrack):
     client = lab.pod("shop", "client-1")
-    answered = set()
-    for _ in range(8):
+    answered: set[str] = set()
+    attempts = 0
+    while answered != {"cart-1", "cart-2"} and attempts < 30:  # random choice: P(fail) = 2^-29
+        attempts += 1
         port, name, proc = connect(client, VIP, 80)
         proc.wait()
         match = conntrack.lookup(Tuple5(6, client.ip, port, VIP, 80), first_seen_ns=time.time_ns())
@@ -86,7 +88,7 @@ def test_events_name_the_backend_that_answered(lab, conntrack):
         assert match.entry.reply.src == lab.pod("shop", name).ip
         assert match.entry.reply.sport == 8080
         answered.add(name)
-    assert answered == {"cart-1", "cart-2"}, "8 connections should reach both backends"
+    assert answered == {"cart-1", "cart-2"}, "30 connections should reach both backends"
 
 
 def _orientations(client_ip, port, vip, vport, backend_ip, bport, proto=6):
