@@ -239,6 +239,64 @@ def test_dns_over_tcp(cluster):
     assert answers[0]["dns"]["ips"] == [SERVICE_IP] and answers[0]["dns"]["rcode"] == "NOERROR"
 
 
+_CNAME_DNS = r"""
+import socket, struct, sys
+# A DNS server that answers every A query like CoreDNS answers an ExternalName Service:
+# a CNAME to the external name, then that name's address.
+listen, target, address = sys.argv[1], sys.argv[2], sys.argv[3]
+def wire(name):
+    return b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((listen, 53))
+while True:
+    q, peer = s.recvfrom(512)
+    answer = (b"\xc0\x0c" + struct.pack("!HHIH", 5, 1, 60, len(wire(target))) + wire(target)
+              + wire(target) + struct.pack("!HHIH", 1, 1, 30, 4) + socket.inet_aton(address))
+    s.sendto(q[:2] + b"\x81\x80" + struct.pack("!HHHH", 1, 2, 0, 0) + q[12:] + answer, peer)
+"""
+
+_ASK = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(bytes.fromhex(sys.argv[2]), (sys.argv[1], 53))
+print(len(s.recv(512)))
+"""
+
+
+def test_pod_to_world_flow_carries_the_external_name(cluster):
+    c = cluster
+    world = c.lab.add_outside_host("api")
+    server = world.serve(8443)
+    resolver = c.client.node.add_pod("shop", "ext-dns")
+    dns_proc = resolver.popen([sys.executable, "-I", "-S", "-c", _CNAME_DNS, resolver.ip,
+                               "api.example.com", world.ip])
+    try:
+        ext_name = "payments.shop.svc.cluster.local"  # an ExternalName Service's name
+        deadline = time.monotonic() + 5
+        while True:
+            out = c.client.run([sys.executable, "-I", "-S", "-c", _ASK, resolver.ip,
+                                query(ext_name, msg_id=0x4242).hex()],
+                               capture_output=True, text=True, check=False)
+            if out.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert out.returncode == 0, out.stderr
+        assert c.client.fetch(world.ip, 8443, timeout_s=3)
+        flows = c.wait_for(lambda f: f.get("observation_point") == "POD_VETH"
+                           and f["ip"]["destination"] == world.ip
+                           and f.get("destination", {}).get("names"), what="the named world flow")
+        assert flows[0]["destination"]["names"] == [ext_name, "api.example.com"]
+        (answer, *_) = c.wait_for(lambda f: f.get("dns", {}).get("id") == 0x4242
+                                  and f["dns"].get("response"), what="the CNAME answer")
+        assert answer["dns"]["ips"] == [world.ip] and answer["dns"]["query"] == ext_name
+    finally:
+        dns_proc.kill()
+        dns_proc.wait()
+        server.kill()
+        server.wait()
+
+
 _SEND_UDP = r"""
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
