@@ -11,7 +11,9 @@ interfaces) is read from AgentStats at scrape time, so it matches ServerStatus.
 Double counting: the same packet may be recorded on a pod veth, on a bridge, and on the
 peer pod's veth. Flow metrics count one observation point per packet: records taken on a pod
 veth leaving the pod (FROM_POD), plus records entering a pod (TO_POD) whose source is not a
-pod on this node (that pod's own veth already counted them). Bridge records are not counted.
+pod on this node (that pod's own veth already counted them): known from metadata, or without
+metadata from the source addresses seen leaving this node's pod veths. Bridge records are not
+counted; drops (HOST_STACK) are counted where they happened.
 """
 
 from __future__ import annotations
@@ -133,6 +135,9 @@ class FlowCounters:
         self._drops: dict[str, list[int]] = {}  # drop reason -> [packets, bytes, last update]
         self.overflow_key = tuple(OVERFLOW for _ in labels)
         self.skipped = 0  # flows this consumer fell too far behind to read
+        # Source IPs seen leaving a pod veth on this node (-> last seen), for agents without
+        # metadata; they expire with the series TTL.
+        self._local_ips: dict[str, int] = {}
 
     def counts(self, flow: flow_pb2.Flow) -> bool:
         """Whether this record is the one observation point counted for its packets."""
@@ -141,14 +146,24 @@ class FlowCounters:
         if flow.traffic_direction == flow_pb2.FROM_POD:
             return True
         src = flow.source
-        local_pod = src.kind == flow_pb2.POD and (not src.node_name or src.node_name == flow.node_name)
-        return not local_pod
+        if src.kind == flow_pb2.POD:
+            return bool(src.node_name) and src.node_name != flow.node_name
+        # Without metadata: a sender seen leaving a pod veth here is a local pod.
+        return flow.ip.source not in self._local_ips
+
+    def _learn_local_pods(self, flows: list[flow_pb2.Flow], now: int) -> None:
+        local = self._local_ips
+        for flow in flows:
+            if (flow.observation_point == flow_pb2.POD_VETH
+                    and flow.traffic_direction == flow_pb2.FROM_POD and flow.ip.source):
+                local[flow.ip.source] = now
 
     def add(self, flows: list[flow_pb2.Flow]) -> None:
         now = time.monotonic_ns()
         readers = self._readers
         with self._lock:
             series = self._series
+            self._learn_local_pods(flows, now)  # first: the sender's record may come later in the batch
             for flow in flows:
                 if flow.verdict == flow_pb2.DROPPED:
                     drop = self._drops.setdefault(flow.drop_reason or "UNKNOWN", [0, 0, 0])
@@ -178,6 +193,8 @@ class FlowCounters:
             del self._series[key]
         for key in [k for k, v in self._drops.items() if v[2] < cutoff]:
             del self._drops[key]
+        for ip in [ip for ip, seen in self._local_ips.items() if seen < cutoff]:
+            del self._local_ips[ip]
 
     def snapshot(self) -> tuple[dict[tuple[str, ...], list[int]], dict[str, list[int]]]:
         with self._lock:

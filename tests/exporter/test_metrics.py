@@ -101,6 +101,26 @@ def test_one_observation_point_per_packet(flow, counted):
     assert metrics.FlowCounters([], 10, 60).counts(flow) is counted
 
 
+def _bare(direction, src_ip, dst_ip, point=flow_pb2.POD_VETH):
+    """A record of an agent without metadata: addresses only."""
+    f = flow_pb2.Flow(node_name="node-t", traffic_direction=direction, observation_point=point,
+                      packets=1, bytes=100, verdict=flow_pb2.FORWARDED)
+    f.ip.source, f.ip.destination = src_ip, dst_ip
+    return f
+
+
+def test_without_metadata_a_same_node_packet_counts_once():
+    counters = metrics.FlowCounters([], 10, 60)
+    # pod A -> pod B on this node: seen leaving A, on the bridge, entering B (any batch order);
+    # a packet from another node's pod C entering B.
+    counters.add([_bare(flow_pb2.TO_POD, "10.0.0.1", "10.0.0.2"),
+                  _bare(flow_pb2.FROM_POD, "10.0.0.1", "10.0.0.2", point=flow_pb2.BRIDGE),
+                  _bare(flow_pb2.FROM_POD, "10.0.0.1", "10.0.0.2"),
+                  _bare(flow_pb2.TO_POD, "10.0.9.9", "10.0.0.2")])
+    series, _drops = counters.snapshot()
+    assert series[()][:3] == [2, 2, 200]
+
+
 def test_labels_are_chosen_by_flag(serve, store):
     server = serve("--metrics-labels", "protocol,traffic_direction")
     _feed_and_wait(store, server, [make_flow(0), make_flow(1)])
