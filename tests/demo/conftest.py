@@ -4,10 +4,15 @@ clean afterwards as before."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+
+# Link names the lab uses (pod veths, bridges, uplinks): none may ever appear in the root
+# namespace.
+LAB_LINK = re.compile(r"^(veth[0-9a-f]{8}|cni0|br0|n\d+|o\d+)$")
 
 PODFLOW = [sys.executable, "-m", "agent.cli"]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,9 +30,12 @@ def host_state(lab_id: str) -> dict:
                         if line.startswith(f"pf{lab_id}-")),
         "run_dir": os.path.exists(f"/run/podflow-lab/{lab_id}"),
         "processes": [p for p in procs.splitlines() if f"/run/podflow-lab/{lab_id}/" in p],
-        "links": sorted(line.split(":")[1].strip().split("@")[0] for line in links.splitlines()),
+        # Only what a lab could create: other suites share this host and may add their own.
+        "links": sorted(name for name in (line.split(":")[1].strip().split("@")[0]
+                                          for line in links.splitlines())
+                        if LAB_LINK.match(name)),
         "iptables": [line for line in rules.splitlines()
-                     if not line.startswith(("#", ":"))],
+                     if "KUBE-" in line or "podflow-lab" in line],
     }
 
 
