@@ -17,6 +17,7 @@ from podflow_api.v1 import flow_pb2
 NODE_A, NODE_B, OUTSIDE = "172.18.0.2", "172.18.0.3", "172.18.0.100"
 FRONTEND, CART1, CART2, DB0 = "10.244.1.2", "10.244.2.2", "10.244.1.3", "10.244.2.5"
 CART_VIP, EMPTY_VIP, WEB_VIP = "10.96.0.12", "10.96.0.20", "10.96.0.30"
+LB_IP, INTERNET = "203.0.113.7", "198.51.100.9"
 
 
 def cluster() -> ClusterState:
@@ -32,6 +33,9 @@ def cluster() -> ClusterState:
         objs.service("web", WEB_VIP, type_="NodePort", node_ports=[30080]),
         objs.endpointslice("web", [(FRONTEND, "frontend-1", True)]),
         objs.service("empty", EMPTY_VIP),
+        objs.service("shop-lb", "10.96.0.40", [(443, 8443)], type_="LoadBalancer",
+                     node_ports=[31443], external_ips=[LB_IP]),
+        objs.endpointslice("shop-lb", [(CART2, "cart-2", True)], ports=[8443]),
         objs.service("db", None, [(5432, 5432)]),
         objs.endpointslice("db", [(DB0, "db-0", True)], ports=[5432]),
     ):
@@ -45,6 +49,8 @@ def conntrack() -> Conntrack:
     ct._remember(Entry(Tuple5(6, FRONTEND, 40000, CART_VIP, 80), Tuple5(6, CART1, 8080, FRONTEND, 40000)), 0)
     # outside -> node-a:30080, DNATed to frontend and masqueraded to node-a
     ct._remember(Entry(Tuple5(6, OUTSIDE, 50000, NODE_A, 30080), Tuple5(6, FRONTEND, 8080, NODE_A, 61000)), 0)
+    # an internet client -> the LoadBalancer IP, DNATed to cart-2 (no SNAT: externalTrafficPolicy Local)
+    ct._remember(Entry(Tuple5(6, INTERNET, 50001, LB_IP, 443), Tuple5(6, CART2, 8443, INTERNET, 50001)), 0)
     return ct
 
 
@@ -74,6 +80,8 @@ CASES = [
      ("web", "NodePort", NODE_A, 30080), "frontend-1", ("", "frontend-1"), (NODE_A, 30080, FRONTEND, 8080)),
     ("nodeport-reply", flow(FRONTEND, 8080, NODE_A, 61000), flow_pb2.OUTSIDE_TO_SERVICE,
      ("web", "NodePort", NODE_A, 30080), "frontend-1", ("frontend-1", ""), (NODE_A, 30080, FRONTEND, 8080)),
+    ("loadbalancer-from-internet", flow(INTERNET, 50001, CART2, 8443), flow_pb2.OUTSIDE_TO_SERVICE,
+     ("shop-lb", "LoadBalancer", LB_IP, 443), "cart-2", ("", "cart-2"), (LB_IP, 443, CART2, 8443)),
     ("service-without-endpoints", flow(FRONTEND, 40001, EMPTY_VIP, 80), flow_pb2.POD_TO_SERVICE,
      ("empty", "ClusterIP", EMPTY_VIP, 80), "", ("frontend-1", ""), None),
     ("clusterip-without-conntrack-entry", flow(FRONTEND, 40009, CART_VIP, 80), flow_pb2.POD_TO_SERVICE,
