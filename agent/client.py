@@ -227,7 +227,10 @@ class MergedFlows:
         self.reconnect = request.follow if reconnect is None else reconnect
         self.max_backoff_s = max_backoff_s
         self.sources = [_Source(normalize_address(a)) for a in addresses]
-        self._queue: queue.Queue = queue.Queue(maxsize=256)
+        # Batches (up to 2048 flows each) waiting for the consumer. Kept short: a consumer
+        # that falls behind should make the agent drop (and count) flows for it, not grow
+        # this process.
+        self._queue: queue.Queue = queue.Queue(maxsize=16)
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
 
