@@ -125,6 +125,7 @@ def test_policy_drop_yields_exactly_the_blocked_attempts(cluster):
         assert f["traffic_direction"] == "FROM_POD"
         # It entered the host stack from the pod's side: cni0 on a bridge node.
         assert f["interface"]["name"] == "cni0"
+        assert (f["source"]["pod_name"], f["destination"]["pod_name"]) == ("frontend-1", "cart-1")
     assert not [f for f in c.flows() if f.get("verdict") == "DROPPED" and _port(f, "destination") == 8081]
 
 
@@ -147,6 +148,52 @@ def test_policy_on_the_destination_node_names_the_pod_it_protected(cluster):
         assert (drop["drop_reason"], drop["traffic_direction"], drop["interface"]["name"]) == \
             ("NETFILTER_DROP", "TO_POD", "eth0")
         assert drop["node_name"] == "node-b"
+    finally:
+        agent.stop()
+
+
+_SEND_FROM_MANY_PORTS = r"""
+import socket, sys
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(int(sys.argv[2]))]
+for _ in range(int(sys.argv[3])):
+    for s in socks:
+        s.sendto(b"x" * 8, (sys.argv[1], 9999))
+"""
+
+
+def test_full_drop_map_still_reports_every_drop(cluster):
+    """With a 4-entry drop map, 20 flows of drops overflow it: the kernel sends those drops
+    as events, the agent accumulates them, and the totals still match netfilter's."""
+    c = cluster
+    log_path = c.log_path + ".mapfull"
+    agent = c.server.node.start_agent("--flow-log", log_path, "--drop-map-size", "4", *AGENT_ARGS)
+    node_b = Cluster(c.lab, agent, log_path, c.client, c.server, c.dns)
+    try:
+        time.sleep(1)
+        rule = c.lab.add_drop_rule(c.client, c.server, port=9999, protocol="udp")
+        try:
+            c.client.run([sys.executable, "-I", "-S", "-c", _SEND_FROM_MANY_PORTS, c.server.ip,
+                          "20", "3"])
+            time.sleep(0.3)
+            out = c.server.node.run(["iptables", "-w", "5", "-L", "FORWARD", "-v", "-x", "-n"],
+                                    capture_output=True, text=True).stdout
+            netfilter = sum(int(line.split()[0]) for line in out.splitlines()
+                            if "podflow-lab policy" in line and "dpt:9999" in line)
+        finally:
+            c.lab.remove_drop_rule(rule)
+        assert netfilter == 60
+
+        def reported() -> int:
+            return sum(int(f["packets"]) for f in node_b.flows() if f.get("verdict") == "DROPPED"
+                       and f["ip"]["destination"] == c.server.ip and _port(f, "destination") == 9999)
+
+        deadline = time.monotonic() + 15
+        while reported() < netfilter:
+            assert time.monotonic() < deadline, reported()
+            time.sleep(0.2)
+        assert reported() == netfilter
+        errors = node_b.status().datapath_errors
+        assert errors.get("drop_map_full", 0) > 0 and errors.get("drop_lost", 0) == 0
     finally:
         agent.stop()
 
