@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from agent.errors import ConfigError, PodflowError
+from agent.errors import ConfigError
 from agent.stats import AgentStats
 from podflow_api.v1 import flow_pb2, observer_pb2
 
@@ -123,12 +123,11 @@ def from_args(args: argparse.Namespace, store, stats: AgentStats) -> MetricsServ
 class FlowCounters:
     """flows / packets / bytes per label tuple, bounded and expiring. Thread-safe."""
 
-    def __init__(self, labels: list[str], max_series: int, ttl_s: float, node_name: str = ""):
+    def __init__(self, labels: list[str], max_series: int, ttl_s: float):
         self.labels = labels
         self._readers = [LABELS[n] for n in labels]
         self.max_series = max_series
         self.ttl_ns = int(ttl_s * 1e9)
-        self.node_name = node_name
         self._lock = threading.Lock()
         # label values -> [flows, packets, bytes, last update (monotonic ns)]
         self._series: dict[tuple[str, ...], list[int]] = {}
@@ -276,7 +275,7 @@ class MetricsServer:
         self.port = port
         self.store = store
         self.stats = stats
-        self.counters = FlowCounters(labels, max_series, ttl_s, node_name=stats.node_name)
+        self.counters = FlowCounters(labels, max_series, ttl_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._httpd = None
@@ -291,7 +290,7 @@ class MetricsServer:
         try:
             self._httpd, _ = start_http_server(self.port, addr=self.host, registry=registry)
         except OSError as exc:
-            raise PodflowError(f"--metrics {self.host}:{self.port}: cannot listen: {exc.strerror}") from exc
+            raise ConfigError(f"--metrics {self.host}:{self.port}: cannot listen: {exc.strerror}") from exc
         self.port = self._httpd.server_address[1]
         if self.store is not None:
             self._subscription = self.store.subscribe(queue_size=self.store.capacity)
@@ -319,5 +318,6 @@ class MetricsServer:
             self._httpd.server_close()
 
     def ready_info(self) -> dict:
-        host = self.host if self.host not in ("0.0.0.0", "") else "127.0.0.1"
-        return {"metrics": f"{host}:{self.port}"}
+        """Where a local client reaches the endpoint (a wildcard address -> loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return {"metrics": f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"}
