@@ -249,6 +249,7 @@ def test_slow_client_loses_oldest_exactly_and_fast_client_gets_all():
         lost_stats = {lc.stage: lc.count for lc in a.stats.lost_counts()}
         assert lost_stats[observer_pb2.CLIENT_QUEUE] == lost
         fast_call["call"].cancel()
+        assert wait_for(lambda: a.store.num_subscribers == 0, timeout=3)
     finally:
         a.stop()
 
@@ -339,3 +340,22 @@ def test_port_in_use_is_a_config_error_naming_listen(agent):
     other = InProcessAgent(listen=f"127.0.0.1:{port}")
     with pytest.raises(ConfigError, match="--listen"):
         other.start()
+
+
+def test_stuck_client_that_disconnects_is_freed():
+    """The server's send is blocked on a client that never reads; when it goes away the
+    stream ends and its subscriber is released at once."""
+    a = InProcessAgent(capacity=4096, client_queue_size=1024).start()
+    try:
+        template = [make_flow(i) for i in range(1000)]
+        with a.channel() as ch:
+            stuck = a.stub(ch).GetFlowsBatched(Req(follow=True))
+            next(stuck)  # the empty opening batch: the stream is up
+            assert wait_for(lambda: a.store.num_subscribers == 1)
+            for _ in range(100):  # ~50 MB: far more than HTTP/2 windows hold
+                a.store.extend(template)
+            stuck.cancel()
+            assert wait_for(lambda: a.store.num_subscribers == 0, timeout=2)
+            assert not a.server.servicer._subs
+    finally:
+        a.stop()
