@@ -174,21 +174,24 @@ def _effective_caps() -> int:
     return 0
 
 
-def check_environment() -> None:
-    """Fail early, with what to do, on what bcc would report obscurely."""
-    caps = _effective_caps()
+def check_environment(caps: int | None = None, btf_path: str = "/sys/kernel/btf/vmlinux",
+                      modules_dir: str = "/lib/modules",
+                      kheaders_path: str = "/sys/kernel/kheaders.tar.xz") -> None:
+    """Fail early, with what to do, on what bcc would report obscurely. (Parameters exist
+    for tests; the agent uses the defaults.)"""
+    caps = _effective_caps() if caps is None else caps
     has = lambda cap: bool(caps & (1 << cap))  # noqa: E731
     if not has(_CAP_NET_ADMIN) or not (has(_CAP_BPF) or has(_CAP_SYS_ADMIN)) \
             or not (has(_CAP_PERFMON) or has(_CAP_SYS_ADMIN)):
         raise DatapathError("the datapath needs root, or CAP_BPF + CAP_NET_ADMIN + "
                             "CAP_PERFMON (effective capabilities here: "
                             f"{caps:#x}); run the agent as root or grant them")
-    if not os.path.exists("/sys/kernel/btf/vmlinux"):
-        raise DatapathError("no kernel BTF at /sys/kernel/btf/vmlinux: podflow needs a kernel "
-                            "built with CONFIG_DEBUG_INFO_BTF=y")
+    if not os.path.exists(btf_path):
+        raise DatapathError(f"no kernel BTF at {btf_path}: podflow needs a kernel built with "
+                            "CONFIG_DEBUG_INFO_BTF=y")
     release = platform.release()
-    build = Path(f"/lib/modules/{release}/build")
-    if not (build / "include").is_dir() and not os.path.exists("/sys/kernel/kheaders.tar.xz"):
+    build = Path(modules_dir) / release / "build"
+    if not (build / "include").is_dir() and not os.path.exists(kheaders_path):
         raise DatapathError(
             f"bcc needs kernel headers at {build} (missing: {build / 'include'}). Install "
             f"them with `apt-get install linux-headers-{release}`, or, when the running "

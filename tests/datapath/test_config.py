@@ -10,7 +10,7 @@ import pytest
 
 from agent import datapath, interfaces
 from agent.decode import InterfaceKind
-from agent.errors import ConfigError
+from agent.errors import ConfigError, DatapathError
 from agent.interfaces import Link
 
 LINKS = [
@@ -113,3 +113,28 @@ def test_bad_flags_exit_2_with_a_message_naming_the_flag(tmp_path, argv, message
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2, res.stderr
     assert message in res.stderr
+
+
+ALL_CAPS = (1 << 12) | (1 << 38) | (1 << 39)  # NET_ADMIN, PERFMON, BPF
+
+
+@pytest.mark.parametrize("caps,btf,headers,message", [
+    (0, True, True, r"needs root, or CAP_BPF \+ CAP_NET_ADMIN \+ CAP_PERFMON"),
+    (1 << 12, True, True, "needs root, or CAP_BPF"),
+    (ALL_CAPS, False, True, "no kernel BTF at"),
+    (ALL_CAPS, True, False, "bcc needs kernel headers at"),
+], ids=["no-caps", "net-admin-only", "no-btf", "no-headers"])
+def test_environment_errors_say_what_is_missing(tmp_path, caps, btf, headers, message):
+    btf_path = tmp_path / "vmlinux"
+    if btf:
+        btf_path.write_bytes(b"")
+    modules = tmp_path / "modules"
+    if headers:
+        (modules / datapath.platform.release() / "build" / "include").mkdir(parents=True)
+    with pytest.raises(DatapathError, match=message) as err:
+        datapath.check_environment(caps=caps, btf_path=str(btf_path), modules_dir=str(modules),
+                                   kheaders_path=str(tmp_path / "no-kheaders"))
+    if not headers:
+        assert f"linux-headers-{datapath.platform.release()}" in str(err.value)
+        assert "setup-host.sh" in str(err.value)
+

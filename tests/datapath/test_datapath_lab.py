@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from podflow_api.v1 import observer_pb2
 from tests.datapath.conftest import (AGENT_ARGS, Capture, podflow_filters, read_flow_log,
                                      record_totals, send_udp, server_status, tcp_transfer)
 
@@ -332,13 +333,11 @@ def test_malformed_frames_are_counted_per_reason_never_misread(ebpf_ready, lab_f
 MANY_FLOWS = """
 import socket, sys
 dst, flows, per_flow = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-socks = []
-for i in range(flows):
+for i in range(flows):  # one socket at a time: no file-descriptor limit in the way
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 41000 + i))
-    socks.append(s)
-for _ in range(per_flow):
-    for s in socks:
+    for _ in range(per_flow):
         s.sendto(b"z" * 50, (dst, 7000))
+    s.close()
 """
 
 
@@ -362,6 +361,30 @@ def test_full_flow_map_still_counts_every_packet(ebpf_ready, lab_factory, tmp_pa
     got = record_totals(read_flow_log(log), client.host_ifname, "FROM_POD")
     got = {k: v for k, v in got.items() if k[0] == "udp" and k[2] == server.ip}
     assert len(truth) == 40 and all(v[0] == 5 for v in truth.values())
+    assert got == truth
+
+
+def test_lost_new_flow_events_are_reported_and_cost_no_packet(ebpf_ready, lab_factory,
+                                                               tmp_path):
+    """A one-page ring buffer cannot hold a burst of 2000 new-flow events: the loss is
+    reported (KERNEL_RING_BUFFER), yet the sweep still counts every packet of every flow."""
+    lab = lab_factory("dpring")
+    node = lab.add_node("node-a", kind="routed", pod_cidr="10.244.1.0/24")
+    client = node.add_pod("shop", "client-1")
+    server = node.add_pod("shop", "server-1")
+    agent, log = _start(node, tmp_path, "--ringbuf-size", "4096")
+    cap = Capture(node, client.host_ifname, "in", f"udp and host {server.ip}", tmp_path)
+    client.run([sys.executable, "-c", MANY_FLOWS, server.ip, "2000", "1"])
+    truth = cap.stop()
+    time.sleep(0.5)
+    status = server_status(agent.address)
+    assert agent.stop() == 0
+    lost = {c.stage: c.count for c in status.lost}
+    assert lost.get(observer_pb2.KERNEL_RING_BUFFER, 0) > 0, status
+    assert status.datapath_errors["ringbuf_full_new_flow"] == lost[observer_pb2.KERNEL_RING_BUFFER]
+    got = record_totals(read_flow_log(log), client.host_ifname, "FROM_POD")
+    got = {k: v for k, v in got.items() if k[0] == "udp" and k[2] == server.ip}
+    assert len(truth) == 2000
     assert got == truth
 
 
@@ -423,7 +446,7 @@ def test_host_is_clean_afterwards():
     from agent.lab import Lab
 
     for lab_id in ("dpcbr", "dpcro", "dpcac", "dpnew", "dpcoex", "dpkill", "dpmal", "dpfull",
-                   "dpbad", "dpglob"):
+                   "dpbad", "dpglob", "dpring"):
         assert not any(Lab.leftovers(lab_id).values()), lab_id
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     for line in links.splitlines():
