@@ -298,7 +298,8 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             sub = store.subscribe(plan.predicate)
             with self._lock:
                 self._subs.add(sub)
-            context.add_callback(sub.close)
+            # Runs on the client's disconnect even while this thread is blocked sending.
+            context.add_callback(lambda: self._release(sub))
             end_seq = sub.cursor
         else:
             end_seq = store.seq
@@ -319,9 +320,12 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
                 yield from self._follow(sub, plan, context, node, prefix)
         finally:
             if sub is not None:
-                sub.close()
-                with self._lock:
-                    self._subs.discard(sub)
+                self._release(sub)
+
+    def _release(self, sub) -> None:
+        sub.close()
+        with self._lock:
+            self._subs.discard(sub)
 
     def _follow(self, sub, plan: FlowsPlan, context, node: str, prefix: bytes):
         stats = self.stats
