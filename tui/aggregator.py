@@ -149,8 +149,10 @@ class Aggregator:
     """See the module docstring. Thread-safe: `feed` from readers, `process` from one pump,
     queries from the UI."""
 
+    LOCK_CHUNK = 512  # records counted per hold of the lock
+
     def __init__(self, max_flows: int = 10_000, window_s: int = 60, rate_s: int = 5,
-                 max_keys: int = 50_000, max_inbox: int = 200_000, reorder_s: float = 0.5,
+                 max_keys: int = 50_000, max_inbox: int = 60_000, reorder_s: float = 0.5,
                  clock: Callable[[], float] = time.time):
         self.max_flows = max_flows
         self.window_s = window_s
@@ -253,12 +255,16 @@ class Aggregator:
             elif kind is not None:
                 notices.append((source_id, resp))
         now_mono = time.monotonic()
+        # The UI thread queries under the same lock: hold it for short chunks only, so a key
+        # press never waits for a whole burst to be counted.
+        for i in range(0, len(entries), self.LOCK_CHUNK):
+            with self._lock:
+                for entry in entries[i:i + self.LOCK_CHUNK]:
+                    self._account(entry, now_mono)
+                self._pending.extend(entries[i:i + self.LOCK_CHUNK])
         with self._lock:
             for source_id, resp in notices:
                 self._take_notice(source_id, resp)
-            for entry in entries:
-                self._account(entry, now_mono)
-            self._pending.extend(entries)
             released = self._merge()
             self._update_rates(now_mono)
             self._prune()

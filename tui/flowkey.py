@@ -50,55 +50,50 @@ def _is_pod(ep: flow_pb2.Endpoint) -> bool:
 
 
 def flow_key(flow: flow_pb2.Flow) -> FlowKey:
-    """Extract the FlowKey of one record (pure; safe in any thread)."""
+    """Extract the FlowKey of one record (pure; safe in any thread). This runs for every
+    record (20,000/s), so it reads each sub-message once and skips HasField: an unset
+    sub-message reads as empty strings and zeros, which is what the key wants anyway."""
     src, dst = flow.source, flow.destination
-    proto = flow.l4.WhichOneof("protocol") or ""
+    l4 = flow.l4
+    proto = l4.WhichOneof("protocol") or ""
     port = 0
-    if proto in ("tcp", "udp", "sctp"):
-        l4 = getattr(flow.l4, proto)
-        port = l4.source_port if flow.is_reply else l4.destination_port
+    if proto == "tcp" or proto == "udp" or proto == "sctp":
+        ports = getattr(l4, proto)
+        port = ports.source_port if flow.is_reply else ports.destination_port
+    service = flow.service
+    svc_name = service.name
     svc = ""
-    if flow.HasField("service") and flow.service.name:
-        svc = f"{flow.service.namespace}/{flow.service.name}" if flow.service.namespace \
-            else flow.service.name
-    backend = ""
-    if flow.HasField("backend"):
-        b = flow.backend
-        if b.pod_name:
-            backend = f"{b.namespace}/{b.pod_name}" if b.namespace else b.pod_name
-        elif b.ip:
-            backend = f"{b.ip}:{b.port}" if b.port else b.ip
-    src_pod = src.pod_name or _KINDS.get(src.kind, "")
-    dst_pod = dst.pod_name or _KINDS.get(dst.kind, "")
-    if flow.traffic_direction == flow_pb2.TO_POD:
+    no_endpoints = False
+    if svc_name:
+        svc_ns = service.namespace
+        svc = f"{svc_ns}/{svc_name}" if svc_ns else svc_name
+        no_endpoints = service.no_endpoints
+    b = flow.backend
+    backend = b.pod_name
+    if backend:
+        b_ns = b.namespace
+        if b_ns:
+            backend = f"{b_ns}/{backend}"
+    else:
+        b_ip = b.ip
+        if b_ip:
+            b_port = b.port
+            backend = f"{b_ip}:{b_port}" if b_port else b_ip
+    src_name, dst_name = src.pod_name, dst.pod_name
+    src_pod = src_name or _KINDS.get(src.kind, "")
+    dst_pod = dst_name or _KINDS.get(dst.kind, "")
+    src_wl = (src.workload.name or src_name) if src_name else ""
+    dst_wl = (dst.workload.name or dst_name) if dst_name else ""
+    direction = flow.traffic_direction
+    if direction == flow_pb2.TO_POD:
         local_is_src = False
-    elif flow.traffic_direction == flow_pb2.FROM_POD:
+    elif direction == flow_pb2.FROM_POD:
         local_is_src = True
     else:
         local_is_src = _is_pod(src) or not _is_pod(dst)
-    return FlowKey(
-        node=flow.node_name,
-        src_ns=src.namespace,
-        src_pod=src_pod,
-        src_workload=_workload(src),
-        dst_ns=dst.namespace,
-        dst_pod=dst_pod,
-        dst_workload=_workload(dst),
-        service=svc,
-        backend=backend,
-        port=port,
-        proto=proto,
-        verdict=_VERDICTS.get(flow.verdict, "unknown"),
-        outcome=_OUTCOMES.get(flow.outcome, "outcome_unknown"),
-        no_endpoints=bool(flow.HasField("service") and flow.service.no_endpoints),
-        local_is_src=local_is_src,
-    )
-
-
-def _workload(ep: flow_pb2.Endpoint) -> str:
-    if ep.HasField("workload") and ep.workload.name:
-        return ep.workload.name
-    return ep.pod_name
+    return FlowKey(flow.node_name, src.namespace, src_pod, src_wl, dst.namespace, dst_pod,
+                   dst_wl, svc, backend, port, proto, _VERDICTS.get(flow.verdict, "unknown"),
+                   _OUTCOMES.get(flow.outcome, "outcome_unknown"), no_endpoints, local_is_src)
 
 
 def counts_once(flow: flow_pb2.Flow) -> bool:

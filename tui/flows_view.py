@@ -12,7 +12,7 @@ from tui.aggregator import Aggregator, Entry
 from tui.filterexpr import FlowFilter
 from tui.format import FLOW_COLUMNS, flow_detail, flow_row
 
-MAX_ROWS = 300  # rows on screen; the aggregator keeps more (and exports them all)
+MAX_ROWS = 150  # rows in the table (a screen shows ~50); the aggregator keeps more (and exports them all)
 
 
 class FlowsView(Vertical):

@@ -36,7 +36,7 @@ async def test_every_view_shows_the_agents_traffic(agents):
         agent.send(300)
     app = create_app(servers=[a.address for a in agents])
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: len(rows(app, "flows-table")) == 300, what="flows rows")
+        await wait_for(pilot, lambda: len(rows(app, "flows-table")) == 150, what="flows rows")
         await wait_for(pilot, lambda: "600 flows seen" in text(app, "#status-bar"))
         status = text(app, "#status-bar")
         assert "nodes 2/2 connected" in status and "LIVE" in status and "lost 0" in status
@@ -117,7 +117,7 @@ async def test_filter_applies_everywhere_and_bad_expression_keeps_old(agents):
         agent.send(200)
     app = create_app(servers=[a.address for a in agents])
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: len(rows(app, "flows-table")) == 300)
+        await wait_for(pilot, lambda: len(rows(app, "flows-table")) == 150)
         await pilot.press("slash")
         await pilot.press(*"proto=udp node=node-b")
         await pilot.press("enter")
@@ -211,7 +211,7 @@ async def test_file_replay(tmp_path, cluster, suffix):
     app = create_app(files=[str(tmp_path / f"a{suffix}"), str(tmp_path / f"b{suffix}")])
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: "200 flows seen" in text(app, "#status-bar"))
-        await wait_for(pilot, lambda: len(rows(app, "flows-table")) == 200)
+        await wait_for(pilot, lambda: len(rows(app, "flows-table")) == 150)
         flows = rows(app, "flows-table")
         assert {r[1] for r in flows} == {"node-a", "node-b"}
         assert [r[0] for r in flows] == sorted((r[0] for r in flows), reverse=True)  # merged

@@ -1,0 +1,256 @@
+"""How `podflow tui` holds up under load: 20,000 flows/s from several agents for ~60 s.
+
+Agents are real Observer servers (agent.server over agent.flowstore) in subprocesses, each
+fed synthetic cluster traffic at its share of the rate. The TUI is the real app, headless,
+driven by Pilot in this process. Reported:
+
+  * key press latency: Pilot press -> the key handled and the new view drawn into the
+    widgets (median / p99 / max over view switches and pivot changes); the terminal shows
+    it at its next frame (<= 1/60 s later);
+  * aggregator CPU (the pump's time in Aggregator.process) and UI redraw CPU, as fractions
+    of one core, and the whole process' CPU;
+  * flows received per second and anything lost (agent client queues, TUI inbox);
+  * RSS after warm-up and at the end, the slope, and what that slope would mean over an
+    hour (an extrapolation, not a measurement).
+
+    .venv/bin/python -m bench.tui [--rate 20000] [--agents 3] [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import psutil
+
+
+def run_agent(node: str, listen: str, rate: float, ready_file: str) -> None:
+    """Subprocess body: one agent serving synthetic flows at `rate` per second."""
+    from agent.flowstore import FlowStore
+    from agent.server import ObserverServer
+    from agent.stats import AgentStats
+    from podflow_api.v1 import flow_pb2
+    from tui.synthetic import Cluster
+
+    stats = AgentStats(node_name=node, version="bench")
+    store = FlowStore(capacity=65_535, stats=stats)
+    server = ObserverServer(listen, store, stats)
+    server.start()
+    pool = Cluster(["node-a", "node-b", "node-c"], seed=hash(node) & 0xFFFF).flows(
+        4000, node=node)
+    with open(ready_file, "w", encoding="utf-8") as fh:
+        fh.write(server.address)
+    tick_s = 0.05
+    i = 0
+    next_t = time.monotonic()
+    carry = 0.0
+    while True:
+        carry += rate * tick_s
+        n, carry = int(carry), carry - int(carry)
+        now = time.time_ns()
+        batch = []
+        for k in range(n):
+            f = flow_pb2.Flow()
+            f.CopyFrom(pool[i % len(pool)])
+            i += 1
+            t = now - (n - k) * 1000
+            f.time.seconds, f.time.nanos = divmod(t, 1_000_000_000)
+            batch.append(f)
+        store.extend(batch)
+        next_t += tick_s
+        delay = next_t - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def _start_agents(count: int, rate: float, tmp: str) -> tuple[list, list[str]]:
+    procs, addresses = [], []
+    for n in range(count):
+        node = f"node-{chr(ord('a') + n)}"
+        ready = os.path.join(tmp, f"{node}.ready")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "bench.tui", "--agent", node, f"unix:{tmp}/{node}.sock",
+             str(rate / count), ready]))
+        addresses.append(ready)
+    deadline = time.monotonic() + 30
+    out = []
+    for ready in addresses:
+        while not os.path.exists(ready) or not open(ready, encoding="utf-8").read():
+            if time.monotonic() > deadline:
+                raise RuntimeError("agents did not start")
+            time.sleep(0.05)
+        out.append(open(ready, encoding="utf-8").read())
+    return procs, out
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+async def _drive(args, addresses: list[str]) -> dict:
+    from tui.aggregator import Aggregator
+    from tui.app import create_app
+
+    if os.environ.get("PF_SWITCH"):
+        sys.setswitchinterval(float(os.environ["PF_SWITCH"]))
+    agg = Aggregator()
+    busy = {"process_s": 0.0, "redraw_s": 0.0}
+    original_process = agg.process
+
+    def timed_process(*a, **kw):
+        t = time.thread_time()
+        try:
+            return original_process(*a, **kw)
+        finally:
+            busy["process_s"] += time.thread_time() - t
+
+    agg.process = timed_process
+    app = create_app(servers=addresses, aggregator=agg, history=0)
+    original_redraw = app._redraw
+
+    def timed_redraw(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return original_redraw(*a, **kw)
+        finally:
+            busy["redraw_s"] += time.perf_counter() - t
+
+    app._redraw = timed_redraw
+    handled: list[float] = []
+    for action in ("action_view", "action_pivot", "action_sort"):
+        def timed_action(*a, _orig=getattr(app, action), **kw):
+            _orig(*a, **kw)
+            handled.append(time.perf_counter())
+        setattr(app, action, timed_action)
+    displays: list[float] = []
+    original_display = app._display
+
+    def timed_display(screen, renderable):
+        original_display(screen, renderable)
+        if renderable is not None:
+            displays.append(time.perf_counter())
+
+    app._display = timed_display
+    proc = psutil.Process()
+    latencies: list[float] = []
+    handle_lat: list[float] = []
+    rss: list[tuple[float, int]] = []
+    keys = [("2", "top"), ("p", "top"), ("3", "services"), ("4", "nodes"), ("1", "flows"),
+            ("2", "top"), ("o", "top"), ("1", "flows")]
+    async with app.run_test(size=(200, 50)) as pilot:
+        warm_s = min(10.0, args.seconds / 4)
+        await pilot.pause(warm_s)
+        t_start = time.monotonic()
+        cpu_start = proc.cpu_times()
+        busy.update(process_s=0.0, redraw_s=0.0)
+        seen_start = agg.summary().flows_seen
+        rss.append((0.0, proc.memory_info().rss))
+        i = 0
+        while time.monotonic() - t_start < args.seconds:
+            key, view = keys[i % len(keys)]
+            i += 1
+            t0 = time.perf_counter()
+            n_handled, n_displays = len(handled), len(displays)
+            press = asyncio.ensure_future(pilot.press(key))
+            shown = None
+            while time.perf_counter() - t0 < 10:
+                if len(handled) > n_handled:
+                    after = [d for d in displays[n_displays:] if d >= handled[n_handled]]
+                    if after:
+                        shown = after[0]
+                        break
+                await asyncio.sleep(0.001)
+            if shown is None:
+                raise RuntimeError(f"key {key!r}: no screen update within 10 s")
+            handle_lat.append((handled[n_handled] - t0) * 1000)
+            latencies.append((shown - t0) * 1000)
+            await press
+            assert app.current_view == view
+            await pilot.pause(0.5)
+            elapsed = time.monotonic() - t_start
+            if not rss or elapsed - rss[-1][0] >= 5:
+                rss.append((elapsed, proc.memory_info().rss))
+        wall = time.monotonic() - t_start
+        cpu_end = proc.cpu_times()
+        summary = agg.summary()
+        nodes = agg.nodes()
+        rss.append((wall, proc.memory_info().rss))
+    cpu = (cpu_end.user + cpu_end.system - cpu_start.user - cpu_start.system) / wall
+    # slope over the second half (after caches and the ring have filled)
+    half = [p for p in rss if p[0] >= wall / 2] or rss
+    slope_mb_per_min = ((half[-1][1] - half[0][1]) / 1e6) / max((half[-1][0] - half[0][0]) / 60, 1e-9)
+    lost = {}
+    for n in nodes:
+        for stage, count in n.lost_by_stage().items():
+            lost[stage] = lost.get(stage, 0) + count
+    return {
+        "wall_s": wall, "keys": len(latencies),
+        "lat_median_ms": statistics.median(latencies), "lat_p99_ms": _pct(latencies, 0.99),
+        "lat_max_ms": max(latencies),
+        "handled_median_ms": statistics.median(handle_lat) if handle_lat else 0,
+        "handled_p99_ms": _pct(handle_lat, 0.99) if handle_lat else 0,
+        "flows_per_s": (summary.flows_seen - seen_start) / wall,
+        "agg_cpu": busy["process_s"] / wall, "redraw_cpu": busy["redraw_s"] / wall,
+        "process_cpu": cpu,
+        "rss_start_mb": rss[0][1] / 1e6, "rss_end_mb": rss[-1][1] / 1e6,
+        "slope_mb_per_min": slope_mb_per_min, "lost": lost,
+        "connected": f"{summary.connected}/{summary.known}",
+    }
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--agent":
+        run_agent(sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=20_000, help="flows/s, all agents together")
+    parser.add_argument("--agents", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=60)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pf-bench-tui-") as tmp:
+        procs, addresses = _start_agents(args.agents, args.rate, tmp)
+        try:
+            r = asyncio.run(_drive(args, addresses))
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(timeout=10)
+    print(f"podflow tui under load: {args.rate:,.0f} flows/s offered by {args.agents} agent "
+          f"subprocesses, {r['wall_s']:.0f} s measured after warm-up, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    rows = [
+        ("flows received /s", f"{r['flows_per_s']:,.0f}"),
+        ("nodes connected", r["connected"]),
+        ("lost events (by stage)", ", ".join(f"{k}={v:,}" for k, v in r["lost"].items()) or "0"),
+        ("key presses measured", str(r["keys"])),
+        ("key -> screen update median", f"{r['lat_median_ms']:.1f} ms"),
+        ("key -> screen update p99", f"{r['lat_p99_ms']:.1f} ms"),
+        ("key -> screen update max", f"{r['lat_max_ms']:.1f} ms"),
+        ("key -> action done median", f"{r['handled_median_ms']:.1f} ms"),
+        ("key -> action done p99", f"{r['handled_p99_ms']:.1f} ms"),
+        ("aggregator CPU (pump thread)", f"{r['agg_cpu'] * 100:.0f}% of a core"),
+        ("view redraw CPU (UI thread)", f"{r['redraw_cpu'] * 100:.0f}% of a core"),
+        ("whole TUI process CPU", f"{r['process_cpu'] * 100:.0f}% of a core"),
+        ("RSS after warm-up", f"{r['rss_start_mb']:.0f} MB"),
+        ("RSS at end", f"{r['rss_end_mb']:.0f} MB"),
+        ("RSS slope, 2nd half", f"{r['slope_mb_per_min']:+.2f} MB/min"),
+        ("extrapolated to 1 h", f"{r['rss_end_mb'] + r['slope_mb_per_min'] * (60 - r['wall_s'] / 60):.0f} MB "
+                                "(linear extrapolation of the slope)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
