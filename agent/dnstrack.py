@@ -92,6 +92,22 @@ class _Bounded(OrderedDict):
             self.popitem(last=False)
 
 
+def _merge(old: flow_pb2.DNS | None, new: flow_pb2.DNS) -> flow_pb2.DNS:
+    """Resolvers ask for A and AAAA of one name from one socket: one flow, two messages
+    each way. Its record then lists both types and every address; otherwise last wins."""
+    if old is None or old.query != new.query or old.response != new.response:
+        return new
+    merged = flow_pb2.DNS()
+    merged.CopyFrom(new)
+    merged.qtypes[:] = list(dict.fromkeys([*old.qtypes, *new.qtypes]))
+    merged.ips[:] = list(dict.fromkeys([*old.ips, *new.ips]))
+    if old.ttl and (not new.ttl or old.ttl < new.ttl):
+        merged.ttl = old.ttl
+    if new.rcode == "NOERROR" and old.rcode not in ("", "NOERROR"):
+        merged.rcode = old.rcode  # a failure of either answer is what the user needs to see
+    return merged
+
+
 class DnsTracker:
     def __init__(self, max_entries: int = 65536, clock=time.monotonic):
         self._clock = clock
@@ -131,7 +147,8 @@ class DnsTracker:
             # The same query seen at a second observation point keeps its first timestamp.
             if key not in self._queries:
                 self._queries.put(key, pkt.ts_ns)
-        self._by_tuple.put((pkt.proto, pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port), record)
+        tuple_key = (pkt.proto, pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port)
+        self._by_tuple.put(tuple_key, _merge(self._by_tuple.get(tuple_key), record))
         return msg
 
     def _learn_names(self, client_ip: str, msg: DnsMessage) -> None:

@@ -74,3 +74,18 @@ def test_malformed_counted_in_datapath_errors():
     stats.set_datapath_errors({"trunc_eth": 1})  # kernel counters replace only their own
     assert stats.snapshot_datapath_errors() == {"trunc_eth": 1, "dns_malformed": 3}
     assert ann.dns.messages == 0
+
+
+def test_a_and_aaaa_from_one_socket_merge_into_one_record():
+    ann = Annotator(AgentStats("n", "v"))
+    ann.dns_packet(pkt(POD, DNS_SERVER, 40010, 53, query("web.shop", qtype=1, msg_id=1), 10))
+    ann.dns_packet(pkt(POD, DNS_SERVER, 40010, 53, query("web.shop", qtype=28, msg_id=2), 11))
+    ann.dns_packet(pkt(DNS_SERVER, POD, 53, 40010, answer("web.shop", ["10.96.0.30"], msg_id=1, ttl=30), 20))
+    ann.dns_packet(pkt(DNS_SERVER, POD, 53, 40010,
+                       answer("web.shop", ["fd00::30"], qtype=28, msg_id=2, ttl=10), 30))
+    q, r = flow(POD, DNS_SERVER, 40010, 53), flow(DNS_SERVER, POD, 53, 40010)
+    ann.annotate([q, r])
+    assert list(q.dns.qtypes) == ["A", "AAAA"]
+    assert (list(r.dns.qtypes), list(r.dns.ips), r.dns.ttl, r.dns.rcode) == \
+        (["A", "AAAA"], ["10.96.0.30", "fd00::30"], 10, "NOERROR")
+    assert r.dns.latency_ns == 19  # of the last answer, to its own query
