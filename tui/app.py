@@ -40,7 +40,7 @@ class KubernetesOptions:
     port_name: str = "grpc"
     port: int = 4245
     poll_s: float = 5.0
-    api: object = None  # a CoreV1Api-like object (tests); None loads the kubeconfig
+    kubeconfig: str | None = None  # None: $KUBECONFIG or ~/.kube/config
 
 
 @dataclass
@@ -101,7 +101,8 @@ class PodflowApp(App):
             self.sources.append(KubernetesDiscovery(
                 self.agg, context=k.context, namespace=k.namespace, selector=k.selector,
                 port_name=k.port_name, default_port=k.port, history=config.history,
-                notify=self._notify_from_thread, poll_s=k.poll_s, api=k.api))
+                notify=self._notify_from_thread, poll_s=k.poll_s, kubeconfig=k.kubeconfig,
+                tls=config.tls))
 
     # ---- layout and life cycle ------------------------------------------------------
 

@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--kubernetes", action="store_true",
                      help="find agent pods through the Kubernetes API and reach each one "
                           "through the API server's port-forward")
+    src.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     src.add_argument("--context", help="kubeconfig context (default: the current one)")
     src.add_argument("--namespace", default=NAMESPACE,
                      help=f"namespace of the agent pods (default {NAMESPACE})")
@@ -73,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
     k8s = None
     if args.kubernetes:
-        k8s = KubernetesOptions(context=args.context, namespace=args.namespace,
+        k8s = KubernetesOptions(context=args.context, kubeconfig=args.kubeconfig,
+                                namespace=args.namespace,
                                 selector=args.selector, port_name=GRPC_PORT_NAME, port=GRPC_PORT)
     app = create_app(AppConfig(servers=args.server, files=args.file, kubernetes=k8s,
                                history=args.history, max_flows=args.max_flows,

@@ -321,9 +321,12 @@ class KubernetesDiscovery:
 
     def __init__(self, aggregator: Aggregator, *, context: str | None, namespace: str,
                  selector: str, port_name: str, default_port: int, history: int,
-                 notify: Notify = _no_notify, poll_s: float = 5.0, api=None):
+                 notify: Notify = _no_notify, poll_s: float = 5.0, api=None,
+                 kubeconfig: str | None = None, tls: TLSOptions | None = None):
         self.agg = aggregator
         self.context = context
+        self.kubeconfig = kubeconfig
+        self.tls = tls
         self.namespace = namespace
         self.selector = selector
         self.port_name = port_name
@@ -340,10 +343,11 @@ class KubernetesDiscovery:
                               f"{selector}", "discovery", name="(discovery)")
 
     def _core_api(self):
+        """A CoreV1Api of its own (no global client state), from the kubeconfig."""
         if self._api is None:
             from kubernetes import client, config
-            config.load_kube_config(context=self.context)
-            self._api = client.CoreV1Api()
+            self._api = client.CoreV1Api(config.new_client_from_config(
+                config_file=self.kubeconfig, context=self.context))
         return self._api
 
     def start(self) -> None:
@@ -391,7 +395,8 @@ class KubernetesDiscovery:
             self.notify("lost", self.source_id, str(exc))
             return
         running = {p.metadata.name: p for p in pods
-                   if p.status and p.status.phase == "Running" and not p.metadata.deletion_timestamp}
+                   if p.status and p.status.phase == "Running"
+                   and not p.metadata.deletion_timestamp}
         self.agg.set_state(self.source_id, "connected", f"{len(running)} agent pods")
         for name, pod in running.items():
             if name in self._agents:
@@ -399,7 +404,7 @@ class KubernetesDiscovery:
             proxy = PortForwardProxy(self._connector(name, self._pod_port(pod)), name)
             proxy.start()
             source = AgentSource(proxy.address, self.agg, history=self.history,
-                                 notify=self.notify, kind="kubernetes",
+                                 notify=self.notify, kind="kubernetes", tls=self.tls,
                                  source_id=f"pod:{self.namespace}/{name}",
                                  label=pod.spec.node_name or "")
             self._agents[name] = (source, proxy)
