@@ -58,6 +58,7 @@ class FlowEnricher:
     def __init__(self, state: ClusterState | None, conntrack=None) -> None:
         self._state = state
         self._conntrack = conntrack
+        self._service_ip_peers: dict[str, Peer] = {}
 
     def enrich(self, flows: list) -> None:
         if self._conntrack is not None:
@@ -83,8 +84,7 @@ class FlowEnricher:
             sport, dport = l4.source_port, l4.destination_port
         match: Match | None = None
         if proto_num and self._conntrack is not None:
-            first_seen_ns = flow.first_seen.seconds * 1_000_000_000 + flow.first_seen.nanos
-            match = self._conntrack.lookup(Tuple5(proto_num, src, sport, dst, dport), first_seen_ns)
+            match = self._conntrack.lookup(Tuple5(proto_num, src, sport, dst, dport), flow.first_seen)
             if match is not None:
                 orig, reply = match.entry.orig, match.entry.reply
                 tr = flow.translation
@@ -133,20 +133,23 @@ class FlowEnricher:
                             backend_ip, backend_port = src, sport
                             client_ip, is_reply = dst, True
 
+        backend_peer = state.peer(backend_ip) if backend_ip else None
         if match is not None or svc is not None:
             # The Service address side of the record is described as what answered.
             vip_is_dst = (dst, dport) == (svc_ip, svc_port)
             vip_is_src = (src, sport) == (svc_ip, svc_port)
-            if backend_ip and (vip_is_dst or vip_is_src):
-                backend_peer = state.peer(backend_ip)
+            if backend_peer is not None and (vip_is_dst or vip_is_src):
                 if vip_is_dst:
                     dst_peer = backend_peer
                 else:
                     src_peer = backend_peer
-            elif svc is not None and not backend_ip and (vip_is_dst or vip_is_src):
-                vip_peer = Peer(kind=flow_pb2.SERVICE_IP, node_name="",
-                                endpoint=flow_pb2.Endpoint(kind=flow_pb2.SERVICE_IP,
-                                                           namespace=svc.namespace))
+            elif svc is not None and backend_peer is None and (vip_is_dst or vip_is_src):
+                vip_peer = self._service_ip_peers.get(svc.namespace)
+                if vip_peer is None:
+                    vip_peer = Peer(kind=flow_pb2.SERVICE_IP, node_name="",
+                                    endpoint=flow_pb2.Endpoint(kind=flow_pb2.SERVICE_IP,
+                                                               namespace=svc.namespace))
+                    self._service_ip_peers[svc.namespace] = vip_peer
                 if vip_is_dst:
                     dst_peer = vip_peer
                 else:
@@ -163,15 +166,15 @@ class FlowEnricher:
         out.ip, out.port = svc_ip, svc_port
         if not svc.headless and not state.has_endpoints(svc):
             out.no_endpoints = True
-        if backend_ip:
+        if backend_peer is not None:
             backend = flow.backend
             backend.ip, backend.port = backend_ip, backend_port
-            backend_peer = state.peer(backend_ip)
             if backend_peer.pod is not None:
                 backend.namespace = backend_peer.pod.namespace
                 backend.pod_name = backend_peer.pod.name
             backend.node_name = backend_peer.node_name
-        client = state.peer(client_ip)
+        client = (src_peer if client_ip == src and src != svc_ip else
+                  dst_peer if client_ip == dst and dst != svc_ip else state.peer(client_ip))
         if client.kind == flow_pb2.POD and not _is_host(client):
             flow.category = flow_pb2.POD_TO_SERVICE
         elif svc.headless:
