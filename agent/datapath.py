@@ -92,6 +92,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "a power of two, at least one page (default: 4M)")
     group.add_argument("--sweep-interval", type=float, default=1.0, metavar="SECONDS",
                        help="how often the flow map is read (default: 1)")
+    group.add_argument("--attach-mode", choices=["tc", "tcx", "auto"], default="tc",
+                       help="tc: clsact + cls_bpf filters named podflow_* (default; visible "
+                            "with `tc filter show`); tcx: tcx links (kernel >= 6.6), which "
+                            "vanish with the agent even after kill -9; auto: tcx when the "
+                            "kernel has it, else tc")
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ class DatapathConfig:
     ringbuf_bytes: int = DEFAULT_RINGBUF_BYTES
     sweep_interval_s: float = 1.0
     poll_interval_s: float = 0.1
+    attach_mode: str = "tc"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "DatapathConfig":
@@ -128,7 +134,8 @@ class DatapathConfig:
                    active_timeout_s=positive("active_timeout", "--active-timeout"),
                    idle_timeout_s=positive("idle_timeout", "--idle-timeout"),
                    flow_map_size=map_size, ringbuf_bytes=ringbuf,
-                   sweep_interval_s=sweep, poll_interval_s=min(0.1, sweep))
+                   sweep_interval_s=sweep, poll_interval_s=min(0.1, sweep),
+                   attach_mode=getattr(args, "attach_mode", "tc"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -337,6 +344,7 @@ class Datapath:
         self._attached: dict[int, tc.Attachment] = {}
         self._known: dict[int, decode.InterfaceInfo] = {}  # every interface ever traced
         self.attach_errors: dict[str, str] = {}
+        self._use_tcx = config.attach_mode in ("tcx", "auto")
         self._handlers: dict[int, Callable] = {}
         self._error_names: dict[int, str] = {}
         self._pending: list = []
@@ -395,7 +403,8 @@ class Datapath:
             self._ipr = None
 
     def ready_info(self) -> dict:
-        return {"interfaces": self.traced_names(), "attach_errors": dict(self.attach_errors)}
+        return {"interfaces": self.traced_names(), "attach_errors": dict(self.attach_errors),
+                "attach_mode": "tcx" if self._use_tcx else "tc"}
 
     # -- loading --------------------------------------------------------------------------
 
@@ -460,6 +469,7 @@ class Datapath:
             for ifindex, attachment in list(self._attached.items()):
                 link = present.get(ifindex)
                 if link is None:  # deleted (a pod went away): the kernel took our filters
+                    tc.release(attachment)
                     del self._attached[ifindex]
                     self.stats.set_interface(ifindex, None)
                     log.info("released %s (deleted)", attachment.ifname)
@@ -470,8 +480,7 @@ class Datapath:
                     continue
                 self._known[ifindex] = info
                 try:
-                    self._attached[ifindex] = tc.attach(self._ipr, ifindex, info.name,
-                                                        self._progs)
+                    self._attached[ifindex] = self._attach(ifindex, info.name)
                 except AttachError as exc:
                     if self.attach_errors.get(info.name) != str(exc):
                         log.error("%s", exc)
@@ -481,6 +490,17 @@ class Datapath:
                 self.attach_errors.pop(info.name, None)
                 self.stats.set_interface(ifindex, info.name)
                 log.info("tracing %s (%s, ifindex %d)", info.name, info.kind.value, ifindex)
+
+    def _attach(self, ifindex: int, ifname: str) -> tc.Attachment:
+        if self._use_tcx:
+            try:
+                return tc.attach_tcx(self._ipr, ifindex, ifname, self._progs)
+            except tc.TcxUnsupported as exc:
+                if self.config.attach_mode == "tcx":
+                    raise AttachError(f"--attach-mode tcx: {exc}") from exc
+                log.info("%s; attaching with clsact + cls_bpf instead", exc)
+                self._use_tcx = False
+        return tc.attach(self._ipr, ifindex, ifname, self._progs)
 
     def _warn_unmatched_globs(self) -> None:
         """--interfaces globs that match nothing are most likely typos: say so once."""

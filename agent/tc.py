@@ -8,18 +8,24 @@ Rules users depend on, kept here in one place:
   removes only podflow leftovers of a killed one and never another tool's filter;
 - a filter that is not ours is never touched.
 
-tcx links (kernel >= 6.6) would vanish with the process, but bcc 0.26 and pyroute2 cannot
-create them; cls_bpf with recognisable names and leftover cleanup gives the same guarantee
-for a restarted agent.
+With `--attach-mode tcx` (kernel >= 6.6) the programs are attached as tcx links instead
+(BPF_LINK_CREATE, raw syscall: neither bcc 0.26 nor pyroute2 creates them). A link lives as
+long as its file descriptor, so it vanishes with the agent, even after kill -9, and no qdisc
+is touched. tcx programs run before the clsact filters; ours return TCX_NEXT (the value of
+TC_ACT_UNSPEC), so every cls_bpf filter still runs after us. `tc filter show` does not list
+tcx links (bpftool >= 7.3 `net show` does; tcx_programs() here too).
 
-Uses pyroute2 only (no bcc): the caller passes program file descriptors.
+Uses pyroute2 and raw bpf(2) only (no bcc): the caller passes program file descriptors.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
-from dataclasses import dataclass
+import os
+import platform
+from dataclasses import dataclass, field
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -48,6 +54,11 @@ class Attachment:
     ifindex: int
     ifname: str
     created_clsact: bool
+    link_fds: list[int] = field(default_factory=list)  # tcx mode: one link per direction
+
+    @property
+    def mode(self) -> str:
+        return "tcx" if self.link_fds else "tc"
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,9 @@ def attach(ipr, ifindex: int, ifname: str, progs: dict[str, tuple[int, str]]) ->
 def detach(ipr, attachment: Attachment) -> None:
     """Remove our filters; remove the clsact only if we created it and it is now empty.
     An interface that disappeared meanwhile is fine (the kernel removed everything)."""
+    if attachment.link_fds:
+        release(attachment)
+        return
     try:
         remaining = 0
         for f in list_filters(ipr, attachment.ifindex):
@@ -147,9 +161,109 @@ def detach(ipr, attachment: Attachment) -> None:
         raise AttachError(f"cannot detach from {attachment.ifname}: {exc}") from exc
 
 
+def release(attachment: Attachment) -> None:
+    """Forget an interface that was deleted: the kernel removed its filters and links; what
+    is left to do is closing our tcx link descriptors (the last reference)."""
+    for fd in attachment.link_fds:
+        os.close(fd)
+    attachment.link_fds = []
+
+
 def _del_filter(ipr, ifindex: int, f: FilterInfo) -> None:
     try:
         ipr.tc("del-filter", "bpf", ifindex, f.handle, parent=f.parent, prio=f.prio)
     except NetlinkError as exc:
         if exc.code not in _GONE:
             raise
+
+
+# ---------------------------------------------------------------------------------------
+# tcx links
+
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351}.get(platform.machine(), 321)
+_BPF_PROG_QUERY = 16
+_BPF_LINK_CREATE = 28
+_BPF_PROG_GET_FD_BY_ID = 13
+_BPF_OBJ_GET_INFO_BY_FD = 15
+TCX_ATTACH_TYPES = {"ingress": 46, "egress": 47}  # BPF_TCX_INGRESS, BPF_TCX_EGRESS
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class TcxUnsupported(AttachError):
+    """The kernel has no tcx links (before 6.6)."""
+
+
+class _LinkCreateAttr(ctypes.Structure):
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("target_ifindex", ctypes.c_uint32),
+                ("attach_type", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("relative_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
+                ("expected_revision", ctypes.c_uint64)]
+
+
+class _ProgQueryAttr(ctypes.Structure):
+    _fields_ = [("target_ifindex", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
+                ("query_flags", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
+                ("prog_ids", ctypes.c_uint64), ("count", ctypes.c_uint32),
+                ("_pad", ctypes.c_uint32), ("prog_attach_flags", ctypes.c_uint64),
+                ("link_ids", ctypes.c_uint64), ("link_attach_flags", ctypes.c_uint64),
+                ("revision", ctypes.c_uint64)]
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32),
+                ("info", ctypes.c_uint64)]
+
+
+def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+    rc = _libc.syscall(_SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    return rc if rc >= 0 else -ctypes.get_errno()
+
+
+def attach_tcx(ipr, ifindex: int, ifname: str, progs: dict[str, tuple[int, str]]) -> Attachment:
+    """Attach {"ingress": (fd, name), "egress": (fd, name)} as tcx links (appended after
+    any tcx program already there). Removes cls_bpf leftovers of an older podflow first."""
+    try:
+        remove_leftovers(ipr, ifindex)
+    except NetlinkError as exc:
+        raise AttachError(f"cannot clean {ifname} (ifindex {ifindex}): {exc}") from exc
+    fds: list[int] = []
+    for direction, (prog_fd, _name) in progs.items():
+        attr = _LinkCreateAttr(prog_fd=prog_fd, target_ifindex=ifindex,
+                               attach_type=TCX_ATTACH_TYPES[direction])
+        rc = _bpf(_BPF_LINK_CREATE, attr)
+        if rc < 0:
+            for fd in fds:
+                os.close(fd)
+            if -rc in (errno.EINVAL, errno.EOPNOTSUPP, 524) and not fds:  # 524: ENOTSUPP
+                raise TcxUnsupported(f"tcx links are not available on this kernel "
+                                     f"({os.strerror(-rc)})")
+            raise AttachError(f"cannot attach a tcx link to {ifname} (ifindex {ifindex}): "
+                              f"{os.strerror(-rc)}")
+        fds.append(rc)
+    return Attachment(ifindex, ifname, created_clsact=False, link_fds=fds)
+
+
+def tcx_programs(ifindex: int, direction: str) -> list[str]:
+    """Names of the programs attached with tcx to one hook of an interface (in the current
+    network namespace), in run order: what `bpftool net show` lists on newer bpftools."""
+    ids = (ctypes.c_uint32 * 64)()
+    attr = _ProgQueryAttr(target_ifindex=ifindex, attach_type=TCX_ATTACH_TYPES[direction],
+                          prog_ids=ctypes.addressof(ids), count=64)
+    rc = _bpf(_BPF_PROG_QUERY, attr)
+    if rc < 0:
+        raise OSError(-rc, f"querying tcx programs: {os.strerror(-rc)}")
+    names = []
+    for prog_id in ids[:attr.count]:
+        fd = _bpf(_BPF_PROG_GET_FD_BY_ID, ctypes.c_uint32(prog_id))
+        if fd < 0:
+            continue
+        try:
+            info = (ctypes.c_uint8 * 256)()
+            iattr = _InfoAttr(bpf_fd=fd, info_len=256, info=ctypes.addressof(info))
+            if _bpf(_BPF_OBJ_GET_INFO_BY_FD, iattr) == 0:
+                names.append(bytes(info[64:80]).split(b"\0", 1)[0].decode())  # bpf_prog_info.name
+        finally:
+            os.close(fd)
+    return names
+

@@ -165,14 +165,29 @@ def server_status(address: str) -> observer_pb2.ServerStatusResponse:
         return stub.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=5)
 
 
+TCX_QUERY = """
+import socket, sys
+from agent.tc import tcx_programs
+try:
+    index = socket.if_nametoindex(sys.argv[1])
+except OSError:
+    sys.exit(0)
+for hook in ("ingress", "egress"):
+    for name in tcx_programs(index, hook):
+        print(f"tcx-{hook}: {name}")
+"""
+
+
 def podflow_filters(node, ifname: str) -> list[str]:
-    """`tc filter show` lines of one interface's clsact hooks (ingress and egress)."""
+    """What is attached to one interface's hooks: `tc filter show` lines of its clsact
+    ingress/egress, then its tcx programs as "tcx-<hook>: <name>"."""
     lines = []
     for hook in ("ingress", "egress"):
         res = node.run(["tc", "filter", "show", "dev", ifname, hook], check=False,
                        capture_output=True, text=True)
         lines += [f"{hook}: {line}" for line in res.stdout.splitlines() if "handle" in line]
-    return lines
+    res = node.run([sys.executable, "-c", TCX_QUERY, ifname], capture_output=True, text=True)
+    return lines + res.stdout.splitlines()
 
 
 # ---------------------------------------------------------------------------- traffic

@@ -32,10 +32,12 @@ def _pair(totals: dict, a: str, b: str) -> dict:
     return {k: v for k, v in totals.items() if {k[1], k[2]} == {a, b}}
 
 
-@pytest.mark.parametrize("topology", ["bridge-node", "routed-node", "across-nodes"])
+@pytest.mark.parametrize("topology,mode", [("bridge-node", "tc"), ("routed-node", "tc"),
+                                           ("across-nodes", "tc"), ("bridge-node", "tcx")],
+                         ids=["bridge-node", "routed-node", "across-nodes", "bridge-node-tcx"])
 def test_exact_counts_match_tcpdump_on_the_same_interface(ebpf_ready, lab_factory, tmp_path,
-                                                          topology):
-    lab = lab_factory(f"dpc{topology[:2]}")
+                                                          topology, mode):
+    lab = lab_factory(f"dpc{topology[:2]}{mode}")
     kind_a = "routed" if topology == "routed-node" else "bridge"
     node_a = lab.add_node("node-a", kind=kind_a, pod_cidr="10.244.1.0/24")
     node_b = node_a
@@ -43,9 +45,10 @@ def test_exact_counts_match_tcpdump_on_the_same_interface(ebpf_ready, lab_factor
         node_b = lab.add_node("node-b", kind="routed", pod_cidr="10.244.2.0/24")
     client = node_a.add_pod("shop", "client-1")
     server = node_b.add_pod("shop", "server-1")
-    agents = {node_a.name: _start(node_a, tmp_path)}
+    agents = {node_a.name: _start(node_a, tmp_path, "--attach-mode", mode)}
     if node_b is not node_a:
-        agents[node_b.name] = _start(node_b, tmp_path)
+        agents[node_b.name] = _start(node_b, tmp_path, "--attach-mode", mode)
+    assert all(agent.ready["attach_mode"] == mode for agent, _log in agents.values())
 
     pair = f"host {client.ip} and host {server.ip}"
     # (node, interface, tcpdump direction, pod direction the records must carry)
@@ -174,9 +177,10 @@ def _other_filter(node, ifname) -> list[str]:
     return [line for line in podflow_filters(node, ifname) if "bytecode" in line]
 
 
+@pytest.mark.parametrize("mode", ["tc", "tcx"])
 def test_other_tools_filter_keeps_working_and_is_never_removed(ebpf_ready, lab_factory,
-                                                                tmp_path):
-    lab = lab_factory("dpcoex")
+                                                                tmp_path, mode):
+    lab = lab_factory(f"dpcoex{mode}")
     node = lab.add_node("node-a", kind="bridge", pod_cidr="10.244.1.0/24")
     client = node.add_pod("shop", "client-1")
     server = node.add_pod("shop", "server-1")
@@ -187,7 +191,7 @@ def test_other_tools_filter_keeps_working_and_is_never_removed(ebpf_ready, lab_f
     assert len(before) == 1
     assert _received(client, server) == (5, 0)
 
-    agent, log = _start(node, tmp_path)
+    agent, log = _start(node, tmp_path, "--attach-mode", mode)
     lines = podflow_filters(node, veth)
     assert sum("podflow_ingress" in line for line in lines) == 1
     assert sum("podflow_egress" in line for line in lines) == 1
@@ -199,14 +203,19 @@ def test_other_tools_filter_keeps_working_and_is_never_removed(ebpf_ready, lab_f
     qdiscs = node.run(["tc", "qdisc", "show", "dev", veth], capture_output=True, text=True).stdout
     assert "clsact" in qdiscs  # not ours to delete
     assert _received(client, server) == (5, 0)
-    # podflow counted what reached its hook: the allowed port at the server's veth egress
-    # (the other filter, at a lower priority number, ran first and dropped port 9999)
+    # podflow counted what reached its hook at the server's veth egress: the allowed port;
+    # with tc the other filter (a lower priority number) ran first and dropped port 9999,
+    # with tcx podflow runs first and sees those packets too
     got = record_totals(read_flow_log(log), veth, "TO_POD")
     assert got[("udp", client.ip, server.ip, 40002, 9998, False)][0] == 5
+    dropped_seen = got.get(("udp", client.ip, server.ip, 40001, 9999, False), (0, 0))[0]
+    assert dropped_seen == (5 if mode == "tcx" else 0)
 
 
-def test_kill_9_then_new_agent_no_duplicates_no_leftovers(ebpf_ready, lab_factory, tmp_path):
-    lab = lab_factory("dpkill")
+@pytest.mark.parametrize("mode", ["tc", "tcx"])
+def test_kill_9_then_new_agent_no_duplicates_no_leftovers(ebpf_ready, lab_factory, tmp_path,
+                                                          mode):
+    lab = lab_factory(f"dpkill{mode}")
     node = lab.add_node("node-a", kind="bridge", pod_cidr="10.244.1.0/24")
     client = node.add_pod("shop", "client-1")
     server = node.add_pod("shop", "server-1")
@@ -216,12 +225,15 @@ def test_kill_9_then_new_agent_no_duplicates_no_leftovers(ebpf_ready, lab_factor
     other = _other_filter(node, veth)
     traced = [client.host_ifname, server.host_ifname, "cni0"]
 
-    first, _ = _start(node, tmp_path)
+    first, _ = _start(node, tmp_path, "--attach-mode", mode)
     first.kill()
-    for ifname in traced:  # a killed agent cannot clean up: its filters are still there
-        assert len([line for line in podflow_filters(node, ifname) if "podflow" in line]) == 2
+    for ifname in traced:
+        # a killed agent cannot clean up: its tc filters are still there; tcx links die
+        # with their file descriptors
+        left = [line for line in podflow_filters(node, ifname) if "podflow" in line]
+        assert len(left) == (2 if mode == "tc" else 0), left
 
-    second = node.start_agent(*AGENT_ARGS)
+    second = node.start_agent("--attach-mode", mode, *AGENT_ARGS)
     for ifname in traced:
         lines = podflow_filters(node, ifname)
         assert sum("podflow_ingress" in line for line in lines) == 1, lines
@@ -445,8 +457,9 @@ def test_host_is_clean_afterwards():
     """Nothing of ours in the root namespace: no lab namespaces, no podflow filter."""
     from agent.lab import Lab
 
-    for lab_id in ("dpcbr", "dpcro", "dpcac", "dpnew", "dpcoex", "dpkill", "dpmal", "dpfull",
-                   "dpbad", "dpglob", "dpring"):
+    for lab_id in ("dpcbrtc", "dpcrotc", "dpcactc", "dpcbrtcx", "dpnew", "dpcoextc",
+                   "dpcoextcx", "dpkilltc", "dpkilltcx", "dpmal", "dpfull", "dpbad", "dpglob",
+                   "dpring"):
         assert not any(Lab.leftovers(lab_id).values()), lab_id
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     for line in links.splitlines():
