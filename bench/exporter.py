@@ -148,8 +148,9 @@ def cpu_share(directory: str, flows: list[flow_pb2.Flow], rate: int, seconds: fl
         if delay > 0:
             time.sleep(delay)
     wall = time.monotonic() - t0
-    # Measured while the thread runs: the flows it has read so far and the CPU it used.
-    read = sub.cursor - cursor0
+    # Measured while the thread runs: the flows it has read so far (not those it skipped)
+    # and the CPU it used.
+    read = sub.cursor - cursor0 - sum(s.count for s in stats.snapshot_lost().values())
     behind = store.seq - sub.cursor
     exp_cpu = thread_cpu_s(exp._thread.native_id) - exp_cpu0
     met_cpu = (thread_cpu_s(server._thread.native_id) - met_cpu0) if server else 0.0
