@@ -302,3 +302,15 @@ def test_the_tui_replays_a_flow_log(tmp_path, store, stats):
     kinds = [p.WhichOneof("response_types") for p in parsed[1:]]
     assert kinds.count("flow") == 10 and kinds.count("lost_events") == 1
     assert parsed[-1].flow.summary == "seq=49"
+
+
+def test_aggregate_then_mask(tmp_path, store, stats):
+    now = time.time_ns()
+    flows = [make_flow(i, packets=2, nbytes=10, time_ns=now) for i in range(5)]
+    records = run(tmp_path, store, stats, flows, "--flow-log-aggregate", "1h",
+                  "--flow-log-fields", "packets,bytes,ip")
+    header = records[0]["podflow_flow_log"]
+    assert (header["aggregate"], header["field_mask"]) == ("1h", ["packets", "bytes", "ip"])
+    assert [r["flow"] for r in records[1:]] == [
+        {"ip": {"source": "10.0.1.5", "destination": "10.0.2.9", "ip_version": "IPV4"},
+         "packets": "10", "bytes": "50"}]
