@@ -83,7 +83,7 @@ def test_events_name_the_backend_that_answered(lab, conntrack):
         attempts += 1
         port, name, proc = connect(client, VIP, 80)
         proc.wait()
-        match = conntrack.lookup(Tuple5(6, client.ip, port, VIP, 80), first_seen_ns=time.time_ns())
+        match = conntrack.lookup(Tuple5(6, client.ip, port, VIP, 80), first_seen=time.time_ns())
         assert match is not None
         assert match.entry.reply.src == lab.pod("shop", name).ip
         assert match.entry.reply.sport == 8080
@@ -141,7 +141,7 @@ def test_connection_gone_from_the_kernel_is_still_attributed(lab, conntrack):
     t = Tuple5(6, client.ip, port, VIP, 80)
     assert conntrack.get(CTA_TUPLE_ORIG, t) is None, "entry should be gone from the kernel"
     time.sleep(0.1)
-    match = conntrack.lookup(t, first_seen_ns=time.time_ns())
+    match = conntrack.lookup(t, first_seen=time.time_ns())
     assert match is not None and match.entry.reply.src == lab.pod("shop", name).ip
 
 
