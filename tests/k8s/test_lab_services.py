@@ -77,6 +77,7 @@ def cluster(ebpf_ready, tmp_path_factory):
         for node in (a, b):
             logs[node.name] = str(tmp / f"{node.name}.flows.jsonl")
             node.start_agent("--flow-log", logs[node.name], *AGENT_ARGS, metadata_file=meta)
+        lab.metadata_path = meta  # for tests that change the cluster
         yield lab, outside, logs
 
 
@@ -210,3 +211,19 @@ def test_pod_to_pod_and_workloads(cluster):
     src = f["source"] if f["source"].get("pod_name") == "frontend-1" else f["destination"]
     assert src["workload"] == {"kind": "Deployment", "name": "frontend"}
     assert src["labels"] == ["app=frontend"] and src["node_name"] == "node-a"
+
+
+def test_pod_added_later_is_named_once_the_metadata_file_says_so(cluster):
+    lab, _outside, logs = cluster
+    late = lab.node("node-a").add_pod("shop", "late-1", labels={"app": "late"},
+                                      owner=("DaemonSet", "late"))
+    lab.write_metadata(lab.metadata_path)
+    time.sleep(1.5)  # the agent polls the file every 0.5 s
+    cart1 = lab.pod("shop", "cart-1")
+    client_port, name = request(late, cart1.ip, 8080)
+    assert name == "cart-1"
+    flows = wait_for_flows(logs["node-a"], lambda f: involves(f, late.ip, client_port)
+                           and f["interface"]["name"] == late.host_ifname)
+    assert flows
+    src = flows[0]["source"] if flows[0]["source"].get("pod_name") == "late-1" else flows[0]["destination"]
+    assert (src["pod_name"], src["workload"]["kind"], src["workload"]["name"]) == ("late-1", "DaemonSet", "late")
