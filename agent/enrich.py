@@ -23,13 +23,11 @@ def _is_host(peer: Peer) -> bool:
     return peer.kind == flow_pb2.NODE or (peer.pod is not None and peer.pod.host_network)
 
 
-def _set_endpoint(flow: flow_pb2.Flow, field: str, endpoint: flow_pb2.Endpoint) -> None:
-    """Copy the shared Endpoint in; merge only when an earlier stage already set something
-    (DNS names from annotate), since CopyFrom is the cheaper of the two."""
-    if flow.HasField(field):
-        getattr(flow, field).MergeFrom(endpoint)
-    else:
-        getattr(flow, field).CopyFrom(endpoint)
+def _translate(flow: flow_pb2.Flow, match: Match) -> None:
+    orig, reply = match.entry.orig, match.entry.reply
+    tr = flow.translation
+    tr.original_ip, tr.original_port = orig.dst, orig.dport
+    tr.translated_ip, tr.translated_port = reply.src, reply.sport
 
 
 def category_of(src: Peer, dst: Peer) -> int:
@@ -55,10 +53,14 @@ class FlowEnricher:
     `conntrack` None (no CAP_NET_ADMIN, --no-conntrack): Services are still named from
     the address dialed, without the backend."""
 
-    def __init__(self, state: ClusterState | None, conntrack=None) -> None:
+    def __init__(self, state: ClusterState | None, conntrack=None,
+                 max_results: int = 65536) -> None:
         self._state = state
         self._conntrack = conntrack
         self._service_ip_peers: dict[str, Peer] = {}
+        # 5-tuple -> (state generation, conntrack Match or None, the names as a Flow)
+        self._results: dict[tuple, tuple[int, Match | None, flow_pb2.Flow]] = {}
+        self._max_results = max_results
 
     def enrich(self, flows: list) -> None:
         if self._conntrack is not None:
@@ -85,17 +87,34 @@ class FlowEnricher:
         match: Match | None = None
         if proto_num and self._conntrack is not None:
             match = self._conntrack.lookup(Tuple5(proto_num, src, sport, dst, dport), flow.first_seen)
-            if match is not None:
-                orig, reply = match.entry.orig, match.entry.reply
-                tr = flow.translation
-                tr.original_ip, tr.original_port = orig.dst, orig.dport
-                tr.translated_ip, tr.translated_port = reply.src, reply.sport
         if state is None:
+            if match is not None:
+                _translate(flow, match)
             return
+        # The same 5-tuple comes back in every interval and at every observation point:
+        # reuse its names while the cluster state and the conntrack answer are unchanged.
+        key = (proto_num, src, sport, dst, dport)
+        generation = state.generation
+        cached = self._results.get(key)
+        if cached is not None and cached[0] == generation and cached[1] is match:
+            flow.MergeFrom(cached[2])
+            return
+        names = flow_pb2.Flow()
+        if match is not None:
+            _translate(names, match)
+        self._name(names, state, match, proto_num, proto, src, sport, dst, dport)
+        flow.MergeFrom(names)
+        if len(self._results) >= self._max_results:
+            self._results.clear()
+        self._results[key] = (generation, match, names)
+
+    def _name(self, flow: flow_pb2.Flow, state: ClusterState, match: Match | None,
+              proto_num: int, proto: str, src: str, sport: int, dst: str, dport: int) -> None:
+        """Fill endpoints, category, service and backend into an empty Flow."""
         src_peer, dst_peer = state.peer(src), state.peer(dst)
         if not proto_num:
-            _set_endpoint(flow, "source", src_peer.endpoint)
-            _set_endpoint(flow, "destination", dst_peer.endpoint)
+            flow.source.CopyFrom(src_peer.endpoint)
+            flow.destination.CopyFrom(dst_peer.endpoint)
             flow.category = category_of(src_peer, dst_peer)
             return
 
@@ -155,8 +174,8 @@ class FlowEnricher:
                 else:
                     src_peer = vip_peer
 
-        _set_endpoint(flow, "source", src_peer.endpoint)
-        _set_endpoint(flow, "destination", dst_peer.endpoint)
+        flow.source.CopyFrom(src_peer.endpoint)
+        flow.destination.CopyFrom(dst_peer.endpoint)
 
         if svc is None:
             flow.category = category_of(src_peer, dst_peer)
