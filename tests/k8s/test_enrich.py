@@ -180,3 +180,25 @@ def test_non_ip_record_is_other():
     record = flow_pb2.Flow()
     FlowEnricher(cluster(), None).enrich([record])
     assert record.category == flow_pb2.OTHER
+
+
+def test_repeated_records_follow_cluster_and_conntrack_changes():
+    state, ct = cluster(), Conntrack()
+    enricher = FlowEnricher(state, ct)
+    first = flow(FRONTEND, 41000, CART_VIP, 80)
+    enricher.enrich([first])
+    assert first.service.name == "cart" and not first.HasField("backend")
+    # The conntrack entry shows up (its NEW event): the next record names the backend.
+    ct._remember(Entry(Tuple5(6, FRONTEND, 41000, CART_VIP, 80), Tuple5(6, CART2, 8080, FRONTEND, 41000)), 0)
+    second = flow(FRONTEND, 41000, CART_VIP, 80)
+    enricher.enrich([second])
+    assert second.backend.pod_name == "cart-2"
+    # The client is relabelled: the next record carries the new labels.
+    state.apply("Pod", "MODIFIED", objs.pod("frontend-1", FRONTEND, labels={"app": "frontend", "v": "2"}))
+    third = flow(FRONTEND, 41000, CART_VIP, 80)
+    enricher.enrich([third])
+    assert "v=2" in third.source.labels and third.backend.pod_name == "cart-2"
+    # Unchanged: the same names again, nothing appended twice.
+    fourth = flow(FRONTEND, 41000, CART_VIP, 80)
+    enricher.enrich([fourth])
+    assert fourth == third
