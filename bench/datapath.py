@@ -9,7 +9,9 @@ twice with `podflow agent` attached to both pod veths and the bridge, side by si
     during the traffic, the packets its flow records counted on each veth and direction
     against the veth's own counters (IPv6 off and static neighbours in the pods, so every
     frame is an IPv4 flow), and the events it reported lost (ServerStatus).
-Medians of the rounds; ratios are agent / baseline.
+Medians of the rounds (baseline and agent runs alternate in ABBA order); ratios are
+agent / baseline. On a shared machine the iperf3 figures move with other jobs' load; the TC
+program cost (kernel run-time stats, ns per packet) is the steadier figure.
 
     .venv/bin/python -m bench.datapath [--rounds 3] [--seconds 3]
 """
@@ -163,8 +165,11 @@ def run(rounds: int, seconds: float) -> int:
         time.sleep(0.5)
         veths = [client.host_ifname, server.host_ifname]
         for r in range(rounds):
-            results["tcp_base"].append(_iperf(client, server.ip, seconds, udp=False))
-            results["udp_base"].append(_iperf(client, server.ip, seconds, udp=True))
+            # baseline before the agent in even rounds, after it in odd ones, so a trend in
+            # the machine's load (other jobs) does not favour either side
+            if r % 2 == 0:
+                results["tcp_base"].append(_iperf(client, server.ip, seconds, udp=False))
+                results["udp_base"].append(_iperf(client, server.ip, seconds, udp=True))
 
             log = os.path.join(tmp, f"flows-{r}.jsonl")
             agent = node.start_agent("--flow-log", log, *AGENT_ARGS)
@@ -192,12 +197,16 @@ def run(rounds: int, seconds: float) -> int:
                 tx = after[v][1] - before[v][1]
                 accounting.append((f"{v} FROM_POD", rx, _record_packets(log, v, "FROM_POD")))
                 accounting.append((f"{v} TO_POD", tx, _record_packets(log, v, "TO_POD")))
+            if r % 2 == 1:
+                results["tcp_base"].append(_iperf(client, server.ip, seconds, udp=False))
+                results["udp_base"].append(_iperf(client, server.ip, seconds, udp=True))
 
     if stats_fd >= 0:
         os.close(stats_fd)
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"podflow datapath benchmark: {rounds} rounds x {seconds:g}s, medians "
-          f"(bridge node, 2 pods, agent on both veths + cni0)")
+          f"(bridge node, 2 pods, agent on both veths + cni0); load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{'measure':<34}{'baseline':>12}{'agent':>12}{'ratio':>8}")
     print(f"{'TCP throughput (Gbit/s)':<34}{med['tcp_base']:>12.2f}{med['tcp_agent']:>12.2f}"
           f"{med['tcp_agent'] / med['tcp_base']:>8.3f}")
