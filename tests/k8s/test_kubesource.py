@@ -202,3 +202,15 @@ def test_large_lists_are_paged(api, connect):
     assert state.count("Pod") == 1200
     pages = [r for r in api.requests if r.startswith("list pods")]
     assert len(pages) == 3 and "continue=" in pages[1]
+
+
+def test_api_server_away_at_start_then_arriving(api, connect):
+    api.create(objs.pod("cart-1", "10.0.0.2"))
+    api.stop()
+    started = time.monotonic()
+    state, stats, _ = connect()
+    assert time.monotonic() - started < 5, "start must not wait for an absent API server"
+    assert stats.metadata_stale and "API server unreachable" in stats.metadata_error
+    api.start()
+    assert state.wait_for(lambda s: "10.0.0.2" in s.pod_by_ip, 10.0)
+    assert wait_until(lambda: not stats.metadata_stale, 5.0)
