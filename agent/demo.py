@@ -14,7 +14,6 @@ import argparse
 import collections
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -101,7 +100,7 @@ def build_cluster(lab, nodes: int, pods_per_node: int) -> Cluster:
     lab.add_dns_server(node=a, cluster_ip=DNS_IP, pod_name=_pod_name("coredns", 0))
     c.pods["dns"] = lab.dns.pod
     frontend = pod("frontend", a, "shop", "frontend", {"app": "frontend", "tier": "web"})
-    checkout = pod("checkout", b, "shop", "checkout", {"app": "checkout", "tier": "backend"})
+    pod("checkout", b, "shop", "checkout", {"app": "checkout", "tier": "backend"})
     for i, node in enumerate(node_objs):
         cart = pod(f"cart-{i}", node, "shop", "cart", {"app": "cart", "tier": "backend"}, n=i)
         c.carts.append(cart)
@@ -133,7 +132,6 @@ def build_cluster(lab, nodes: int, pods_per_node: int) -> Cluster:
     c.world.serve(WORLD_PORT, name="internet")
     # NetworkPolicy-like: the frontend may not talk to the database.
     lab.add_drop_rule(frontend, db, port=DB_PORT)
-    del checkout
     return c
 
 
@@ -383,7 +381,7 @@ def _preflight(args) -> str | None:
         return f"--duration must be > 0, got {args.duration}"
     if args.no_tui is False and not sys.stdout.isatty():
         return "the TUI needs a terminal; use --no-tui for a headless run"
-    if args.no_tui is False and shutil.which("podflow") is None and not _tui_importable():
+    if args.no_tui is False and not _tui_importable():
         return "the TUI is not installed (Textual); use --no-tui"
     return None
 
@@ -460,13 +458,13 @@ def run(args: argparse.Namespace) -> int:
             return _headless(c, args.duration or 30.0, args.summary_json, say)
         return _with_tui(c, args.duration)
     except KeyboardInterrupt:
-        print("\npodflow demo: interrupted", file=sys.stderr)
+        _say_safely("\npodflow demo: interrupted")
         return 130
     except _Interrupted as exc:
-        print(f"podflow demo: {exc}: stopping", file=sys.stderr)
+        _say_safely(f"podflow demo: {exc}: stopping")
         return 143
     except (LabError, PodflowError) as exc:
-        print(f"podflow demo: {exc}", file=sys.stderr)
+        _say_safely(f"podflow demo: {exc}")
         return 1
     finally:
         # Ctrl-C during cleanup must not leave half a cluster behind.
@@ -475,11 +473,19 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(s, signal.SIG_IGN)
         if lab is not None:
             lab.cleanup()
-            print(f"podflow demo: cleaned up after {time.monotonic() - started:.0f} s "
-                  "(namespaces, links, rules, processes, files)", file=sys.stderr)
+            _say_safely(f"podflow demo: cleaned up after {time.monotonic() - started:.0f} s "
+                        "(namespaces, links, rules, processes, files)")
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _say_safely(message: str) -> None:
+    """Print to stderr unless the terminal is gone (closed window): cleanup must go on."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def _headless(c: Cluster, duration_s: float, summary_json: str | None, say) -> int:
@@ -504,22 +510,56 @@ def _headless(c: Cluster, duration_s: float, summary_json: str | None, say) -> i
 
 
 def _with_tui(c: Cluster, duration_s: float | None) -> int:
-    cmd = [sys.executable, "-m", "agent.cli", "tui"]
-    for agent in c.agents:
-        cmd += ["--server", agent.address]
+    """The TUI on every agent, in a child process: if the terminal goes away (SIGHUP) or the
+    TUI hangs, this process still ends it and cleans up."""
+    cmd = [sys.executable, "-m", "agent.demo", "--tui-child",
+           *[a.address for a in c.agents]]
     tui = subprocess.Popen(cmd)
     try:
         tui.wait(timeout=duration_s)
     except subprocess.TimeoutExpired:
-        tui.terminate()
-        tui.wait(10)
+        pass
     finally:
         if tui.poll() is None:
             tui.terminate()
             try:
-                tui.wait(10)
+                tui.wait(5)
             except subprocess.TimeoutExpired:
                 tui.kill()
                 tui.wait()
+        if tui.returncode != 0:
+            _restore_terminal()
     stop_traffic(c)
     return 0 if tui.returncode in (0, -signal.SIGTERM) else tui.returncode
+
+
+def _restore_terminal() -> None:
+    """A TUI that was stopped by a signal cannot restore the terminal itself: leave the
+    alternate screen, show the cursor, undo raw mode and mouse reporting."""
+    if not sys.stdout.isatty():
+        return
+    try:
+        sys.stdout.write("\x1b[?1000l\x1b[?1003l\x1b[?1006l\x1b[?1049l\x1b[?25h\n")
+        sys.stdout.flush()
+        subprocess.run(["stty", "sane"], stdin=sys.stdin, check=False, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        pass  # the terminal is gone
+
+
+def _tui_child(addresses: list[str]) -> int:
+    """`podflow tui` on the demo's agents, except that Ctrl-C quits (a plain `podflow tui`
+    asks for ctrl+q), so quitting the demo works the way a newcomer expects."""
+    from tui.app import AppConfig, PodflowApp
+
+    class DemoApp(PodflowApp):
+        async def action_help_quit(self) -> None:
+            self.exit()
+
+    DemoApp(AppConfig(servers=addresses)).run()
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--tui-child":
+        sys.exit(_tui_child(sys.argv[2:]))
+    sys.exit("usage: podflow demo (this module is the `demo` subcommand)")

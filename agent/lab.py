@@ -158,10 +158,6 @@ def _sanitize_id(lab_id: str) -> str:
     return clean[:16]
 
 
-def _dns_label(name: str) -> str:
-    return re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-") or "x"
-
-
 # ----------------------------------------------------------------------------- app stand-ins
 
 # A pod's "application": answers every TCP connection (or UDP datagram) with the pod's name,

@@ -8,13 +8,12 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from agent.demo import _pod_name
-from tests.demo.conftest import PODFLOW, REPO
+from tests.demo.conftest import PODFLOW, REPO, host_state
 
 pytestmark = pytest.mark.root
 
@@ -37,7 +36,8 @@ def _wait_for(session: str, predicate, timeout_s: float, what: str) -> str:
     pytest.fail(f"timed out waiting for {what}; the screen shows:\n{screen}")
 
 
-def test_tui_services_view_then_quit(ebpf_ready, clean_host):
+@pytest.mark.parametrize("quit_key", ["q", "C-c"], ids=["q", "ctrl-c"])
+def test_tui_services_view_then_quit(ebpf_ready, clean_host, quit_key):
     lab = "demotui"
     clean_host(lab)
     session = f"pfdemo{os.getpid()}"
@@ -48,15 +48,19 @@ def test_tui_services_view_then_quit(ebpf_ready, clean_host):
     try:
         _wait_for(session, lambda s: "nodes 2/2 connected" in s, 180, "the TUI on both agents")
         subprocess.run([*TMUX, "send-keys", "-t", session, "3"], check=True)
-        backends = [f"shop/{_pod_name('cart', i)}" for i in range(2)]
-        screen = _wait_for(session, lambda s: "shop/cart" in s and all(b in s for b in backends),
-                           60, "the cart Service and both backends in the Services view")
-        for service in ("web/storefront", "kube-system/kube-dns", "data/db"):
-            assert service in screen
-        subprocess.run([*TMUX, "send-keys", "-t", session, "q"], check=True)
+        expected = ["shop/cart", *(f"shop/{_pod_name('cart', i)}" for i in range(2)),
+                    "web/storefront", "kube-system/kube-dns", "data/db"]
+        _wait_for(session, lambda s: all(e in s for e in expected), 60,
+                  "every Service, and both cart backends, in the Services view")
+        subprocess.run([*TMUX, "send-keys", "-t", session, quit_key], check=True)
         screen = _wait_for(session, lambda s: "DEMO-EXIT=" in s, 90, "the demo to end")
-        assert "DEMO-EXIT=0" in screen and "cleaned up" in screen
+        assert "DEMO-EXIT=0" in screen and "cleaned up" in screen, screen
     finally:
+        if "DEMO-EXIT=" not in _screen(session):  # a failed check: end the demo cleanly
+            subprocess.run([*TMUX, "send-keys", "-t", session, "q"], capture_output=True)
+            deadline = time.monotonic() + 90
+            while "DEMO-EXIT=" not in _screen(session) and time.monotonic() < deadline:
+                time.sleep(0.5)
         subprocess.run([*TMUX, "kill-session", "-t", session], capture_output=True)
 
 
@@ -80,3 +84,23 @@ def test_ctrl_c_stops_a_running_demo_cleanly(ebpf_ready, clean_host):
             proc.wait()
     assert proc.returncode == 130, err
     assert "interrupted" in err and "cleaned up" in err
+
+
+def test_closing_the_terminal_cleans_up(ebpf_ready, clean_host):
+    """The window is closed under a running demo (SIGHUP): it still removes everything."""
+    lab = "demohup"
+    clean_host(lab)
+    session = f"pfhup{os.getpid()}"
+    cmd = f"cd {shlex.quote(REPO)} && {shlex.join(PODFLOW)} demo --lab-id {lab}"
+    subprocess.run([*TMUX, "new-session", "-d", "-s", session, "-x", "160", "-y", "40", cmd],
+                   check=True)
+    try:
+        _wait_for(session, lambda s: "nodes 2/2 connected" in s, 180, "the TUI on both agents")
+    finally:
+        subprocess.run([*TMUX, "kill-session", "-t", session], capture_output=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if not host_state(lab)["netns"] and not os.path.exists(f"/run/podflow-lab/{lab}"):
+            break
+        time.sleep(0.5)
+    # clean_host then checks namespaces, processes, run directory, links and rules
