@@ -98,7 +98,8 @@ def test_running_it_again_works(headless, clean_host):
     assert "node-a" in res.stdout and "node-b" in res.stdout
 
 
-def test_down_after_a_crash_removes_everything(ebpf_ready, clean_host):
+@pytest.mark.parametrize("recovery", ["down", "rerun"])
+def test_recovering_from_a_crash(ebpf_ready, clean_host, recovery):
     lab = "democrash"
     clean_host(lab)
     proc = subprocess.Popen([*PODFLOW, "demo", "--no-tui", "--duration", "300", "--lab-id", lab],
@@ -119,10 +120,14 @@ def test_down_after_a_crash_removes_everything(ebpf_ready, clean_host):
         proc.stderr.close()
     left = host_state(lab)
     assert left["netns"] and left["processes"], "the crash should have left the cluster running"
-    # A new run names the leftover and removes it; `--down` does it explicitly.
-    res = run_demo("--down", "--lab-id", lab, timeout_s=120)
-    assert res.returncode == 0 and "removed" in res.stdout, res.stdout + res.stderr
-    assert host_state(lab)["netns"] == []
+    if recovery == "down":
+        res = run_demo("--down", "--lab-id", lab, timeout_s=120)
+        assert res.returncode == 0 and "removed" in res.stdout, res.stdout + res.stderr
+        assert host_state(lab)["netns"] == []
+    else:  # a new run names the leftover, says how to remove it, removes it and runs
+        res = run_demo("--no-tui", "--duration", "2", "--lab-id", lab)
+        assert res.returncode == 0, res.stderr
+        assert "did not end cleanly" in res.stderr and "podflow demo --down" in res.stderr
 
 
 @pytest.mark.parametrize("env,args,message", [
