@@ -352,7 +352,6 @@ class Datapath:
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
         self._watcher: interfaces.LinkWatcher | None = None
-        self._event_cb = None
         self.records_emitted = 0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -432,7 +431,7 @@ class Datapath:
                                 f"at /lib/modules/{platform.release()}/build; see the "
                                 "compiler output above)") from exc
         self._flow_map_fd = self._bpf["flows"].map_fd
-        self._event_cb = self._bpf["events"].open_ring_buffer(self._on_event)
+        self._bpf["events"].open_ring_buffer(self._on_event)
         for ext in self.extensions:
             ext.attach(self._bpf)
 
