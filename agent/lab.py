@@ -78,7 +78,7 @@ _DEBIAN_PACKAGE = {"ip": "iproute2", "ss": "iproute2", "iptables": "iptables", "
                    "tmux": "tmux"}
 
 
-def missing_tools(tools: Sequence[str] = ("ip", "iptables", "iptables-restore", "sysctl")
+def missing_tools(tools: Sequence[str] = ("ip", "ss", "iptables", "iptables-restore", "sysctl")
                   ) -> list[str]:
     """Names of required tools not on PATH, each with the Debian package that provides it."""
     return [f"{t} (Debian package {_DEBIAN_PACKAGE.get(t, t)})" for t in tools
@@ -682,7 +682,7 @@ class DnsServer:
                 with open(log_path, encoding="utf-8", errors="replace") as fh:
                     raise LabError(f"dnsmasq exited with {self.process.returncode}: "
                                    f"{fh.read().strip()}")
-            res = self.pod.run(["ss", "-lun", f"sport = :53"], check=False,
+            res = self.pod.run(["ss", "-lun", "sport = :53"], check=False,
                                capture_output=True, text=True)
             if self.pod.ip in res.stdout:
                 return

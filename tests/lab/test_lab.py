@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -128,6 +129,17 @@ def test_dns_answers_service_names(cluster):
     assert rcode == "NXDOMAIN" and ips == []
     # from the other node too (the DNS pod lives on node-a)
     assert cluster["pods"]["fe-b"].resolve("cart.shop.svc.cluster.local")[1] == [CLUSTER_IP]
+
+
+def test_dns_follows_services_added_later(cluster):
+    lab, pod = cluster["lab"], cluster["pods"]["fe-b"]
+    lab.add_service("shop", "late", cluster_ip="10.96.0.77", port=80,
+                    backends=[(cluster["pods"]["cart-a"], 8080)])
+    deadline = time.monotonic() + 3
+    while pod.resolve("late.shop.svc.cluster.local")[0] != "NOERROR":
+        assert time.monotonic() < deadline, "dnsmasq did not pick up the new Service"
+        time.sleep(0.1)
+    assert pod.resolve("late.shop.svc.cluster.local") == ("NOERROR", ["10.96.0.77"])
 
 
 def test_drop_rule_blocks_only_that_pair(cluster):
