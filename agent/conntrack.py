@@ -334,26 +334,26 @@ class Conntrack:
 
     # ---- lookups -----------------------------------------------------------------------
 
-    def lookup(self, t: Tuple5, first_seen=0) -> Match | None:
+    def lookup(self, t: Tuple5, first_seen=0, opening: bool = False) -> Match | None:
         """The DNATed connection a record with 5-tuple `t` belongs to, or None.
 
-        `first_seen` (wall clock ns, or the record's first_seen Timestamp, read only when
-        needed) lets a record of a connection the event listener has certainly seen skip
-        the netlink round trips: events are authoritative for connections confirmed while
-        they were being received without loss."""
+        A record that holds its connection's opening packet (`opening`: TCP SYN) and whose
+        `first_seen` (wall clock ns, or the record's Timestamp, read only when needed) is
+        after the event listener started, with no event lost since, skips the netlink
+        round trips: that connection's NEW event was received. Any other record (UDP, or
+        a connection older than the agent) is looked up in the kernel, cached per 5-tuple."""
         hit = self._events.get(t)
         if hit is not None:
             return hit[0]
         if t.proto not in PROTOCOLS_WITH_PORTS or self._query_sock is None:
             return None
-        if not isinstance(first_seen, int):
-            first_seen = first_seen.seconds * 1_000_000_000 + first_seen.nanos
-        first_seen_ns = first_seen
-        margin_ns = 1_000_000_000
-        if (first_seen_ns and self._listening_since_ns
-                and first_seen_ns - margin_ns > self._listening_since_ns
-                and first_seen_ns - margin_ns > self._events_lost_at_ns):
-            return None
+        if opening and self._listening_since_ns:
+            if not isinstance(first_seen, int):
+                first_seen = first_seen.seconds * 1_000_000_000 + first_seen.nanos
+            margin_ns = 1_000_000_000
+            if (first_seen - margin_ns > self._listening_since_ns
+                    and first_seen - margin_ns > self._events_lost_at_ns):
+                return None
         now = time.monotonic_ns()
         cached = self._lookups.get(t)
         if cached is not None and cached[1] > now:

@@ -86,7 +86,9 @@ class FlowEnricher:
             sport, dport = l4.source_port, l4.destination_port
         match: Match | None = None
         if proto_num and self._conntrack is not None:
-            match = self._conntrack.lookup(Tuple5(proto_num, src, sport, dst, dport), flow.first_seen)
+            opening = proto_num == 6 and l4.flags.SYN
+            match = self._conntrack.lookup(Tuple5(proto_num, src, sport, dst, dport),
+                                           flow.first_seen, opening)
         if state is None:
             if match is not None:
                 _translate(flow, match)
