@@ -91,6 +91,11 @@ class ClusterState:
                 continue
             parsed[obj.key] = obj
         with self._lock:
+            if kind == "Node":  # one re-index for the whole set, not one per node
+                self._objects["Node"] = parsed
+                self._reindex_nodes()
+                self._bump()
+                return
             for key in [k for k in self._objects[kind] if k not in parsed]:
                 self._remove(kind, key)
             for key, obj in parsed.items():
