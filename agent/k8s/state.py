@@ -75,6 +75,8 @@ class ClusterState:
         with self._lock:
             if event_type == "DELETED":
                 self._remove(kind, obj.key)
+            elif self._objects[kind].get(obj.key) == obj:
+                return  # a change to fields podflow does not use (status heartbeats)
             else:
                 self._put(kind, obj)
             self._bump()

@@ -164,3 +164,14 @@ def test_headless_service_from_slices():
     assert state.headless_at("10.0.0.7", 5432, "TCP").name == "db"
     assert state.headless_at("10.0.0.7", 22, "TCP") is None
     assert state.service_at("10.0.0.7", 5432, "TCP") is None
+
+
+def test_changes_podflow_does_not_use_keep_the_generation():
+    state = build(objs.pod("a", "10.0.0.5"))
+    generation = state.generation
+    heartbeat = objs.pod("a", "10.0.0.5")
+    heartbeat["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    state.apply("Pod", "MODIFIED", heartbeat)
+    assert state.generation == generation  # cached names stay valid
+    state.apply("Pod", "MODIFIED", objs.pod("a", "10.0.0.5", labels={"v": "2"}))
+    assert state.generation > generation
