@@ -1,61 +1,38 @@
-"""The Textual app: wires sources, the aggregator and the views, and nothing more.
+"""The Textual app: draws the engine's snapshots and turns keys into requests, nothing more.
 
-Readers (tui.sources) feed the aggregator from their own threads; a pump thread runs the
-aggregator and posts FlowsReceived a few times a second; a timer redraws the visible view
-and the status bar from the aggregator when something changed. Keys switch views, filter,
-pause, export. `create_app` is the factory the CLI and the tests use.
+The engine (tui.engine: stream readers, aggregator, snapshot builder) runs in a thread or a
+child process and posts SnapshotBuilt a few times a second, plus NodeConnected / NodeLost /
+NodeGone as they happen. Switching views draws the latest snapshot at once; a new filter,
+pivot or sort is sent to the engine, which answers with a fresh snapshot. `create_app` is
+the factory the CLI and the tests use.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-import time
-from dataclasses import dataclass, field
+import dataclasses
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.widgets import ContentSwitcher, Footer, Input
 
-from tui.aggregator import Aggregator
-from tui.export import write_export
+from tui.aggregator import Aggregator, Summary
+from tui.config import AppConfig, KubernetesOptions
+from tui.engine import ProcessEngine, ThreadEngine
 from tui.filter_line import FilterLine
-from tui.filterexpr import FilterError, FlowFilter, parse_filter
+from tui.filterexpr import FilterError, parse_filter
 from tui.flows_view import FlowsView
-from tui.messages import FlowsReceived, NodeConnected, NodeGone, NodeLost
+from tui.messages import (DetailFetched, EngineFailed, ExportFinished, NodeConnected, NodeGone,
+                          NodeLost, SnapshotBuilt)
 from tui.nodes_view import NodesView
 from tui.services_view import ServicesView
-from tui.sources import AgentSource, FileSource, KubernetesDiscovery
+from tui.snapshot import Snapshot, ViewState
 from tui.status_bar import StatusBar
 from tui.top_view import TopView
 
+__all__ = ["AppConfig", "KubernetesOptions", "PodflowApp", "create_app"]
+
 VIEWS = {"flows": "Flows", "top": "Top", "services": "Services", "nodes": "Nodes"}
-
-
-@dataclass
-class KubernetesOptions:
-    context: str | None = None
-    namespace: str = "podflow"
-    selector: str = "app.kubernetes.io/name=podflow,app.kubernetes.io/component=agent"
-    port_name: str = "grpc"
-    port: int = 4245
-    poll_s: float = 5.0
-    kubeconfig: str | None = None  # None: $KUBECONFIG or ~/.kube/config
-
-
-@dataclass
-class AppConfig:
-    servers: list[str] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)
-    kubernetes: KubernetesOptions | None = None
-    history: int = 1000          # flows asked from each agent's history on connect
-    max_flows: int = 10_000      # flow records kept (Flows view, export)
-    export_dir: str = "."
-    refresh_s: float = 0.25      # redraw period of the visible view
-    initial_filter: str = ""
-    backoff_max_s: float = 30.0
-    tls: object = None           # agent.client.TLSOptions for --server / port-forwarded agents
-    status_poll_s: float = 3.0
+_EVENTS = {"connected": NodeConnected, "lost": NodeLost, "gone": NodeGone}
 
 
 class PodflowApp(App):
@@ -81,28 +58,14 @@ class PodflowApp(App):
     def __init__(self, config: AppConfig, aggregator: Aggregator | None = None):
         super().__init__()
         self.config = config
-        self.agg = aggregator or Aggregator(max_flows=config.max_flows)
-        self.flt: FlowFilter = parse_filter(config.initial_filter)
+        self.flt = parse_filter(config.initial_filter)
         self.paused = False
         self.note = ""
-        self._dirty = True
-        self._drawn_version = -1
-        self._stopping = threading.Event()
-        self.sources: list = []
-        for address in config.servers:
-            self.sources.append(AgentSource(address, self.agg, history=config.history,
-                                            notify=self._notify_from_thread,
-                                            backoff_max_s=config.backoff_max_s, tls=config.tls,
-                                            status_poll_s=config.status_poll_s))
-        for path in config.files:
-            self.sources.append(FileSource(path, self.agg, notify=self._notify_from_thread))
-        if config.kubernetes is not None:
-            k = config.kubernetes
-            self.sources.append(KubernetesDiscovery(
-                self.agg, context=k.context, namespace=k.namespace, selector=k.selector,
-                port_name=k.port_name, default_port=k.port, history=config.history,
-                notify=self._notify_from_thread, poll_s=k.poll_s, kubeconfig=k.kubeconfig,
-                tls=config.tls))
+        self.snapshot: Snapshot | None = None
+        if config.engine == "process":
+            self.engine = ProcessEngine(config, self._from_engine)
+        else:
+            self.engine = ThreadEngine(config, self._from_engine, aggregator)
 
     # ---- layout and life cycle ------------------------------------------------------
 
@@ -117,48 +80,63 @@ class PodflowApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        for source in self.sources:
-            source.start()
-        self._pump_thread = threading.Thread(target=self._pump, name="tui-pump", daemon=True)
-        self._pump_thread.start()
-        self.set_interval(self.config.refresh_s, self._tick)
-        self._redraw()
+        self.query_one(TopView).show_header()
+        self._show_status()
+        self.engine.start()
 
     def on_unmount(self) -> None:
-        self._stopping.set()
-        for source in self.sources:
-            source.stop()
+        self.engine.stop()
 
-    def _pump(self) -> None:
-        """The aggregator's own thread: take in what the readers fed, a few times a second
-        tell the app how much arrived (one message per period, not per flow)."""
-        pending = 0
-        last_post = 0.0
-        while not self._stopping.is_set():
-            pending += self.agg.process()
-            now = time.monotonic()
-            if pending and now - last_post >= self.config.refresh_s:
-                self.post_message(FlowsReceived(pending))
-                pending, last_post = 0, now
-            self._stopping.wait(0.05)
+    def _from_engine(self, message: tuple) -> None:
+        """Called from the engine's thread (or its pipe reader): post a fact to the app."""
+        kind = message[0]
+        if kind == "snapshot":
+            self.post_message(SnapshotBuilt(message[1]))
+        elif kind == "event":
+            self.post_message(_EVENTS[message[1]](message[2], message[3]))
+        elif kind == "detail":
+            self.post_message(DetailFetched(message[1], message[2]))
+        elif kind == "exported":
+            self.post_message(ExportFinished(message[1], message[2]))
+        elif kind == "error":
+            self.post_message(EngineFailed(message[1]))
 
-    def _notify_from_thread(self, event: str, source_id: str, message: str) -> None:
-        msg = {"connected": NodeConnected, "lost": NodeLost, "gone": NodeGone}[event]
-        self.post_message(msg(source_id, message))
+    def _send_state(self) -> None:
+        top = self.query_one(TopView)
+        self.engine.send(("state", ViewState(self.flt.text, top.pivot, top.sort)))
 
-    # ---- facts from the background --------------------------------------------------
+    # ---- facts from the engine ------------------------------------------------------
 
-    def on_flows_received(self, _message: FlowsReceived) -> None:
-        self._dirty = True
+    def on_snapshot_built(self, message: SnapshotBuilt) -> None:
+        self.snapshot = message.snapshot
+        if not self.paused:
+            self._draw_view()
+        self._show_status()
 
     def on_node_connected(self, _message: NodeConnected) -> None:
-        self._redraw(status_only=self.paused)
+        self._show_status()
 
     def on_node_lost(self, message: NodeLost) -> None:
-        self._redraw(status_only=self.paused)
+        self._show_status()
 
     def on_node_gone(self, message: NodeGone) -> None:
-        self._redraw(status_only=self.paused)
+        self._show_status()
+
+    def on_detail_fetched(self, message: DetailFetched) -> None:
+        self.query_one(FlowsView).show_detail(message.entry_id, message.text)
+
+    def on_flows_view_detail_wanted(self, message: FlowsView.DetailWanted) -> None:
+        self.engine.send(("detail", message.entry_id))
+
+    def on_export_finished(self, message: ExportFinished) -> None:
+        self.note = message.text
+        self.notify(message.text, severity=message.severity, timeout=8)
+        self._show_status()
+
+    def on_engine_failed(self, message: EngineFailed) -> None:
+        self.note = message.text.strip().splitlines()[-1]
+        self.notify(message.text, severity="error", timeout=15)
+        self._show_status()
 
     # ---- drawing --------------------------------------------------------------------
 
@@ -166,29 +144,31 @@ class PodflowApp(App):
     def current_view(self) -> str:
         return self.query_one(ContentSwitcher).current or "flows"
 
-    def _tick(self) -> None:
-        if self._dirty or self.agg.version != self._drawn_version:
-            self._redraw(status_only=self.paused)
+    def _draw_view(self) -> None:
+        if self.snapshot is not None:
+            self.query_one(f"#{self.current_view}").show(self.snapshot)
 
-    def _redraw(self, status_only: bool = False) -> None:
-        self._dirty = False
-        self._drawn_version = self.agg.version
-        if not status_only:
-            view = self.query_one(f"#{self.current_view}")
-            view.refresh_from(self.agg, self.flt)
-        self.query_one(StatusBar).show(self.agg.summary(), self.paused, self.flt.text,
+    def _show_status(self) -> None:
+        summary = self.snapshot.summary if self.snapshot is not None else Summary(0, 0, 0, 0, 0)
+        self.query_one(StatusBar).show(summary, self.paused, self.flt.text,
                                        VIEWS[self.current_view], self.note)
+
+    def _focus_view(self) -> None:
+        self.query_one(f"#{self.current_view}").query_one("DataTable").focus()
 
     # ---- keys -----------------------------------------------------------------------
 
     def action_view(self, name: str) -> None:
         self.query_one(ContentSwitcher).current = name
-        self.query_one(f"#{name}").query_one("DataTable").focus()
-        self._redraw()
+        self._focus_view()
+        self._draw_view()
+        self._show_status()
 
     def action_pause(self) -> None:
         self.paused = not self.paused
-        self._redraw()
+        if not self.paused:
+            self._draw_view()
+        self._show_status()
 
     def action_detail(self) -> None:
         if self.current_view != "flows":
@@ -196,18 +176,22 @@ class PodflowApp(App):
         self.query_one(FlowsView).toggle_detail()
 
     def action_pivot(self) -> None:
+        top = self.query_one(TopView)
         if self.current_view != "top":
-            self.query_one(ContentSwitcher).current = "top"
-        else:
-            self.query_one(TopView).next_pivot()
-        self._redraw()
+            self.action_view("top")
+            return
+        top.next_pivot()
+        top.show_header(" · updating…")
+        self._send_state()
 
     def action_sort(self) -> None:
+        top = self.query_one(TopView)
         if self.current_view != "top":
-            self.query_one(ContentSwitcher).current = "top"
-        else:
-            self.query_one(TopView).next_sort()
-        self._redraw()
+            self.action_view("top")
+            return
+        top.next_sort()
+        top.show_header(" · updating…")
+        self._send_state()
 
     def action_open_filter(self) -> None:
         self.query_one(FilterLine).open(self.flt.text)
@@ -216,7 +200,7 @@ class PodflowApp(App):
         line = self.query_one(FilterLine)
         if line.has_class("open"):
             line.close()
-            self.query_one(f"#{self.current_view}").query_one("DataTable").focus()
+            self._focus_view()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
@@ -227,36 +211,22 @@ class PodflowApp(App):
             line.show_error(str(exc))  # the old filter stays in force
             return
         line.close()
-        self.query_one(f"#{self.current_view}").query_one("DataTable").focus()
-        self._redraw()
+        self._focus_view()
+        self._send_state()
+        self._show_status()
 
     def action_export(self) -> None:
-        entries = self.agg.matching(self.flt)
-        directory = self.config.export_dir
-        filter_text = self.flt.text
-
-        def work() -> None:
-            try:
-                path = write_export(entries, directory, filter_text)
-            except OSError as exc:
-                self.call_from_thread(self._exported, f"export failed: {exc}", "error")
-                return
-            self.call_from_thread(self._exported,
-                                  f"exported {len(entries):,} flows to {os.path.abspath(path)}",
-                                  "information")
-        self.note = f"exporting {len(entries):,} flows…"
-        self._redraw(status_only=True)
-        self.run_worker(work, thread=True, exclusive=False, group="export")
-
-    def _exported(self, text: str, severity: str) -> None:
-        self.note = text
-        self.notify(text, severity=severity, timeout=8)
-        self._redraw(status_only=True)
+        self.note = "exporting…"
+        self._show_status()
+        self.engine.send(("export", self.config.export_dir))
 
 
 def create_app(config: AppConfig | None = None, aggregator: Aggregator | None = None,
                **kwargs) -> PodflowApp:
-    """The factory the CLI and the tests share: `create_app(servers=[...], files=[...])`."""
+    """The factory the CLI and the tests share: `create_app(servers=[...], files=[...])`,
+    `engine="process"` to run streams and aggregation in a child process."""
     if config is None:
         config = AppConfig(**kwargs)
+    elif kwargs:
+        config = dataclasses.replace(config, **kwargs)
     return PodflowApp(config, aggregator)

@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tui.app import AppConfig, KubernetesOptions, create_app
+    from tui.app import create_app
+    from tui.config import AppConfig, KubernetesOptions
 
     if not (args.server or args.file or args.kubernetes):
         print("podflow tui: give at least one --server, --file or --kubernetes", file=sys.stderr)
@@ -80,6 +81,6 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(AppConfig(servers=args.server, files=args.file, kubernetes=k8s,
                                history=args.history, max_flows=args.max_flows,
                                export_dir=args.export_dir, initial_filter=args.filter,
-                               tls=tls if tls.enabled else None))
+                               tls=tls if tls.enabled else None, engine="process"))
     app.run()
     return 0

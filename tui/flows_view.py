@@ -1,30 +1,34 @@
 """FlowsView: the live table of flow records, newest first, and a detail pane with every
-field of the highlighted record. Following redraws it from the aggregator a few times a
-second; paused, it stays as it is so a user can read and move around."""
+field of the highlighted record (fetched from the engine, which keeps the records)."""
 
 from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from tui.aggregator import Aggregator, Entry
-from tui.filterexpr import FlowFilter
-from tui.format import FLOW_COLUMNS, flow_detail, flow_row
-
-MAX_ROWS = 150  # rows in the table (a screen shows ~50); the aggregator keeps more (and exports them all)
+from tui.format import FLOW_COLUMNS
+from tui.snapshot import Snapshot
 
 
 class FlowsView(Vertical):
     DEFAULT_CSS = """
     FlowsView > DataTable { height: 1fr; }
-    FlowsView > #flow-detail { height: 12; border-top: solid $accent; display: none; }
+    FlowsView > #flow-detail { height: 14; border-top: solid $accent; display: none; }
     FlowsView.detail > #flow-detail { display: block; }
     """
 
+    class DetailWanted(Message):
+        """The detail pane needs the record behind a row."""
+
+        def __init__(self, entry_id: int):
+            super().__init__()
+            self.entry_id = entry_id
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.entries: list[Entry] = []
+        self.rows: list[tuple[int, tuple]] = []
 
     def compose(self) -> ComposeResult:
         table = DataTable(id="flows-table", cursor_type="row", zebra_stripes=True)
@@ -35,35 +39,39 @@ class FlowsView(Vertical):
 
     def toggle_detail(self) -> None:
         self.toggle_class("detail")
-        self._show_detail()
+        self._want_detail()
 
-    def refresh_from(self, agg: Aggregator, flt: FlowFilter) -> None:
-        table = self.query_one(DataTable)
-        entries = agg.recent(flt, MAX_ROWS)
-        if [id(e) for e in entries] == [id(e) for e in self.entries]:
+    def show(self, snapshot: Snapshot) -> None:
+        if [r[0] for r in snapshot.flows] == [r[0] for r in self.rows]:
             return
+        table = self.query_one(DataTable)
         cursor = table.cursor_row
-        self.entries = entries
+        self.rows = snapshot.flows
         table.clear()
-        table.add_rows([flow_row(e) for e in entries])
-        if entries:
-            table.move_cursor(row=min(max(cursor, 0), len(entries) - 1), animate=False)
-        self._show_detail()
+        table.add_rows([cells for _id, cells in self.rows])
+        if self.rows:
+            table.move_cursor(row=min(max(cursor, 0), len(self.rows) - 1), animate=False)
+        self._want_detail()
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
-        self._show_detail()
+        self._want_detail()
 
-    def selected(self) -> Entry | None:
-        table = self.query_one(DataTable)
-        row = table.cursor_row
-        if 0 <= row < len(self.entries):
-            return self.entries[row]
+    def selected_id(self) -> int | None:
+        row = self.query_one(DataTable).cursor_row
+        if 0 <= row < len(self.rows):
+            return self.rows[row][0]
         return None
 
-    def _show_detail(self) -> None:
+    def _want_detail(self) -> None:
         if not self.has_class("detail"):
             return
-        entry = self.selected()
-        text = flow_detail(entry.flow) if entry is not None else "(no flow selected)"
-        self.query_one("#flow-detail-text", Static).update(text)
+        entry_id = self.selected_id()
+        if entry_id is None:
+            self.query_one("#flow-detail-text", Static).update("(no flow selected)")
+        else:
+            self.post_message(self.DetailWanted(entry_id))
+
+    def show_detail(self, entry_id: int, text: str) -> None:
+        if entry_id == self.selected_id():
+            self.query_one("#flow-detail-text", Static).update(text)

@@ -1,7 +1,8 @@
-"""Messages the TUI's background threads post to the app, named as the facts they report.
+"""Messages the engine's side posts to the app, named as the facts they report.
 
-Posting is thread-safe in Textual; the readers never touch widgets. Flow arrivals are
-coalesced by the pump (at most a few FlowsReceived per second), never one message per flow.
+Posting is thread-safe in Textual; nothing outside the UI thread touches widgets. Flows never
+arrive one message each: the engine rebuilds the views a few times a second and posts one
+SnapshotBuilt.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
+from tui.snapshot import Snapshot
+
 
 @dataclass
-class FlowsReceived(Message):
-    """The aggregator took in `count` more flow records since the last such message."""
+class SnapshotBuilt(Message):
+    """New flows (or a new filter, pivot, sort) made the engine rebuild every view."""
 
-    count: int
+    snapshot: Snapshot
 
 
 @dataclass
@@ -40,3 +43,26 @@ class NodeGone(Message):
 
     source_id: str
     reason: str
+
+
+@dataclass
+class DetailFetched(Message):
+    """Every field of one flow record, asked for by the detail pane."""
+
+    entry_id: int
+    text: str
+
+
+@dataclass
+class ExportFinished(Message):
+    """The `e` key's file is written (or could not be)."""
+
+    text: str
+    severity: str
+
+
+@dataclass
+class EngineFailed(Message):
+    """The engine hit an error it could not handle (shown to the user)."""
+
+    text: str

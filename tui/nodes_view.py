@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from tui.aggregator import Aggregator
+from tui.snapshot import Snapshot
 
 COLUMNS = ("node", "address", "state", "flows/s", "received", "lost (by stage)",
            "interfaces", "message")
@@ -25,24 +25,22 @@ class NodesView(Vertical):
         table.add_columns(*COLUMNS)
         yield table
 
-    def refresh_from(self, agg: Aggregator, _flt=None) -> None:
+    def show(self, snapshot: Snapshot) -> None:
         rows = []
-        for n in agg.nodes():
-            status = n.status
+        for n in snapshot.nodes:
             if n.kind == "file":
                 rate = "replay"
                 ifaces = f"{n.malformed} malformed, {n.skipped} skipped lines"
             else:
-                agent_rate = f"{status.flows_per_second:,.0f}" if status is not None else "-"
+                agent_rate = f"{n.agent_fps:,.0f}" if n.agent_fps is not None else "-"
                 rate = f"{agent_rate} (rx {n.rate_fps:,.0f})"
-                names = [i.name for i in status.interfaces] if status is not None else []
+                names = n.interfaces
                 ifaces = f"{len(names)}: {', '.join(names[:4])}" + (" …" if len(names) > 4 else "")
-            lost = n.lost_by_stage()
-            lost_text = ", ".join(f"{k}={v:,}" for k, v in sorted(lost.items()) if v) or "0"
+            lost_text = ", ".join(f"{k}={v:,}" for k, v in sorted(n.lost.items()) if v) or "0"
             state = n.state.upper() if n.state in ("unavailable", "gone") else n.state
             rows.append((n.name or "?", n.address, state, rate, f"{n.received:,}", lost_text,
                          ifaces, n.message))
-        s = agg.summary()
+        s = snapshot.summary
         self.query_one("#nodes-header", Static).update(
             f"Nodes: {s.connected} of {s.known} connected · lost events {s.lost:,} "
             "(ServerStatus every few seconds + in-band notices)")

@@ -7,9 +7,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from tui.aggregator import Aggregator
-from tui.filterexpr import FlowFilter
 from tui.format import human_bytes
+from tui.snapshot import Snapshot
 
 COLUMNS = ("service / backend", "flows", "packets", "bytes", "share", "no endpoints",
            "refused", "unanswered")
@@ -32,9 +31,9 @@ class ServicesView(Vertical):
         table.add_columns(*COLUMNS)
         yield table
 
-    def refresh_from(self, agg: Aggregator, flt: FlowFilter) -> None:
+    def show(self, snapshot: Snapshot) -> None:
         rows = []
-        services = agg.services(flt)
+        services = snapshot.services
         for svc in services:
             rows.append((f"[b]{svc.name}[/b]", f"{svc.flows:,}", f"{svc.packets:,}",
                          human_bytes(svc.bytes), f"{len(svc.backends)} backends",

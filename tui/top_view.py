@@ -7,11 +7,9 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Sparkline, Static
 
-from tui.aggregator import PIVOTS, SORTS, Aggregator
-from tui.filterexpr import FlowFilter
+from tui.aggregator import PIVOTS, SORTS
 from tui.format import human_bytes, human_rate, sparkline
-
-TREND_S = 30
+from tui.snapshot import TREND_S, Snapshot
 
 
 class TopView(Vertical):
@@ -39,15 +37,22 @@ class TopView(Vertical):
     def next_sort(self) -> None:
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
 
-    def refresh_from(self, agg: Aggregator, flt: FlowFilter) -> None:
-        rows = agg.top(flt, self.pivot, self.sort, limit=100, spark_s=TREND_S)
-        total = agg.total_rate_series(flt, spark_s=60)
-        total_rate = sum(total[-agg.rate_s:]) / agg.rate_s
+    def show_header(self, note: str = "") -> None:
         self.query_one("#top-header", Static).update(
-            f"Top by [b]{self.pivot}[/b] (p: next), sorted by [b]{self.sort}[/b] (o: next) · "
-            f"{len(rows)} rows · all matching traffic now {human_rate(total_rate)} "
-            "(each packet counted once)")
-        self.query_one(Sparkline).data = total
+            f"Top by [b]{self.pivot}[/b] (p: next), sorted by [b]{self.sort}[/b] (o: next)"
+            f"{note}")
+
+    def show(self, snapshot: Snapshot) -> None:
+        state = snapshot.state
+        if (state.pivot, state.sort) != (self.pivot, self.sort):
+            self.show_header(" · updating…")  # a snapshot for the new choice is on its way
+            return
+        rows = snapshot.top
+        total = snapshot.total_series
+        total_rate = sum(total[-snapshot.rate_s:]) / snapshot.rate_s if total else 0.0
+        self.show_header(f" · {len(rows)} rows · all matching traffic now "
+                         f"{human_rate(total_rate)} (each packet counted once)")
+        self.query_one(Sparkline).data = total or [0]
         table = self.query_one(DataTable)
         cursor = table.cursor_row
         table.clear(columns=True)

@@ -1,0 +1,34 @@
+"""The TUI's configuration in one typed place: built by tui.cli from flags, by tests
+directly, and handed whole to the engine (it crosses into the engine's process, so it is
+plain picklable data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class KubernetesOptions:
+    context: str | None = None
+    namespace: str = "podflow"
+    selector: str = "app.kubernetes.io/name=podflow,app.kubernetes.io/component=agent"
+    port_name: str = "grpc"
+    port: int = 4245
+    poll_s: float = 5.0
+    kubeconfig: str | None = None  # None: $KUBECONFIG or ~/.kube/config
+
+
+@dataclass
+class AppConfig:
+    servers: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    kubernetes: KubernetesOptions | None = None
+    history: int = 1000          # flows asked from each agent's history on connect
+    max_flows: int = 10_000      # flow records kept (Flows view, export)
+    export_dir: str = "."
+    refresh_s: float = 0.25      # how often views are rebuilt while flows arrive
+    initial_filter: str = ""
+    backoff_max_s: float = 30.0
+    status_poll_s: float = 3.0
+    tls: object = None           # agent.client.TLSOptions for agents, or None
+    engine: str = "thread"       # "process": streams and aggregation in a child process
