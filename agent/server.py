@@ -27,7 +27,8 @@ from grpc_reflection.v1alpha import reflection
 
 from agent.errors import ConfigError
 from agent.filters import FilterError, compile_filters
-from agent.flowstore import DEFAULT_CLIENT_QUEUE, DEFAULT_STORE_SIZE, FlowStore, Lost
+from agent.flowstore import (DEFAULT_CLIENT_QUEUE, DEFAULT_STORE_SIZE, FlowStore, Lost,
+                             StoredFlow, frame_flow, node_prefix, timestamp_bytes, varint)
 from agent.stats import AgentStats
 from podflow_api.v1 import flow_pb2, observer_pb2, observer_pb2_grpc
 
@@ -175,50 +176,30 @@ def _timestamp(ns: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=ns // _NS, nanos=ns % _NS)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+def mask_flow(item: StoredFlow, mask: field_mask_pb2.FieldMask, prefix: bytes) -> StoredFlow:
+    """The stored flow with only the mask's fields, framed like the store frames flows."""
+    t_ns, framed, _resp_off, flow_off = item
+    masked = flow_pb2.Flow()
+    mask.MergeMessage(flow_pb2.Flow.FromString(memoryview(framed)[flow_off:]), masked)
+    framed, resp_off, flow_off = frame_flow(prefix, timestamp_bytes(t_ns),
+                                            masked.SerializeToString())
+    return t_ns, framed, resp_off, flow_off
 
 
-def node_prefix(node: str) -> bytes:
-    """GetFlowsResponse field 1 (node_name), encoded once per stream."""
-    raw = node.encode()
-    return b"\n" + _varint(len(raw)) + raw if raw else b""
+def notice_item(resp: observer_pb2.GetFlowsResponse) -> StoredFlow:
+    """A notice framed like a stored flow, so one stream carries both."""
+    body = resp.SerializeToString()
+    frame = b"\n" + varint(len(body))
+    return 0, frame + body, len(frame), len(frame) + len(body)
 
 
-def _timestamp_bytes(t_ns: int) -> bytes:
-    """A google.protobuf.Timestamp's bytes (fields 1 seconds, 2 nanos; zeros omitted)."""
-    seconds, nanos = divmod(t_ns, _NS)
-    out = b""
-    if seconds:
-        out += b"\x08" + _varint(seconds)
-    if nanos:
-        out += b"\x10" + _varint(nanos)
-    return out
-
-
-def encode_flow_response(prefix: bytes, t_ns: int, data: bytes, mask=None) -> bytes:
-    """The bytes of GetFlowsResponse(node_name, time, flow) (fields 1, 2, 3) from a serialized
-    Flow and its time, without building that message."""
-    if mask is not None:
-        masked = flow_pb2.Flow()
-        mask.MergeMessage(flow_pb2.Flow.FromString(data), masked)
-        data = masked.SerializeToString()
-    ts = _timestamp_bytes(t_ns)
-    return b"".join((prefix, b"\x12", _varint(len(ts)), ts, b"\x1a", _varint(len(data)), data))
-
-
-def frame_batches(responses: list[bytes], max_bytes: int = MAX_BATCH_BYTES):
-    """GetFlowsBatch messages (field 1, repeated) holding `responses`, each under max_bytes
-    so clients' default 4 MiB message limit is never reached."""
+def frame_batches(items: list[StoredFlow], max_bytes: int = MAX_BATCH_BYTES):
+    """GetFlowsBatch messages holding `items` (already framed as its field 1), each under
+    max_bytes so clients' default 4 MiB message limit is never reached."""
     parts: list[bytes] = []
     size = 0
-    for r in responses:
-        framed = b"\n" + _varint(len(r)) + r
+    for item in items:
+        framed = item[1]
         if parts and size + len(framed) > max_bytes:
             yield b"".join(parts)
             parts, size = [], 0
@@ -263,14 +244,15 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
 
     # -- GetFlows -------------------------------------------------------------------------
     #
-    # Responses are encoded to bytes once, here, by hand: a GetFlowsResponse is the node name,
-    # the time and the flow's own serialization, so no intermediate message is built per flow.
-    # GetFlows sends them one per message; GetFlowsBatched frames many into one GetFlowsBatch.
+    # The store holds each flow already encoded as a GetFlowsBatch entry (a GetFlowsResponse
+    # with node name, time and flow), so streams send stored bytes: GetFlows one response per
+    # message, GetFlowsBatched many per message. Notices are framed the same way.
 
     def GetFlows(self, request, context):
         plan = self._plan(request, context)
         for chunk in self._stream(plan, context):
-            yield from chunk
+            for _t, framed, resp_off, _f in chunk:
+                yield framed[resp_off:]
 
     def GetFlowsBatched(self, request, context):
         plan = self._plan(request, context)
@@ -289,9 +271,8 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             raise  # abort raises; this keeps type checkers and readers sure of it
 
     def _stream(self, plan: FlowsPlan, context):
-        """Chunks (lists) of encoded GetFlowsResponse: history, then live flows."""
+        """Chunks (lists) of StoredFlow-shaped items: history, then live flows."""
         node = self.stats.node_name
-        prefix = node_prefix(node)
         store = self.store
         sub = None
         if plan.follow:
@@ -308,46 +289,49 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             if want_history and plan.since_ns is not None:
                 gone = store.evicted_since(plan.since_ns)
                 if gone is not None:
-                    yield [lost_response(node, gone).SerializeToString()]
+                    yield [notice_item(lost_response(node, gone))]
             if want_history:
                 flows = store.history_raw(plan.predicate, number=plan.number,
                                           first=plan.first, since_ns=plan.since_ns,
                                           until_ns=plan.until_ns, end_seq=end_seq)
                 for i in range(0, len(flows), MAX_BATCH):
-                    yield [encode_flow_response(prefix, t_ns, data, plan.mask)
-                           for t_ns, data in flows[i:i + MAX_BATCH]]
+                    yield self._masked(flows[i:i + MAX_BATCH], plan.mask)
             if sub is not None:
-                yield from self._follow(sub, plan, context, node, prefix)
+                yield from self._follow(sub, plan, context, node)
         finally:
             if sub is not None:
                 self._release(sub)
+
+    def _masked(self, items: list[StoredFlow], mask) -> list[StoredFlow]:
+        if mask is None:
+            return items
+        prefix = node_prefix(self.store.node_name)
+        return [mask_flow(item, mask, prefix) for item in items]
 
     def _release(self, sub) -> None:
         sub.close()
         with self._lock:
             self._subs.discard(sub)
 
-    def _follow(self, sub, plan: FlowsPlan, context, node: str, prefix: bytes):
+    def _follow(self, sub, plan: FlowsPlan, context, node: str):
         stats = self.stats
         baseline = {stage: span.count for stage, span in stats.snapshot_lost().items()}
         last_check = time.monotonic()
         until_ns = plan.until_ns
-        mask = plan.mask
         while not self._stopping.is_set() and context.is_active():
             flows, lost = sub.next_raw(FOLLOW_POLL_S, MAX_BATCH)
             if sub.closed:
                 return
-            chunk = []
-            if lost is not None and lost.count:
-                stats.add_lost(observer_pb2.CLIENT_QUEUE, lost.count)
-                chunk.append(lost_response(node, lost).SerializeToString())
             if until_ns is not None:
                 flows = [item for item in flows if item[0] <= until_ns]
-            chunk.extend(encode_flow_response(prefix, t_ns, data, mask) for t_ns, data in flows)
+            chunk = self._masked(flows, plan.mask)
+            if lost is not None and lost.count:
+                stats.add_lost(observer_pb2.CLIENT_QUEUE, lost.count)
+                chunk.insert(0, notice_item(lost_response(node, lost)))
             now = time.monotonic()
             if now - last_check >= STATS_NOTICE_S:
                 last_check = now
-                chunk.extend(r.SerializeToString() for r in self._stats_notices(node, baseline))
+                chunk.extend(notice_item(r) for r in self._stats_notices(node, baseline))
             if chunk:
                 yield chunk
             if until_ns is not None and time.time_ns() > until_ns:

@@ -142,8 +142,14 @@ def test_only_the_newest_flows_stay_objects():
     assert len(objects) == 10 and objects == flows[-10:] or set(map(id, objects)) == set(map(id, flows[-10:]))
     assert store.history() == flows[50:]  # older ones come back from their bytes, equal
     assert store.history()[-1] is flows[-1]  # the hot ones are the very objects handed in
-    raw = store.history_raw(number=1)
-    assert raw == [(T0 + 149_000, flows[-1].SerializeToString())]
+    ((t_ns, framed, resp_off, flow_off),) = store.history_raw(number=1)
+    assert t_ns == T0 + 149_000
+    assert framed[flow_off:] == flows[-1].SerializeToString()
+    # held as a GetFlowsBatch entry: a GetFlowsResponse with node name, time and flow
+    batch = observer_pb2.GetFlowsBatch.FromString(framed)
+    assert batch.responses[0] == observer_pb2.GetFlowsResponse(
+        node_name="n", time=flows[-1].time, flow=flows[-1])
+    assert observer_pb2.GetFlowsResponse.FromString(framed[resp_off:]) == batch.responses[0]
 
 
 def test_evicted_since_counts_what_history_cannot_return():
