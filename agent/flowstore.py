@@ -116,9 +116,6 @@ class Subscription:
         self.closed = True
         self._store._unsubscribe(self)
 
-    def lag(self) -> int:
-        return self._store.seq - self.cursor
-
     def next_batch(self, timeout_s: float, max_flows: int = 1024,
                    ) -> tuple[list[flow_pb2.Flow], Lost | None]:
         """Wait up to `timeout_s` for flows after the cursor; return the matching ones (up to
