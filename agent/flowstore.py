@@ -171,7 +171,8 @@ class FlowStore:
         self._prefix = node_prefix(self.node_name)
         # A reader cannot lag by more than the ring holds.
         self.client_queue_size = min(client_queue_size, capacity)
-        self.hot_flows = max(0, min(hot_flows, capacity))
+        # Object kept for the newest `hot_flows`; for a store no bigger than that, for all.
+        self.hot_flows = max(0, hot_flows)
         # Slot i % capacity holds [i, time_ns, framed bytes, Flow or None, response offset,
         # flow offset]; the sequence number tells a reader whether the slot was overwritten
         # since it computed the index. The Flow object is dropped once `hot_flows` newer
@@ -200,6 +201,7 @@ class FlowStore:
         ring = self._ring
         cap = self.capacity
         hot = self.hot_flows
+        demote = 0 < hot < cap
         prefix = self._prefix
         with self._cond:
             seq = self.seq
@@ -217,7 +219,7 @@ class FlowStore:
                 framed, resp_off, flow_off = frame_flow(prefix, t.SerializeToString(),
                                                         flow.SerializeToString())
                 ring[slot] = [seq, t_ns, framed, flow if hot else None, resp_off, flow_off]
-                if hot and seq >= hot:
+                if demote and seq >= hot:
                     cold = ring[(seq - hot) % cap]
                     if cold is not None:
                         cold[3] = None

@@ -158,3 +158,10 @@ def test_evicted_since_counts_what_history_cannot_return():
     assert gone.count == 150 and gone.stage == observer_pb2.STORE_OVERWRITTEN
     assert gone.last_ns == T0 + 149_000
     assert store.evicted_since(T0 + 10**9) is None
+
+
+def test_a_small_store_keeps_every_object():
+    store = FlowStore(50, AgentStats("n", "t"), hot_flows=8192)
+    flows = [make_flow(i) for i in range(120)]
+    store.extend(flows)
+    assert all(a is b for a, b in zip(store.history(), flows[70:]))
