@@ -5,14 +5,13 @@ packet counts and sizes."""
 from __future__ import annotations
 
 import ipaddress
-import re
 import json
+import re
 import signal
 import struct
 import subprocess
 import sys
 import time
-from collections import Counter
 
 import grpc
 import pytest
@@ -98,7 +97,7 @@ class Capture:
             time.sleep(0.05)
         raise AssertionError(f"tcpdump did not start: {open(self.err_path).read()}")
 
-    def stop(self) -> Counter:
+    def stop(self) -> dict:
         """{key: (packets, bytes)} seen; fails if tcpdump dropped anything."""
         time.sleep(0.3)
         self.proc.send_signal(signal.SIGINT)
