@@ -475,7 +475,13 @@ class Datapath:
                 elif ifindex not in wanted:
                     self._detach(attachment)
             for ifindex, info in wanted.items():
-                if ifindex in self._attached:
+                current = self._attached.get(ifindex)
+                if current is not None:
+                    if current.ifname != info.name:  # renamed (CNIs create, then rename)
+                        log.info("%s is now %s", current.ifname, info.name)
+                        current.ifname = info.name
+                        self._known[ifindex] = info
+                        self.stats.set_interface(ifindex, info.name)
                     continue
                 self._known[ifindex] = info
                 try:
