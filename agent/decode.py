@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import ctypes
 import enum
-import ipaddress
+import functools
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -357,23 +358,40 @@ class FlowTracker:
 def _address(family: int, raw) -> str:
     data = bytes(raw)
     if family == PF_FAMILY_IPV4:
-        return str(ipaddress.IPv4Address(data[:4]))
-    return str(ipaddress.IPv6Address(data[:16]))
+        return socket.inet_ntop(socket.AF_INET, data[:4])
+    return socket.inet_ntop(socket.AF_INET6, data[:16])
 
 
 def tcp_flag_names(flags: int) -> list[str]:
     return [name for bit, name in enumerate(TCP_FLAG_NAMES) if flags & (1 << bit)]
 
 
+def _set_ts(ts, wall_ns: int) -> None:
+    ts.seconds, ts.nanos = divmod(wall_ns, 1_000_000_000)
+
+
 def decode_record(record: FlowRecord, iface: InterfaceInfo | None, node_name: str,
                   clock: KtimeClock, now_wall_ns: int | None = None) -> flow_pb2.Flow:
-    """One interval of one flow -> flow_pb2.Flow."""
-    key = FlowKey.from_buffer_copy(record.key)
-    flow = flow_pb2.Flow(node_name=node_name, packets=record.packets, bytes=record.bytes,
-                         flow_end=record.flow_end, verdict=flow_pb2.FORWARDED)
-    flow.time.FromNanoseconds(now_wall_ns if now_wall_ns is not None else time.time_ns())
-    flow.first_seen.FromNanoseconds(clock.wall_ns(record.first_seen_ns))
-    flow.last_seen.FromNanoseconds(clock.wall_ns(record.last_seen_ns))
+    """One interval of one flow -> flow_pb2.Flow. The parts that depend only on the key
+    (addresses, ports, summary ...) come from a cached template: an active flow is decoded
+    again every active-timeout."""
+    flow = flow_pb2.Flow.FromString(_template(record.key, record.tcp_flags, iface, node_name))
+    flow.packets = record.packets
+    flow.bytes = record.bytes
+    if record.flow_end:
+        flow.flow_end = True
+    _set_ts(flow.time, now_wall_ns if now_wall_ns is not None else time.time_ns())
+    _set_ts(flow.first_seen, clock.wall_ns(record.first_seen_ns))
+    _set_ts(flow.last_seen, clock.wall_ns(record.last_seen_ns))
+    return flow
+
+
+@functools.lru_cache(maxsize=65536)
+def _template(raw_key: bytes, tcp_flags: int, iface: InterfaceInfo | None,
+              node_name: str) -> bytes:
+    """The serialized Flow fields a key (and its TCP flags and interface) determine."""
+    key = FlowKey.from_buffer_copy(raw_key)
+    flow = flow_pb2.Flow(node_name=node_name, verdict=flow_pb2.FORWARDED)
     flow.interface.index = key.ifindex
     if iface is not None:
         flow.interface.name = iface.name
@@ -393,7 +411,7 @@ def decode_record(record: FlowRecord, iface: InterfaceInfo | None, node_name: st
     if proto == IPPROTO_TCP:
         flow.l4.tcp.source_port = sport
         flow.l4.tcp.destination_port = dport
-        for name in tcp_flag_names(record.tcp_flags):
+        for name in tcp_flag_names(tcp_flags):
             setattr(flow.l4.tcp.flags, name, True)
         name = "TCP"
     elif proto == IPPROTO_UDP:
@@ -414,8 +432,8 @@ def decode_record(record: FlowRecord, iface: InterfaceInfo | None, node_name: st
         name = "ICMPv6"
     else:
         name = f"IP proto {proto}"
-    flow.summary = _summary(name, proto, src, dst, sport, dport, fragment, record.tcp_flags)
-    return flow
+    flow.summary = _summary(name, proto, src, dst, sport, dport, fragment, tcp_flags)
+    return flow.SerializeToString()
 
 
 def _summary(name: str, proto: int, src: str, dst: str, sport: int, dport: int,
