@@ -12,6 +12,8 @@ is the Service address is described as the backend pod that really answered.
 
 from __future__ import annotations
 
+import itertools
+
 from agent.conntrack import Match, Tuple5
 from agent.k8s.state import ClusterState, Peer
 from podflow_api.v1 import flow_pb2
@@ -54,12 +56,13 @@ class FlowEnricher:
     the address dialed, without the backend."""
 
     def __init__(self, state: ClusterState | None, conntrack=None,
-                 max_results: int = 65536) -> None:
+                 max_results: int = 16384) -> None:
         self._state = state
         self._conntrack = conntrack
         self._service_ip_peers: dict[str, Peer] = {}
-        # 5-tuple -> (state generation, conntrack Match or None, the names as a Flow)
-        self._results: dict[tuple, tuple[int, Match | None, flow_pb2.Flow]] = {}
+        # 5-tuple -> (state generation, conntrack Match or None, the names as a serialized
+        # Flow): a few hundred bytes each, so 16,384 of them stay around 6 MiB.
+        self._results: dict[tuple, tuple[int, Match | None, bytes]] = {}
         self._max_results = max_results
 
     def enrich(self, flows: list) -> None:
@@ -99,16 +102,20 @@ class FlowEnricher:
         generation = state.generation
         cached = self._results.get(key)
         if cached is not None and cached[0] == generation and cached[1] is match:
-            flow.MergeFrom(cached[2])
+            flow.MergeFromString(cached[2])
             return
         names = flow_pb2.Flow()
         if match is not None:
             _translate(names, match)
         self._name(names, state, match, proto_num, proto, src, sport, dst, dport)
-        flow.MergeFrom(names)
-        if len(self._results) >= self._max_results:
-            self._results.clear()
-        self._results[key] = (generation, match, names)
+        blob = names.SerializeToString()
+        flow.MergeFromString(blob)
+        results = self._results
+        if len(results) >= self._max_results:
+            # Forget the oldest quarter (dicts keep insertion order).
+            for old in list(itertools.islice(results, self._max_results // 4)):
+                del results[old]
+        results[key] = (generation, match, blob)
 
     def _name(self, flow: flow_pb2.Flow, state: ClusterState, match: Match | None,
               proto_num: int, proto: str, src: str, sport: int, dst: str, dport: int) -> None:
