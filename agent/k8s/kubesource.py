@@ -11,7 +11,7 @@ One reflector thread per resource, the way client-go's informers work:
   resources enrichment cannot do without, a warning for the optional ones.
 
 Every pod in the cluster is watched, not only this node's: flows cross nodes and the
-remote end must be named too (about 1 KiB of cache per pod; see bench/enrich.py).
+remote end must be named too (about 2 KiB of cache per pod; see bench/enrich.py).
 """
 
 from __future__ import annotations

@@ -202,3 +202,22 @@ def test_repeated_records_follow_cluster_and_conntrack_changes():
     fourth = flow(FRONTEND, 41000, CART_VIP, 80)
     enricher.enrich([fourth])
     assert fourth == third
+
+
+@pytest.mark.parametrize("orig,reply", [
+    pytest.param(Tuple5(6, "10.244.1.2", 40000, "10.96.0.12", 80), Tuple5(6, "10.244.2.2", 8080, "10.244.1.2", 40000), id="ipv4-tcp"),
+    pytest.param(Tuple5(17, "fd00::2", 5353, "fd00:96::a", 53), Tuple5(17, "fd00:1::7", 53, "fd00::2", 5353), id="ipv6-udp"),
+    pytest.param(Tuple5(132, "10.0.0.1", 1, "10.0.0.2", 2), Tuple5(132, "10.0.0.2", 2, "10.0.0.1", 1), id="sctp-no-nat"),
+])
+def test_ctnetlink_tuples_round_trip(orig, reply):
+    """What the agent sends (CTA_TUPLE_*) is what it parses back from the kernel's answers."""
+    import socket
+
+    from agent.conntrack import CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, _attr, _encode_tuple, decode_entry
+
+    family = socket.AF_INET6 if ":" in orig.src else socket.AF_INET
+    data = (_attr(CTA_TUPLE_ORIG, _encode_tuple(orig, family), nested=True)
+            + _attr(CTA_TUPLE_REPLY, _encode_tuple(reply, family), nested=True))
+    entry = decode_entry(data, 0, len(data))
+    assert (entry.orig, entry.reply) == (orig, reply)
+    assert entry.dnat == ((reply.src, reply.sport) != (orig.dst, orig.dport))
