@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tls-key", metavar="PATH", help="private key of --tls-cert (PEM)")
     g.add_argument("--tls-ca", metavar="PATH",
                    help="CA bundle (PEM): clients must present a certificate signed by it")
+    g.add_argument("--health-listen", metavar="HOST:PORT",
+                   help="also serve gRPC health checking (and nothing else) in plaintext here, "
+                        "for kubelet gRPC probes, which cannot speak TLS (default: off)")
     g.add_argument("--store-size", type=int, default=DEFAULT_STORE_SIZE, metavar="N",
                    help=f"flows kept for history (default {DEFAULT_STORE_SIZE})")
     g.add_argument("--client-queue-size", type=int, default=DEFAULT_CLIENT_QUEUE, metavar="N",
@@ -399,8 +402,11 @@ class ObserverServer:
     """The agent stage: binds, serves, stops."""
 
     def __init__(self, listen: str, store: FlowStore, stats: AgentStats,
-                 credentials: grpc.ServerCredentials | None = None, max_streams: int = 64):
+                 credentials: grpc.ServerCredentials | None = None, max_streams: int = 64,
+                 health_listen: str | None = None):
         self.listen = ListenAddress.parse(listen)
+        self.health_listen = (ListenAddress.parse(health_listen, "--health-listen")
+                              if health_listen else None)
         if max_streams < 1:
             raise ConfigError(f"--grpc-max-streams must be at least 1, got {max_streams}")
         self.store = store
@@ -411,6 +417,8 @@ class ObserverServer:
         self.servicer = ObserverServicer(store, stats)
         self.health = health.HealthServicer()
         self._server: grpc.Server | None = None
+        self._health_server: grpc.Server | None = None
+        self.health_address = ""
 
     def start(self) -> None:
         server = grpc.server(
@@ -447,9 +455,35 @@ class ObserverServer:
         self._server = server
         log.info("Observer API listening on %s%s", self.address,
                  " (TLS)" if self.credentials is not None else "")
+        if self.health_listen is not None:
+            self._start_health_server(self.health_listen)
+
+    def _start_health_server(self, listen: ListenAddress) -> None:
+        """A second, plaintext server sharing the health state and serving nothing else:
+        the Observer itself stays behind TLS."""
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2,
+                                                        thread_name_prefix="health"),
+                             options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if listen.unix_path:
+            _remove_stale_socket(listen.unix_path)
+        try:
+            port = server.add_insecure_port(listen.bind)
+        except RuntimeError as exc:
+            raise ConfigError(f"--health-listen: cannot bind {listen.bind}: {exc}") from exc
+        if not port:
+            raise ConfigError(f"--health-listen: cannot bind {listen.bind}")
+        server.start()
+        self._health_server = server
+        self.health_address = (f"unix:{listen.unix_path}" if listen.unix_path
+                               else f"{listen.host or '0.0.0.0'}:{port}")
+        log.info("gRPC health (plaintext) listening on %s", self.health_address)
 
     def ready_info(self) -> dict:
-        return {"listen": self.address}
+        info = {"listen": self.address}
+        if self.health_address:
+            info["health_listen"] = self.health_address
+        return info
 
     def stop(self, grace_s: float = 1.0) -> None:
         if self._server is None:
@@ -458,6 +492,9 @@ class ObserverServer:
         self.servicer.shutdown()
         self._server.stop(grace_s).wait()
         self._server = None
+        if self._health_server is not None:
+            self._health_server.stop(0).wait()
+            self._health_server = None
         if self.listen.unix_path:
             _remove_stale_socket(self.listen.unix_path)
 
@@ -479,4 +516,5 @@ def from_args(args: argparse.Namespace, store: FlowStore, stats: AgentStats,
     creds = server_credentials(getattr(args, "tls_cert", None), getattr(args, "tls_key", None),
                                getattr(args, "tls_ca", None))
     return ObserverServer(listen, store, stats, credentials=creds,
-                          max_streams=getattr(args, "grpc_max_streams", 64))
+                          max_streams=getattr(args, "grpc_max_streams", 64),
+                          health_listen=getattr(args, "health_listen", None))

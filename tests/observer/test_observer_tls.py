@@ -161,3 +161,32 @@ def test_client_tls_flag_errors(argv, flag):
     client.add_tls_arguments(p)
     with pytest.raises(ConfigError, match=flag):
         client.TLSOptions.from_args(p.parse_args(argv))
+
+
+def test_plaintext_health_port_serves_only_health(pki):
+    """Kubelet gRPC probes cannot speak TLS: --health-listen serves health in plaintext,
+    and the Observer stays behind TLS (the plaintext port does not answer it)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    crt, key = pki["server"]
+    a = InProcessAgent(credentials=server.server_credentials(crt, key, None))
+    a.server = server.ObserverServer("127.0.0.1:0", a.store, a.stats,
+                                     credentials=a.server.credentials,
+                                     health_listen="127.0.0.1:0")
+    a.start()
+    try:
+        health_addr = a.server.ready_info()["health_listen"].replace("0.0.0.0", "127.0.0.1")
+        with grpc.insecure_channel(health_addr) as ch:
+            reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
+                                                         timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as err:
+                client.server_status(health_addr, None, timeout_s=5)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        a.stop()
+
+
+def test_health_listen_flag_errors():
+    with pytest.raises(ConfigError, match="--health-listen"):
+        server.ObserverServer("127.0.0.1:0", None, None, health_listen="no-port")
