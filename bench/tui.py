@@ -7,13 +7,13 @@ driven by Pilot in this process. Reported:
   * key press latency: Pilot press -> the key handled and the new view drawn into the
     widgets (median / p99 / max over view switches and pivot changes); the terminal shows
     it at its next frame (<= 1/60 s later);
-  * aggregator CPU (the pump's time in Aggregator.process) and UI redraw CPU, as fractions
-    of one core, and the whole process' CPU;
+  * CPU of the UI process and of the engine process (stream readers, aggregator, view
+    snapshots), as fractions of one core;
   * flows received per second and anything lost (agent client queues, TUI inbox);
   * RSS after warm-up and at the end, the slope, and what that slope would mean over an
     hour (an extrapolation, not a measurement).
 
-    .venv/bin/python -m bench.tui [--rate 20000] [--agents 3] [--seconds 60]
+    .venv/bin/python -m bench.tui [--rate 20000] [--agents 3] [--seconds 60] [--engine process]
 """
 
 from __future__ import annotations
@@ -96,34 +96,9 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _drive(args, addresses: list[str]) -> dict:
-    from tui.aggregator import Aggregator
     from tui.app import create_app
 
-    if os.environ.get("PF_SWITCH"):
-        sys.setswitchinterval(float(os.environ["PF_SWITCH"]))
-    agg = Aggregator()
-    busy = {"process_s": 0.0, "redraw_s": 0.0}
-    original_process = agg.process
-
-    def timed_process(*a, **kw):
-        t = time.thread_time()
-        try:
-            return original_process(*a, **kw)
-        finally:
-            busy["process_s"] += time.thread_time() - t
-
-    agg.process = timed_process
-    app = create_app(servers=addresses, aggregator=agg, history=0)
-    original_redraw = app._redraw
-
-    def timed_redraw(*a, **kw):
-        t = time.perf_counter()
-        try:
-            return original_redraw(*a, **kw)
-        finally:
-            busy["redraw_s"] += time.perf_counter() - t
-
-    app._redraw = timed_redraw
+    app = create_app(servers=addresses, history=0, engine=args.engine)
     handled: list[float] = []
     for action in ("action_view", "action_pivot", "action_sort"):
         def timed_action(*a, _orig=getattr(app, action), **kw):
@@ -139,20 +114,33 @@ async def _drive(args, addresses: list[str]) -> dict:
             displays.append(time.perf_counter())
 
     app._display = timed_display
-    proc = psutil.Process()
+    ui = psutil.Process()
     latencies: list[float] = []
     handle_lat: list[float] = []
-    rss: list[tuple[float, int]] = []
+    data_lat: list[float] = []   # pivot/sort: until the Top table shows the new choice
+    rss: list[tuple[float, int, int]] = []
     keys = [("2", "top"), ("p", "top"), ("3", "services"), ("4", "nodes"), ("1", "flows"),
             ("2", "top"), ("o", "top"), ("1", "flows")]
     async with app.run_test(size=(200, 50)) as pilot:
+        engine = psutil.Process(app.engine.pid)
         warm_s = min(10.0, args.seconds / 4)
         await pilot.pause(warm_s)
+
+        def cpu(p):
+            t = p.cpu_times()
+            return t.user + t.system
+
+        def sample(elapsed):
+            rss.append((elapsed, ui.memory_info().rss, engine.memory_info().rss
+                        if engine is not ui else 0))
+            if os.environ.get("PF_BENCH_DEBUG") and app.snapshot is not None:
+                print(f"  t={elapsed:.0f}s backlog={app.snapshot.summary.backlog}", flush=True)
+
         t_start = time.monotonic()
-        cpu_start = proc.cpu_times()
-        busy.update(process_s=0.0, redraw_s=0.0)
-        seen_start = agg.summary().flows_seen
-        rss.append((0.0, proc.memory_info().rss))
+        ui_cpu0 = cpu(ui)
+        engine_cpu0 = cpu(engine) if engine is not ui else 0.0
+        seen0 = app.snapshot.summary.flows_seen if app.snapshot else 0
+        sample(0.0)
         i = 0
         while time.monotonic() - t_start < args.seconds:
             key, view = keys[i % len(keys)]
@@ -172,37 +160,51 @@ async def _drive(args, addresses: list[str]) -> dict:
                 raise RuntimeError(f"key {key!r}: no screen update within 10 s")
             handle_lat.append((handled[n_handled] - t0) * 1000)
             latencies.append((shown - t0) * 1000)
+            if key in ("p", "o"):
+                top = app.query_one("#top")
+                while time.perf_counter() - t0 < 10:
+                    snap = app.snapshot
+                    if snap is not None and (snap.state.pivot, snap.state.sort) == (
+                            top.pivot, top.sort) and "updating" not in str(
+                            app.query_one("#top-header").content):
+                        data_lat.append((time.perf_counter() - t0) * 1000)
+                        break
+                    await asyncio.sleep(0.001)
             await press
             assert app.current_view == view
             await pilot.pause(0.5)
             elapsed = time.monotonic() - t_start
-            if not rss or elapsed - rss[-1][0] >= 5:
-                rss.append((elapsed, proc.memory_info().rss))
+            if elapsed - rss[-1][0] >= 5:
+                sample(elapsed)
         wall = time.monotonic() - t_start
-        cpu_end = proc.cpu_times()
-        summary = agg.summary()
-        nodes = agg.nodes()
-        rss.append((wall, proc.memory_info().rss))
-    cpu = (cpu_end.user + cpu_end.system - cpu_start.user - cpu_start.system) / wall
-    # slope over the second half (after caches and the ring have filled)
-    half = [p for p in rss if p[0] >= wall / 2] or rss
-    slope_mb_per_min = ((half[-1][1] - half[0][1]) / 1e6) / max((half[-1][0] - half[0][0]) / 60, 1e-9)
-    lost = {}
-    for n in nodes:
-        for stage, count in n.lost_by_stage().items():
+        ui_cpu = (cpu(ui) - ui_cpu0) / wall
+        engine_cpu = (cpu(engine) - engine_cpu0) / wall if engine is not ui else 0.0
+        snap = app.snapshot
+        sample(wall)
+    summary = snap.summary
+    lost: dict[str, int] = {}
+    for n in snap.nodes:
+        for stage, count in n.lost.items():
             lost[stage] = lost.get(stage, 0) + count
+
+    def slope(col):  # MB/min over the second half, after the ring and caches filled
+        half = [p for p in rss if p[0] >= wall / 2] or rss
+        return ((half[-1][col] - half[0][col]) / 1e6) / max((half[-1][0] - half[0][0]) / 60, 1e-9)
+
     return {
         "wall_s": wall, "keys": len(latencies),
         "lat_median_ms": statistics.median(latencies), "lat_p99_ms": _pct(latencies, 0.99),
         "lat_max_ms": max(latencies),
-        "handled_median_ms": statistics.median(handle_lat) if handle_lat else 0,
-        "handled_p99_ms": _pct(handle_lat, 0.99) if handle_lat else 0,
-        "flows_per_s": (summary.flows_seen - seen_start) / wall,
-        "agg_cpu": busy["process_s"] / wall, "redraw_cpu": busy["redraw_s"] / wall,
-        "process_cpu": cpu,
-        "rss_start_mb": rss[0][1] / 1e6, "rss_end_mb": rss[-1][1] / 1e6,
-        "slope_mb_per_min": slope_mb_per_min, "lost": lost,
-        "connected": f"{summary.connected}/{summary.known}",
+        "handled_median_ms": statistics.median(handle_lat),
+        "handled_p99_ms": _pct(handle_lat, 0.99),
+        "data_median_ms": statistics.median(data_lat) if data_lat else 0.0,
+        "data_max_ms": max(data_lat) if data_lat else 0.0,
+        "flows_per_s": (summary.flows_seen - seen0) / wall,
+        "ui_cpu": ui_cpu, "engine_cpu": engine_cpu,
+        "ui_rss": (rss[0][1] / 1e6, rss[-1][1] / 1e6, slope(1)),
+        "engine_rss": (rss[0][2] / 1e6, rss[-1][2] / 1e6, slope(2)),
+        "lost": lost, "connected": f"{summary.connected}/{summary.known}",
+        "rss_series": [(round(t), round(u / 1e6), round(e / 1e6)) for t, u, e in rss],
     }
 
 
@@ -214,6 +216,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=20_000, help="flows/s, all agents together")
     parser.add_argument("--agents", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--engine", choices=["process", "thread"], default="process",
+                        help="where streams are read and aggregated (podflow tui: process)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pf-bench-tui-") as tmp:
         procs, addresses = _start_agents(args.agents, args.rate, tmp)
@@ -227,7 +231,13 @@ def main() -> int:
     print(f"podflow tui under load: {args.rate:,.0f} flows/s offered by {args.agents} agent "
           f"subprocesses, {r['wall_s']:.0f} s measured after warm-up, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
+    def mem(name, v):
+        start, end, per_min = v
+        return [(f"{name} RSS after warm-up / end", f"{start:.0f} MB / {end:.0f} MB"),
+                (f"{name} RSS slope, 2nd half", f"{per_min:+.2f} MB/min -> "
+                 f"{end + per_min * (60 - r['wall_s'] / 60):.0f} MB after 1 h if linear")]
     rows = [
+        ("engine", args.engine),
         ("flows received /s", f"{r['flows_per_s']:,.0f}"),
         ("nodes connected", r["connected"]),
         ("lost events (by stage)", ", ".join(f"{k}={v:,}" for k, v in r["lost"].items()) or "0"),
@@ -237,18 +247,18 @@ def main() -> int:
         ("key -> screen update max", f"{r['lat_max_ms']:.1f} ms"),
         ("key -> action done median", f"{r['handled_median_ms']:.1f} ms"),
         ("key -> action done p99", f"{r['handled_p99_ms']:.1f} ms"),
-        ("aggregator CPU (pump thread)", f"{r['agg_cpu'] * 100:.0f}% of a core"),
-        ("view redraw CPU (UI thread)", f"{r['redraw_cpu'] * 100:.0f}% of a core"),
-        ("whole TUI process CPU", f"{r['process_cpu'] * 100:.0f}% of a core"),
-        ("RSS after warm-up", f"{r['rss_start_mb']:.0f} MB"),
-        ("RSS at end", f"{r['rss_end_mb']:.0f} MB"),
-        ("RSS slope, 2nd half", f"{r['slope_mb_per_min']:+.2f} MB/min"),
-        ("extrapolated to 1 h", f"{r['rss_end_mb'] + r['slope_mb_per_min'] * (60 - r['wall_s'] / 60):.0f} MB "
-                                "(linear extrapolation of the slope)"),
+        ("pivot/sort -> new rows median/max", f"{r['data_median_ms']:.0f} / {r['data_max_ms']:.0f} ms"),
+        ("UI process CPU", f"{r['ui_cpu'] * 100:.0f}% of a core"),
+        ("engine process CPU (readers, aggregator, snapshots)",
+         f"{r['engine_cpu'] * 100:.0f}% of a core" if args.engine == "process" else "(in UI process)"),
+        *mem("UI", r["ui_rss"]),
+        *(mem("engine", r["engine_rss"]) if args.engine == "process" else []),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"  {k:<{width}}  {v}")
+    print("  RSS samples (s, UI MB, engine MB): "
+          + " ".join(f"{t}:{u}/{e}" for t, u, e in r["rss_series"]))
     return 0
 
 

@@ -143,6 +143,7 @@ class Summary:
     lost: int
     flows_seen: int
     flows_kept: int
+    backlog: int = 0   # responses fed but not yet taken in (the inbox)
 
 
 class Aggregator:
@@ -152,7 +153,7 @@ class Aggregator:
     LOCK_CHUNK = 512  # records counted per hold of the lock
 
     def __init__(self, max_flows: int = 10_000, window_s: int = 60, rate_s: int = 5,
-                 max_keys: int = 50_000, max_inbox: int = 60_000, reorder_s: float = 0.5,
+                 max_keys: int = 50_000, max_inbox: int = 30_000, reorder_s: float = 0.5,
                  clock: Callable[[], float] = time.time):
         self.max_flows = max_flows
         self.window_s = window_s
@@ -529,4 +530,5 @@ class Aggregator:
                      if n.state != "gone" and n.kind != "discovery"]
             connected = sum(1 for n in known if n.state in ("connected", "replayed", "replaying"))
             lost = sum(n.lost_total() for n in self._nodes.values())
-            return Summary(connected, len(known), lost, self.flows_seen, len(self._recent))
+            return Summary(connected, len(known), lost, self.flows_seen, len(self._recent),
+                           len(self._inbox) + len(self._pending))
