@@ -7,7 +7,8 @@
  * Event contract (the ring buffer `events`, see maps.h)
  * -----------------------------------------------------
  * Every ring-buffer record starts with `struct pf_event_hdr`; the agent dispatches on
- * `kind` (agent/datapath.py: Datapath.register_event_kind / DatapathExtension).
+ * `kind` (agent/datapath.py: a DatapathExtension's event_handlers(), registered with
+ * register_extension() or offered by the annotator's datapath_extensions()).
  *   PF_EVENT_FLOW_NEW       struct pf_flow_event: the first packet of a new flow entry
  *   PF_EVENT_FLOW_MAP_FULL  struct pf_flow_event: a packet that found the flow map full;
  *                           the agent accumulates these by key (they are real packets)
@@ -18,6 +19,10 @@
  * on a timer) and count a failure with pf_count_error(PF_ERR_RINGBUF_FULL_<yours>).
  * Error reasons PF_ERR_EXT_FIRST .. PF_ERR_MAX-1 are free for drop.h / dns.h; name them in
  * agent/decode.py ERROR_NAMES (or via DatapathExtension.error_names).
+ *
+ * Headers may use maps (events.ringbuf_output, their own BPF_HASH ...): bcc rewrites map
+ * calls only in the main source file, so agent/datapath.py inlines every quoted #include
+ * of podflow.c before compiling (expand_includes, with #line markers).
  *
  * Clock: every *_ns timestamp is bpf_ktime_get_ns() (CLOCK_MONOTONIC); the agent converts
  * to wall clock with an offset taken at start.
