@@ -436,8 +436,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             lab = Lab(args.lab_id)
         except LabBusyError as exc:
-            print(f"podflow demo: another demo is running ({exc}); stop it, or remove it with "
-                  "`podflow demo --down`", file=sys.stderr)
+            print(f"podflow demo: another demo is running (process {exc.owner_pid}); stop it "
+                  "first, or remove it with `podflow demo --down`", file=sys.stderr)
             return 2
         say = (lambda msg: print(f"podflow demo: {msg}", file=sys.stderr))
         say(f"building {args.nodes} node(s) from network namespaces ...")

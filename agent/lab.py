@@ -53,6 +53,10 @@ class LabError(PodflowError):
 class LabBusyError(LabError):
     """Another live process owns a lab with the same id."""
 
+    def __init__(self, message: str, owner_pid: int):
+        super().__init__(message)
+        self.owner_pid = owner_pid
+
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -771,7 +775,7 @@ class Lab:
         owner = Lab._owner_alive(self.id)
         if owner:
             raise LabBusyError(f"lab {self.id!r} is in use by live process {owner}; "
-                               "pick another lab id")
+                               "pick another lab id", owner)
         if Lab.leftovers(self.id):
             log.warning("removing leftovers of a crashed lab %r", self.id)
             Lab.cleanup_leftovers(self.id)

@@ -149,3 +149,14 @@ def test_not_root_is_named():
                          cwd=REPO, timeout=60)
     assert res.returncode == 2
     assert "needs root" in res.stderr, res.stderr
+
+
+def test_a_running_demo_is_named_not_trampled(clean_host):
+    from agent.lab import Lab
+
+    lab_id = "demobusy"
+    clean_host(lab_id)
+    with Lab(lab_id):  # stands for a demo running in another terminal
+        res = run_demo("--no-tui", "--duration", "2", "--lab-id", lab_id)
+    assert res.returncode == 2
+    assert f"another demo is running (process {os.getpid()})" in res.stderr, res.stderr
