@@ -232,18 +232,21 @@ class FlowLogExporter:
                 except ExportError as exc:
                     self._fail(exc)
             if self._aggregator is not None:
-                now_ns = time.time_ns()
                 if flows:
-                    self._aggregator.add(flows, now_ns)
-                done = self._aggregator.flush() if stopping and not flows else self._aggregator.due(now_ns)
-                if done:
-                    self._add_records(done)
+                    self._aggregator.add(flows, time.time_ns())
             elif flows:
                 self._add_records(flows)
             now = time.monotonic()
             drained = not flows
             if (now - last_flush >= FLUSH_INTERVAL_S or self._pending_bytes >= FLUSH_BYTES
                     or (stopping and drained)):
+                if self._aggregator is not None:
+                    # Once per flush, not per batch: late records of a window already written
+                    # are summed for a second before they are written too.
+                    agg = self._aggregator
+                    done = agg.flush() if stopping and drained else agg.due(time.time_ns())
+                    if done:
+                        self._add_records(done)
                 self._flush()
                 last_flush = now
             if stopping and drained:

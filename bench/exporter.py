@@ -141,6 +141,9 @@ def cpu_share(directory: str, flows: list[flow_pb2.Flow], rate: int, seconds: fl
             i = 0
             batch = flows[:batch_size]
         i += batch_size
+        now_ns = time.time_ns()
+        for flow in batch:  # records are fresh, as the datapath's are (aggregation windows)
+            flow.time.FromNanoseconds(now_ns)
         store.extend(batch)
         sent += len(batch)
         next_t = t0 + sent / rate
