@@ -27,8 +27,8 @@ def ebpf_ready():
     try:
         from bcc import BPF  # noqa: F401  (only place outside agent.datapath: a readiness probe)
 
-        prog = BPF(text="int probe(struct __sk_buff *skb) { return -1; }")
-        prog.load_func("probe", BPF.SCHED_CLS)
+        prog = BPF(text=b"int probe(struct __sk_buff *skb) { return -1; }")
+        prog.load_func(b"probe", BPF.SCHED_CLS)
     except Exception as exc:  # any failure here means the suite cannot test the datapath
         pytest.fail(f"running as root but eBPF cannot load: {exc!r}. "
                     "Run `make test` (it installs bcc and kernel headers).", pytrace=False)
