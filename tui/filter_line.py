@@ -21,15 +21,20 @@ class FilterLine(Vertical):
                     id="filter-input")
         yield Static("", id="filter-error")
 
+    def on_mount(self) -> None:
+        self.query_one(Input).can_focus = False  # only while open (keys go to the app)
+
     def open(self, current: str) -> None:
         self.add_class("open")
         field = self.query_one(Input)
+        field.can_focus = True
         field.value = current
         field.cursor_position = len(current)
         field.focus()
 
     def close(self) -> None:
         self.remove_class("open")
+        self.query_one(Input).can_focus = False
         self.query_one("#filter-error", Static).update("")
 
     def show_error(self, message: str) -> None:

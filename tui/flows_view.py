@@ -34,7 +34,7 @@ class FlowsView(Vertical):
         table = DataTable(id="flows-table", cursor_type="row", zebra_stripes=True)
         table.add_columns(*FLOW_COLUMNS)
         yield table
-        with VerticalScroll(id="flow-detail"):
+        with VerticalScroll(id="flow-detail", can_focus=False):
             yield Static("", id="flow-detail-text")
 
     def toggle_detail(self) -> None:
