@@ -92,11 +92,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "a power of two, at least one page (default: 4M)")
     group.add_argument("--sweep-interval", type=float, default=1.0, metavar="SECONDS",
                        help="how often the flow map is read (default: 1)")
-    group.add_argument("--attach-mode", choices=["tc", "tcx", "auto"], default="tc",
-                       help="tc: clsact + cls_bpf filters named podflow_* (default; visible "
-                            "with `tc filter show`); tcx: tcx links (kernel >= 6.6), which "
-                            "vanish with the agent even after kill -9; auto: tcx when the "
-                            "kernel has it, else tc")
+    group.add_argument("--attach-mode", choices=["tc", "tcx", "auto"], default="auto",
+                       help="auto (default): tcx links when the kernel has them (>= 6.6; they "
+                            "vanish with the agent even after kill -9), else tc; tc: clsact + "
+                            "cls_bpf filters named podflow_* (visible with `tc filter show`); "
+                            "tcx: tcx links or fail")
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class DatapathConfig:
     ringbuf_bytes: int = DEFAULT_RINGBUF_BYTES
     sweep_interval_s: float = 1.0
     poll_interval_s: float = 0.1
-    attach_mode: str = "tc"
+    attach_mode: str = "auto"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "DatapathConfig":
@@ -135,7 +135,7 @@ class DatapathConfig:
                    idle_timeout_s=positive("idle_timeout", "--idle-timeout"),
                    flow_map_size=map_size, ringbuf_bytes=ringbuf,
                    sweep_interval_s=sweep, poll_interval_s=min(0.1, sweep),
-                   attach_mode=getattr(args, "attach_mode", "tc"))
+                   attach_mode=getattr(args, "attach_mode", "auto"))
 
 
 # ---------------------------------------------------------------------------------------

@@ -426,7 +426,7 @@ def test_an_interface_that_cannot_be_attached_does_not_stop_the_others(ebpf_read
     node.run(["tc", "qdisc", "add", "dev", bad.host_ifname, "clsact"])
     node.run(["tc", "filter", "add", "dev", bad.host_ifname, "egress", "prio", "20304",
               "protocol", "ip", "u32", "match", "u32", "0", "0"])
-    agent, log = _start(node, tmp_path)
+    agent, log = _start(node, tmp_path, "--attach-mode", "tc")
     assert bad.host_ifname in agent.ready["attach_errors"]
     assert good.host_ifname in agent.ready["interfaces"]
     assert bad.host_ifname not in agent.ready["interfaces"]
