@@ -2,16 +2,19 @@
 
 Agents are real Observer servers (agent.server over agent.flowstore) in subprocesses, each
 fed synthetic cluster traffic at its share of the rate. The TUI is the real app, headless,
-driven by Pilot in this process. Reported:
+driven by Pilot in this process, with its engine in a child process as `podflow tui` runs
+it. All of it shares this machine's cores with the agents. Reported:
 
-  * key press latency: Pilot press -> the key handled and the new view drawn into the
-    widgets (median / p99 / max over view switches and pivot changes); the terminal shows
-    it at its next frame (<= 1/60 s later);
+  * key press latency: Pilot press -> the app's next screen update (App._display) after the
+    key's action ran (median / p99 / max over view switches, pivot and sort changes), press
+    -> action done, and for pivot/sort the time until the new rows are on screen (they are
+    computed by the engine);
   * CPU of the UI process and of the engine process (stream readers, aggregator, view
     snapshots), as fractions of one core;
   * flows received per second and anything lost (agent client queues, TUI inbox);
-  * RSS after warm-up and at the end, the slope, and what that slope would mean over an
-    hour (an extrapolation, not a measurement).
+  * RSS of both processes after warm-up and at the end, the least-squares trend over the
+    samples, and what that trend would mean over an hour (an extrapolation, not a
+    measurement), with the samples themselves.
 
     .venv/bin/python -m bench.tui [--rate 20000] [--agents 3] [--seconds 60] [--engine process]
 """
@@ -187,9 +190,14 @@ async def _drive(args, addresses: list[str]) -> dict:
         for stage, count in n.lost.items():
             lost[stage] = lost.get(stage, 0) + count
 
-    def slope(col):  # MB/min over the second half, after the ring and caches filled
-        half = [p for p in rss if p[0] >= wall / 2] or rss
-        return ((half[-1][col] - half[0][col]) / 1e6) / max((half[-1][0] - half[0][0]) / 60, 1e-9)
+    def slope(col):
+        """MB/min, least-squares line through every sample after warm-up: RSS moves with
+        the engine's backlog, so two end points alone would mostly measure noise."""
+        xs = [p[0] / 60 for p in rss]
+        ys = [p[col] / 1e6 for p in rss]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        var = sum((x - mx) ** 2 for x in xs) or 1e-9
+        return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
 
     return {
         "wall_s": wall, "keys": len(latencies),
@@ -234,8 +242,8 @@ def main() -> int:
     def mem(name, v):
         start, end, per_min = v
         return [(f"{name} RSS after warm-up / end", f"{start:.0f} MB / {end:.0f} MB"),
-                (f"{name} RSS slope, 2nd half", f"{per_min:+.2f} MB/min -> "
-                 f"{end + per_min * (60 - r['wall_s'] / 60):.0f} MB after 1 h if linear")]
+                (f"{name} RSS trend (least squares)", f"{per_min:+.2f} MB/min -> "
+                 f"{end + per_min * (60 - r['wall_s'] / 60):.0f} MB after 1 h if it were linear")]
     rows = [
         ("engine", args.engine),
         ("flows received /s", f"{r['flows_per_s']:,.0f}"),
