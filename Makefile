@@ -22,8 +22,10 @@ test: setup
 demo: setup
 	$(VENV)/bin/podflow demo
 
+# Every benchmark, one after the other (each prints its own table; about 8 minutes).
+BENCHES := datapath observer enrich exporter drops tui demo
 bench: setup
-	$(PY) -m bench.run_all
+	@for b in $(BENCHES); do echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
 # Regenerate proto/podflow_api/v1/*_pb2*.py from the .proto files (checked in; a test
 # fails when they are stale).

@@ -22,7 +22,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="podflow", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="podflow",
+        description="podflow: every flow on a Kubernetes pod network, traced with eBPF, named "
+                    "with pods and Services, live in a terminal UI and in flow logs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         if only is not None and name != only:
