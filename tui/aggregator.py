@@ -1,8 +1,9 @@
 """The cluster picture behind every view: merged flows, pivots, Services, node state.
 
 Plain Python, no Textual: stream readers `feed()` responses from any thread (an append to a
-deque, nothing more), one pump thread calls `process()` a few times a second, and the UI
-thread asks for what a view shows (`recent`, `top`, `services`, `nodes`, `summary`). All of
+deque, nothing more), the engine's loop (tui.engine) calls `process()` many times a second
+and asks for what the views show (`recent`, `top`, `services`, `nodes`, `summary`) when it
+builds a snapshot for the app. All of
 it is bounded: the recent-flows ring (`max_flows`), the per-second buckets (`window_s`), the
 number of distinct keys counted (`max_keys`, beyond which traffic goes to an "(other)" row),
 the inbox (`max_inbox`, overflow counted and shown as lost), the failed-connection memory.
@@ -147,8 +148,8 @@ class Summary:
 
 
 class Aggregator:
-    """See the module docstring. Thread-safe: `feed` from readers, `process` from one pump,
-    queries from the UI."""
+    """See the module docstring. Thread-safe: `feed` from any reader thread, `process` and
+    the queries from the engine's loop (or any other thread)."""
 
     LOCK_CHUNK = 512  # records counted per hold of the lock
 
@@ -234,7 +235,7 @@ class Aggregator:
         """A source that will not come back (an agent pod deleted): shown as gone."""
         self.set_state(source_id, "gone", "removed")
 
-    # ---- the pump (one thread) ------------------------------------------------------
+    # ---- the engine loop (one thread) -------------------------------------------------
 
     def process(self, max_items: int = 50_000) -> int:
         """Drain the inbox, count, and merge what the watermark allows into the ring.

@@ -3,7 +3,6 @@ the agent runs them) on unix sockets or port 0, fed with synthetic cluster traff
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import time
 
 import pytest
+from google.protobuf import json_format
 from textual.content import Content
 from textual.widgets import DataTable
 
-from tests.tui.conftest import Agent, wait_for
+from tests.tui.conftest import wait_for
+from podflow_api.v1 import observer_pb2
 from tui.app import create_app
 from tui.sources import parse_response_line
 
@@ -72,12 +73,10 @@ async def test_every_view_shows_the_agents_traffic(agents, engine):
         names = [r[0] for r in services if not r[0].startswith("  └")]
         assert set(names) == {"shop/cart", "shop/checkout", "shop/redis", "pay/payments",
                               "kube-system/kube-dns"}
-        dns = names.index("kube-system/kube-dns")
         dns_row = next(r for r in services if r[0] == "kube-system/kube-dns")
         assert dns_row[4] == "2 backends"
         backends = [r for r in services if r[0].startswith("  └ kube-system/coredns")]
         assert len(backends) == 2 and all("%" in r[4] for r in backends)
-        assert dns >= 0
         assert any(int(r[6]) > 0 for r in services if r[6].isdigit())  # refused attempts
 
         await pilot.press("4")
@@ -179,7 +178,7 @@ async def test_agent_down_and_back(agents, engine):
                        what="node-b unavailable")
         await pilot.press("4")
         node_b = next(r for r in rows(app, "nodes-table") if r[0] == "node-b")
-        assert node_b[2] in ("UNAVAILABLE", "reconnecting") and "retrying" in node_b[7] \
+        assert (node_b[2] == "UNAVAILABLE" and "retrying in" in node_b[7]) \
             or node_b[2] == "reconnecting"
         # the other agent keeps streaming
         a.send(30)
@@ -202,8 +201,6 @@ def _write_log(path, flows, opener=open):
     with opener(path, "wt", encoding="utf-8") as fh:
         fh.write(json.dumps({"podflow_flow_log": {"version": 1, "node": "node-a"}}) + "\n")
         for i, f in enumerate(flows):
-            from google.protobuf import json_format
-            from podflow_api.v1 import observer_pb2
             resp = observer_pb2.GetFlowsResponse(node_name=f.node_name, time=f.time, flow=f)
             fh.write(json_format.MessageToJson(resp, preserving_proto_field_name=True,
                                                indent=None) + "\n")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.tui.conftest import Agent, wait_for
+from tests.tui.conftest import wait_for
 from tests.tui.fake_kube import FakeKube, pod
 from tests.tui.test_app import SIZE, rows, text
 from tui.app import KubernetesOptions, create_app
