@@ -493,6 +493,9 @@ FLAGS: dict[str, tuple[str, str | None, Callable | None, str]] = {
 }
 
 
+_COMMA_LIST_FLAGS = {"protocol"}
+
+
 def _ops_dest(prefix: str) -> str:
     return f"{prefix.replace('-', '_')}filter_ops"
 
@@ -512,9 +515,15 @@ class _FilterAction(argparse.Action):
 
     def __call__(self, parser, namespace, value, option_string=None):
         field, other, parse, _ = FLAGS[self.flag]
+        # Fixed-vocabulary flags also take a comma list (`--outcome refused,unanswered`);
+        # free-form values keep their commas (a label selector's comma means AND).
+        values = value.split(",") if parse or self.flag in _COMMA_LIST_FLAGS else [value]
+        parsed_values = []
         try:
-            parsed = parse(value) if parse else value
-            compile_filter(observer_pb2.FlowFilter(**{field: [parsed]}), field)
+            for one in values:
+                parsed = parse(one) if parse else one.strip()
+                compile_filter(observer_pb2.FlowFilter(**{field: [parsed]}), field)
+                parsed_values.append(parsed)
         except FilterError as exc:
             msg = str(exc)
             if msg.startswith(f"{field}: "):
@@ -524,7 +533,7 @@ class _FilterAction(argparse.Action):
         negate = getattr(namespace, pending, False)
         setattr(namespace, pending, False)
         ops = list(getattr(namespace, _ops_dest(self.prefix), None) or [])
-        ops.append((self.flag, parsed, negate))
+        ops.extend((self.flag, parsed, negate) for parsed in parsed_values)
         setattr(namespace, _ops_dest(self.prefix), ops)
 
 
