@@ -12,6 +12,9 @@ fast in any namespace. A task is a dict:
 
 On SIGTERM it prints one JSON line of counters per task kind ({"http": {"ok": 12,
 "failed": 0}, ...}) to stdout and exits, so a caller can compare with what the agents saw.
+
+`demo_traffic.py resolve NAME SERVER TIMEOUT_S` makes one A lookup and prints the rcode name
+and the addresses (the lab's `Pod.resolve`: a minimal Debian has no dig).
 """
 
 from __future__ import annotations
@@ -123,7 +126,14 @@ def run_task(task: dict) -> None:
         _stop.wait(max(0.0, every_s - (time.monotonic() - started)))
 
 
+RCODE_NAMES = {0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN", 5: "REFUSED"}
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 5 and argv[1] == "resolve":
+        rcode, ips = dns_query(argv[2], argv[3], float(argv[4]))
+        print(RCODE_NAMES.get(rcode, str(rcode)), *ips)
+        return 0
     tasks = json.loads(argv[1])
 
     def on_term(_signum, _frame):

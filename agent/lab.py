@@ -228,40 +228,8 @@ while True:
 sys.stdout.write(out.decode())
 """
 
-# A minimal DNS A lookup over UDP (no dig in a minimal Debian): prints the rcode and the
-# addresses of the answer.
-_RESOLVE_CODE = r"""
-import random, socket, struct, sys
-name, server, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
-qid = random.randrange(65536)
-q = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
-q += b"".join(bytes([len(l)]) + l.encode() for l in name.rstrip(".").split(".")) + b"\0"
-q += struct.pack("!HH", 1, 1)
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(timeout)
-s.sendto(q, (server, 53))
-data = s.recvfrom(4096)[0]
-rid, flags, qd, an = struct.unpack("!HHHH", data[:8])
-pos = 12
-for _ in range(qd):
-    while data[pos]:
-        pos += data[pos] + 1
-    pos += 5
-ips = []
-for _ in range(an):
-    if data[pos] & 0xC0 == 0xC0:
-        pos += 2
-    else:
-        while data[pos]:
-            pos += data[pos] + 1
-        pos += 1
-    rtype, rclass, ttl, rdlen = struct.unpack("!HHIH", data[pos:pos + 10])
-    pos += 10
-    if rtype == 1 and rdlen == 4:
-        ips.append(socket.inet_ntoa(data[pos:pos + 4]))
-    pos += rdlen
-print({0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN", 5: "REFUSED"}.get(flags & 0xF, str(flags & 0xF)), *ips)
-"""
+# One-shot DNS lookups and the demo's steady traffic run this stdlib-only script in pods.
+POD_TRAFFIC_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_traffic.py")
 
 
 # ----------------------------------------------------------------------------- processes
@@ -325,7 +293,7 @@ class _InNetns:
         """Ask the cluster DNS (default: the lab's kube-dns ClusterIP) for `name`'s A
         records from this namespace: (rcode, addresses)."""
         server = server or (self.lab.dns.ip if self.lab.dns else DEFAULT_DNS_IP)
-        res = self.run([sys.executable, "-I", "-S", "-c", _RESOLVE_CODE, name, server,
+        res = self.run([sys.executable, "-I", "-S", POD_TRAFFIC_SCRIPT, "resolve", name, server,
                         str(timeout_s)], check=False, capture_output=True, text=True)
         if res.returncode != 0:
             raise LabError(f"DNS lookup of {name} via {server} from {self.netns} failed: "
