@@ -1,15 +1,38 @@
 """FlowsView: the live table of flow records, newest first, and a detail pane with every
-field of the highlighted record (fetched from the engine, which keeps the records)."""
+field of the highlighted record (fetched from the engine, which keeps the records).
+
+The table fits the terminal's width (tui.columns): columns get widths between a minimum and
+a maximum, long names are cut with an ellipsis, and on narrow terminals the least important
+columns are hidden. Widths are fitted again on resize and when wider cells arrive."""
 
 from __future__ import annotations
 
+from rich.cells import cell_len
+from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
+from tui.columns import ColumnSpec, fit, truncate
 from tui.format import FLOW_COLUMNS
 from tui.snapshot import Snapshot
+
+# label, min width, max width, drop rank (hidden first: highest; 0: always shown)
+FLOW_SPECS = [ColumnSpec(label, *limits) for label, limits in zip(FLOW_COLUMNS, [
+    (12, 12, 1),  # time
+    (6, 16, 4),   # node
+    (16, 40, 0),  # source
+    (16, 40, 0),  # destination
+    (17, 44, 3),  # service → backend
+    (11, 17, 2),  # proto/ports
+    (9, 9, 6),    # direction
+    (9, 24, 0),   # verdict
+    (7, 11, 5),   # packets
+    (8, 9, 0),    # bytes
+])]
+SCROLLBAR_CELLS = 2  # kept free for the table's vertical scrollbar
 
 
 class FlowsView(Vertical):
@@ -29,11 +52,12 @@ class FlowsView(Vertical):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.rows: list[tuple[int, tuple]] = []
+        # the widest cell seen per column: widths only grow, so they do not flicker
+        self._natural = [cell_len(spec.label) for spec in FLOW_SPECS]
+        self.widths: list[int | None] = [None] * len(FLOW_SPECS)  # None: hidden
 
     def compose(self) -> ComposeResult:
-        table = DataTable(id="flows-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns(*FLOW_COLUMNS)
-        yield table
+        yield DataTable(id="flows-table", cursor_type="row", zebra_stripes=True)
         with VerticalScroll(id="flow-detail", can_focus=False):
             yield Static("", id="flow-detail-text")
 
@@ -41,16 +65,51 @@ class FlowsView(Vertical):
         self.toggle_class("detail")
         self._want_detail()
 
+    def on_mount(self) -> None:
+        self._fit(self.size.width)
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self._fit(event.size.width):
+            self._fill()
+
+    def _fit(self, width_cells: int) -> bool:
+        """Choose the column widths for a table `width_cells` wide; True if they changed
+        (the columns were rebuilt and the rows must be added again)."""
+        table = self.query_one(DataTable)
+        if width_cells <= 0 and table.columns:  # hidden or not laid out yet: keep them
+            return False
+        widths = fit(FLOW_SPECS, self._natural, max(0, width_cells - SCROLLBAR_CELLS),
+                     2 * table.cell_padding)
+        if widths == self.widths and table.columns:
+            return False
+        self.widths = widths
+        table.clear(columns=True)
+        for spec, width in zip(FLOW_SPECS, widths):
+            if width is not None:
+                table.add_column(spec.label, width=width)
+        return True
+
+    def _fill(self) -> None:
+        """(Re)write the table's rows from self.rows, cut to the column widths."""
+        table = self.query_one(DataTable)
+        cursor = table.cursor_row
+        table.clear()
+        shown = [(i, w) for i, w in enumerate(self.widths) if w is not None]
+        table.add_rows([[Text(truncate(cells[i], w), no_wrap=True, end="") for i, w in shown]
+                        for _id, cells in self.rows])
+        if self.rows:
+            table.move_cursor(row=min(max(cursor, 0), len(self.rows) - 1), animate=False)
+
     def show(self, snapshot: Snapshot) -> None:
         if [r[0] for r in snapshot.flows] == [r[0] for r in self.rows]:
             return
-        table = self.query_one(DataTable)
-        cursor = table.cursor_row
         self.rows = snapshot.flows
-        table.clear()
-        table.add_rows([cells for _id, cells in self.rows])
-        if self.rows:
-            table.move_cursor(row=min(max(cursor, 0), len(self.rows) - 1), animate=False)
+        natural = self._natural
+        for _id, cells in self.rows:
+            for i, cell in enumerate(cells):
+                natural[i] = max(natural[i], cell_len(cell))
+        self._fit(self.size.width)
+        self._fill()
         self._want_detail()
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
