@@ -10,6 +10,7 @@ the factory the CLI and the tests use.
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -70,6 +71,11 @@ class PodflowApp(App):
         self.paused = False
         self.note = ""
         self.snapshot: Snapshot | None = None
+        # The newest snapshot not drawn yet. Only one SnapshotBuilt is ever waiting in the
+        # app's queue: a snapshot that arrives while one waits replaces it, so a slow
+        # redraw never leaves a backlog of stale snapshots ahead of the next key press.
+        self._latest: Snapshot | None = None
+        self._latest_lock = threading.Lock()
         if config.engine == "process":
             self.engine = ProcessEngine(config, self._from_engine)
         else:
@@ -105,7 +111,11 @@ class PodflowApp(App):
         """Called from the engine's thread (or its pipe reader): post a fact to the app."""
         kind = message[0]
         if kind == "snapshot":
-            self.post_message(SnapshotBuilt(message[1]))
+            with self._latest_lock:
+                waiting = self._latest is not None
+                self._latest = message[1]
+            if not waiting:
+                self.post_message(SnapshotBuilt(message[1]))
         elif kind == "event":
             self.post_message(_EVENTS[message[1]](message[2], message[3]))
         elif kind == "detail":
@@ -122,7 +132,9 @@ class PodflowApp(App):
     # ---- facts from the engine ------------------------------------------------------
 
     def on_snapshot_built(self, message: SnapshotBuilt) -> None:
-        self.snapshot = message.snapshot
+        with self._latest_lock:
+            self.snapshot = self._latest or message.snapshot
+            self._latest = None
         if not self.paused:
             self._draw_view()
         self._show_status()

@@ -16,6 +16,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Static
 
 from tui.columns import ColumnSpec, fit, truncate
+from tui.fast_table import FastTable
 from tui.format import FLOW_COLUMNS
 from tui.snapshot import Snapshot
 
@@ -57,7 +58,7 @@ class FlowsView(Vertical):
         self.widths: list[int | None] = [None] * len(FLOW_SPECS)  # None: hidden
 
     def compose(self) -> ComposeResult:
-        yield DataTable(id="flows-table", cursor_type="row", zebra_stripes=True)
+        yield FastTable(id="flows-table", cursor_type="row", zebra_stripes=True)
         with VerticalScroll(id="flow-detail", can_focus=False):
             yield Static("", id="flow-detail-text")
 

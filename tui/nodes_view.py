@@ -7,6 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
+from tui.fast_table import FastTable, plain
 from tui.snapshot import Snapshot
 
 COLUMNS = ("node", "address", "state", "flows/s", "received", "lost (by stage)",
@@ -21,7 +22,7 @@ class NodesView(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static("Nodes", id="nodes-header")
-        table = DataTable(id="nodes-table", cursor_type="row")
+        table = FastTable(id="nodes-table", cursor_type="row")
         table.add_columns(*COLUMNS)
         yield table
 
@@ -38,8 +39,8 @@ class NodesView(Vertical):
                 ifaces = f"{len(names)}: {', '.join(names[:4])}" + (" …" if len(names) > 4 else "")
             lost_text = ", ".join(f"{k}={v:,}" for k, v in sorted(n.lost.items()) if v) or "0"
             state = n.state.upper() if n.state in ("unavailable", "gone") else n.state
-            rows.append((n.name or "?", n.address, state, rate, f"{n.received:,}", lost_text,
-                         ifaces, n.message))
+            rows.append(plain((n.name or "?", n.address, state, rate, f"{n.received:,}",
+                               lost_text, ifaces, n.message)))
         s = snapshot.summary
         self.query_one("#nodes-header", Static).update(
             f"Nodes: {s.connected} of {s.known} connected · lost events {s.lost:,} "

@@ -8,6 +8,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Sparkline, Static
 
 from tui.aggregator import PIVOTS, SORTS
+from tui.fast_table import FastTable, plain
 from tui.format import human_bytes, human_rate, sparkline
 from tui.snapshot import TREND_S, Snapshot
 
@@ -27,9 +28,12 @@ class TopView(Vertical):
     def compose(self) -> ComposeResult:
         yield Static("", id="top-header")
         yield Sparkline([0], id="top-rate")
-        table = DataTable(id="top-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns(self.pivot, "bytes", "packets", "flows", "rate", f"last {TREND_S}s")
+        table = FastTable(id="top-table", cursor_type="row", zebra_stripes=True)
+        table.add_columns(*self._columns())
         yield table
+
+    def _columns(self) -> tuple[str, ...]:
+        return (self.pivot, "bytes", "packets", "flows", "rate", f"last {TREND_S}s")
 
     def next_pivot(self) -> None:
         self.pivot = PIVOTS[(PIVOTS.index(self.pivot) + 1) % len(PIVOTS)]
@@ -55,9 +59,14 @@ class TopView(Vertical):
         self.query_one(Sparkline).data = total or [0]
         table = self.query_one(DataTable)
         cursor = table.cursor_row
-        table.clear(columns=True)
-        table.add_columns(self.pivot, "bytes", "packets", "flows", "rate", f"last {TREND_S}s")
-        table.add_rows([(r.label, human_bytes(r.bytes), f"{r.packets:,}", f"{r.flows:,}",
-                         human_rate(r.rate_bps), sparkline(r.series, TREND_S)) for r in rows])
+        columns = self._columns()
+        if tuple(str(c.label) for c in table.ordered_columns) != columns:
+            table.clear(columns=True)  # a new pivot: its label heads the first column
+            table.add_columns(*columns)
+        else:
+            table.clear()
+        table.add_rows([plain((r.label, human_bytes(r.bytes), f"{r.packets:,}", f"{r.flows:,}",
+                               human_rate(r.rate_bps), sparkline(r.series, TREND_S)))
+                        for r in rows])
         if rows:
             table.move_cursor(row=min(max(cursor, 0), len(rows) - 1), animate=False)
