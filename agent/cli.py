@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 # subcommand -> (module, one-line help). Modules are imported lazily so `podflow observe`
@@ -39,6 +40,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A shell without job control starts background commands with SIGINT ignored, and
+    # Python then keeps ignoring it: Ctrl-C (or a script's SIGINT) must always stop podflow.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     argv = sys.argv[1:] if argv is None else argv
     # Only import the module of the chosen subcommand.
     only = argv[0] if argv and argv[0] in SUBCOMMANDS else None
