@@ -24,7 +24,7 @@ class ColumnSpec:
 def truncate(text: str, width: int) -> str:
     """`text` cut to `width` cells, its end replaced by an ellipsis when cut: the start
     (a namespace/ and the pod's name prefix) stays readable."""
-    if cell_len(text) <= width:
+    if (len(text) <= width and text.isascii()) or cell_len(text) <= width:
         return text
     if width <= 1:
         return ELLIPSIS[:width]

@@ -5,7 +5,10 @@ visible cell again. The stock DataTable renders a cell through Rich's console (P
 Styled, line splitting and cropping), and profiling the UI process under the benchmark load
 (py-spy, bench/tui.py) put most of its time there: a key press that arrived during such a
 redraw waited for it. A plain one-line cell is just its text, cut or padded to the column's
-width, in one style: FastTable builds that segment directly. Cells with their own styles or
+width, in one style: FastTable builds that segment directly. Likewise, when every column
+has a fixed width (the Flows table), measuring each new row's cells (what the stock table
+does on idle after rows are added, 1,500 cells per Flows snapshot) changes nothing that is
+drawn, and FastTable skips it. Cells with their own styles or
 markup (and headers, row labels) go the stock way, so the result is the same on screen
 (tests/tui/test_fast_table.py compares both).
 """
@@ -16,6 +19,7 @@ from rich.cells import set_cell_size
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
+from textual.geometry import Size
 from textual.widgets import DataTable
 
 
@@ -54,3 +58,16 @@ class FastTable(DataTable):
             lines = [[Segment(set_cell_size(text, width), style)]]
             self._cell_render_cache[cache_key] = lines
         return lines
+
+    def _update_dimensions(self, new_rows) -> None:
+        rows = self.rows
+        if any(column.auto_width for column in self.columns.values()) or any(
+                (row := rows.get(key)) is not None and (row.label is not None or row.auto_height)
+                for key in new_rows):
+            super()._update_dimensions(new_rows)
+            return
+        header_height = self.header_height if self.show_header else 0
+        self.virtual_size = Size(
+            sum(column.get_render_width(self) for column in self.columns.values())
+            + self._row_label_column_width,
+            self._total_row_height + header_height)

@@ -70,6 +70,8 @@ class FlowsView(Vertical):
         self._fit(self.size.width)
 
     def on_resize(self, event: events.Resize) -> None:
+        if not self.query(DataTable):  # shutting down: the table is already gone
+            return
         if self._fit(event.size.width):
             self._fill()
 
@@ -108,7 +110,9 @@ class FlowsView(Vertical):
         natural = self._natural
         for _id, cells in self.rows:
             for i, cell in enumerate(cells):
-                natural[i] = max(natural[i], cell_len(cell))
+                # len() first: cells are ASCII or narrow arrows, where it is cell_len()
+                if len(cell) > natural[i]:
+                    natural[i] = max(natural[i], cell_len(cell))
         self._fit(self.size.width)
         self._fill()
         self._want_detail()

@@ -53,3 +53,25 @@ async def test_fast_table_draws_what_the_data_table_draws():
                         row, column, cursor)
                     compared += 1
         assert compared == (len(ROWS) + 1) * 3 * 2
+
+
+class Fixed(App):
+    AUTO_FOCUS = None
+
+    def compose(self) -> ComposeResult:
+        for table in (DataTable(id="stock"), FastTable(id="fast")):
+            for label, width in (("endpoint", 14), ("ports", 16), ("bytes", 8)):
+                table.add_column(label, width=width)
+            yield table
+
+
+async def test_fixed_width_table_has_the_stock_dimensions():
+    """With fixed-width columns FastTable skips measuring cells: same scrollable size."""
+    app = Fixed()
+    async with app.run_test(size=(80, 20)) as pilot:
+        for table in app.query(DataTable):
+            table.add_rows([plain(r) for r in ROWS * 20])
+        await pilot.pause()
+        stock, fast = app.query_one("#stock", DataTable), app.query_one("#fast", FastTable)
+        assert fast.virtual_size == stock.virtual_size
+        assert fast.virtual_size.height == len(ROWS) * 20 + 1
