@@ -162,6 +162,9 @@ async def _drive(args, addresses: list[str]) -> dict:
                 raise RuntimeError(f"key {key!r}: no screen update within 10 s")
             handle_lat.append((handled[n_handled] - t0) * 1000)
             latencies.append((shown - t0) * 1000)
+            if os.environ.get("PF_BENCH_DEBUG"):
+                print(f"  key {key!r} -> {view}: action {handle_lat[-1]:.0f} ms, "
+                      f"screen {latencies[-1]:.0f} ms", flush=True)
             if key in ("p", "o"):
                 top = app.query_one("#top")
                 while time.perf_counter() - t0 < 10:

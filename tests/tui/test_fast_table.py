@@ -7,6 +7,7 @@ from __future__ import annotations
 from rich.segment import Segment
 from rich.text import Text
 from textual.app import App, ComposeResult
+from textual.geometry import Region
 from textual.widgets import DataTable
 
 from tui.fast_table import FastTable, plain
@@ -53,6 +54,14 @@ async def test_fast_table_draws_what_the_data_table_draws():
                         row, column, cursor)
                     compared += 1
         assert compared == (len(ROWS) + 1) * 3 * 2
+        # whole lines as drawn on screen (one render pass each), cursor on the first row
+        region = Region(0, 0, fast.size.width, fast.size.height)
+        want_lines = stock.render_lines(region)
+        got_lines = fast.render_lines(region)
+        assert [cells(s) for s in got_lines] == [cells(s) for s in want_lines]
+        drawn = ["".join(ch for ch, _style in cells(s)) for s in got_lines]
+        assert any("shop/frontend" in line for line in drawn) and any("styled" in line
+                                                                        for line in drawn)
 
 
 class Fixed(App):
