@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.widgets import ContentSwitcher, DataTable, Footer, Input
@@ -31,6 +33,10 @@ from tui.status_bar import StatusBar
 from tui.top_view import TopView
 
 __all__ = ["AppConfig", "KubernetesOptions", "PodflowApp", "create_app"]
+
+# After a key press, snapshots wait this long before they are drawn: the key's own screen
+# update comes first instead of queuing behind a redraw of the whole table.
+KEY_QUIET_S = 0.15
 
 VIEWS = {"flows": "Flows", "top": "Top", "services": "Services", "nodes": "Nodes"}
 _EVENTS = {"connected": NodeConnected, "lost": NodeLost, "gone": NodeGone}
@@ -76,6 +82,8 @@ class PodflowApp(App):
         # redraw never leaves a backlog of stale snapshots ahead of the next key press.
         self._latest: Snapshot | None = None
         self._latest_lock = threading.Lock()
+        self._key_at = 0.0            # time.monotonic() of the last key press
+        self._deferred_draw = None    # the timer drawing a snapshot held back by a key
         if config.engine == "process":
             self.engine = ProcessEngine(config, self._from_engine)
         else:
@@ -131,10 +139,25 @@ class PodflowApp(App):
 
     # ---- facts from the engine ------------------------------------------------------
 
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key):
+            self._key_at = time.monotonic()
+        await super().on_event(event)
+
     def on_snapshot_built(self, message: SnapshotBuilt) -> None:
         with self._latest_lock:
             self.snapshot = self._latest or message.snapshot
             self._latest = None
+        wait_s = KEY_QUIET_S - (time.monotonic() - self._key_at)
+        if wait_s > 0:
+            if self._deferred_draw is None:
+                self._deferred_draw = self.set_timer(wait_s, self._draw_snapshot)
+            return
+        self._draw_snapshot()
+
+    def _draw_snapshot(self) -> None:
+        """Draw self.snapshot (the newest) in the current view and the status bar."""
+        self._deferred_draw = None
         if not self.paused:
             self._draw_view()
         self._show_status()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 
 import pytest
 from google.protobuf import json_format
@@ -14,7 +15,8 @@ from textual.widgets import DataTable
 
 from tests.tui.conftest import wait_for
 from podflow_api.v1 import observer_pb2
-from tui.app import create_app
+from tui.app import KEY_QUIET_S, create_app
+from tui.messages import SnapshotBuilt
 from tui.sources import parse_response_line
 
 SIZE = (200, 50)
@@ -260,3 +262,25 @@ async def test_export_key(agents, tmp_path):
     replay = create_app(files=[str(path)])
     async with replay.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: f"{expected} flows seen" in text(replay, "#status-bar"))
+
+
+async def test_snapshot_waits_for_a_key_press_screen_update(agents):
+    """A snapshot arriving just after a key press is drawn after the key's own update."""
+    for agent in agents:
+        agent.send(200)
+    app = create_app(servers=[a.address for a in agents])
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.snapshot is not None and rows(app, "flows-table"),
+                       what="first snapshot")
+        await pilot.press("space", "space")  # pause and back to live: a key press just now
+        app.engine.stop()                    # no more snapshots but the ones posted here
+        flows = app.query_one("#flows")
+        drawn = flows.rows
+        snapshot = app.snapshot
+        snapshot.flows = snapshot.flows[1:]  # a "newer" snapshot: one row fewer
+        app._key_at = time.monotonic()
+        app.post_message(SnapshotBuilt(snapshot))
+        await pilot.pause(0.02)
+        assert flows.rows is drawn           # held back while the key's update is drawn
+        await pilot.pause(KEY_QUIET_S + 0.1)
+        assert flows.rows == snapshot.flows  # and drawn once the moment has passed
