@@ -14,6 +14,8 @@ agent / baseline. On a shared machine the iperf3 figures move with other jobs' l
 program cost (kernel run-time stats, ns per packet) is the steadier figure.
 
     .venv/bin/python -m bench.datapath [--rounds 3] [--seconds 3]
+
+PF_BENCH_AGENT_ARGS="--attach-mode tc --no-drops" adds agent flags, to price each feature.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ import grpc
 from podflow_api.v1 import observer_pb2, observer_pb2_grpc
 
 _TICKS = os.sysconf("SC_CLK_TCK")
-AGENT_ARGS = ("--active-timeout", "1", "--idle-timeout", "2")
+AGENT_ARGS = (*os.environ.get("PF_BENCH_AGENT_ARGS", "").split(),
+              "--active-timeout", "1", "--idle-timeout", "2")
 
 
 def _cpu_s(pid: int) -> float:
