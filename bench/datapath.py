@@ -1,19 +1,23 @@
 """What the datapath costs the node, and whether it counts every packet at that cost.
 
-Two pods on a bridge node (agent/lab.py). Each round runs iperf3 twice without the agent and
-twice with `podflow agent` attached to both pod veths and the bridge, side by side:
+Two bridge nodes of the lab (agent/lab.py), each with a client and a server pod. The agent
+runs on node-a only, attached to both pod veths and the bridge; node-b is the untraced
+baseline. Samples alternate between the two pairs back to back (ABBA order), so both sides
+of each ratio see the same moment of a shared machine's load, which moves iperf3 by +-20 %
+from one run to the next here:
   - TCP throughput (iperf3, default sizes, GSO on);
   - 64-byte UDP packets/s (iperf3 -u -l 18 -b 0: 18 B payload = 60 B frame + FCS), counted
     at the receiver;
-  - with the agent: the agent's CPU (utime+stime from /proc/<pid>/stat, share of one core)
-    during the traffic, the packets its flow records counted on each veth and direction
-    against the veth's own counters (IPv6 off and static neighbours in the pods, so every
-    frame is an IPv4 flow), and the events it reported lost (ServerStatus).
-Medians of the rounds (baseline and agent runs alternate in ABBA order); ratios are
-agent / baseline. On a shared machine the iperf3 figures move with other jobs' load; the TC
-program cost (kernel run-time stats, ns per packet) is the steadier figure.
+  - first without any agent (the two pairs should match: that ratio is the method's own
+    error), then with the agent on node-a: its CPU (utime+stime from /proc/<pid>/stat, share
+    of one core) during node-a's samples, the packets its flow records counted on each veth
+    and direction against the veth's own counters (IPv6 off and static neighbours in the
+    pods, so every frame is an IPv4 flow), and the events it reported lost (ServerStatus).
+Ratios are medians over the back-to-back pairs of traced / untraced. The kernel's run-time
+stats give the TC programs' cost per packet, the steadiest figure; they slow every program
+run, so they are on only for one extra TCP and UDP run at the end.
 
-    .venv/bin/python -m bench.datapath [--rounds 3] [--seconds 3]
+    .venv/bin/python -m bench.datapath [--pairs 8] [--seconds 2]
 
 PF_BENCH_AGENT_ARGS="--attach-mode tc --no-drops" adds agent flags, to price each feature.
 """
@@ -94,8 +98,9 @@ def _prog_run_stats(ids: list[int]) -> tuple[int, int]:
 
 
 def _iperf(client, server_ip: str, seconds: float, udp: bool) -> float:
-    """Gbit/s (TCP) or received packets/s (UDP)."""
-    cmd = ["iperf3", "-c", server_ip, "-t", str(seconds), "-J"]
+    """Gbit/s (TCP) or received packets/s (UDP). Client on CPU 0, server on CPU 1 (iperf3
+    -A), the same for every sample, so the scheduler's placement is not part of the noise."""
+    cmd = ["iperf3", "-c", server_ip, "-t", str(seconds), "-J", "-A", "0,1"]
     if udp:
         cmd += ["-u", "-l", "18", "-b", "0"]
     res = client.run(cmd, capture_output=True, text=True, check=False)
@@ -149,77 +154,104 @@ def _mac_of(peer, pod, ip: str) -> str:
     return json.loads(out)[0]["lladdr"]
 
 
-def run(rounds: int, seconds: float) -> int:
+def _pods(node, suffix: str) -> tuple:
+    """A quiet client and server pod on `node`, iperf3 listening in the server."""
+    client = node.add_pod("bench", f"client-{suffix}")
+    server = node.add_pod("bench", f"server-{suffix}")
+    _quiet_pods(client, server, node.gateway)
+    server.popen(["iperf3", "-s"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return client, server
+
+
+def _paired_samples(traced: tuple, plain: tuple, count: int, seconds: float, udp: bool,
+                    agent_pid: int | None = None) -> tuple[list[tuple[float, float]], float]:
+    """`count` back-to-back (traced, untraced) measurements, alternating which goes first;
+    and the agent's CPU share during the traced ones."""
+    pairs, cpu_s, busy_s = [], 0.0, 0.0
+    for i in range(count):
+        values = {}
+        for side in (("traced", "plain") if i % 2 == 0 else ("plain", "traced")):
+            client, server = traced if side == "traced" else plain
+            cpu0, t0 = (_cpu_s(agent_pid) if agent_pid else 0.0), time.monotonic()
+            values[side] = _iperf(client, server.ip, seconds, udp)
+            if agent_pid and side == "traced":
+                cpu_s += _cpu_s(agent_pid) - cpu0
+                busy_s += time.monotonic() - t0
+        pairs.append((values["traced"], values["plain"]))
+    return pairs, (cpu_s / busy_s if busy_s else 0.0)
+
+
+def _row(name: str, calibration: list, measured: list, scale: float, fmt: str) -> str:
+    base = statistics.median(p for _, p in measured) / scale
+    traced = statistics.median(t for t, _ in measured) / scale
+    ratio = statistics.median(t / p for t, p in measured)
+    calib = statistics.median(t / p for t, p in calibration)
+    return (f"{name:<32}{base:>10{fmt}}{traced:>10{fmt}}{ratio:>8.3f}"
+            f"{min(t / p for t, p in measured):>7.3f}-{max(t / p for t, p in measured):.3f}"
+            f"{calib:>12.3f}")
+
+
+def run(pairs: int, seconds: float) -> int:
     from agent.lab import Lab
 
-    results: dict[str, list[float]] = {k: [] for k in
-                                       ("tcp_base", "tcp_agent", "udp_base", "udp_agent",
-                                        "cpu_tcp", "cpu_udp")}
+    calibration, measured, cpu = {}, {}, {}
     accounting: list[tuple[str, int, int]] = []
-    lost_total = 0
-    prog_ns = prog_runs = 0
-    stats_fd = _enable_bpf_stats()
     with Lab("benchdp") as lab, tempfile.TemporaryDirectory() as tmp:
         node = lab.add_node("node-a", kind="bridge", pod_cidr="10.244.1.0/24")
-        client = node.add_pod("bench", "client-1")
-        server = node.add_pod("bench", "server-1")
-        _quiet_pods(client, server, node.gateway)
-        server.popen(["iperf3", "-s"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        plain_node = lab.add_node("node-b", kind="bridge", pod_cidr="10.244.2.0/24")
+        traced, plain = _pods(node, "a"), _pods(plain_node, "b")
         time.sleep(0.5)
-        veths = [client.host_ifname, server.host_ifname]
-        for r in range(rounds):
-            # baseline before the agent in even rounds, after it in odd ones, so a trend in
-            # the machine's load (other jobs) does not favour either side
-            if r % 2 == 0:
-                results["tcp_base"].append(_iperf(client, server.ip, seconds, udp=False))
-                results["udp_base"].append(_iperf(client, server.ip, seconds, udp=True))
+        for proto in ("tcp", "udp"):
+            calibration[proto], _ = _paired_samples(traced, plain, max(2, pairs // 2), seconds,
+                                                    udp=proto == "udp")
 
-            log = os.path.join(tmp, f"flows-{r}.jsonl")
-            agent = node.start_agent("--flow-log", log, *AGENT_ARGS)
-            assert set(veths + ["cni0"]) <= set(agent.ready.get("interfaces", [])), agent.ready
-            before = {v: _link_counters(node, v) for v in veths}
-            ids = _prog_ids(agent.pid)
-            ns0, runs0 = _prog_run_stats(ids)
-            for proto in ("tcp", "udp"):
-                cpu0, t0 = _cpu_s(agent.pid), time.monotonic()
-                results[f"{proto}_agent"].append(_iperf(client, server.ip, seconds,
-                                                        udp=proto == "udp"))
-                results[f"cpu_{proto}"].append((_cpu_s(agent.pid) - cpu0)
-                                                / (time.monotonic() - t0))
-            time.sleep(0.5)  # quiet: nothing moves between reading counters and detaching
-            after = {v: _link_counters(node, v) for v in veths}
-            ns1, runs1 = _prog_run_stats(ids)
-            prog_ns, prog_runs = prog_ns + ns1 - ns0, prog_runs + runs1 - runs0
-            status = _status(agent.address)
-            lost_total += sum(c.count for c in status.lost)
-            lost_total += sum(n for k, n in status.datapath_errors.items() if "full" in k)
-            if agent.stop() != 0:
-                raise RuntimeError(agent.stderr_text())
-            for v in veths:
-                rx = after[v][0] - before[v][0]  # host side rx = frames from the pod
-                tx = after[v][1] - before[v][1]
-                accounting.append((f"{v} FROM_POD", rx, _record_packets(log, v, "FROM_POD")))
-                accounting.append((f"{v} TO_POD", tx, _record_packets(log, v, "TO_POD")))
-            if r % 2 == 1:
-                results["tcp_base"].append(_iperf(client, server.ip, seconds, udp=False))
-                results["udp_base"].append(_iperf(client, server.ip, seconds, udp=True))
-
-    if stats_fd >= 0:
-        os.close(stats_fd)
-    med = {k: statistics.median(v) for k, v in results.items()}
-    print(f"podflow datapath benchmark: {rounds} rounds x {seconds:g}s, medians "
-          f"(bridge node, 2 pods, agent on both veths + cni0); load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"{'measure':<34}{'baseline':>12}{'agent':>12}{'ratio':>8}")
-    print(f"{'TCP throughput (Gbit/s)':<34}{med['tcp_base']:>12.2f}{med['tcp_agent']:>12.2f}"
-          f"{med['tcp_agent'] / med['tcp_base']:>8.3f}")
-    print(f"{'UDP 64-byte frames (kpps recv)':<34}{med['udp_base'] / 1e3:>12.1f}"
-          f"{med['udp_agent'] / 1e3:>12.1f}{med['udp_agent'] / med['udp_base']:>8.3f}")
-    print(f"agent CPU during TCP: {med['cpu_tcp'] * 100:.1f}% of a core; "
-          f"during UDP: {med['cpu_udp'] * 100:.1f}%")
-    if prog_runs:
-        print(f"TC program cost (kernel run-time stats): {prog_ns / prog_runs:.0f} ns per "
-              f"packet over {prog_runs} runs")
+        log = os.path.join(tmp, "flows.jsonl")
+        agent = node.start_agent("--flow-log", log, *AGENT_ARGS)
+        veths = [pod.host_ifname for pod in traced]
+        assert set(veths + ["cni0"]) <= set(agent.ready.get("interfaces", [])), agent.ready
+        before = {v: _link_counters(node, v) for v in veths}
+        for proto in ("tcp", "udp"):
+            measured[proto], cpu[proto] = _paired_samples(traced, plain, pairs, seconds,
+                                                          udp=proto == "udp",
+                                                          agent_pid=agent.pid)
+        # The kernel's run-time stats time every program run (two clock reads each), so
+        # they are on only for this last pair of runs, not for the ratios above.
+        stats_fd = _enable_bpf_stats()
+        ids = _prog_ids(agent.pid)
+        ns0, runs0 = _prog_run_stats(ids)
+        for udp in (False, True):
+            _iperf(traced[0], traced[1].ip, seconds, udp)
+        ns1, runs1 = _prog_run_stats(ids)
+        if stats_fd >= 0:
+            os.close(stats_fd)
+        time.sleep(0.5)  # quiet: nothing moves between reading counters and detaching
+        after = {v: _link_counters(node, v) for v in veths}
+        status = _status(agent.address)
+        lost_total = sum(c.count for c in status.lost)
+        lost_total += sum(n for k, n in status.datapath_errors.items() if "full" in k)
+        if agent.stop() != 0:
+            raise RuntimeError(agent.stderr_text())
+        for v in veths:
+            rx = after[v][0] - before[v][0]  # host side rx = frames from the pod
+            tx = after[v][1] - before[v][1]
+            accounting.append((f"{v} FROM_POD", rx, _record_packets(log, v, "FROM_POD")))
+            accounting.append((f"{v} TO_POD", tx, _record_packets(log, v, "TO_POD")))
+    print(f"podflow datapath benchmark: {pairs} back-to-back pairs x {seconds:g}s per protocol "
+          f"(bridge nodes, agent on node-a's veths + cni0, node-b untraced); load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; agent flags: "
+          f"{' '.join(AGENT_ARGS)}")
+    print(f"{'measure':<32}{'untraced':>10}{'traced':>10}{'ratio':>8}{'range':>13}"
+          f"{'no agent':>12}")
+    print(_row("TCP throughput (Gbit/s)", calibration["tcp"], measured["tcp"], 1, ".2f"))
+    print(_row("UDP 64-byte frames (kpps recv)", calibration["udp"], measured["udp"], 1e3,
+               ".1f"))
+    print("(ratio: median of traced/untraced over the pairs; no agent: the same ratio before "
+          "the agent started, the method's own error)")
+    print(f"agent CPU during TCP: {cpu['tcp'] * 100:.1f}% of a core; "
+          f"during UDP: {cpu['udp'] * 100:.1f}%")
+    if runs1 > runs0:
+        print(f"TC program cost (kernel run-time stats): {(ns1 - ns0) / (runs1 - runs0):.0f} ns "
+              f"per packet over {runs1 - runs0} runs (one more TCP and UDP run with the stats on)")
     exact = all(truth == counted for _, truth, counted in accounting)
     total_truth = sum(t for _, t, _ in accounting)
     total_counted = sum(c for _, _, c in accounting)
@@ -234,10 +266,11 @@ def run(rounds: int, seconds: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--pairs", type=int, default=8,
+                        help="back-to-back traced/untraced measurements per protocol")
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of each iperf3 run")
     args = parser.parse_args(argv)
-    return run(args.rounds, args.seconds)
+    return run(args.pairs, args.seconds)
 
 
 if __name__ == "__main__":
