@@ -155,6 +155,17 @@ def _short_hash(*parts: str, length: int = 16) -> str:
     return base64.b32encode(digest).decode()[:length]
 
 
+def _bridge_mac(netns: str, bridge: str) -> str:
+    """A fixed, locally administered MAC for a lab bridge. Without one, Linux gives a bridge
+    the lowest MAC among its ports and changes it whenever a port with a lower one joins (a
+    new pod's veth, a new outside host): neighbours still holding the old MAC as their
+    gateway's then have their frames dropped by the bridge's IP stack (not addressed to it)
+    until their ARP entry is probed again, which took a pod's first connection after a
+    pod was added past a 3 s timeout. An address set by the user is never changed."""
+    digest = hashlib.sha256(f"{netns}/{bridge}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
 def _sanitize_id(lab_id: str) -> str:
     clean = re.sub(r"[^a-z0-9]", "", lab_id.lower())
     if not clean:
@@ -207,26 +218,53 @@ while True:
     threading.Thread(target=handle, args=(c,), daemon=True).start()
 """
 
+# A pod's client: one request (TCP: connect, send, shut the sending side, read to the end;
+# UDP: one datagram and its answer), then one JSON line {"local_port", "reply", "error"} (the
+# source port also when the request failed, so a test can find that attempt's flow), then
+# the socket stays open `hold` seconds (its conntrack entry stays ESTABLISHED meanwhile).
 _CLIENT_CODE = r"""
-import socket, sys
-ip, port, proto, timeout, payload = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5].encode()
-if proto == "udp":
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(timeout)
-    s.sendto(payload, (ip, port))
-    sys.stdout.write(s.recvfrom(65535)[0].decode())
-    sys.exit(0)
-s = socket.create_connection((ip, port), timeout=timeout)
-s.sendall(payload)
-s.shutdown(socket.SHUT_WR)
-out = b""
-while True:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    out += chunk
-sys.stdout.write(out.decode())
+import json, socket, sys, time
+ip, port, proto, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+payload, hold = sys.argv[5].encode(), float(sys.argv[6])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM)
+s.settimeout(timeout)
+out, error = b"", ""
+try:
+    if proto == "udp":
+        s.sendto(payload, (ip, port))
+        out = s.recvfrom(65535)[0]
+    else:
+        s.connect((ip, port))
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+except OSError as exc:
+    error = f"{type(exc).__name__}: {exc}"
+print(json.dumps({"local_port": s.getsockname()[1], "reply": out.decode(errors="replace"),
+                  "error": error}), flush=True)
+time.sleep(hold)
 """
+
+HTTP_GET = "GET / HTTP/1.0\r\n\r\n"
+
+
+@dataclass
+class Reply:
+    """One request from `_InNetns.request`: what came back, or why nothing did."""
+
+    local_port: int   # the client's source port, also when the request failed
+    text: str         # the server's answer ("" when none)
+    error: str = ""   # the socket error ("" when answered)
+
+    @property
+    def name(self) -> str:
+        """The answering server's name (see `_InNetns.reply_name`)."""
+        return _InNetns.reply_name(self.text)
+
 
 # One-shot DNS lookups and the demo's steady traffic run this stdlib-only script in pods.
 POD_TRAFFIC_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_traffic.py")
@@ -275,18 +313,49 @@ class _InNetns:
             time.sleep(0.03)
         raise LabError(f"server on {name}:{port} not listening after {timeout_s}s")
 
-    def fetch(self, ip: str, port: int, protocol: str = "tcp", payload: str = "GET / HTTP/1.0\r\n\r\n",
+    def _client_argv(self, ip: str, port: int, protocol: str, payload: str, timeout_s: float,
+                     hold_s: float) -> list[str]:
+        return [sys.executable, "-I", "-S", "-c", _CLIENT_CODE, ip, str(port), protocol,
+                str(timeout_s), payload, str(hold_s)]
+
+    def _reply(self, line: str, stderr: str, ip: str, port: int, protocol: str) -> Reply:
+        try:
+            fields = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LabError(f"client in {self.netns} for {ip}:{port}/{protocol} printed no "
+                           f"result: {stderr.strip()[-500:] or line!r}") from exc
+        return Reply(int(fields["local_port"]), fields["reply"], fields["error"])
+
+    def request(self, ip: str, port: int, protocol: str = "tcp", payload: str = HTTP_GET,
+                timeout_s: float = 3.0) -> Reply:
+        """One request from this namespace to ip:port; a failed one is a Reply with `error`."""
+        res = self.run(self._client_argv(ip, port, protocol, payload, timeout_s, 0.0),
+                       check=False, capture_output=True, text=True)
+        return self._reply(res.stdout, res.stderr, ip, port, protocol)
+
+    def request_held(self, ip: str, port: int, protocol: str = "tcp", payload: str = HTTP_GET,
+                     timeout_s: float = 3.0, hold_s: float = 5.0
+                     ) -> tuple[Reply, subprocess.Popen]:
+        """`request`, returning as soon as the answer is in while the client keeps its socket
+        open `hold_s` longer (wait for the process, or leave it to the lab's cleanup)."""
+        proc = self.popen(self._client_argv(ip, port, protocol, payload, timeout_s, hold_s),
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+        line = proc.stdout.readline() if proc.stdout else ""
+        stderr = "" if line or proc.stderr is None else proc.stderr.read()
+        return self._reply(line, stderr, ip, port, protocol), proc
+
+    def fetch(self, ip: str, port: int, protocol: str = "tcp", payload: str = HTTP_GET,
               timeout_s: float = 3.0, check: bool = True) -> str:
         """One request from this namespace to ip:port; returns the reply ("" on failure
         when check=False; LabError on failure when check=True)."""
-        res = self.run([sys.executable, "-I", "-S", "-c", _CLIENT_CODE, ip, str(port), protocol,
-                        str(timeout_s), payload], check=False, capture_output=True, text=True)
-        if res.returncode != 0:
+        reply = self.request(ip, port, protocol, payload, timeout_s)
+        if reply.error:
             if check:
                 raise LabError(f"request from {self.netns} to {ip}:{port}/{protocol} failed: "
-                               f"{res.stderr.strip().splitlines()[-1:] or res.returncode}")
+                               f"{reply.error}")
             return ""
-        return res.stdout
+        return reply.text
 
     def resolve(self, name: str, server: str | None = None, timeout_s: float = 2.0
                 ) -> tuple[str, list[str]]:
@@ -391,10 +460,13 @@ class Service:
 
 
 class AgentHandle:
-    """A `podflow agent` running inside a node's namespace."""
+    """A `podflow agent` process from `spawn_agent`: on a lab node (`node`), or alone for a
+    test that needs one agent and no lab (`node` None). As a context manager it stops the
+    agent on the way out."""
 
-    def __init__(self, node: "Node", proc: subprocess.Popen, address: str, ready_file: str,
-                 stderr_path: str, stdout_path: str):
+    def __init__(self, node_name: str, proc: subprocess.Popen, address: str, ready_file: str,
+                 stderr_path: str, stdout_path: str, node: "Node | None" = None):
+        self.node_name = node_name
         self.node = node
         self.process = proc
         self.address = address
@@ -402,6 +474,12 @@ class AgentHandle:
         self.stderr_path = stderr_path
         self.stdout_path = stdout_path
         self.ready: dict = {}
+
+    def __enter__(self) -> "AgentHandle":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
 
     @property
     def pid(self) -> int:
@@ -426,11 +504,11 @@ class AgentHandle:
                     pass  # written atomically by the agent; retry on the odd race
             code = self.process.poll()
             if code is not None:
-                raise LabError(f"podflow agent on {self.node.name} exited with {code} before "
+                raise LabError(f"podflow agent on {self.node_name} exited with {code} before "
                                f"it was ready:\n{self.stderr_text().strip()[-4000:]}")
             time.sleep(0.1)
         self.kill()
-        raise LabError(f"podflow agent on {self.node.name} not ready after {timeout_s:.0f}s:\n"
+        raise LabError(f"podflow agent on {self.node_name} not ready after {timeout_s:.0f}s:\n"
                        f"{self.stderr_text().strip()[-4000:]}")
 
     def stop(self, timeout_s: float = 20.0) -> int:
@@ -440,17 +518,44 @@ class AgentHandle:
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                log.warning("agent on %s ignored SIGTERM for %.0fs; killing", self.node.name,
+                log.warning("agent on %s ignored SIGTERM for %.0fs; killing", self.node_name,
                             timeout_s)
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+    def wait(self, timeout_s: float) -> int:
+        """The exit code once the agent exits by itself (subprocess.TimeoutExpired if not)."""
+        return self.process.wait(timeout_s)
 
     def kill(self) -> int:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
         return self.process.returncode
+
+
+def spawn_agent(base: str, *args: str, node_name: str, netns: str | None = None,
+                env: dict[str, str] | None = None, node: "Node | None" = None) -> AgentHandle:
+    """Start `podflow agent --node-name NODE_NAME --listen unix:BASE.sock --ready-file
+    BASE.ready.json ARGS` (inside `netns` when given), its output in BASE.stdout and
+    BASE.stderr. Returns at once: `wait_ready` waits, `stop` ends it."""
+    sock = f"{base}.sock"
+    ready = f"{base}.ready.json"
+    for stale in (sock, ready):
+        if os.path.exists(stale):
+            os.unlink(stale)
+    cmd = [sys.executable, "-m", "agent.cli", "agent", "--node-name", node_name,
+           "--listen", f"unix:{sock}", "--ready-file", ready, *args]
+    if netns is not None:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    stderr_path, stdout_path = f"{base}.stderr", f"{base}.stdout"
+    with open(stderr_path, "wb") as err, open(stdout_path, "wb") as out:
+        # Own session: a Ctrl-C meant for the caller's terminal does not reach the agent;
+        # its owner stops it in order.
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, **(env or {})})
+    return AgentHandle(node_name, proc, f"unix:{sock}", ready, stderr_path, stdout_path, node)
 
 
 class Node(_InNetns):
@@ -572,24 +677,9 @@ class Node(_InNetns):
         """Run `podflow agent` inside this node's namespace and wait until it is ready."""
         seq = len(self.agents)
         base = os.path.join(self.lab.run_dir, self.name if seq == 0 else f"{self.name}.{seq}")
-        sock = f"{base}.sock"
-        ready = f"{base}.ready.json"
-        for stale in (sock, ready):
-            if os.path.exists(stale):
-                os.unlink(stale)
-        cmd = [sys.executable, "-m", "agent.cli", "agent", "--node-name", self.name,
-               "--listen", f"unix:{sock}", "--ready-file", ready]
-        if metadata_file is not None:
-            cmd += ["--metadata", metadata_file]
-        cmd += list(extra_args)
-        stderr_path, stdout_path = f"{base}.stderr", f"{base}.stdout"
-        with open(stderr_path, "wb") as err, open(stdout_path, "wb") as out:
-            # Own session: a Ctrl-C meant for the caller's terminal does not reach the agent;
-            # the lab stops it in order at cleanup.
-            proc = subprocess.Popen(self._argv(cmd), stdout=out, stderr=err,
-                                    stdin=subprocess.DEVNULL, start_new_session=True,
-                                    env={**os.environ, **(env or {})})
-        handle = AgentHandle(self, proc, f"unix:{sock}", ready, stderr_path, stdout_path)
+        metadata = ["--metadata", metadata_file] if metadata_file is not None else []
+        handle = spawn_agent(base, *metadata, *extra_args, node_name=self.name,
+                             netns=self.netns, env=env, node=self)
         self.agents.append(handle)
         handle.wait_ready(timeout_s)
         return handle
@@ -755,7 +845,8 @@ class Lab:
             u = self.underlay
             _run(["ip", "netns", "add", u])
             _run(["ip", "-n", u, "link", "set", "lo", "up"])
-            _run(["ip", "-n", u, "link", "add", "br0", "type", "bridge"])
+            _run(["ip", "-n", u, "link", "add", "br0", "address", _bridge_mac(u, "br0"),
+                  "type", "bridge"])
             _run(["ip", "-n", u, "addr", "add",
                   f"{UNDERLAY_GATEWAY}/{UNDERLAY_CIDR.prefixlen}", "dev", "br0"])
             _run(["ip", "-n", u, "link", "set", "br0", "up"])
@@ -905,7 +996,8 @@ class Lab:
                    "net.ipv4.conf.default.rp_filter=0"]
         if kind == "bridge":
             gw = node.gateway
-            _run(["ip", "-n", n, "link", "add", "cni0", "type", "bridge"])
+            _run(["ip", "-n", n, "link", "add", "cni0", "address", _bridge_mac(n, "cni0"),
+                  "type", "bridge"])
             _run(["ip", "-n", n, "addr", "add", f"{gw}/{node.pod_cidr.prefixlen}", "dev", "cni0"])
             _run(["ip", "-n", n, "link", "set", "cni0", "up"])
             sysctls.append("net.bridge.bridge-nf-call-iptables=1")  # as Kubernetes requires

@@ -11,9 +11,14 @@ this instead, through a kubeconfig pointing at it. What the agent relies on is k
   allowWatchBookmarks), ends cleanly after timeoutSeconds, and answers a version older than
   the compacted history with an ERROR event carrying a 410 Expired Status (as the real
   watch cache does); watch without a version (or "0") starts with ADDED for everything;
+- the namespaced paths too (`/api/v1/namespaces/NS/pods`, one object at `.../pods/NAME`),
+  and equality-based label selectors on lists (`k=v`, `k==v`, `k!=v`, `k`, `!k`);
 - on demand: compaction, abrupt disconnects of every open watch, 403 Forbidden for a chosen
   resource and verb (with the real Status message), the whole server down and back up on
   the same port.
+
+Subresources (`.../pods/NAME/portforward`) answer 404 here; a fake that needs one subclasses
+the handler (`FakeAPIServer.handler_class`) and overrides `subresource`, as the TUI's does.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ class FakeAPIServer:
     """Start with `start()`, point a client at `url` (or `write_kubeconfig`), mutate with
     create/update/delete, and break it with compact/disconnect_watches/forbid/stop."""
 
+    handler_class: type["_Handler"]  # set below the handler's definition
+
     def __init__(self, bookmark_interval_s: float = 1.0) -> None:
         self.bookmark_interval_s = bookmark_interval_s
         self._lock = threading.Condition()
@@ -86,7 +93,7 @@ class FakeAPIServer:
     def start(self) -> "FakeAPIServer":
         fake = self
 
-        class Handler(_Handler):
+        class Handler(self.handler_class):
             api = fake
 
         server = _QuietServer(("127.0.0.1", self.port), Handler)
@@ -201,6 +208,11 @@ class FakeAPIServer:
         with self._lock:
             self._forbidden.discard((resource, verb))
 
+    def _events_after(self, rv: int, resource: str, namespace: str) -> list[Event]:
+        """The history a watch has not sent yet (caller holds the lock)."""
+        return [e for e in self._events if e.rv > rv and e.resource == resource
+                and (not namespace or e.obj["metadata"].get("namespace", "") == namespace)]
+
     @property
     def resource_version(self) -> int:
         with self._lock:
@@ -211,6 +223,55 @@ class FakeAPIServer:
 
     def list_count(self, resource: str) -> int:
         return sum(1 for r in self.requests if r.startswith(f"list {resource}"))
+
+
+def _route(path: str) -> tuple[str, str, str, str] | None:
+    """(resource, namespace, name, subresource) of an API path, "" where absent; None when
+    the path names no known resource. Cluster-wide: `/api/v1/pods`; namespaced:
+    `/api/v1/namespaces/NS/pods[/NAME[/SUB]]` (likewise under `/apis/GROUP/VERSION`)."""
+    path = path.rstrip("/")
+    if path in RESOURCES:
+        return RESOURCES[path][0], "", "", ""
+    for collection, (resource, kind, _version, _group) in RESOURCES.items():
+        if kind in ("Node", "Namespace"):
+            continue  # cluster-scoped
+        prefix = collection.rsplit("/", 1)[0] + "/namespaces/"
+        if not path.startswith(prefix):
+            continue
+        namespace, _, rest = path[len(prefix):].partition("/")
+        parts = rest.split("/")
+        if namespace and parts[0] == resource and len(parts) <= 3 and all(parts):
+            name, sub = (parts[1:] + ["", ""])[:2]
+            return resource, namespace, name, sub
+    return None
+
+
+def _parse_selector(text: str) -> list[tuple[str, str, str]]:
+    """Equality-based label selector terms as (key, operator, value): `k=v`, `k==v`, `k!=v`,
+    `k` (exists), `!k` (does not exist). Set-based terms raise ValueError."""
+    terms = []
+    for term in filter(None, (t.strip() for t in text.split(","))):
+        if "(" in term or " in " in term or " notin " in term:
+            raise ValueError(f"{term!r}: set-based terms are not supported by this fake")
+        if "!=" in term:
+            key, _, value = term.partition("!=")
+            terms.append((key.strip(), "!=", value.strip()))
+        elif "=" in term:
+            key, _, value = term.partition("=")
+            terms.append((key.strip(), "=", value.lstrip("=").strip()))
+        elif term.startswith("!"):
+            terms.append((term[1:].strip(), "!", ""))
+        else:
+            terms.append((term, "exists", ""))
+    return terms
+
+
+def _selected(labels: dict, selector: list[tuple[str, str, str]]) -> bool:
+    for key, op, value in selector:
+        if ((op == "=" and labels.get(key) != value) or (op == "!=" and labels.get(key) == value)
+                or (op == "!" and key in labels) or (op == "exists" and key not in labels)):
+            return False
+    return True
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -245,7 +306,8 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _send_json(self, code: int, body: dict) -> None:
+    def send_json(self, code: int, body: dict) -> None:
+        """Every non-streaming reply: a JSON body with its length."""
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -253,34 +315,69 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def not_found(self, message: str) -> None:
+        self.send_json(404, status(404, "NotFound", message))
+
     def do_GET(self):  # noqa: N802 (http.server's naming)
         url = urlparse(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        info = RESOURCES.get(url.path.rstrip("/"))
-        if info is None:
-            self._send_json(404, status(404, "NotFound", f"the server could not find the requested resource ({url.path})"))
+        route = _route(url.path)
+        if route is None:
+            self.not_found(f"the server could not find the requested resource ({url.path})")
             return
-        resource, kind, version, group = info
+        resource, namespace, name, sub = route
+        if sub:
+            self.subresource(resource, namespace, name, sub, query)
+            return
+        kind, version, group = RESOURCE_INFO[resource]
         watching = query.get("watch") in ("true", "1")
-        verb = "watch" if watching else "list"
+        verb = "get" if name else "watch" if watching else "list"
         api = self.api
         api.requests.append(f"{verb} {resource} {url.query}")
         with api._lock:
             forbidden = (resource, verb) in api._forbidden
         if forbidden:
-            group_text = f'in API group "{group}"'
-            self._send_json(403, status(
+            scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+            self.send_json(403, status(
                 403, "Forbidden",
                 f'{resource} is forbidden: User "system:serviceaccount:podflow:podflow" cannot '
-                f'{verb} resource "{resource}" {group_text} at the cluster scope',
+                f'{verb} resource "{resource}" in API group "{group}" {scope}',
                 details={"kind": resource, "group": group}))
             return
-        if watching:
-            self._watch(resource, kind, version, query)
+        try:
+            selector = _parse_selector(query.get("labelSelector", ""))
+        except ValueError as exc:
+            self.send_json(400, status(400, "BadRequest", f"unable to parse requirement: {exc}"))
+            return
+        if name:
+            self._get(resource, kind, namespace, name)
+        elif watching:
+            if selector:
+                # A watch narrowed by labels must turn objects leaving the selection into
+                # DELETED events; no client here needs it, so say so rather than fake it.
+                self.send_json(400, status(400, "BadRequest",
+                                           "labelSelector on a watch is not supported by this fake"))
+                return
+            self._watch(resource, kind, version, namespace, query)
         else:
-            self._list(resource, kind, version, query)
+            self._list(resource, kind, version, namespace, selector, query)
 
-    def _list(self, resource: str, kind: str, version: str, query: dict) -> None:
+    def subresource(self, resource: str, namespace: str, name: str, sub: str,
+                    query: dict) -> None:
+        """`.../RESOURCE/NAME/SUB`: none here; subclasses add the ones they serve."""
+        self.not_found(f"the server could not find the requested resource ({sub})")
+
+    def _get(self, resource: str, kind: str, namespace: str, name: str) -> None:
+        with self.api._lock:
+            obj = copy.deepcopy(self.api._objects[resource].get((namespace, name)))
+        if obj is None:
+            self.send_json(404, status(404, "NotFound", f'{resource} "{name}" not found',
+                                       details={"name": name, "kind": resource}))
+        else:
+            self.send_json(200, obj)
+
+    def _list(self, resource: str, kind: str, version: str, namespace: str,
+              selector: list[tuple[str, str, str]], query: dict) -> None:
         api = self.api
         limit = int(query.get("limit") or 0)
         token = query.get("continue")
@@ -290,14 +387,16 @@ class _Handler(BaseHTTPRequestHandler):
                     decoded = json.loads(base64.urlsafe_b64decode(token))
                     snapshot_id, start, list_rv = decoded["id"], decoded["start"], decoded["rv"]
                 except (ValueError, KeyError):
-                    self._send_json(400, status(400, "BadRequest", "invalid continue token"))
+                    self.send_json(400, status(400, "BadRequest", "invalid continue token"))
                     return
                 items = api._snapshots.get(snapshot_id)
                 if items is None:
-                    self._send_json(410, status(410, "Expired", "The provided continue parameter is too old to display a consistent list result."))
+                    self.send_json(410, status(410, "Expired", "The provided continue parameter is too old to display a consistent list result."))
                     return
             else:
-                items = [copy.deepcopy(o) for _k, o in sorted(api._objects[resource].items())]
+                items = [copy.deepcopy(o) for (ns, _n), o in sorted(api._objects[resource].items())
+                         if (not namespace or ns == namespace)
+                         and _selected(o["metadata"].get("labels") or {}, selector)]
                 snapshot_id, start, list_rv = uuid.uuid4().hex, 0, api._rv
             page = items[start:start + limit] if limit else items[start:]
             end = start + len(page)
@@ -308,7 +407,7 @@ class _Handler(BaseHTTPRequestHandler):
                     {"id": snapshot_id, "start": end, "rv": list_rv}).encode()).decode()
             else:
                 api._snapshots.pop(snapshot_id, None)
-        self._send_json(200, {"kind": f"{kind}List", "apiVersion": version, "metadata": meta,
+        self.send_json(200, {"kind": f"{kind}List", "apiVersion": version, "metadata": meta,
                               "items": page})
 
     def _chunk(self, payload: dict) -> None:
@@ -316,7 +415,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
-    def _watch(self, resource: str, kind: str, version: str, query: dict) -> None:
+    def _watch(self, resource: str, kind: str, version: str, namespace: str,
+               query: dict) -> None:
         api = self.api
         timeout_s = float(query.get("timeoutSeconds") or 1800)
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
@@ -332,7 +432,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if rv_text == "0":
                     # "Any version": synthetic ADDED events for the current state first.
                     pending = [{"type": "ADDED", "object": copy.deepcopy(o)}
-                               for _k, o in sorted(api._objects[resource].items())]
+                               for (ns, _n), o in sorted(api._objects[resource].items())
+                               if not namespace or ns == namespace]
                     since = api._rv
                 else:
                     since = int(rv_text)
@@ -350,14 +451,14 @@ class _Handler(BaseHTTPRequestHandler):
             last_bookmark = time.monotonic()
             while True:
                 with api._lock:
-                    events = [e for e in api._events if e.rv > since and e.resource == resource]
+                    events = api._events_after(since, resource, namespace)
                     if not events and api._generation == generation:
                         remaining = min(deadline - time.monotonic(),
                                         self.api.bookmark_interval_s - (time.monotonic() - last_bookmark)
                                         if bookmarks else deadline - time.monotonic())
                         if remaining > 0:
                             api._lock.wait(remaining)
-                            events = [e for e in api._events if e.rv > since and e.resource == resource]
+                            events = api._events_after(since, resource, namespace)
                     broken = api._generation != generation
                     current_rv = api._rv
                 if broken:
@@ -383,3 +484,6 @@ class _Handler(BaseHTTPRequestHandler):
     def _end(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+
+FakeAPIServer.handler_class = _Handler

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from agent.client import server_status
-from agent.lab import Lab
+from agent.lab import AgentHandle, Lab, spawn_agent
 from k8s import objs
 from k8s.fakeapi import FakeAPIServer
 
@@ -31,27 +28,10 @@ def wait_until(predicate, timeout_s: float) -> bool:
     return predicate()
 
 
-def run_agent(tmp_path, *args: str, wait: bool = True):
-    ready = tmp_path / "ready.json"
-    stderr = open(tmp_path / "agent.err", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "agent", "--node-name", "node-a",
-         "--interfaces", "pfnomatch*", "--listen", f"unix:{tmp_path}/agent.sock",
-         "--ready-file", str(ready), *args],
-        stdout=subprocess.DEVNULL, stderr=stderr)
-    if wait:
-        wait_until(lambda: ready.exists() or proc.poll() is not None, 60)
-    return proc, ready, stderr
-
-
-def stop(proc) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def run_agent(tmp_path, *args: str) -> AgentHandle:
+    """An agent on no interface with these flags; the caller waits (ready, or an exit)."""
+    return spawn_agent(str(tmp_path / "agent"), "--interfaces", "pfnomatch*", *args,
+                       node_name="node-a")
 
 
 @pytest.fixture
@@ -64,11 +44,9 @@ def api():
 def test_kubernetes_source_stale_then_fresh_in_server_status(ebpf_ready, api, tmp_path):
     api.create(objs.pod("cart-1", "10.0.0.2"))
     kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
-    proc, ready, stderr = run_agent(tmp_path, "--metadata", "kubernetes", "--kubeconfig", kubeconfig)
-    try:
-        assert ready.exists(), open(stderr.name).read()
-        assert json.loads(ready.read_text())["metadata"] == "kubernetes"
-        address = f"unix:{tmp_path}/agent.sock"
+    with run_agent(tmp_path, "--metadata", "kubernetes", "--kubeconfig", kubeconfig) as agent:
+        assert agent.wait_ready(60)["metadata"] == "kubernetes"
+        address = agent.address
         status = server_status(address)
         assert (status.metadata_source, status.metadata_stale, status.metadata_error) == ("kubernetes", False, "")
         api.stop()
@@ -77,24 +55,16 @@ def test_kubernetes_source_stale_then_fresh_in_server_status(ebpf_ready, api, tm
         api.start()
         assert wait_until(lambda: not server_status(address).metadata_stale, 15)
         assert server_status(address).metadata_error == ""
-    finally:
-        stop(proc)
-        stderr.close()
-    log = open(stderr.name).read()
+    log = agent.stderr_text()
     assert "serving the last known state" in log and "fresh again" in log
 
 
 def test_missing_rbac_stops_the_agent_with_a_clear_message(ebpf_ready, api, tmp_path):
     api.forbid("pods", "list")
     kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
-    proc, _ready, stderr = run_agent(tmp_path, "--metadata", "kubernetes", "--kubeconfig",
-                                     kubeconfig, wait=False)
-    try:
-        assert proc.wait(timeout=60) == 2
-    finally:
-        stop(proc)
-        stderr.close()
-    assert "missing RBAC permission: list pods (at cluster scope)" in open(stderr.name).read()
+    with run_agent(tmp_path, "--metadata", "kubernetes", "--kubeconfig", kubeconfig) as agent:
+        assert agent.wait(timeout_s=60) == 2
+    assert "missing RBAC permission: list pods (at cluster scope)" in agent.stderr_text()
 
 
 @pytest.mark.parametrize("args,message", [
@@ -102,13 +72,9 @@ def test_missing_rbac_stops_the_agent_with_a_clear_message(ebpf_ready, api, tmp_
     pytest.param(["--metadata", "kubernetes", "--kubeconfig", "/nonexistent/kubeconfig"], "--kubeconfig", id="bad-kubeconfig"),
 ])
 def test_bad_metadata_flags_are_named(ebpf_ready, tmp_path, args, message):
-    proc, _ready, stderr = run_agent(tmp_path, *args, wait=False)
-    try:
-        assert proc.wait(timeout=60) == 2
-    finally:
-        stop(proc)
-        stderr.close()
-    assert message in open(stderr.name).read()
+    with run_agent(tmp_path, *args) as agent:
+        assert agent.wait(timeout_s=60) == 2
+    assert message in agent.stderr_text()
 
 
 def test_without_metadata_translation_is_still_reported(ebpf_ready, tmp_path):

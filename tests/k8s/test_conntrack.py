@@ -5,8 +5,6 @@ through kube-proxy-shaped DNAT rules in a lab node, attributed to the backend th
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -20,26 +18,6 @@ from podflow_api.v1 import flow_pb2
 pytestmark = pytest.mark.root
 
 VIP = "10.96.0.12"
-
-# Connects, sends a request, prints "<local port> <server name>", keeps the connection open
-# for `hold` seconds (so its conntrack entry stays ESTABLISHED), then closes.
-CLIENT = r"""
-import socket, sys, time
-ip, port, proto, hold = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
-if proto == "udp":
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
-    s.sendto(b"hello", (ip, port)); data = s.recvfrom(4096)[0]
-else:
-    s = socket.create_connection((ip, port), timeout=3); s.sendall(b"hello"); s.shutdown(socket.SHUT_WR)
-    data = b""
-    while True:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-print(s.getsockname()[1], data.decode().strip(), flush=True)
-time.sleep(hold)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +37,10 @@ def lab():
 
 
 def connect(pod, ip: str, port: int, proto: str = "tcp", hold_s: float = 0.0):
-    """(client port, server name, process still holding the connection)."""
-    proc = pod.popen([sys.executable, "-c", CLIENT, ip, str(port), proto, str(hold_s)],
-                     stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline().split()
-    assert len(line) == 2, "the request failed"
-    return int(line[0]), line[1], proc
+    """(client port, server name, process holding the connection `hold_s` longer)."""
+    reply, proc = pod.request_held(ip, port, proto, payload="hello", hold_s=hold_s)
+    assert not reply.error, f"the request failed: {reply.error}"
+    return reply.local_port, reply.name, proc
 
 
 @pytest.fixture

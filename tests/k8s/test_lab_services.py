@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import pytest
@@ -21,32 +20,10 @@ CART_VIP, EMPTY_VIP = "10.96.0.12", "10.96.0.20"
 NODE_PORT = 30080
 AGENT_ARGS = ("--active-timeout", "1", "--idle-timeout", "2", "--sweep-interval", "0.2")
 
-# Prints "<local port> <server name>" for one request (see test_conntrack.CLIENT).
-CLIENT = r"""
-import socket, sys
-ip, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-s = socket.socket(); s.settimeout(timeout)
-try:
-    s.connect((ip, port))
-except OSError:
-    print(s.getsockname()[1], "-", flush=True); sys.exit(0)
-s.sendall(b"hello"); s.shutdown(socket.SHUT_WR)
-data = b""
-while True:
-    chunk = s.recv(4096)
-    if not chunk:
-        break
-    data += chunk
-print(s.getsockname()[1], data.decode().strip() or "-", flush=True)
-"""
-
-
 def request(host, ip: str, port: int, timeout_s: float = 3.0) -> tuple[int, str]:
     """(client port, name of the pod that answered or "-")."""
-    res = host.run([sys.executable, "-c", CLIENT, ip, str(port), str(timeout_s)],
-                   capture_output=True, text=True)
-    port_text, name = res.stdout.split()
-    return int(port_text), name
+    reply = host.request(ip, port, payload="hello", timeout_s=timeout_s)
+    return reply.local_port, reply.name or "-"
 
 
 @pytest.fixture(scope="module")

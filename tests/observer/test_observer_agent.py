@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import time
 import pytest
 from google.protobuf import json_format
 
+from agent.lab import spawn_agent
 from podflow_api.v1 import observer_pb2
 
 pytestmark = pytest.mark.root
@@ -49,23 +49,13 @@ def node_with_pod(tmp_path):
 
 def test_observe_a_real_agent(ebpf_ready, node_with_pod, tmp_path):
     node, pod, host_if = node_with_pod
-    sock = tmp_path / "agent.sock"
-    ready = tmp_path / "ready.json"
-    agent = subprocess.Popen(
-        ["ip", "netns", "exec", node, *PODFLOW, "agent", "--node-name", "obs-node",
-         "--interfaces", host_if, "--listen", f"unix:{sock}", "--ready-file", str(ready)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 90
-        while not ready.exists():
-            assert agent.poll() is None, agent.stderr.read()
-            assert time.monotonic() < deadline, "agent never became ready"
-            time.sleep(0.2)
-        info = json.loads(ready.read_text())
-        assert info["listen"] == f"unix:{sock}"
+    with spawn_agent(str(tmp_path / "agent"), "--interfaces", host_if, node_name="obs-node",
+                     netns=node) as agent:
+        info = agent.wait_ready(90)
+        assert info["listen"] == agent.address == f"unix:{tmp_path}/agent.sock"
         subprocess.run(["ip", "netns", "exec", pod, "ping", "-c", "2", "-i", "0.2", "10.78.0.1"],
                        check=True, capture_output=True)
-        server = f"unix:{sock}"
+        server = agent.address
         deadline = time.monotonic() + 20
         flows = []
         while time.monotonic() < deadline:
@@ -85,10 +75,3 @@ def test_observe_a_real_agent(ebpf_ready, node_with_pod, tmp_path):
         status = json.loads(r.stdout)["status"]
         assert status["node_name"] == "obs-node" and int(status["seen_flows"]) >= 2
         assert [i["name"] for i in status["interfaces"]] == [host_if]
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()

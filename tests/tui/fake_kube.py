@@ -1,8 +1,7 @@
-"""A faithful fake of the two Kubernetes API calls `podflow tui --kubernetes` makes, over
-real HTTP, since no API server can run here:
+"""The Kubernetes API as `podflow tui --kubernetes` uses it, over real HTTP, since no API
+server can run here: the faithful fake of tests/k8s/fakeapi.py (pod lists in a namespace
+with a label selector, as the TUI asks) plus the one call only the TUI makes:
 
-- GET /api/v1/namespaces/{ns}/pods?labelSelector=k=v,... -> a PodList of the pods in that
-  namespace whose labels match (equality terms, as the TUI's selector uses);
 - GET /api/v1/namespaces/{ns}/pods/{name}/portforward?ports=P upgraded to a WebSocket with
   the `v4.channel.k8s.io` subprotocol, framed as the API server does: per port a data
   channel (2i) and an error channel (2i+1), each opened by a frame carrying the port number
@@ -16,12 +15,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import socket
 import struct
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
+
+from tests.k8s.fakeapi import FakeAPIServer, _Handler
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -37,119 +35,27 @@ def pod(namespace: str, name: str, node: str, labels: dict[str, str], port: int 
             "status": {"phase": phase}}
 
 
-class FakeKube:
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.pods: dict[tuple[str, str], dict] = {}
-        self.targets: dict[tuple[str, str], str] = {}  # pod -> "unix:/path" or "host:port"
-        self.forwards = 0                               # port-forward sessions opened
-        self._server: ThreadingHTTPServer | None = None
-        self.port = 0
+class _PortForwardHandler(_Handler):
+    api: "FakeKube"
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def add_pod(self, obj: dict, target: str) -> None:
-        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
-        with self._lock:
-            self.pods[key] = obj
-            self.targets[key] = target
-
-    def delete_pod(self, namespace: str, name: str) -> None:
-        with self._lock:
-            self.pods.pop((namespace, name), None)
-
-    def write_kubeconfig(self, path: str, context: str = "fake") -> str:
-        cfg = {"apiVersion": "v1", "kind": "Config", "current-context": context,
-               "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-               "users": [{"name": "me", "user": {"token": "fake-token"}}],
-               "contexts": [{"name": context, "context": {"cluster": "fake", "user": "me"}}]}
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(cfg, fh)
-        return path
-
-    def start(self) -> FakeKube:
-        fake = self
-
-        class Handler(_Handler):
-            kube = fake
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True, name="fake-kube").start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-
-def _matches(labels: dict, selector: str) -> bool:
-    for term in filter(None, selector.split(",")):
-        key, _, value = term.partition("=")
-        if labels.get(key) != value:
-            return False
-    return True
-
-
-class _Handler(BaseHTTPRequestHandler):
-    kube: FakeKube
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
-        pass
-
-    def _json(self, code: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        url = urlparse(self.path)
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        parts = url.path.strip("/").split("/")
-        # api v1 namespaces NS pods [NAME portforward]
-        if len(parts) >= 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "pods":
-            ns = parts[3]
-            if len(parts) == 5:
-                with self.kube._lock:
-                    items = [p for (pns, _), p in sorted(self.kube.pods.items())
-                             if pns == ns and _matches(p["metadata"].get("labels", {}),
-                                                       query.get("labelSelector", ""))]
-                self._json(200, {"kind": "PodList", "apiVersion": "v1",
-                                 "metadata": {"resourceVersion": "1"}, "items": items})
-                return
-            if len(parts) == 7 and parts[6] == "portforward":
-                self._portforward(ns, parts[5], query)
-                return
-        self._json(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                         "reason": "NotFound", "code": 404,
-                         "message": f"the server could not find the requested resource"})
-
-    # ---- port-forward over WebSocket --------------------------------------------------
+    def subresource(self, resource: str, namespace: str, name: str, sub: str,
+                    query: dict) -> None:
+        if (resource, sub) == ("pods", "portforward"):
+            self._portforward(namespace, name, query)
+        else:
+            super().subresource(resource, namespace, name, sub, query)
 
     def _portforward(self, ns: str, name: str, query: dict) -> None:
-        with self.kube._lock:
-            target = self.kube.targets.get((ns, name)) if (ns, name) in self.kube.pods else None
+        target = self.api.target_of(ns, name)
         if target is None:
-            self._json(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                             "reason": "NotFound", "code": 404,
-                             "message": f'pods "{name}" not found'})
+            self.not_found(f'pods "{name}" not found')
             return
         key = self.headers.get("Sec-WebSocket-Key")
         protocols = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
         if self.headers.get("Upgrade", "").lower() != "websocket" or not key \
                 or "v4.channel.k8s.io" not in protocols:
-            self._json(400, {"kind": "Status", "status": "Failure", "code": 400,
-                             "message": "upgrade request required"})
+            self.send_json(400, {"kind": "Status", "status": "Failure", "code": 400,
+                                 "message": "upgrade request required"})
             return
         port = int(query.get("ports", "0"))
         upstream = _dial(target)
@@ -161,8 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Sec-WebSocket-Protocol", "v4.channel.k8s.io")
         self.end_headers()
         self.wfile.flush()
-        with self.kube._lock:
-            self.kube.forwards += 1
+        self.api.forward_opened()
         sock = self.connection
         send_lock = threading.Lock()
 
@@ -209,6 +114,40 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
             upstream.close()
             self.close_connection = True
+
+
+class FakeKube(FakeAPIServer):
+    """The k8s fake whose pods each have a `target`: where a port-forward to them goes."""
+
+    handler_class = _PortForwardHandler
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._targets: dict[tuple[str, str], str] = {}  # pod -> "unix:/path" or "host:port"
+        self.forwards = 0                                # port-forward sessions opened
+
+    def add_pod(self, obj: dict, target: str) -> None:
+        meta = obj["metadata"]
+        with self._lock:
+            self._targets[(meta["namespace"], meta["name"])] = target
+        self.apply(obj)
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        with self._lock:
+            known = self._targets.pop((namespace, name), None) is not None
+        if known:
+            self.delete("Pod", namespace, name)
+
+    def target_of(self, namespace: str, name: str) -> str | None:
+        """The pod's forward target, or None when no such pod exists (now)."""
+        with self._lock:
+            if (namespace, name) not in self._objects["pods"]:
+                return None
+            return self._targets.get((namespace, name))
+
+    def forward_opened(self) -> None:
+        with self._lock:
+            self.forwards += 1
 
 
 def _dial(target: str) -> socket.socket:
