@@ -158,10 +158,11 @@ def _short_hash(*parts: str, length: int = 16) -> str:
 def _bridge_mac(netns: str, bridge: str) -> str:
     """A fixed, locally administered MAC for a lab bridge. Without one, Linux gives a bridge
     the lowest MAC among its ports and changes it whenever a port with a lower one joins (a
-    new pod's veth, a new outside host): neighbours still holding the old MAC as their
-    gateway's then have their frames dropped by the bridge's IP stack (not addressed to it)
-    until their ARP entry is probed again, which took a pod's first connection after a
-    pod was added past a 3 s timeout. An address set by the user is never changed."""
+    new pod's veth, a new outside host). Neighbours whose ARP entry still holds the old
+    address, another port's, keep sending there: the bridge passes such frames up as not
+    addressed to it and IP drops them, until the entry is probed again (seconds to a
+    minute). A pod's first connection after a pod was added timed out that way. The kernel
+    never changes an address set by the user."""
     digest = hashlib.sha256(f"{netns}/{bridge}".encode()).digest()
     return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 

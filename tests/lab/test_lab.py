@@ -235,6 +235,39 @@ def test_pod_added_and_removed_while_running(cluster, snapshot):
     assert all(p["metadata"]["name"] != "tmp-1" for p in lab.metadata()["items"])
 
 
+def _mac(netns: str, dev: str) -> str:
+    out = subprocess.run(["ip", "-n", netns, "-br", "link", "show", dev], capture_output=True,
+                         text=True, check=True).stdout
+    return out.split()[2]
+
+
+def test_bridges_keep_their_address_when_a_lower_one_joins(cluster):
+    """Linux gives a bridge its lowest port MAC unless one was set, so a new port could
+    re-address a gateway under the ARP caches of pods and hosts: frames to the old address
+    (another port's) then reached the bridge as not addressed to it and were dropped, and
+    the first connection after adding a pod or an outside host timed out."""
+    lab, a, pods, outside = cluster["lab"], cluster["a"], cluster["pods"], cluster["outside"]
+    before = (_mac(a.netns, "cni0"), _mac(lab.underlay, "br0"))
+    # A client whose own veth does not carry the gateway's address (that one would pass).
+    client = next(p for p in (pods["fe-a"], pods["cart-a"])
+                  if _mac(a.netns, p.host_ifname) != before[0])
+    # Fresh ARP entries for both gateways, holding the addresses they have now.
+    for host, gateway in ((client, a.gateway), (outside, "172.18.0.1")):
+        host.run(["ping", "-c", "1", "-W", "2", gateway], capture_output=True)
+    pod = a.add_pod("shop", "low-mac")
+    try:
+        a.run(["ip", "link", "set", pod.host_ifname, "address", "02:00:00:00:00:01"])
+        lab.add_outside_host("low-mac")
+        subprocess.run(["ip", "-n", lab.underlay, "link", "set", f"o{len(lab.outside_hosts) - 1}",
+                        "address", "02:00:00:00:00:02"], check=True)
+        assert (_mac(a.netns, "cni0"), _mac(lab.underlay, "br0")) == before
+        reply = client.fetch(pods["cart-b"].ip, 8080, timeout_s=3)
+        assert client.reply_name(reply) == "cart-b"
+        assert outside.reply_name(outside.fetch(pods["cart-a"].ip, 8080, timeout_s=3)) == "cart-a"
+    finally:
+        a.remove_pod(pod)
+
+
 def test_same_lab_id_twice_is_refused(cluster):
     with pytest.raises(LabBusyError):
         Lab("labtest")
