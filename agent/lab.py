@@ -118,28 +118,19 @@ def _netns_pids(netns: str) -> list[int]:
 def _kill_netns_processes(netns: str, grace_s: float = 3.0) -> None:
     """Stop every process living in one of our namespaces (SIGTERM, then SIGKILL): a namespace
     with processes in it outlives `ip netns delete`, with its links."""
-    pids = [p for p in _netns_pids(netns) if p != os.getpid()]
-    if not pids:
-        return
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         pids = [p for p in _netns_pids(netns) if p != os.getpid()]
         if not pids:
             return
-        time.sleep(0.05)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _netns_pids(netns):
-        time.sleep(0.05)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while (time.monotonic() < deadline
+               and any(p != os.getpid() for p in _netns_pids(netns))):
+            time.sleep(0.05)
 
 
 def _delete_netns(netns: str) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 
@@ -15,17 +14,9 @@ from agent.client import server_status
 from agent.lab import AgentHandle, Lab, spawn_agent
 from k8s import objs
 from k8s.fakeapi import FakeAPIServer
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.root
-
-
-def wait_until(predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def run_agent(tmp_path, *args: str) -> AgentHandle:
@@ -50,10 +41,10 @@ def test_kubernetes_source_stale_then_fresh_in_server_status(ebpf_ready, api, tm
         status = server_status(address)
         assert (status.metadata_source, status.metadata_stale, status.metadata_error) == ("kubernetes", False, "")
         api.stop()
-        assert wait_until(lambda: server_status(address).metadata_stale, 10)
+        assert wait_until(lambda: server_status(address).metadata_stale, 10, interval_s=0.1)
         assert "API server unreachable" in server_status(address).metadata_error
         api.start()
-        assert wait_until(lambda: not server_status(address).metadata_stale, 15)
+        assert wait_until(lambda: not server_status(address).metadata_stale, 15, interval_s=0.1)
         assert server_status(address).metadata_error == ""
     log = agent.stderr_text()
     assert "serving the last known state" in log and "fresh again" in log
@@ -99,7 +90,7 @@ def test_without_metadata_translation_is_still_reported(ebpf_ready, tmp_path):
                         out.append(flow)
             return out
 
-        assert wait_until(lambda: len(records()) >= 2, 20)
+        assert wait_until(lambda: len(records()) >= 2, 20, interval_s=0.1)
         for flow in records():
             assert flow["translation"] == {"original_ip": "10.96.0.12", "original_port": 80,
                                            "translated_ip": server.ip, "translated_port": 8080}

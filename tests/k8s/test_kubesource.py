@@ -15,6 +15,7 @@ from agent.stats import AgentStats
 from k8s import objs
 from k8s.fakeapi import FakeAPIServer
 from podflow_api.v1 import flow_pb2
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -41,15 +42,6 @@ def connect(api, tmp_path):
     yield make
     for source in sources:
         source.stop()
-
-
-def wait_until(predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def reflector(source: KubeSource, kind: str):

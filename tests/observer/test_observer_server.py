@@ -21,6 +21,7 @@ from agent import client
 from agent.server import OBSERVER_SERVICE, ListenAddress
 from agent.errors import ConfigError
 from podflow_api.v1 import flow_pb2, observer_pb2
+from tests.waiting import wait_until
 
 FF = observer_pb2.FlowFilter
 Req = observer_pb2.GetFlowsRequest
@@ -136,21 +137,12 @@ def drain(q: queue.Queue, n: int, timeout: float = 10.0) -> list:
     return got
 
 
-def wait_for(cond, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
-
-
 def test_follow_with_history_then_live(agent):
     agent.feed(10)
     q: queue.Queue = queue.Queue()
     _t, holder = _follow(agent, Req(number=3, follow=True, allowlist=[FF(protocol=["tcp"])]), q)
     assert [r.flow.bytes for r in drain(q, 3)] == [107, 108, 109]
-    assert wait_for(lambda: agent.store.num_subscribers == 1)
+    assert wait_until(lambda: agent.store.num_subscribers == 1)
     agent.store.extend([make_flow(1, proto="udp"), make_flow(50)])
     got = drain(q, 1)
     assert [r.flow.bytes for r in got] == [150]
@@ -160,7 +152,7 @@ def test_follow_with_history_then_live(agent):
 def test_follow_reports_loss_at_other_stages(agent):
     q: queue.Queue = queue.Queue()
     _t, holder = _follow(agent, Req(follow=True), q)
-    assert wait_for(lambda: agent.store.num_subscribers == 1)
+    assert wait_until(lambda: agent.store.num_subscribers == 1)
     agent.stats.add_lost(observer_pb2.KERNEL_RING_BUFFER, 7)
     agent.stats.add_lost(observer_pb2.EXPORTER_QUEUE, 2)
     got = drain(q, 2, timeout=5)
@@ -175,10 +167,10 @@ def test_follow_reports_loss_at_other_stages(agent):
 def test_disconnect_frees_the_subscriber_at_once(agent):
     q: queue.Queue = queue.Queue()
     _t, holder = _follow(agent, Req(follow=True), q)
-    assert wait_for(lambda: agent.store.num_subscribers == 1)
+    assert wait_until(lambda: agent.store.num_subscribers == 1)
     t = time.monotonic()
     holder["call"].cancel()
-    assert wait_for(lambda: agent.store.num_subscribers == 0, timeout=2)
+    assert wait_until(lambda: agent.store.num_subscribers == 0, timeout_s=2)
     assert time.monotonic() - t < 1.0
     assert not agent.server.servicer._subs
 
@@ -187,7 +179,7 @@ def test_stop_ends_follow_streams():
     a = InProcessAgent().start()
     q: queue.Queue = queue.Queue()
     t, _ = _follow(a, Req(follow=True), q)
-    assert wait_for(lambda: a.store.num_subscribers == 1)
+    assert wait_until(lambda: a.store.num_subscribers == 1)
     a.stop()
     t.join(5)
     assert not t.is_alive()
@@ -207,7 +199,7 @@ def test_slow_client_loses_oldest_exactly_and_fast_client_gets_all():
         _f, fast_call = _follow(a, Req(follow=True), fast_q)
         with a.channel() as slow_ch:
             slow = a.stub(slow_ch).GetFlowsBatched(Req(follow=True))
-            assert wait_for(lambda: a.store.num_subscribers == 2)
+            assert wait_until(lambda: a.store.num_subscribers == 2)
             a.store.extend(template[:1])
             first = next(slow)  # the slow client reads one message, then stops reading
             slow_flows = len(flows_of(first.responses))
@@ -249,7 +241,7 @@ def test_slow_client_loses_oldest_exactly_and_fast_client_gets_all():
         lost_stats = {lc.stage: lc.count for lc in a.stats.lost_counts()}
         assert lost_stats[observer_pb2.CLIENT_QUEUE] == lost
         fast_call["call"].cancel()
-        assert wait_for(lambda: a.store.num_subscribers == 0, timeout=3)
+        assert wait_until(lambda: a.store.num_subscribers == 0, timeout_s=3)
     finally:
         a.stop()
 
@@ -351,11 +343,11 @@ def test_stuck_client_that_disconnects_is_freed():
         with a.channel() as ch:
             stuck = a.stub(ch).GetFlowsBatched(Req(follow=True))
             next(stuck)  # the empty opening batch: the stream is up
-            assert wait_for(lambda: a.store.num_subscribers == 1)
+            assert wait_until(lambda: a.store.num_subscribers == 1)
             for _ in range(100):  # ~50 MB: far more than HTTP/2 windows hold
                 a.store.extend(template)
             stuck.cancel()
-            assert wait_for(lambda: a.store.num_subscribers == 0, timeout=2)
+            assert wait_until(lambda: a.store.num_subscribers == 0, timeout_s=2)
             assert not a.server.servicer._subs
     finally:
         a.stop()
