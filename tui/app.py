@@ -16,7 +16,7 @@ import time
 from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.widgets import ContentSwitcher, DataTable, Footer, Input
+from textual.widgets import ContentSwitcher, Footer, Input
 
 from tui.aggregator import Aggregator, Summary
 from tui.config import AppConfig, KubernetesOptions
@@ -104,9 +104,8 @@ class PodflowApp(App):
     def on_mount(self) -> None:
         # Focus moving between the views' tables makes Textual's Footer rebuild its keys,
         # and those rebuilt widgets were measured to pile up (memory grew ~20 MB/min while
-        # switching views). The tables stay unfocusable; the app drives their cursors.
-        for table in self.query(DataTable):
-            table.can_focus = False
+        # switching views). The tables (LineTable) never take focus; the app drives their
+        # cursors.
         self.set_focus(None)
         self.query_one(TopView).show_header()
         self._show_status()
@@ -172,7 +171,8 @@ class PodflowApp(App):
         self._show_status()
 
     def on_detail_fetched(self, message: DetailFetched) -> None:
-        self.query_one(FlowsView).show_detail(message.entry_id, message.text)
+        if self.is_running:
+            self.query_one(FlowsView).show_detail(message.entry_id, message.text)
 
     def on_flows_view_detail_wanted(self, message: FlowsView.DetailWanted) -> None:
         self.engine.send(("detail", message.entry_id))
@@ -195,13 +195,14 @@ class PodflowApp(App):
         return (switcher.first().current if switcher else None) or "flows"
 
     def _draw_view(self) -> None:
-        views = self.query(f"#{self.current_view}")
-        if self.snapshot is not None and views:  # no views while shutting down
-            views.first().show(self.snapshot)
+        # Nothing is drawn once the app shuts down: Textual then removes widgets children
+        # first while messages (a snapshot) may still be handled.
+        if self.snapshot is not None and self.is_running:
+            self.query_one(f"#{self.current_view}").show(self.snapshot)
 
     def _show_status(self) -> None:
         bars = self.query(StatusBar)
-        if not bars:
+        if not bars or not self.is_running:
             return
         summary = self.snapshot.summary if self.snapshot is not None else Summary(0, 0, 0, 0, 0)
         bars.first().show(summary, self.paused, self.flt.text, VIEWS[self.current_view],
@@ -211,8 +212,7 @@ class PodflowApp(App):
         self.set_focus(None)  # keys go to the app's bindings (see on_mount)
 
     def action_cursor(self, action: str) -> None:
-        table = self.query_one(f"#{self.current_view}").query_one(DataTable)
-        getattr(table, f"action_{action}")()
+        getattr(self.query_one(f"#{self.current_view}").table, f"action_{action}")()
 
     # ---- keys -----------------------------------------------------------------------
 

@@ -38,6 +38,14 @@ from tui.sources import AgentSource, FileSource, KubernetesDiscovery
 log = logging.getLogger("podflow.tui.engine")
 Out = Callable[[tuple], None]
 
+# The engine process runs at a lower CPU priority than the UI. Its work (decoding and
+# counting every flow) can wait a few milliseconds without anyone noticing; a key press
+# cannot. When the cores are busy (on a node, or the agents of the benchmark on the same
+# machine), the scheduler then runs the UI first as soon as a key arrives. The engine still
+# gets all the CPU nobody else wants, and if it ever falls behind, the inbox overflow is
+# counted and shown as lost events (TUI_INBOX), never silent.
+ENGINE_NICE = 10
+
 
 class EngineCore:
     """Sources + aggregator + snapshots. `run` loops until `stop` is set."""
@@ -165,6 +173,10 @@ def _child_main(config: AppConfig, conn) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
+    try:
+        os.nice(ENGINE_NICE)
+    except OSError:  # not allowed here: the engine runs at the UI's priority
+        pass
     send_lock = threading.Lock()
     stop = threading.Event()
 

@@ -8,15 +8,14 @@ columns are hidden. Widths are fitted again on resize and when wider cells arriv
 from __future__ import annotations
 
 from rich.cells import cell_len
-from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
-from tui.columns import ColumnSpec, fit, truncate
-from tui.fast_table import FastTable
+from tui.columns import ColumnSpec, fit
+from tui.line_table import PADDING, LineTable
 from tui.format import FLOW_COLUMNS
 from tui.snapshot import Snapshot
 
@@ -38,7 +37,6 @@ SCROLLBAR_CELLS = 2  # kept free for the table's vertical scrollbar
 
 class FlowsView(Vertical):
     DEFAULT_CSS = """
-    FlowsView > DataTable { height: 1fr; }
     FlowsView > #flow-detail { height: 14; border-top: solid $accent; display: none; }
     FlowsView.detail > #flow-detail { display: block; }
     """
@@ -56,11 +54,16 @@ class FlowsView(Vertical):
         # the widest cell seen per column: widths only grow, so they do not flicker
         self._natural = [cell_len(spec.label) for spec in FLOW_SPECS]
         self.widths: list[int | None] = [None] * len(FLOW_SPECS)  # None: hidden
+        self._shown: list[int] = []  # indexes of the shown columns
+        # Kept as attributes, not queried: drawing while the app shuts down (children are
+        # removed first) must not look them up.
+        self.table = LineTable(id="flows-table", zebra_stripes=True)
+        self.detail_text = Static("", id="flow-detail-text")
 
     def compose(self) -> ComposeResult:
-        yield FastTable(id="flows-table", cursor_type="row", zebra_stripes=True)
+        yield self.table
         with VerticalScroll(id="flow-detail", can_focus=False):
-            yield Static("", id="flow-detail-text")
+            yield self.detail_text
 
     def toggle_detail(self) -> None:
         self.toggle_class("detail")
@@ -70,38 +73,32 @@ class FlowsView(Vertical):
         self._fit(self.size.width)
 
     def on_resize(self, event: events.Resize) -> None:
-        if not self.query(DataTable):  # shutting down: the table is already gone
-            return
         if self._fit(event.size.width):
             self._fill()
 
     def _fit(self, width_cells: int) -> bool:
         """Choose the column widths for a table `width_cells` wide; True if they changed
-        (the columns were rebuilt and the rows must be added again)."""
-        table = self.query_one(DataTable)
-        if width_cells <= 0 and table.columns:  # hidden or not laid out yet: keep them
+        (the rows must be given to the table again)."""
+        if width_cells <= 0 and self.table.labels:  # hidden or not laid out yet: keep them
             return False
         widths = fit(FLOW_SPECS, self._natural, max(0, width_cells - SCROLLBAR_CELLS),
-                     2 * table.cell_padding)
-        if widths == self.widths and table.columns:
+                     2 * PADDING)
+        if widths == self.widths and self.table.labels:
             return False
         self.widths = widths
-        table.clear(columns=True)
-        for spec, width in zip(FLOW_SPECS, widths):
-            if width is not None:
-                table.add_column(spec.label, width=width)
+        self._shown = [i for i, w in enumerate(widths) if w is not None]
+        self.table.set_columns([FLOW_SPECS[i].label for i in self._shown],
+                               [widths[i] for i in self._shown])
         return True
 
     def _fill(self) -> None:
-        """(Re)write the table's rows from self.rows, cut to the column widths."""
-        table = self.query_one(DataTable)
-        cursor = table.cursor_row
-        table.clear()
-        shown = [(i, w) for i, w in enumerate(self.widths) if w is not None]
-        table.add_rows([[Text(truncate(cells[i], w), no_wrap=True, end="") for i, w in shown]
-                        for _id, cells in self.rows])
-        if self.rows:
-            table.move_cursor(row=min(max(cursor, 0), len(self.rows) - 1), animate=False)
+        """Give the table self.rows' shown cells; it cuts them to the column widths when
+        it draws them, and draws only the visible ones."""
+        shown = self._shown
+        if len(shown) == len(FLOW_SPECS):
+            self.table.set_rows([cells for _id, cells in self.rows])
+        else:
+            self.table.set_rows([[cells[i] for i in shown] for _id, cells in self.rows])
 
     def show(self, snapshot: Snapshot) -> None:
         if [r[0] for r in snapshot.flows] == [r[0] for r in self.rows]:
@@ -117,12 +114,12 @@ class FlowsView(Vertical):
         self._fill()
         self._want_detail()
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+    def on_line_table_row_highlighted(self, event: LineTable.RowHighlighted) -> None:
         event.stop()
         self._want_detail()
 
     def selected_id(self) -> int | None:
-        row = self.query_one(DataTable).cursor_row
+        row = self.table.cursor_row
         if 0 <= row < len(self.rows):
             return self.rows[row][0]
         return None
@@ -132,10 +129,10 @@ class FlowsView(Vertical):
             return
         entry_id = self.selected_id()
         if entry_id is None:
-            self.query_one("#flow-detail-text", Static).update("(no flow selected)")
+            self.detail_text.update("(no flow selected)")
         else:
             self.post_message(self.DetailWanted(entry_id))
 
     def show_detail(self, entry_id: int, text: str) -> None:
         if entry_id == self.selected_id():
-            self.query_one("#flow-detail-text", Static).update(text)
+            self.detail_text.update(text)

@@ -3,30 +3,17 @@ flows/s, lost events by stage, interfaces traced, last error."""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.widgets import DataTable, Static
-
-from tui.fast_table import FastTable, plain
 from tui.snapshot import Snapshot
-
-COLUMNS = ("node", "address", "state", "flows/s", "received", "lost (by stage)",
-           "interfaces", "message")
+from tui.table_view import TableView
 
 
-class NodesView(Vertical):
-    DEFAULT_CSS = """
-    NodesView > #nodes-header { height: 1; }
-    NodesView > DataTable { height: 1fr; }
-    """
+class NodesView(TableView):
+    NAME = "nodes"
+    COLUMNS = ("node", "address", "state", "flows/s", "received", "lost (by stage)",
+               "interfaces", "message")
+    HEADER = "Nodes"
 
-    def compose(self) -> ComposeResult:
-        yield Static("Nodes", id="nodes-header")
-        table = FastTable(id="nodes-table", cursor_type="row")
-        table.add_columns(*COLUMNS)
-        yield table
-
-    def show(self, snapshot: Snapshot) -> None:
+    def rows_of(self, snapshot: Snapshot):
         rows = []
         for n in snapshot.nodes:
             if n.kind == "file":
@@ -39,15 +26,9 @@ class NodesView(Vertical):
                 ifaces = f"{len(names)}: {', '.join(names[:4])}" + (" …" if len(names) > 4 else "")
             lost_text = ", ".join(f"{k}={v:,}" for k, v in sorted(n.lost.items()) if v) or "0"
             state = n.state.upper() if n.state in ("unavailable", "gone") else n.state
-            rows.append(plain((n.name or "?", n.address, state, rate, f"{n.received:,}",
-                               lost_text, ifaces, n.message)))
+            rows.append((n.name or "?", n.address, state, rate, f"{n.received:,}",
+                         lost_text, ifaces, n.message))
         s = snapshot.summary
-        self.query_one("#nodes-header", Static).update(
-            f"Nodes: {s.connected} of {s.known} connected · lost events {s.lost:,} "
-            "(ServerStatus every few seconds + in-band notices)")
-        table = self.query_one(DataTable)
-        cursor = table.cursor_row
-        table.clear()
-        table.add_rows(rows)
-        if rows:
-            table.move_cursor(row=min(max(cursor, 0), len(rows) - 1), animate=False)
+        header = (f"Nodes: {s.connected} of {s.known} connected · lost events {s.lost:,} "
+                  "(ServerStatus every few seconds + in-band notices)")
+        return header, rows, None

@@ -3,15 +3,13 @@ attempts (no endpoints, refused, unanswered), counted once per connection."""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.widgets import DataTable, Static
+from rich.style import Style
 
 from tui.format import human_bytes
 from tui.snapshot import Snapshot
+from tui.table_view import TableView
 
-COLUMNS = ("service / backend", "flows", "packets", "bytes", "share", "no endpoints",
-           "refused", "unanswered")
+BOLD = Style(bold=True)
 
 
 def _bar(share: float, width: int = 10) -> str:
@@ -19,34 +17,24 @@ def _bar(share: float, width: int = 10) -> str:
     return "█" * filled + "░" * (width - filled) + f" {share * 100:3.0f}%"
 
 
-class ServicesView(Vertical):
-    DEFAULT_CSS = """
-    ServicesView > #services-header { height: 1; }
-    ServicesView > DataTable { height: 1fr; }
-    """
+class ServicesView(TableView):
+    NAME = "services"
+    COLUMNS = ("service / backend", "flows", "packets", "bytes", "share", "no endpoints",
+               "refused", "unanswered")
+    HEADER = "Services: traffic per backend and failed attempts"
 
-    def compose(self) -> ComposeResult:
-        yield Static("Services: traffic per backend and failed attempts", id="services-header")
-        table = DataTable(id="services-table", cursor_type="row")
-        table.add_columns(*COLUMNS)
-        yield table
-
-    def show(self, snapshot: Snapshot) -> None:
-        rows = []
+    def rows_of(self, snapshot: Snapshot):
+        rows, styles = [], []
         services = snapshot.services
         for svc in services:
-            rows.append((f"[b]{svc.name}[/b]", f"{svc.flows:,}", f"{svc.packets:,}",
+            rows.append((svc.name, f"{svc.flows:,}", f"{svc.packets:,}",
                          human_bytes(svc.bytes), f"{len(svc.backends)} backends",
                          str(svc.no_endpoints), str(svc.refused), str(svc.unanswered)))
+            styles.append(BOLD)
             for be in svc.backends:
                 rows.append((f"  └ {be.name}", f"{be.flows:,}", "", human_bytes(be.bytes),
                              _bar(be.share), "", "", ""))
-        self.query_one("#services-header", Static).update(
-            f"Services: {len(services)} · traffic per backend and failed attempts "
-            "(each once per connection)")
-        table = self.query_one(DataTable)
-        cursor = table.cursor_row
-        table.clear()
-        table.add_rows(rows)
-        if rows:
-            table.move_cursor(row=min(max(cursor, 0), len(rows) - 1), animate=False)
+                styles.append(None)
+        header = (f"Services: {len(services)} · traffic per backend and failed attempts "
+                  "(each once per connection)")
+        return header, rows, styles

@@ -4,33 +4,30 @@ sorted by bytes, packets, flows or rate, with each row's recent rate as a sparkl
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.widgets import DataTable, Sparkline, Static
+from textual.widgets import Sparkline
 
 from tui.aggregator import PIVOTS, SORTS
-from tui.fast_table import FastTable, plain
 from tui.format import human_bytes, human_rate, sparkline
 from tui.snapshot import TREND_S, Snapshot
+from tui.table_view import TableView
 
 
-class TopView(Vertical):
+class TopView(TableView):
     DEFAULT_CSS = """
-    TopView > #top-header { height: 1; }
     TopView > Sparkline { height: 3; }
-    TopView > DataTable { height: 1fr; }
     """
+    NAME = "top"
+    ZEBRA = True
 
     def __init__(self, **kwargs):
-        super().__init__(**kwargs)
         self.pivot = "namespace"
         self.sort = "bytes"
+        self.COLUMNS = self._columns()
+        super().__init__(**kwargs)
+        self.spark = Sparkline([0], id="top-rate")
 
-    def compose(self) -> ComposeResult:
-        yield Static("", id="top-header")
-        yield Sparkline([0], id="top-rate")
-        table = FastTable(id="top-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns(*self._columns())
-        yield table
+    def compose_extra(self) -> ComposeResult:
+        yield self.spark
 
     def _columns(self) -> tuple[str, ...]:
         return (self.pivot, "bytes", "packets", "flows", "rate", f"last {TREND_S}s")
@@ -41,10 +38,12 @@ class TopView(Vertical):
     def next_sort(self) -> None:
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
 
+    def _header(self, note: str = "") -> str:
+        return (f"Top by [b]{self.pivot}[/b] (p: next), sorted by [b]{self.sort}[/b] (o: next)"
+                f"{note}")
+
     def show_header(self, note: str = "") -> None:
-        self.query_one("#top-header", Static).update(
-            f"Top by [b]{self.pivot}[/b] (p: next), sorted by [b]{self.sort}[/b] (o: next)"
-            f"{note}")
+        self.header.update(self._header(note))
 
     def show(self, snapshot: Snapshot) -> None:
         state = snapshot.state
@@ -54,19 +53,12 @@ class TopView(Vertical):
         rows = snapshot.top
         total = snapshot.total_series
         total_rate = sum(total[-snapshot.rate_s:]) / snapshot.rate_s if total else 0.0
-        self.show_header(f" · {len(rows)} rows · all matching traffic now "
-                         f"{human_rate(total_rate)} (each packet counted once)")
-        self.query_one(Sparkline).data = total or [0]
-        table = self.query_one(DataTable)
-        cursor = table.cursor_row
+        self.spark.data = total or [0]
         columns = self._columns()
-        if tuple(str(c.label) for c in table.ordered_columns) != columns:
-            table.clear(columns=True)  # a new pivot: its label heads the first column
-            table.add_columns(*columns)
-        else:
-            table.clear()
-        table.add_rows([plain((r.label, human_bytes(r.bytes), f"{r.packets:,}", f"{r.flows:,}",
-                               human_rate(r.rate_bps), sparkline(r.series, TREND_S)))
-                        for r in rows])
-        if rows:
-            table.move_cursor(row=min(max(cursor, 0), len(rows) - 1), animate=False)
+        if self.table.labels != columns:
+            self.table.set_columns(columns)  # a new pivot: its label heads the first column
+        self.show_rows(
+            self._header(f" · {len(rows)} rows · all matching traffic now "
+                         f"{human_rate(total_rate)} (each packet counted once)"),
+            [(r.label, human_bytes(r.bytes), f"{r.packets:,}", f"{r.flows:,}",
+              human_rate(r.rate_bps), sparkline(r.series, TREND_S)) for r in rows])

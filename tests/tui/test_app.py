@@ -11,11 +11,11 @@ import time
 import pytest
 from google.protobuf import json_format
 from textual.content import Content
-from textual.widgets import DataTable
 
 from tests.tui.conftest import wait_for
 from podflow_api.v1 import observer_pb2
 from tui.app import KEY_QUIET_S, create_app
+from tui.line_table import LineTable
 from tui.messages import SnapshotBuilt
 from tui.sources import parse_response_line
 
@@ -29,9 +29,9 @@ def text(app, selector: str) -> str:
 
 
 def rows(app, table_id: str) -> list[list[str]]:
-    table = app.query_one(f"#{table_id}", DataTable)
-    return [[Content.from_markup(c).plain if isinstance(c, str) else str(c)
-             for c in table.get_row_at(i)] for i in range(table.row_count)]
+    """A table's rows, cells as drawn (plain text, cut to their column's width)."""
+    table = app.query_one(f"#{table_id}", LineTable)
+    return [table.get_row_at(i) for i in range(table.row_count)]
 
 
 ENGINES = ["thread", "process"]  # the app's engine in a thread, or in a child process (CLI)

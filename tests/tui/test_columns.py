@@ -13,6 +13,7 @@ from tests.tui.conftest import wait_for
 from tui.app import create_app
 from tui.columns import ColumnSpec, fit, truncate
 from tui.format import FLOW_COLUMNS
+from tui.messages import SnapshotBuilt
 
 A = ColumnSpec("a", 4, 10, 0)
 B = ColumnSpec("bb", 4, 30, 0)
@@ -77,8 +78,11 @@ async def test_flows_table_fits_the_terminal(agents, width):
         agent.send(200)
     app = create_app(servers=[a.address for a in agents])
     async with app.run_test(size=(width, 40)) as pilot:
-        await wait_for(pilot, lambda: "shop/" in "".join(screen_lines(app)), what="rows")
-        await pilot.pause(0.3)
+        # every flow sent is in the table (no sleep-and-hope: the widths depend on them)
+        await wait_for(pilot, lambda: app.snapshot is not None
+                       and app.snapshot.summary.flows_seen == 400
+                       and app.query_one("#flows").rows == app.snapshot.flows
+                       and app.query_one("#flows-table").row_count == 150, what="all rows")
         header = header_line(app)
         words = header.split("  ")
         labels = [w.strip() for w in words if w.strip()]
@@ -106,3 +110,25 @@ async def test_flows_table_refits_on_resize(agents):
         await pilot.resize_terminal(100, 40)
         await wait_for(pilot, lambda: "packets" not in header_line(app), what="refit to 100")
         assert "source" in header_line(app) and "bytes" in header_line(app)
+
+
+async def test_a_snapshot_drawn_after_the_table_is_removed_does_not_fail(agents):
+    """Shutting down (run_test's exit too) removes widgets children first while the app
+    may still handle a snapshot: the Flows table is gone, its view is not. Drawing then
+    must not look the table up (that failed once: NoMatches 'DataTable' on FlowsView)."""
+    for agent in agents:
+        agent.send(200)
+    app = create_app(servers=[a.address for a in agents])
+    async with app.run_test(size=(160, 40)) as pilot:
+        await wait_for(pilot, lambda: app.snapshot is not None, what="first snapshot")
+        app.engine.stop()                 # only the snapshot posted here from now on
+        await pilot.pause(0.3)            # whatever the engine posted before is drawn
+        await app.query_one("#flows-table").remove()
+        snapshot = app.snapshot
+        snapshot.flows = snapshot.flows[1:]  # rows the view has not drawn yet
+        app.post_message(SnapshotBuilt(snapshot))
+        await pilot.pause(0.3)
+        assert app.query_one("#flows").rows == snapshot.flows  # drawn, without its table
+        await pilot.resize_terminal(120, 40)  # a refit of the columns, too
+        await pilot.pause(0.1)
+    # run_test re-raises here any exception the app met
