@@ -3,10 +3,17 @@
 Plain Python, no Textual: stream readers `feed()` responses from any thread (an append to a
 deque, nothing more), the engine's loop (tui.engine) calls `process()` many times a second
 and asks for what the views show (`recent`, `top`, `services`, `nodes`, `summary`) when it
-builds a snapshot for the app. All of
-it is bounded: the recent-flows ring (`max_flows`), the per-second buckets (`window_s`), the
-number of distinct keys counted (`max_keys`, beyond which traffic goes to an "(other)" row),
-the inbox (`max_inbox`, overflow counted and shown as lost), the failed-connection memory.
+builds a snapshot for the app. All of it is bounded, so memory is flat however long it
+runs (bench/tui.py measures it):
+
+* the inbox: `max_inbox` responses (~3 KB each), overflow counted and shown as lost;
+* the recent-flows ring: `max_flows` records, and records waiting for the watermark: at
+  most `max_flows` more;
+* totals per key: `max_keys` distinct keys (traffic beyond them goes to an "(other)" row),
+  and failures per key likewise (they use the same keys);
+* per-second buckets: `window_s` seconds of the keys active in each;
+* connections already counted as failed: 50,000, oldest forgotten first;
+* sources: those configured or discovered, plus at most `max_gone` removed ones.
 
 Time order: each agent streams its own flows in time order; flows from several agents are
 held back until every live agent has sent something at least as new (a watermark), or for
@@ -155,8 +162,9 @@ class Aggregator:
 
     def __init__(self, max_flows: int = 10_000, window_s: int = 60, rate_s: int = 5,
                  max_keys: int = 50_000, max_inbox: int = 30_000, reorder_s: float = 0.5,
-                 clock: Callable[[], float] = time.time):
+                 max_gone: int = 16, clock: Callable[[], float] = time.time):
         self.max_flows = max_flows
+        self.max_gone = max_gone  # removed agent pods still listed (each rollout adds some)
         self.window_s = window_s
         self.rate_s = rate_s
         self.max_keys = max_keys
@@ -166,6 +174,7 @@ class Aggregator:
         self._lock = threading.RLock()
         self._inbox: deque = deque()
         self._nodes: dict[str, NodeInfo] = {}
+        self._gone: deque[str] = deque()                    # gone sources, oldest first
         self._recent: deque[Entry] = deque(maxlen=max_flows)
         self._pending: list[Entry] = []
         self._totals: dict[FlowKey, list[int]] = {}
@@ -197,7 +206,21 @@ class Aggregator:
             node.retry_at_mono = time.monotonic() + retry_in_s if retry_in_s else 0.0
             if state != "connected":
                 node.rate_fps = 0.0
+            if state == "gone":
+                self._forget_gone(source_id)
             self.version += 1
+
+    def _forget_gone(self, source_id: str) -> None:
+        """Keep the newest `max_gone` gone sources only: over days of rollouts of the agent
+        DaemonSet, every replaced pod would otherwise stay in the Nodes view and memory."""
+        if source_id in self._gone:
+            self._gone.remove(source_id)
+        self._gone.append(source_id)
+        while len(self._gone) > self.max_gone:
+            old = self._gone.popleft()
+            node = self._nodes.get(old)
+            if node is not None and node.state == "gone":
+                del self._nodes[old]
 
     def set_status(self, source_id: str, status: observer_pb2.ServerStatusResponse) -> None:
         with self._lock:

@@ -186,6 +186,23 @@ def test_bounded():
     assert sum(r.flows for r in agg.top(ALL, "node")) == sum(1 for _ in range(300))
 
 
+
+def test_only_the_newest_gone_sources_are_kept():
+    """Every rollout of the agent DaemonSet replaces its pods: the replaced ones are listed
+    as gone, the newest `max_gone` of them, not forever."""
+    agg = Aggregator(max_gone=3)
+    for i in range(10):
+        agg.add_source(f"pod:podflow/agent-{i}", f"pf-{i}", "kubernetes")
+        agg.set_state(f"pod:podflow/agent-{i}", "connected")
+    for i in range(8):
+        agg.remove_source(f"pod:podflow/agent-{i}")
+    nodes = {n.source_id: n.state for n in agg.nodes()}
+    assert nodes == {"pod:podflow/agent-5": "gone", "pod:podflow/agent-6": "gone",
+                     "pod:podflow/agent-7": "gone", "pod:podflow/agent-8": "connected",
+                     "pod:podflow/agent-9": "connected"}
+    assert (agg.summary().connected, agg.summary().known) == (2, 2)
+
+
 LINES = [
     ("flow", '{"node_name": "n", "flow": {"node_name": "n", "packets": "3"}}', "flow"),
     ("lost", '{"node_name": "n", "lost_events": {"stage": "CLIENT_QUEUE", "num_events_lost": "2"}}', "lost_events"),
