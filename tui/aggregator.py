@@ -254,6 +254,11 @@ class Aggregator:
         for response in responses:
             self.feed(source_id, response)
 
+    @property
+    def inbox_len(self) -> int:
+        """Responses fed and not taken in yet."""
+        return len(self._inbox)
+
     def remove_source(self, source_id: str) -> None:
         """A source that will not come back (an agent pod deleted): shown as gone."""
         self.set_state(source_id, "gone", "removed")

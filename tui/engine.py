@@ -45,6 +45,7 @@ Out = Callable[[tuple], None]
 # gets all the CPU nobody else wants, and if it ever falls behind, the inbox overflow is
 # counted and shown as lost events (TUI_INBOX), never silent.
 ENGINE_NICE = 10
+PROCESS_SLICE = 5_000  # responses taken in per turn of the engine's loop (~50 ms of work)
 
 
 class EngineCore:
@@ -111,9 +112,12 @@ class EngineCore:
         built_version = -1
         try:
             while not stop.is_set():
-                self.agg.process()
+                # In slices, so that a new filter, pivot or sort is seen within one slice
+                # even when a backlog is being worked off, and no pause while a slice waits.
+                self.agg.process(max_items=PROCESS_SLICE)
                 now_dirty = False
-                for command in commands(0.05):
+                backlog = self.agg.inbox_len >= PROCESS_SLICE
+                for command in commands(0.0 if backlog else 0.05):
                     now_dirty |= self.handle(command)
                 now = time.monotonic()
                 if now_dirty or (self.agg.version != built_version

@@ -25,7 +25,7 @@ def human_rate(bytes_per_s: float) -> str:
 
 
 def sparkline(series: list[int], width: int = 20) -> str:
-    """A one-line text sparkline of the last `width` values (a DataTable cell)."""
+    """A one-line text sparkline of the last `width` values (a table cell)."""
     values = series[-width:]
     top = max(values, default=0)
     if top <= 0:
