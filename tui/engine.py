@@ -41,10 +41,12 @@ Out = Callable[[tuple], None]
 # The engine process runs at a lower CPU priority than the UI. Its work (decoding and
 # counting every flow) can wait a few milliseconds without anyone noticing; a key press
 # cannot. When the cores are busy (on a node, or the agents of the benchmark on the same
-# machine), the scheduler then runs the UI first as soon as a key arrives. The engine still
-# gets all the CPU nobody else wants, and if it ever falls behind, the inbox overflow is
-# counted and shown as lost events (TUI_INBOX), never silent.
-ENGINE_NICE = 10
+# machine), the scheduler then runs the UI first as soon as a key arrives. How much lower
+# was measured with bench/tui.py on a saturated machine (load ~6 on 2 cores): nice 0 lost
+# nothing but keys took up to 380 ms (p99 240); nice 10 answered keys in p99 106 ms but the
+# starved engine lost 7% of the flows (inbox overflow); nice 5 kept p99 ~155 ms and lost
+# 0.1%. Whatever is lost is counted and shown (TUI_INBOX), never silent.
+ENGINE_NICE = 5
 PROCESS_SLICE = 5_000  # responses taken in per turn of the engine's loop (~50 ms of work)
 
 
