@@ -120,16 +120,17 @@ def _status(address: str) -> observer_pb2.ServerStatusResponse:
             observer_pb2.ServerStatusRequest(), timeout=5)
 
 
-def _record_packets(path: str, ifname: str, direction: str) -> int:
-    total = 0
+def _record_packets(path: str) -> dict[tuple[str, str], int]:
+    """Packets in the flow log's records, per (interface name, traffic direction), read in
+    one pass."""
+    totals: dict[tuple[str, str], int] = {}
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             flow = json.loads(line).get("flow")
-            if (flow and flow.get("interface", {}).get("name") == ifname
-                    and flow.get("observation_point") in ("POD_VETH", "BRIDGE")
-                    and flow.get("traffic_direction") == direction):
-                total += int(flow.get("packets", 0))
-    return total
+            if flow and flow.get("observation_point") in ("POD_VETH", "BRIDGE"):
+                key = (flow.get("interface", {}).get("name"), flow.get("traffic_direction"))
+                totals[key] = totals.get(key, 0) + int(flow.get("packets", 0))
+    return totals
 
 
 def _quiet_pods(client, server, gateway_ip: str) -> None:
@@ -184,11 +185,10 @@ def _paired_samples(traced: tuple, plain: tuple, count: int, seconds: float, udp
 def _row(name: str, calibration: list, measured: list, scale: float, fmt: str) -> str:
     base = statistics.median(p for _, p in measured) / scale
     traced = statistics.median(t for t, _ in measured) / scale
-    ratio = statistics.median(t / p for t, p in measured)
+    ratios = [t / p for t, p in measured]
     calib = statistics.median(t / p for t, p in calibration)
-    return (f"{name:<32}{base:>10{fmt}}{traced:>10{fmt}}{ratio:>8.3f}"
-            f"{min(t / p for t, p in measured):>7.3f}-{max(t / p for t, p in measured):.3f}"
-            f"{calib:>12.3f}")
+    return (f"{name:<32}{base:>10{fmt}}{traced:>10{fmt}}{statistics.median(ratios):>8.3f}"
+            f"{min(ratios):>7.3f}-{max(ratios):.3f}{calib:>12.3f}")
 
 
 def run(pairs: int, seconds: float) -> int:
@@ -231,11 +231,12 @@ def run(pairs: int, seconds: float) -> int:
         lost_total += sum(n for k, n in status.datapath_errors.items() if "full" in k)
         if agent.stop() != 0:
             raise RuntimeError(agent.stderr_text())
+        counted = _record_packets(log)
         for v in veths:
             rx = after[v][0] - before[v][0]  # host side rx = frames from the pod
             tx = after[v][1] - before[v][1]
-            accounting.append((f"{v} FROM_POD", rx, _record_packets(log, v, "FROM_POD")))
-            accounting.append((f"{v} TO_POD", tx, _record_packets(log, v, "TO_POD")))
+            accounting.append((f"{v} FROM_POD", rx, counted.get((v, "FROM_POD"), 0)))
+            accounting.append((f"{v} TO_POD", tx, counted.get((v, "TO_POD"), 0)))
     print(f"podflow datapath benchmark: {pairs} back-to-back pairs x {seconds:g}s per protocol "
           f"(bridge nodes, agent on node-a's veths + cni0, node-b untraced); load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; agent flags: "
