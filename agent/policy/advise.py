@@ -114,7 +114,7 @@ class Advice:
                             rule[peers_key][0] = Commented(peer, advised.comment)
                     rules[index] = Commented(rule, _rule_comment(advised))
             docs.append((manifest, f"{policy.ref}: least privilege for what was seen "
-                                   f"({seen} connections)"))
+                                   f"({seen} connection{'' if seen == 1 else 's'})"))
         header = ["podflow policy advise: least-privilege NetworkPolicies from "
                   f"{self.facts} observed connection shapes.",
                   "Review before applying: traffic that was not seen will be denied."]
