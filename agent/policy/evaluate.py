@@ -37,23 +37,30 @@ each rule below is cited where it is implemented):
   match them ("for all the other protocols, the behaviour may vary across network plugins";
   this is what iptables-based plugins do).
 
-Speed: a verdict depends on the identities of both ends, not on their addresses, so it is
-cached per (source identity, destination identity, port, protocol, relation). A pod's
-identity is its namespace and labels, its namespace's labels, the set of ipBlocks its
-address falls in and its container ports; a non-pod's is the set of ipBlocks. The address ->
-identity table is dropped when the cluster's generation moves; the verdicts when the
-policies change (namespace labels are part of the identity, so a relabelled namespace gets
-fresh verdicts by itself).
+Speed (bench/policy.py): a verdict depends on the identities of both ends, not on their
+addresses. A pod's identity is its namespace and labels, its namespace's labels, the ipBlocks
+its address falls in and its container ports; a non-pod's, the ipBlocks. Compiling a policy
+set numbers every distinct peer, and each identity carries the bitmask of the peers it
+matches (`hits`) and the compiled rule set isolating it per direction. A verdict is then a
+function of (egress rule set, the destination's hits masked to that set's peers, ingress
+rule set, the source's masked hits, port, protocol, container ports where a rule names a
+port, relation): a projection of (source identity, destination identity, port, protocol),
+so the cache keyed by it gives the same answers as one keyed by identity pairs, with far
+fewer entries, because pods of many workloads look alike to a given set of policies.
+Directions are cached the same way and shared. Address -> identity entries are checked
+when the cluster's generation moves (same PodInfo object and namespace labels: kept), and
+all caches are bounded; verdicts are dropped when the policies change.
 """
 
 from __future__ import annotations
 
 import enum
-import ipaddress
 import itertools
+import socket
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from agent.policy.model import EGRESS, INGRESS, IPBlock, NetworkPolicy, Peer, PolicyPort, Rule
 from agent.policy.view import PodInfo, PolicyCluster, namespace_labels_with_name
@@ -105,8 +112,9 @@ class DirectionVerdict:
         return self.verdict == Verdict.DENIED
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionVerdict:
+class ConnectionVerdict(NamedTuple):
+    """Both directions of one connection (a NamedTuple: built for every new pair of ends)."""
+
     egress: DirectionVerdict    # at the source pod
     ingress: DirectionVerdict   # at the destination pod
 
@@ -166,26 +174,70 @@ class Connection:
 
 _POD, _OTHER = 1, 2
 _REL_NONE, _REL_SELF, _REL_OWN_NODE = 0, 1, 2
+# container-ports keys: a non-pod has no ports; a pod's may be unknown; else interned >= 2.
+_CPORTS_NONE, _CPORTS_UNKNOWN = 0, 1
+# Rule-set ids of a direction where no rule set applies: not a pod, not isolated.
+_NA, _NI = -1, -2
 
 
 class _End:
-    """An interned identity: everything a verdict may depend on about one end."""
+    """An interned identity: everything a verdict may depend on about one end.
+
+    `hits` is a bitmask over every distinct peer of every policy: the peers this end
+    matches. A rule matches a peer when it has no peers or its peer mask meets `hits`."""
 
     __slots__ = ("id", "kind", "namespace", "labels", "ns_labels", "ipsig", "container_ports",
-                 "ingress_policies", "egress_policies")
+                 "cports_key", "hits", "ingress_set", "egress_set",
+                 "out_id", "out_mask", "out_named", "in_id", "in_mask", "in_named")
 
-    def __init__(self, id_: int, kind: int, ipsig: frozenset, namespace: str = "",
+    def __init__(self, id_: int, kind: int, ipsig: frozenset, hits: int, namespace: str = "",
                  labels: dict | None = None, ns_labels: dict | None = None,
-                 container_ports=None) -> None:
+                 container_ports=None, cports_key: int = _CPORTS_NONE) -> None:
         self.id = id_
         self.kind = kind
         self.ipsig = ipsig
+        self.hits = hits
         self.namespace = namespace
         self.labels = labels or {}
         self.ns_labels = ns_labels or {}
         self.container_ports = container_ports
-        self.ingress_policies: tuple[NetworkPolicy, ...] = ()
-        self.egress_policies: tuple[NetworkPolicy, ...] = ()
+        self.cports_key = cports_key
+        self.ingress_set: _RuleSet | None = None
+        self.egress_set: _RuleSet | None = None
+        self.set_rules(None, None)
+
+    def set_rules(self, ingress: _RuleSet | None, egress: _RuleSet | None) -> None:
+        """The rule sets isolating this end, and their flat forms for the hot path: an id
+        (or _NA / _NI), the peer mask and whether a rule names a port."""
+        self.ingress_set, self.egress_set = ingress, egress
+        for direction, rules in (("in", ingress), ("out", egress)):
+            if self.kind != _POD:
+                flat = (_NA, 0, False)
+            elif rules is None:
+                flat = (_NI, 0, False)
+            else:
+                flat = (rules.id, rules.mask, rules.named)
+            setattr(self, f"{direction}_id", flat[0])
+            setattr(self, f"{direction}_mask", flat[1])
+            setattr(self, f"{direction}_named", flat[2])
+
+
+class _RuleSet:
+    """The rules of the policies isolating one kind of pod in one direction, compiled: each
+    rule as (peer mask, ports, RuleRef); `mask` is the union of the rules' peer masks, so
+    `hits & mask` is all a peer contributes to the verdict."""
+
+    __slots__ = ("id", "refs", "rules", "mask", "named")
+
+    def __init__(self, id_: int, policies: tuple[NetworkPolicy, ...], rules: tuple) -> None:
+        self.id = id_
+        self.refs = tuple(p.ref for p in policies)
+        self.rules = rules
+        mask = 0
+        for rule_mask, _, _ in rules:
+            mask |= rule_mask
+        self.mask = mask
+        self.named = any(type(p.port) is str for _, ports, _ in rules for p in ports)
 
 
 class _Block:
@@ -210,7 +262,13 @@ class _Block:
 
 
 class _Snapshot:
-    """One immutable set of policies, compiled, plus the caches that are valid for it."""
+    """One immutable set of policies, compiled, plus the caches that are valid for it.
+
+    Compilation numbers every distinct peer (a podSelector is bound to its policy's
+    namespace; selectors and ipBlocks equal in value share a number) and groups them for
+    matching: ipBlocks by block, podSelector-only peers by namespace, the others by their
+    namespaceSelector, so an end's `hits` costs one selector match per distinct selector
+    that can concern it."""
 
     def __init__(self, policies: tuple[NetworkPolicy, ...], max_cached: int) -> None:
         self.policies = policies
@@ -219,17 +277,52 @@ class _Snapshot:
         for policy in sorted(policies, key=lambda p: p.key):
             by_ns.setdefault(policy.namespace, []).append(policy)
         self.by_namespace = {ns: tuple(pols) for ns, pols in by_ns.items()}
-        # Every distinct ipBlock, numbered: an address's "signature" is the set of numbers
-        # of the blocks it falls in.
         self.block_index: dict[IPBlock, int] = {}
         blocks: list[_Block] = []
-        for policy in policies:
-            for rule in policy.ingress + policy.egress:
-                for peer in rule.peers:
-                    if peer.ip_block is not None and peer.ip_block not in self.block_index:
-                        self.block_index[peer.ip_block] = len(blocks)
-                        blocks.append(_Block(peer.ip_block))
+        self.block_bits: list[int] = []
+        peer_bits: dict[tuple, int] = {}
+        local: dict[str, list[tuple[int, object]]] = {}
+        groups: dict[object, list[tuple[int, object]]] = {}
+
+        def bit_of(peer: Peer, policy_ns: str) -> int:
+            if peer.ip_block is not None:
+                key = ("ip", peer.ip_block)
+            elif peer.namespace_selector is None:
+                key = ("local", policy_ns, peer.pod_selector)
+            else:
+                key = ("ns", peer.namespace_selector, peer.pod_selector)
+            bit = peer_bits.get(key)
+            if bit is not None:
+                return bit
+            bit = peer_bits[key] = 1 << len(peer_bits)
+            if peer.ip_block is not None:
+                index = self.block_index.get(peer.ip_block)
+                if index is None:
+                    index = self.block_index[peer.ip_block] = len(blocks)
+                    blocks.append(_Block(peer.ip_block))
+                    self.block_bits.append(0)
+                self.block_bits[index] |= bit
+            elif peer.namespace_selector is None:
+                local.setdefault(policy_ns, []).append((bit, peer.pod_selector))
+            else:
+                groups.setdefault(peer.namespace_selector, []).append((bit, peer.pod_selector))
+            return bit
+
+        self.compiled: dict[tuple, tuple] = {}
+        for policy in self.policies:
+            for direction, rules in ((INGRESS, policy.ingress), (EGRESS, policy.egress)):
+                out = []
+                for index, rule in enumerate(rules):
+                    mask = 0
+                    for peer in rule.peers:
+                        mask |= bit_of(peer, policy.namespace)
+                    out.append((mask, rule.ports, RuleRef(policy.ref, direction, index)))
+                self.compiled[(policy.key, direction)] = tuple(out)
         self.blocks = tuple(blocks)
+        self.local_peers = {ns: tuple(members) for ns, members in local.items()}
+        self.ns_groups = tuple((sel, tuple(members)) for sel, members in groups.items())
+        self.rule_sets: dict[tuple, _RuleSet] = {}
+        self.cports_keys: dict[tuple, int] = {}
         # Identity numbers are never reused, even across reset(): a number taken before a
         # reset must not name another identity after it.
         self._ids = itertools.count()
@@ -238,29 +331,42 @@ class _Snapshot:
     def reset(self) -> None:
         self.ends: dict[tuple, _End] = {}
         self.verdicts: dict[tuple, ConnectionVerdict] = {}
+        self.direction_verdicts: dict[tuple, DirectionVerdict] = {}
         self.ip_ends: dict[str, tuple] = {}
-        self.ip_generation: object = None
 
     # -- identities --
 
     def ipsig(self, ip: str) -> frozenset:
         if not self.blocks:
             return frozenset()
+        # inet_pton: a tenth of ipaddress.ip_address's cost, for every new world address.
         try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
+            if ":" in ip:
+                version, value = 6, int.from_bytes(socket.inet_pton(socket.AF_INET6, ip), "big")
+            else:
+                version, value = 4, int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
+        except OSError:
             return frozenset()
-        version, value = addr.version, int(addr)
         return frozenset(i for i, b in enumerate(self.blocks) if b.contains(version, value))
 
     def intern(self, key: tuple, make) -> _End:
         end = self.ends.get(key)
         if end is None:
             if len(self.ends) >= self.max_cached:
-                self.reset()   # identities are referenced by cached verdicts: drop both
+                self.reset()   # cached verdicts name identities: drop them together
             end = make(next(self._ids))
             self.ends[key] = end
         return end
+
+    def rule_set(self, policies: list[NetworkPolicy], direction: str) -> _RuleSet | None:
+        if not policies:
+            return None
+        key = (direction,) + tuple(p.key for p in policies)
+        found = self.rule_sets.get(key)
+        if found is None:
+            rules = tuple(r for p in policies for r in self.compiled[(p.key, direction)])
+            found = self.rule_sets[key] = _RuleSet(len(self.rule_sets), tuple(policies), rules)
+        return found
 
     def pod_end(self, pod: PodInfo, ipsig: frozenset, ns_labels: dict) -> _End:
         labels = dict(pod.labels)
@@ -268,7 +374,23 @@ class _Snapshot:
                ipsig, pod.container_ports)
 
         def make(id_: int) -> _End:
-            end = _End(id_, _POD, ipsig, pod.namespace, labels, ns_labels, pod.container_ports)
+            hits = 0
+            for index in ipsig:
+                hits |= self.block_bits[index]
+            for bit, selector in self.local_peers.get(pod.namespace, ()):
+                if selector is None or selector.matches(labels):
+                    hits |= bit
+            for ns_selector, members in self.ns_groups:
+                if ns_selector.matches(ns_labels):
+                    for bit, selector in members:
+                        if selector is None or selector.matches(labels):
+                            hits |= bit
+            ports = pod.container_ports
+            if ports is None:
+                cports_key = _CPORTS_UNKNOWN
+            else:
+                cports_key = self.cports_keys.setdefault(ports, len(self.cports_keys) + 2)
+            end = _End(id_, _POD, ipsig, hits, pod.namespace, labels, ns_labels, ports, cports_key)
             ingress, egress = [], []
             for policy in self.by_namespace.get(pod.namespace, ()):
                 if policy.pod_selector.matches(labels):
@@ -276,30 +398,19 @@ class _Snapshot:
                         ingress.append(policy)
                     if policy.affects_egress:
                         egress.append(policy)
-            end.ingress_policies, end.egress_policies = tuple(ingress), tuple(egress)
+            end.set_rules(self.rule_set(ingress, INGRESS), self.rule_set(egress, EGRESS))
             return end
         return self.intern(key, make)
 
     def other_end(self, ipsig: frozenset) -> _End:
-        return self.intern((_OTHER, ipsig), lambda id_: _End(id_, _OTHER, ipsig))
+        def make(id_: int) -> _End:
+            hits = 0
+            for index in ipsig:
+                hits |= self.block_bits[index]
+            return _End(id_, _OTHER, ipsig, hits)
+        return self.intern((_OTHER, ipsig), make)
 
     # -- matching --
-
-    def peer_matches(self, peer: Peer, policy_namespace: str, end: _End) -> bool:
-        """NetworkPolicyPeer semantics (API reference; concepts page "Behavior of to and
-        from selectors")."""
-        if peer.ip_block is not None:
-            return self.block_index[peer.ip_block] in end.ipsig
-        if end.kind != _POD:
-            return False
-        if peer.namespace_selector is None:
-            # podSelector alone: pods in the policy's own namespace.
-            if end.namespace != policy_namespace:
-                return False
-        elif not peer.namespace_selector.matches(end.ns_labels):
-            return False
-        # podSelector absent next to a namespaceSelector: every pod of those namespaces.
-        return peer.pod_selector is None or peer.pod_selector.matches(end.labels)
 
     @staticmethod
     def port_matches(ports: tuple[PolicyPort, ...], port: int, protocol: str, dst: _End,
@@ -329,39 +440,61 @@ class _Snapshot:
                     return True
         return False
 
-    def direction(self, direction: str, policies: tuple[NetworkPolicy, ...], peer: _End,
-                  dst: _End, port: int, protocol: str, rel: int) -> DirectionVerdict:
-        if not policies:
-            return NOT_ISOLATED
+    def direction(self, key: tuple, rules: _RuleSet, hits: int, dst: _End, port: int,
+                  protocol: str, rel: int) -> DirectionVerdict:
+        """The verdict at a pod isolated by `rules` for a connection whose peer matches the
+        peers `hits` (already masked with rules.mask), computed and cached under `key`."""
         allowing: list[RuleRef] = []
         unresolved: list[str] = []
-        for policy in policies:
-            rules: tuple[Rule, ...] = policy.ingress if direction == INGRESS else policy.egress
-            for index, rule in enumerate(rules):
-                if rule.peers and not any(self.peer_matches(p, policy.namespace, peer)
-                                          for p in rule.peers):
-                    continue
-                if self.port_matches(rule.ports, port, protocol, dst, unresolved):
-                    allowing.append(RuleRef(policy.ref, direction, index))
+        for rule_mask, ports, ref in rules.rules:
+            if rule_mask and not hits & rule_mask:
+                continue
+            if self.port_matches(ports, port, protocol, dst, unresolved):
+                allowing.append(ref)
         if allowing:
             names: list[str] = []
             for ref in allowing:
                 if ref.policy not in names:
                     names.append(ref.policy)
-            return DirectionVerdict(Verdict.ALLOWED, tuple(names), tuple(allowing), Reason.RULE)
-        if rel == _REL_SELF:
-            return DirectionVerdict(Verdict.ALLOWED, reason=Reason.SELF)
-        if rel == _REL_OWN_NODE and direction == INGRESS:
-            return DirectionVerdict(Verdict.ALLOWED, reason=Reason.OWN_NODE)
-        return DirectionVerdict(Verdict.DENIED, tuple(p.ref for p in policies),
-                                unresolved=tuple(sorted(set(unresolved))))
+            verdict = DirectionVerdict(Verdict.ALLOWED, tuple(names), tuple(allowing), Reason.RULE)
+        elif rel == _REL_SELF:
+            verdict = DirectionVerdict(Verdict.ALLOWED, reason=Reason.SELF)
+        elif rel == _REL_OWN_NODE:
+            verdict = DirectionVerdict(Verdict.ALLOWED, reason=Reason.OWN_NODE)
+        else:
+            verdict = DirectionVerdict(Verdict.DENIED, rules.refs,
+                                       unresolved=tuple(sorted(set(unresolved))))
+        if len(self.direction_verdicts) >= self.max_cached:
+            self.direction_verdicts.clear()
+        self.direction_verdicts[key] = verdict
+        return verdict
 
-    def judge(self, src: _End, dst: _End, port: int, protocol: str, rel: int) -> ConnectionVerdict:
-        egress = (self.direction(EGRESS, src.egress_policies, dst, dst, port, protocol, rel)
-                  if src.kind == _POD else NOT_APPLICABLE)
-        ingress = (self.direction(INGRESS, dst.ingress_policies, src, dst, port, protocol, rel)
-                   if dst.kind == _POD else NOT_APPLICABLE)
-        return ConnectionVerdict(egress, ingress)
+    def _side(self, rules: _RuleSet | None, kind: int, peer: _End, dst: _End, port: int,
+              protocol: str, rel: int) -> DirectionVerdict:
+        if kind != _POD:
+            return NOT_APPLICABLE
+        if rules is None:
+            return NOT_ISOLATED
+        hits = peer.hits & rules.mask
+        key = (rules.id, hits, port, protocol, dst.cports_key if rules.named else -1, rel)
+        verdict = self.direction_verdicts.get(key)
+        if verdict is None:
+            verdict = self.direction(key, rules, hits, dst, port, protocol, rel)
+        return verdict
+
+    def judge(self, key: tuple, src: _End, dst: _End, port: int, protocol: str,
+              rel: int) -> ConnectionVerdict:
+        """Both directions of a connection not in the verdict cache; cached under `key`.
+        Direction verdicts are shared between the connection verdicts that contain them."""
+        # The own-node exception is for ingress only.
+        egress = self._side(src.egress_set, src.kind, dst, dst, port, protocol,
+                            _REL_SELF if rel == _REL_SELF else _REL_NONE)
+        ingress = self._side(dst.ingress_set, dst.kind, src, dst, port, protocol, rel)
+        verdict = ConnectionVerdict(egress, ingress)
+        if len(self.verdicts) >= self.max_cached:
+            self.verdicts.clear()
+        self.verdicts[key] = verdict
+        return verdict
 
 
 class PolicyEvaluator:
@@ -412,24 +545,30 @@ class PolicyEvaluator:
 
     # ---- readers ----
 
-    def _end(self, snap: _Snapshot, ip: str) -> tuple:
-        """(identity, pod key or None, node name or "") of an address, cached per address
-        while the cluster's generation stays."""
-        cached = snap.ip_ends.get(ip)
-        if cached is not None:
-            return cached
+    def _end(self, snap: _Snapshot, ip: str, generation) -> tuple:
+        """(generation, identity, pod key or None, node name or "", PodInfo, namespace
+        labels) of an address. An entry from an older cluster generation is checked, not
+        dropped: the same PodInfo object (views reuse it while the pod is unchanged) with
+        the same namespace labels keeps its identity, so pod churn elsewhere costs little."""
         cluster = self._cluster
+        old = snap.ip_ends.get(ip)
         pod = cluster.pod_at(ip)
-        ipsig = snap.ipsig(ip)
         if pod is not None and not pod.host_network:
-            end = snap.pod_end(pod, ipsig, namespace_labels_with_name(cluster, pod.namespace))
-            entry = (end, pod.key, pod.node_name)
+            ns_labels = namespace_labels_with_name(cluster, pod.namespace)
+            if old is not None and old[4] is pod and old[5] == ns_labels:
+                entry = (generation,) + old[1:]
+            else:
+                end = snap.pod_end(pod, snap.ipsig(ip), ns_labels)
+                entry = (generation, end, pod.key, pod.node_name, pod, ns_labels)
         else:
             node = cluster.node_at(ip)
             if node is None and pod is not None:
                 node = pod.node_name   # a host-network pod is its node's address
-            entry = (snap.other_end(ipsig), None, node or "")
-        if len(snap.ip_ends) >= snap.max_cached:
+            if old is not None and old[4] is pod and old[2] is None and old[3] == (node or ""):
+                entry = (generation,) + old[1:]
+            else:
+                entry = (generation, snap.other_end(snap.ipsig(ip)), None, node or "", pod, None)
+        if len(snap.ip_ends) >= snap.max_cached and ip not in snap.ip_ends:
             snap.ip_ends.clear()
         snap.ip_ends[ip] = entry
         return entry
@@ -438,28 +577,41 @@ class PolicyEvaluator:
         """The verdict of a connection in its original orientation, with dst after DNAT."""
         snap = self._snap
         generation = self._cluster.generation
-        if snap.ip_generation != generation:
-            snap.ip_ends.clear()
-            snap.ip_generation = generation
-        src, src_pod, src_node = self._end(snap, src_ip)
-        dst, dst_pod, dst_node = self._end(snap, dst_ip)
-        if src_pod is not None and src_pod == dst_pod:
-            rel = _REL_SELF
-        elif src_pod is None and src_node and dst_pod is not None and src_node == dst_node:
+        ip_ends = snap.ip_ends
+        src_entry = ip_ends.get(src_ip)
+        if src_entry is None or src_entry[0] != generation:
+            src_entry = self._end(snap, src_ip, generation)
+        dst_entry = ip_ends.get(dst_ip)
+        if dst_entry is None or dst_entry[0] != generation:
+            dst_entry = self._end(snap, dst_ip, generation)
+        src, dst = src_entry[1], dst_entry[1]
+        if protocol not in _WITH_PORTS:
+            dst_port = 0
+        src_pod = src_entry[2]
+        if src_pod is not None:
+            rel = _REL_SELF if src_pod == dst_entry[2] else _REL_NONE
+        elif src_entry[3] and dst_entry[2] is not None and src_entry[3] == dst_entry[3]:
             rel = _REL_OWN_NODE
         else:
             rel = _REL_NONE
-        if protocol in _WITH_PORTS:
-            key = (src.id, dst.id, dst_port, protocol, rel)
-        else:
-            key = (src.id, dst.id, 0, protocol, rel)
+        # The verdict depends on no more than this (see above): both directions' rule sets,
+        # which of their peers the other end matches, port, protocol, container ports when
+        # a rule names a port, the relation.
+        key = (src.out_id, dst.hits & src.out_mask, dst.in_id, src.hits & dst.in_mask,
+               dst_port, protocol,
+               dst.cports_key if src.out_named or dst.in_named else -1, rel)
         verdict = snap.verdicts.get(key)
         if verdict is None:
-            verdict = snap.judge(src, dst, key[2], protocol, rel)
-            if len(snap.verdicts) >= snap.max_cached:
-                snap.verdicts.clear()
-            snap.verdicts[key] = verdict
+            verdict = snap.judge(key, src, dst, dst_port, protocol, rel)
         return verdict
+
+    def warm(self, ips: Iterable[str]) -> None:
+        """Learn what these addresses are ahead of their first connection (agent start, a
+        relist): the address table is what a first evaluation spends most of its time on."""
+        snap = self._snap
+        generation = self._cluster.generation
+        for ip in ips:
+            self._end(snap, ip, generation)
 
     def evaluate_connection(self, conn: Connection) -> ConnectionVerdict:
         return self.evaluate(conn.src_ip, conn.dst_ip, conn.dst_port, conn.protocol)
@@ -467,5 +619,7 @@ class PolicyEvaluator:
     def cache_stats(self) -> dict[str, int]:
         snap = self._snap
         return {"identities": len(snap.ends), "verdicts": len(snap.verdicts),
+                "direction_verdicts": len(snap.direction_verdicts),
+                "rule_sets": len(snap.rule_sets),
                 "addresses": len(snap.ip_ends), "policies": len(snap.policies),
                 "ip_blocks": len(snap.blocks)}
