@@ -109,7 +109,8 @@ class Advice:
                     if advised.comment and peers_key in rule:
                         peer = rule[peers_key][0]
                         if "ipBlock" in peer:
-                            peer["ipBlock"]["cidr"] = Commented(peer["ipBlock"]["cidr"], advised.comment)
+                            block = peer["ipBlock"]
+                            block["cidr"] = Commented(block["cidr"], advised.comment)
                         else:
                             rule[peers_key][0] = Commented(peer, advised.comment)
                     rules[index] = Commented(rule, _rule_comment(advised))
@@ -223,7 +224,8 @@ class _Builder:
                 if fact.protocol not in _WITH_PORTS:
                     slot[0].add(None)          # no ports: the whole rule allows everything
                 elif _is_dns(fact):
-                    slot[0].update({PolicyPort("UDP", fact.dst_port), PolicyPort("TCP", fact.dst_port)})
+                    slot[0].update({PolicyPort("UDP", fact.dst_port),
+                                    PolicyPort("TCP", fact.dst_port)})
                 else:
                     slot[0].add(PolicyPort(fact.protocol, fact.dst_port))
         for wkey, ends in sorted(self.pods.items()):

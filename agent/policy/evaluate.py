@@ -62,7 +62,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from agent.policy.model import EGRESS, INGRESS, IPBlock, NetworkPolicy, Peer, PolicyPort, Rule
+from agent.policy.model import EGRESS, INGRESS, IPBlock, NetworkPolicy, Peer, PolicyPort
 from agent.policy.view import PodInfo, PolicyCluster, namespace_labels_with_name
 
 
@@ -250,7 +250,8 @@ class _Block:
         self.version = net.version
         self.net = int(net.network_address)
         self.mask = int(net.netmask)
-        self.excepts = tuple((int(e.network_address), int(e.netmask)) for e in block.except_networks)
+        self.excepts = tuple((int(e.network_address), int(e.netmask))
+                             for e in block.except_networks)
 
     def contains(self, version: int, addr: int) -> bool:
         if version != self.version or addr & self.mask != self.net:

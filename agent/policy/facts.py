@@ -208,7 +208,8 @@ def facts_from_flows(flows: Iterable[flow_pb2.Flow]) -> list[ConnectionFact]:
             entry = shapes[fact.shape] = [fact, set(), 0.0]
         entry[1].add(key)
         entry[2] = max(entry[2], _seconds(flow.last_seen) or _seconds(flow.time))
-    return [replace(fact, count=len(keys), last_seen_s=last) for fact, keys, last in shapes.values()]
+    return [replace(fact, count=len(keys), last_seen_s=last)
+            for fact, keys, last in shapes.values()]
 
 
 def host_prefix(ip: str) -> str:

@@ -90,7 +90,8 @@ def seen_of(flow: flow_pb2.Flow) -> tuple[Seen, str]:
     return _seen(flow, None)
 
 
-def judge(evaluator: PolicyEvaluator, flow: flow_pb2.Flow) -> tuple[ConnectionVerdict, Finding] | None:
+def judge(evaluator: PolicyEvaluator, flow: flow_pb2.Flow
+          ) -> tuple[ConnectionVerdict, Finding] | None:
     """The policy verdict of a record's connection and what the record shows of it: what the
     pipeline stage computes per record (None for records without a connection)."""
     oriented = _oriented(flow)

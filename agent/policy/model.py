@@ -346,7 +346,8 @@ def _selector(ctx: _Ctx, raw, path: str) -> LabelSelector:
         _check_label_value(ctx, value, f"{path}.matchLabels.{key}")
         labels.append((key, value))
     exprs = []
-    for index, expr in enumerate(_opt_list(ctx, raw, "matchExpressions", f"{path}.matchExpressions")):
+    exprs_raw = _opt_list(ctx, raw, "matchExpressions", f"{path}.matchExpressions")
+    for index, expr in enumerate(exprs_raw):
         epath = f"{path}.matchExpressions[{index}]"
         _want(ctx, expr, dict, epath, "an object")
         key = _check_label_key(ctx, expr.get("key"), f"{epath}.key")
@@ -402,15 +403,17 @@ def _peer(ctx: _Ctx, raw, path: str) -> Peer:
     """ValidateNetworkPolicyPeer: at least one of the three; ipBlock alone."""
     _want(ctx, raw, dict, path, "an object (podSelector, namespaceSelector or ipBlock)")
     ctx.unknown(raw, ("podSelector", "namespaceSelector", "ipBlock"), path, "a peer")
-    pod_raw, ns_raw, ipb_raw = raw.get("podSelector"), raw.get("namespaceSelector"), raw.get("ipBlock")
+    pod_raw, ns_raw = raw.get("podSelector"), raw.get("namespaceSelector")
+    ipb_raw = raw.get("ipBlock")
     if pod_raw is None and ns_raw is None and ipb_raw is None:
         raise ctx.fail(path, "must specify a peer: podSelector, namespaceSelector or ipBlock")
     if ipb_raw is not None and (pod_raw is not None or ns_raw is not None):
         raise ctx.fail(path, "may not specify both ipBlock and another peer")
     if ipb_raw is not None:
         return Peer(ip_block=_ip_block(ctx, ipb_raw, f"{path}.ipBlock"))
-    return Peer(pod_selector=None if pod_raw is None else _selector(ctx, pod_raw, f"{path}.podSelector"),
-                namespace_selector=None if ns_raw is None else _selector(ctx, ns_raw, f"{path}.namespaceSelector"))
+    pod_sel = None if pod_raw is None else _selector(ctx, pod_raw, f"{path}.podSelector")
+    ns_sel = None if ns_raw is None else _selector(ctx, ns_raw, f"{path}.namespaceSelector")
+    return Peer(pod_selector=pod_sel, namespace_selector=ns_sel)
 
 
 def _port(ctx: _Ctx, raw, path: str) -> PolicyPort:
@@ -425,7 +428,8 @@ def _port(ctx: _Ctx, raw, path: str) -> PolicyPort:
     port = raw.get("port")
     if port is not None:
         if isinstance(port, bool) or not isinstance(port, (int, str)):
-            raise ctx.fail(f"{path}.port", f"must be a port number or a port name, not {_show(port)}")
+            raise ctx.fail(f"{path}.port",
+                           f"must be a port number or a port name, not {_show(port)}")
         if isinstance(port, int):
             if not 1 <= port <= 65535:
                 raise ctx.fail(f"{path}.port", f"{port} is not a valid port number (1-65535)")
@@ -443,7 +447,8 @@ def _port(ctx: _Ctx, raw, path: str) -> PolicyPort:
         if isinstance(port, str):
             raise ctx.fail(f"{path}.endPort", "may not be specified when `port` is a named port")
         if end_port < port:
-            raise ctx.fail(f"{path}.endPort", f"{end_port} must be greater than or equal to port {port}")
+            raise ctx.fail(f"{path}.endPort",
+                           f"{end_port} must be greater than or equal to port {port}")
         if end_port > 65535:
             raise ctx.fail(f"{path}.endPort", f"{end_port} is not a valid port number (1-65535)")
     return PolicyPort(protocol=protocol, port=port, end_port=end_port)
@@ -519,7 +524,8 @@ def parse_policy(obj, default_namespace: str = "default", where: str = "",
     types: list[str] = []
     for index, value in enumerate(types_raw):
         if value not in (INGRESS, EGRESS):
-            raise ctx.fail(f"spec.policyTypes[{index}]", f"{_show(value)} is not one of Ingress, Egress")
+            raise ctx.fail(f"spec.policyTypes[{index}]",
+                           f"{_show(value)} is not one of Ingress, Egress")
         if value not in types:
             types.append(value)
     given = bool(types)

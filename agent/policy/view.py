@@ -87,7 +87,8 @@ class StaticCluster:
                  external: Iterable[str] = ()) -> None:
         self._pods: dict[str, PodInfo] = dict(pods or {})
         self._nodes: dict[str, str] = dict(nodes or {})
-        self._namespaces: dict[str, dict[str, str]] = {k: dict(v) for k, v in (namespaces or {}).items()}
+        self._namespaces: dict[str, dict[str, str]] = {
+            name: dict(labels) for name, labels in (namespaces or {}).items()}
         self._external: set[str] = set(external)
         self.generation = 0
 

@@ -128,7 +128,14 @@ def test_shapes_of_the_rules(advice):
             "ports": [{"protocol": "TCP", "port": 443}]} in cart_egress
     assert {"to": [{"ipBlock": {"cidr": "192.168.0.1/32"}}],
             "ports": [{"protocol": "TCP", "port": 10250}]} in cart_egress
+    prometheus = by_name["podflow-deployment-prometheus"]
+    assert {"to": [{"ipBlock": {"cidr": "192.168.0.2/32"}}],
+            "ports": [{"protocol": "TCP", "port": 9100}]} in [r.to_manifest(EGRESS)
+                                                              for r in prometheus.egress]
+    assert "podflow-daemonset-node-exporter" not in by_name   # host network: no policy applies
     text = advice.yaml()
+    assert ("cidr: 192.168.0.2/32  # node node-b (host-network pod "
+            "kube-system/node-exporter-abcde)") in text
     assert "cidr: 93.184.216.34/32  # api-eu.example.com, api.example.com" in text
     assert 'cidr: "2606:4700::6810:84e5/128"  # mirror.example.org' in text
     assert "# seen: 40 connections" not in text   # counts are per rule: 40 + 35

@@ -35,6 +35,10 @@ MIRROR = Endpoint(ip="2606:4700::6810:84e5", names=("mirror.example.org",))
 LAPTOP = Endpoint(ip="198.51.100.20")
 NODE_A = Endpoint(ip="192.168.0.1", kind=NODE, node="node-a")
 NODE_B = Endpoint(ip="192.168.0.2", kind=NODE, node="node-b")
+# A host-network pod: to policy, its node's address.
+NODE_EXPORTER = pod_endpoint("192.168.0.2", "kube-system", "node-exporter-abcde",
+                             {"app": "node-exporter"}, ("DaemonSet", "node-exporter"), "node-b",
+                             host_network=True)
 # Only an unstable label: advise cannot select it and says so.
 ODD = pod_endpoint("10.0.1.8", "shop", "odd-7c9-x", {"pod-template-hash": "7c9"},
                    ("Deployment", "odd"), "node-a")
@@ -65,4 +69,5 @@ FACTS = [
     fact(STOREFRONT_A, API, 0, "ICMP", count=2),
     fact(ODD, CART_A, 8080, count=1),
     fact(CART_A, NODE_A, 10250, count=2),          # a pod calling its node's kubelet
+    fact(PROMETHEUS, NODE_EXPORTER, 9100, count=6),
 ]
