@@ -113,7 +113,7 @@ class DirectionVerdict:
 
 
 class ConnectionVerdict(NamedTuple):
-    """Both directions of one connection (a NamedTuple: built for every new pair of ends)."""
+    """Both directions of one connection (a NamedTuple: the cheapest value to build)."""
 
     egress: DirectionVerdict    # at the source pod
     ingress: DirectionVerdict   # at the destination pod
@@ -167,7 +167,8 @@ class Connection:
             src_ip, dst_ip, dst_port = dst_ip, src_ip, src_port
         if backend_ip:
             dst_ip, dst_port = backend_ip, backend_port or dst_port
-        return cls(src_ip, dst_ip, dst_port, protocol.upper())
+        upper = protocol.upper()
+        return cls(src_ip, dst_ip, dst_port, upper if upper in _WITH_PORTS else protocol)
 
 
 # ---- identities ----------------------------------------------------------------------------
