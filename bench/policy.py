@@ -137,7 +137,8 @@ def bench_evaluations(state, view, policies, conns) -> list[tuple[str, str]]:
         rows.append((f"evaluations/s, {label}", f"{count / t:,.0f} ({t / count * 1e6:.2f} us each)"))
     rows.append(("cache after one pass", f"{stats['identities']:,} identities, "
                                          f"{stats['rule_sets']:,} rule sets, "
-                                         f"{stats['verdicts']:,} direction verdicts, "
+                                         f"{stats['verdicts']:,} connection verdicts "
+                                         f"({stats['direction_verdicts']:,} per direction), "
                                          f"{stats['addresses']:,} addresses for {n:,} connections "
                                          f"({len({c for c in conns}):,} distinct)"))
     rows.append(("connections denied by the policies", f"{denied / n:.0%}"))
