@@ -18,11 +18,14 @@ each rule below is cited where it is implemented):
   pod's side for both directions: the connection's destination port after DNAT (the
   Service's target port, as enforcement sees it), and named ports resolved on the
   destination pod's container ports (name, number and protocol).
-- ipBlock matches any address in the CIDR and outside every `except`, pod IPs included:
-  Kubernetes' own conformance tests ("should allow egress access to server in CIDR block",
-  "should enforce except clause while egress access to server in CIDR block" in
-  test/e2e/network/netpol) allow a pod by its pod IP /32 through ipBlock. (The docs advise
-  cluster-external CIDRs because pod IPs are ephemeral, and Cilium deviates: cilium#9209.)
+- ipBlock matches any address in the CIDR and outside every `except`, pod IPs included.
+  The docs only advise ("These should be cluster-external IPs, since Pod IPs are ephemeral
+  and unpredictable"); the API says nothing restricts it, and Kubernetes' own e2e tests
+  ("should allow egress access to server in CIDR block", "should enforce except clause
+  while egress access to server in CIDR block", test/e2e/network/netpol) allow a pod by
+  its pod IP /32 through ipBlock. The "never pod IPs" reading was proposed when ipBlock was
+  designed (kubernetes#49978) and not adopted; Cilium is the known exception (cilium#9209,
+  documented as a missing feature in cilium#12783).
 - Selector peers (podSelector, namespaceSelector) match only pods on the pod network. A
   host-network pod and a node are one thing to policy: the node's address (the docs'
   "most common implementation" for hostNetwork pods; NetworkPolicy never applies at them).
