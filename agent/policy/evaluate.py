@@ -37,8 +37,9 @@ each rule below is cited where it is implemented):
 - Replies of an allowed connection are allowed: the caller evaluates a reply record as the
   connection it belongs to, in its original orientation (Connection.of_record).
 - Protocols other than TCP, UDP and SCTP (ICMP) have no ports: only rules without `ports`
-  match them ("for all the other protocols, the behaviour may vary across network plugins";
-  this is what iptables-based plugins do).
+  match them, as iptables-based plugins do. The docs leave them undefined ("it is only
+  guaranteed to deny TCP, UDP and SCTP connections. For other protocols, such as ARP or
+  ICMP, the behaviour is undefined"), so finding.join never calls such a verdict unenforced.
 
 Speed (bench/policy.py): a verdict depends on the identities of both ends, not on their
 addresses. A pod's identity is its namespace and labels, its namespace's labels, the ipBlocks

@@ -82,10 +82,18 @@ _UNDECIDED = Finding(Enforcement.UNDECIDED)
 _ALLOWED_DELIVERED = Finding(Enforcement.ALLOWED_DELIVERED)
 
 
-def join(verdict: ConnectionVerdict, seen: Seen, drop_reason: str = "") -> Finding:
+def join(verdict: ConnectionVerdict, seen: Seen, drop_reason: str = "",
+         defined: bool = True) -> Finding:
     """The finding for a connection whose policy verdict is `verdict` and of which `seen`
     was observed. A drop wins over delivery evidence only when the caller says DROPPED (one
-    record is one observation; the caller decides what a connection showed overall)."""
+    record is one observation; the caller decides what a connection showed overall).
+
+    `defined` False: the protocol is one NetworkPolicy does not define (anything but TCP,
+    UDP, SCTP: "it is only guaranteed to deny TCP, UDP and SCTP connections. For other
+    protocols, such as ARP or ICMP, the behaviour is undefined"), so a denied ICMP echo that
+    got through is not called unenforced."""
+    if seen == Seen.DELIVERED and not defined and verdict.denied:
+        return _UNDECIDED
     if seen == Seen.DROPPED:
         if verdict.denied and may_be_policy_drop(drop_reason):
             return Finding(Enforcement.ENFORCED, verdict.denying_policies, drop_reason)

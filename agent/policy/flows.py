@@ -13,6 +13,7 @@ from podflow_api.v1 import flow_pb2
 
 _PROTOCOLS = {"tcp": "TCP", "udp": "UDP", "sctp": "SCTP", "icmpv4": "ICMP", "icmpv6": "ICMPv6"}
 _WITH_PORTS = ("tcp", "udp", "sctp")
+_DEFINED = frozenset(("TCP", "UDP", "SCTP"))   # the protocols NetworkPolicy defines
 # Outcomes only an answer from the destination can produce. REFUSED is not one: an RST may
 # come from a policy engine that rejects (iptables REJECT --reject-with tcp-reset).
 _ANSWERED = frozenset((flow_pb2.ESTABLISHED, flow_pb2.RESET, flow_pb2.CLOSED))
@@ -100,4 +101,4 @@ def judge(evaluator: PolicyEvaluator, flow: flow_pb2.Flow
     src, dst, dport, protocol, reply = oriented
     verdict = evaluator.evaluate(src, dst, dport, protocol)
     seen, reason = _seen(flow, reply)
-    return verdict, join(verdict, seen, reason)
+    return verdict, join(verdict, seen, reason, protocol in _DEFINED)

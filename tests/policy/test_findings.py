@@ -41,6 +41,37 @@ def test_join(verdict, seen, reason, want, policies):
         assert finding.drop_reason == reason
 
 
+def test_denied_icmp_delivered_is_no_finding():
+    """NetworkPolicy leaves ICMP undefined: a denied ping that got through proves nothing."""
+    assert join(DENIED, Seen.DELIVERED, defined=False).enforcement == Enforcement.UNDECIDED
+    assert join(DENIED, Seen.DROPPED, "NETFILTER_DROP", defined=False).enforcement == \
+        Enforcement.ENFORCED
+    assert join(ALLOWED, Seen.DELIVERED, defined=False).enforcement == \
+        Enforcement.ALLOWED_DELIVERED
+
+
+def test_judge_a_record():
+    from agent.policy.evaluate import PolicyEvaluator
+    from agent.policy.flows import judge
+    from agent.policy.model import load_policies
+    from agent.policy.view import PodInfo, StaticCluster
+    cluster = StaticCluster(pods={"10.0.1.3": PodInfo("web", "sf", {"app": "sf"}),
+                                  "10.0.2.1": PodInfo("shop", "cart", {"app": "cart"})})
+    policies = load_policies([{"kind": "NetworkPolicy", "metadata": {"name": "deny",
+                                                                     "namespace": "shop"},
+                               "spec": {"podSelector": {}}}]).policies
+    evaluator = PolicyEvaluator(cluster, policies)
+    entering = record("10.0.1.3", 40000, "10.96.0.10", 80, backend=("10.0.2.1", 8080),
+                      direction=flow_pb2.TO_POD)
+    verdict, finding = judge(evaluator, entering)
+    assert verdict.ingress.policies == ("shop/deny",)
+    assert finding.enforcement == Enforcement.NOT_ENFORCED
+    ping = record("10.0.1.3", 0, "10.0.2.1", 0, "icmpv4", direction=flow_pb2.TO_POD)
+    verdict, finding = judge(evaluator, ping)
+    assert verdict.denied and finding.enforcement == Enforcement.UNDECIDED
+    assert judge(evaluator, flow_pb2.Flow()) is None
+
+
 def test_summaries():
     assert join(DENIED, Seen.DELIVERED).summary == \
         "denied but delivered: the CNI does not enforce data/db-in"
