@@ -15,10 +15,10 @@ import sys
 # never pays for bcc and `podflow agent` never pays for Textual.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("agent.main", "run the node agent (eBPF datapath, gRPC Observer, flow log)"),
-    "observe": ("agent.observe", "print flows from one or more agents"),
-    "status": ("agent.observe_status", "print an agent's ServerStatus"),
+    "observe": ("agent.client.observe", "print flows from one or more agents"),
+    "status": ("agent.client.status", "print an agent's ServerStatus"),
     "tui": ("tui.cli", "open the terminal UI over every agent"),
-    "demo": ("agent.demo", "build a two-node cluster from namespaces and show it live"),
+    "demo": ("agent.demo.command", "build a two-node cluster from namespaces and show it live"),
 }
 
 

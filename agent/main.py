@@ -26,7 +26,12 @@ log = logging.getLogger("podflow.agent")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from agent import annotate, datapath, exporter, metadata, metrics, server
+    from agent.annotate import stage as annotate
+    from agent.datapath import loader as datapath
+    from agent.export import flowlog as exporter
+    from agent.enrich import stage as metadata
+    from agent.export import metrics
+    from agent.observer import server
 
     parser.add_argument("--node-name", default=os.environ.get("NODE_NAME") or socket.gethostname(),
                         help="name this agent reports for its node (default: $NODE_NAME or hostname)")
@@ -43,7 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent import annotate, datapath, exporter, metadata, metrics, server
+    from agent.annotate import stage as annotate
+    from agent.datapath import loader as datapath
+    from agent.export import flowlog as exporter
+    from agent.enrich import stage as metadata
+    from agent.export import metrics
+    from agent.observer import server
     from agent.flowstore import FlowStore
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,

@@ -18,7 +18,7 @@ import time
 
 import grpc
 
-from agent import demo
+from agent.demo import command as demo
 from agent.lab import Lab
 from podflow_api.v1 import observer_pb2, observer_pb2_grpc
 

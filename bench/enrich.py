@@ -17,10 +17,10 @@ import tempfile
 import time
 import tracemalloc
 
-from agent.conntrack import CTA_TUPLE_ORIG, Conntrack, Entry, Tuple5, open_conntrack
-from agent.enrich import FlowEnricher
+from agent.enrich.conntrack import CTA_TUPLE_ORIG, Conntrack, Entry, Tuple5, open_conntrack
+from agent.enrich.names import FlowEnricher
 from agent.flowstore import FlowStore
-from agent.k8s.state import ClusterState
+from agent.enrich.k8s.state import ClusterState
 from agent.stats import AgentStats
 from podflow_api.v1 import flow_pb2
 
@@ -211,8 +211,8 @@ def bench_netlink(rows: list[tuple[str, str]]) -> None:
 
 
 def bench_latency(args) -> list[tuple[str, str]]:
-    from agent.k8s.kubesource import KubeSource
-    from tests.k8s.fakeapi import FakeAPIServer
+    from agent.enrich.k8s.kubesource import KubeSource
+    from tests.enrich.fakeapi import FakeAPIServer
 
     api = FakeAPIServer(bookmark_interval_s=5).start()
     state, stats = ClusterState(), AgentStats("bench", "bench")

@@ -14,10 +14,10 @@ import shutil
 import tempfile
 import time
 
-from agent.exporter import FlowLogExporter
+from agent.export.flowlog import FlowLogExporter
 from agent.flowstore import FlowStore
-from agent.metrics import MetricsServer
-from agent.rotate import RotationConfig
+from agent.export.metrics import MetricsServer
+from agent.wire.jsonlines import RotationConfig
 from agent.stats import AgentStats
 from podflow_api.v1 import flow_pb2, observer_pb2
 

@@ -50,7 +50,7 @@ def serve(listen: str) -> None:
     from observer_flows import make_flow
 
     from agent.flowstore import FlowStore
-    from agent.server import ObserverServer
+    from agent.observer.server import ObserverServer
     from agent.stats import AgentStats
 
     rss_empty = _rss_mib()
@@ -105,7 +105,7 @@ def read(address: str, mode: str, seconds: float) -> None:
     _pin(1)
     import grpc
 
-    from agent import client
+    from agent.client import streams as client
     from podflow_api.v1 import observer_pb2, observer_pb2_grpc
 
     channel = client.open_channel(address)

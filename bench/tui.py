@@ -1,6 +1,6 @@
 """How `podflow tui` holds up under load: 20,000 flows/s from several agents for ~60 s.
 
-Agents are real Observer servers (agent.server over agent.flowstore) in subprocesses, each
+Agents are real Observer servers (agent.observer.server over agent.flowstore) in subprocesses, each
 fed synthetic cluster traffic at its share of the rate. The TUI is the real app, headless,
 driven by Pilot in this process, with its engine in a child process as `podflow tui` runs
 it. All of it shares this machine's cores with the agents. Reported:
@@ -39,7 +39,7 @@ import psutil
 def run_agent(node: str, listen: str, rate: float, ready_file: str) -> None:
     """Subprocess body: one agent serving synthetic flows at `rate` per second."""
     from agent.flowstore import FlowStore
-    from agent.server import ObserverServer
+    from agent.observer.server import ObserverServer
     from agent.stats import AgentStats
     from podflow_api.v1 import flow_pb2
     from tui.synthetic import Cluster

@@ -1,5 +1,5 @@
 /* podflow: every map of the datapath, in one place. Sizes come from -D cflags set by
- * agent/datapath.py (--flow-map-size, --ringbuf-size). */
+ * agent/datapath/loader.py (--flow-map-size, --ringbuf-size). */
 #ifndef PODFLOW_MAPS_H
 #define PODFLOW_MAPS_H
 

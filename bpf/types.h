@@ -1,13 +1,13 @@
 /* podflow: structs and enums shared by the kernel programs and the agent.
  *
- * Python mirror: agent/decode.py (ctypes classes FlowKey, FlowValue, EventHeader, FlowEvent
+ * Python mirror: agent/datapath/decode.py (ctypes classes FlowKey, FlowValue, EventHeader, FlowEvent
  * and the ERR_* / EVENT_* tables). tests/datapath/test_layout.py compiles this header with
  * gcc and checks that every size and offset agrees: change both sides together.
  *
  * Event contract (the ring buffer `events`, see maps.h)
  * -----------------------------------------------------
  * Every ring-buffer record starts with `struct pf_event_hdr`; the agent dispatches on
- * `kind` (agent/datapath.py: a DatapathExtension's event_handlers(), registered with
+ * `kind` (agent/datapath/loader.py: a DatapathExtension's event_handlers(), registered with
  * register_extension() or offered by the annotator's datapath_extensions()).
  *   PF_EVENT_FLOW_NEW       struct pf_flow_event: the first packet of a new flow entry
  *   PF_EVENT_FLOW_MAP_FULL  struct pf_flow_event: a packet that found the flow map full;
@@ -18,10 +18,10 @@
  * Emit with  events.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP)  (the reader polls
  * on a timer) and count a failure with pf_count_error(PF_ERR_RINGBUF_FULL_<yours>).
  * Error reasons PF_ERR_EXT_FIRST .. PF_ERR_MAX-1 are free for drop.h / dns.h; name them in
- * agent/decode.py ERROR_NAMES (or via DatapathExtension.error_names).
+ * agent/datapath/decode.py ERROR_NAMES (or via DatapathExtension.error_names).
  *
  * Headers may use maps (events.ringbuf_output, their own BPF_HASH ...): bcc rewrites map
- * calls only in the main source file, so agent/datapath.py inlines every quoted #include
+ * calls only in the main source file, so agent/datapath/loader.py inlines every quoted #include
  * of podflow.c before compiling (expand_includes, with #line markers).
  *
  * Clock: every *_ns timestamp is bpf_ktime_get_ns() (CLOCK_MONOTONIC); the agent converts
@@ -31,7 +31,7 @@
 #define PODFLOW_TYPES_H
 
 /* flow_key.direction: the TC hook that saw the packet. The pod's point of view is derived
- * in user space from the interface kind (agent/decode.py pod_direction). */
+ * in user space from the interface kind (agent/datapath/decode.py pod_direction). */
 #define PF_DIR_INGRESS 0
 #define PF_DIR_EGRESS  1
 
@@ -88,7 +88,7 @@ struct pf_flow_event {
     __u32 _pad;
 };
 
-/* Per-reason counters (the `errors` per-CPU array). Names in agent/decode.py. */
+/* Per-reason counters (the `errors` per-CPU array). Names in agent/datapath/decode.py. */
 enum pf_error {
     PF_ERR_TRUNC_ETH = 0,          /* shorter than an Ethernet header */
     PF_ERR_TRUNC_VLAN,             /* 802.1Q/802.1ad tag cut short */

@@ -71,6 +71,14 @@ class PodflowApp(App):
         Binding("end", "cursor('scroll_bottom')", show=False),
     ]
 
+    async def action_help_quit(self) -> None:
+        """Ctrl-C: Textual only says "press ctrl+q"; with `ctrl_c_quits` (the demo, where a
+        newcomer expects Ctrl-C to end it) it quits."""
+        if self.config.ctrl_c_quits:
+            self.exit()
+        else:
+            await super().action_help_quit()
+
     def __init__(self, config: AppConfig, aggregator: Aggregator | None = None):
         super().__init__()
         self.config = config

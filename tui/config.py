@@ -30,5 +30,6 @@ class AppConfig:
     initial_filter: str = ""
     backoff_max_s: float = 30.0
     status_poll_s: float = 3.0
-    tls: object = None           # agent.client.TLSOptions for agents, or None
+    tls: object = None           # agent.client.streams.TLSOptions for agents, or None
     engine: str = "thread"       # "process": streams and aggregation in a child process
+    ctrl_c_quits: bool = False   # Ctrl-C quits too (Textual's default only hints at ctrl+q)

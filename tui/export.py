@@ -17,7 +17,7 @@ from podflow_api.v1 import observer_pb2
 from tui.aggregator import Entry
 
 try:  # the agent's fast encoder: same bytes as json_format, ~10x faster
-    from agent.flowjson import to_json as _to_json
+    from agent.wire.flowjson import to_json as _to_json
 except ImportError:  # pragma: no cover - only when the agent package is absent
     def _to_json(msg) -> str:
         return json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=None)

@@ -21,7 +21,7 @@ from typing import Callable
 import grpc
 from google.protobuf import json_format
 
-from agent.client import TLSOptions, get_flow_batches, open_channel
+from agent.client.streams import TLSOptions, get_flow_batches, open_channel
 from podflow_api.v1 import observer_pb2, observer_pb2_grpc
 
 from tui.aggregator import Aggregator
@@ -117,7 +117,7 @@ class AgentSource:
                 return
 
     def _stream(self, channel) -> None:
-        """GetFlowsBatched (GetFlows from older agents) via agent.client. The first stream
+        """GetFlowsBatched (GetFlows from older agents) via agent.client.streams. The first stream
         asks for `history` flows; a reconnect resumes just after the newest flow received,
         so nothing is counted twice."""
         request = observer_pb2.GetFlowsRequest(follow=True)

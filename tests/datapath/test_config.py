@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
-from agent import datapath, interfaces
-from agent.decode import InterfaceKind
+from agent.datapath import loader as datapath
+from agent.datapath import interfaces
+from agent.datapath.decode import InterfaceKind
 from agent.errors import ConfigError, DatapathError
-from agent.interfaces import Link
+from agent.datapath.interfaces import Link
 
 LINKS = [
     Link(1, "lo", "", None, None),

@@ -8,8 +8,8 @@ import ipaddress
 
 import pytest
 
-from agent import decode
-from agent.decode import InterfaceInfo, InterfaceKind
+from agent.datapath import decode
+from agent.datapath.decode import InterfaceInfo, InterfaceKind
 from podflow_api.v1 import flow_pb2
 
 VETH = InterfaceInfo(7, "veth0a1b2c3d", InterfaceKind.POD_VETH)

@@ -1,4 +1,4 @@
-"""bpf/types.h and agent/decode.py declare the same structs: compile the C header with gcc and
+"""bpf/types.h and agent/datapath/decode.py declare the same structs: compile the C header with gcc and
 compare every size and offset with the ctypes mirror, so a change on one side only fails here
 instead of corrupting records."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import decode
+from agent.datapath import decode
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from agent.demo import _pod_name
+from agent.demo.command import _pod_name
 from tests.demo.conftest import PODFLOW, REPO, host_state
 
 pytestmark = pytest.mark.root

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from agent import deploy_defaults
+from agent.client import deploy_names as deploy_defaults
 from deploy_helpers import VALUE_SETS, agent_container, one, render
 
 
@@ -112,7 +112,7 @@ def test_non_default_agent_flags_reach_the_agent():
 def test_probe_gets_serving_from_the_real_observer_server():
     """Start the agent's own gRPC server stage from the DaemonSet's args (on a free loopback
     port instead of :4245) and ask what the kubelet asks: Health/Check with service ""."""
-    from agent import server
+    from agent.observer import server
     from agent.flowstore import FlowStore
     from agent.stats import AgentStats
 

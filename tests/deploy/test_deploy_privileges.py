@@ -132,17 +132,17 @@ def test_rbac_is_read_only_on_what_the_agent_reads(values_name):
 
 
 def test_rbac_matches_what_the_metadata_watcher_lists():
-    """Every resource agent/k8s watches is granted, and nothing else."""
+    """Every resource agent/enrich/k8s watches is granted, and nothing else."""
     watched = _watched_resources()
     if watched is None:
-        pytest.skip("agent/k8s does not expose its watched resources as data")
+        pytest.skip("agent/enrich/k8s does not expose its watched resources as data")
     assert watched == RBAC_RULES
 
 
 def _watched_resources() -> set[tuple[str, str]] | None:
-    """(apiGroup, resource) pairs from agent.k8s.kubesource.RESOURCES ("endpointslices.discovery.k8s.io")."""
+    """(apiGroup, resource) pairs from agent.enrich.k8s.kubesource.RESOURCES ("endpointslices.discovery.k8s.io")."""
     try:
-        from agent.k8s.kubesource import RESOURCES
+        from agent.enrich.k8s.kubesource import RESOURCES
     except ImportError:
         return None
     pairs = set()

@@ -27,7 +27,7 @@ def certs(tmp_path_factory):
 def tls_server(certs, values_name: str):
     """The agent's gRPC server stage, started with the DaemonSet's TLS args, the secret's
     files at their mount path replaced by `certs`."""
-    from agent import server
+    from agent.observer import server
     from agent.cli import build_parser
     from agent.flowstore import FlowStore
     from agent.stats import AgentStats
@@ -43,7 +43,7 @@ def tls_server(certs, values_name: str):
 
 
 def check(address: str, **tls) -> int:
-    from agent.client import TLSOptions, open_channel
+    from agent.client.streams import TLSOptions, open_channel
 
     with open_channel(address, TLSOptions(enabled=True, **tls)) as channel:
         return health_pb2_grpc.HealthStub(channel).Check(

@@ -1,4 +1,4 @@
-"""Fixtures of the Observer tests: real gRPC servers (agent.server over agent.flowstore, as the
+"""Fixtures of the Observer tests: real gRPC servers (agent.observer.server over agent.flowstore, as the
 agent runs them) on port 0 or unix sockets, fed with generated, enriched-looking flows."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from observer_flows import make_flow  # noqa: E402
 
 from agent.flowstore import FlowStore  # noqa: E402
-from agent.server import ObserverServer  # noqa: E402
+from agent.observer.server import ObserverServer  # noqa: E402
 from agent.stats import AgentStats  # noqa: E402
 from podflow_api.v1 import observer_pb2_grpc  # noqa: E402
 

@@ -173,7 +173,7 @@ TIMES = [("5m", NOW - 300 * 10**9), ("1h30m", NOW - 5400 * 10**9), ("90s", NOW -
 def test_parse_time(text, expected):
     import datetime as dt
 
-    from agent.observe import parse_time
+    from agent.client.observe import parse_time
     if expected is None:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
         expected = int(when.timestamp()) * 10**9 + when.microsecond * 1000

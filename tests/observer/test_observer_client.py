@@ -1,4 +1,4 @@
-"""agent.client: address forms, the time-ordered merge of several agents, node-status notices
+"""agent.client.streams: address forms, the time-ordered merge of several agents, node-status notices
 for an agent that is down, and reconnection when following."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 from conftest import InProcessAgent
 from observer_flows import make_flow
 
-from agent import client
+from agent.client import streams as client
 from agent.errors import ConfigError
-from agent.server import ObserverServer
+from agent.observer.server import ObserverServer
 from podflow_api.v1 import observer_pb2
 
 Req = observer_pb2.GetFlowsRequest

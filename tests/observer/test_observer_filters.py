@@ -7,9 +7,9 @@ import argparse
 import pytest
 from observer_flows import make_flow
 
-from agent import filters
+from agent.filters import engine as filters
 from agent.errors import ConfigError
-from agent.filters import FilterError, compile_filters
+from agent.filters.engine import FilterError, compile_filters
 from podflow_api.v1 import flow_pb2, observer_pb2
 
 F = flow_pb2

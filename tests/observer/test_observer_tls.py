@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent import client, server
+from agent.client import streams as client
+from agent.observer import server
 from agent.errors import ConfigError
 from podflow_api.v1 import observer_pb2
 

@@ -1,4 +1,4 @@
-"""Fixtures of the TUI tests: real Observer servers (agent.server over agent.flowstore, as
+"""Fixtures of the TUI tests: real Observer servers (agent.observer.server over agent.flowstore, as
 the agent runs them) on unix sockets or port 0, fed with synthetic cluster traffic."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from agent.flowstore import FlowStore
-from agent.server import ObserverServer
+from agent.observer.server import ObserverServer
 from agent.stats import AgentStats
 from tui.synthetic import Cluster
 

@@ -1,4 +1,4 @@
-"""The real app driven with Pilot against real Observer servers (agent.server on agent's
+"""The real app driven with Pilot against real Observer servers (agent.observer.server on agent's
 flow store), and against replayed files: what each view shows, keys, filters and their
 errors, an agent going down and coming back, export."""
 

@@ -1,0 +1,655 @@
+"""The agent's datapath stage: compile and load the eBPF programs (bpf/podflow.c), attach them
+to pod veths and bridges as they come and go, and turn the kernel's counters into records.
+
+This is the ONLY module that imports bcc. The reader thread never blocks the kernel: the
+programs write ring-buffer events without wakeups (BPF_RB_NO_WAKEUP) and the reader
+consumes them on a timer, sweeps the flow map with batch syscalls about once a second, and
+hands decoded Flow batches to the agent's pipeline (agent/main.py).
+
+Extending the datapath (bpf/drop.h, bpf/dns.h, and later features)
+------------------------------------------------------------------
+Register a factory with `register_extension(factory)`; `factory(args, stats, annotator)`
+returns a DatapathExtension or None (feature disabled). An extension contributes:
+  - cflags():        e.g. ["-DPODFLOW_DROPS"]: podflow.c includes drop.h under that flag;
+  - error_names():   {reason: name} for its enum pf_error values (16..31);
+  - event_handlers(): {kind: handler}; handler(datapath, raw: bytes) -> list[Flow] | None,
+                     called on the reader thread for each ring-buffer event of that kind
+                     (layout: struct pf_event_hdr first, see bpf/types.h). Returned flows
+                     join the next pipeline batch. `datapath.interface(ifindex)`,
+                     `datapath.clock` and `datapath.node_name` help decoding;
+  - attach(bpf) / detach(bpf): after load / before unload, with the bcc BPF object
+                     (e.g. bpf.attach_tracepoint(...); TRACEPOINT_PROBE functions are
+                     attached by bcc itself when the program loads).
+The annotator (agent/annotate/stage.py) may also offer `datapath_extensions() -> list`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import fnmatch
+import logging
+import os
+import platform
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from agent.datapath import decode
+from agent.datapath import interfaces
+from agent.datapath import tc
+from agent.errors import AttachError, ConfigError, DatapathError
+from agent.stats import AgentStats
+from podflow_api.v1 import observer_pb2
+
+log = logging.getLogger("podflow.datapath")
+
+BPF_DIR = Path(os.environ.get("PODFLOW_BPF_DIR") or Path(__file__).resolve().parents[2] / "bpf")
+PROG_INGRESS = "podflow_ingress"  # also the TC filter names (agent/datapath/tc.py NAME_PREFIX)
+PROG_EGRESS = "podflow_egress"
+
+DEFAULT_FLOW_MAP_SIZE = 65536
+DEFAULT_RINGBUF_BYTES = 4 << 20
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+# ---------------------------------------------------------------------------------------
+# Flags
+
+
+def parse_size(text: str, flag: str) -> int:
+    """"4M" / "65536" / "512K" -> bytes or count; the error names the flag."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)(i?[bB]?)\s*", str(text))
+    if not m:
+        raise ConfigError(f"{flag}: {text!r} is not a size (e.g. 65536, 512K, 4M)")
+    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("datapath (eBPF on pod veths and bridges)")
+    group.add_argument("--interfaces", metavar="GLOBS",
+                       help="trace exactly the interfaces matching these comma-separated "
+                            "globs (e.g. 'veth*,cni0'), instead of detecting pod veths and "
+                            "bridges")
+    group.add_argument("--exclude-interfaces", metavar="GLOBS",
+                       help="never trace interfaces matching these comma-separated globs")
+    group.add_argument("--active-timeout", type=float, default=5.0, metavar="SECONDS",
+                       help="report an active flow every SECONDS with what it did since its "
+                            "last record (default: 5)")
+    group.add_argument("--idle-timeout", type=float, default=15.0, metavar="SECONDS",
+                       help="end a flow (flow_end=true) after SECONDS without packets "
+                            "(default: 15)")
+    group.add_argument("--flow-map-size", default=str(DEFAULT_FLOW_MAP_SIZE), metavar="N",
+                       help="flows the kernel map holds at once; more are still counted "
+                            "through the ring buffer (default: 65536)")
+    group.add_argument("--ringbuf-size", default="4M", metavar="BYTES",
+                       help="kernel ring buffer for new-flow, overflow, drop and DNS events; "
+                            "a power of two, at least one page (default: 4M)")
+    group.add_argument("--sweep-interval", type=float, default=1.0, metavar="SECONDS",
+                       help="how often the flow map is read (default: 1)")
+    group.add_argument("--attach-mode", choices=["tc", "tcx", "auto"], default="auto",
+                       help="auto (default): tcx links when the kernel has them (>= 6.6; they "
+                            "vanish with the agent even after kill -9), else tc; tc: clsact + "
+                            "cls_bpf filters named podflow_* (visible with `tc filter show`); "
+                            "tcx: tcx links or fail")
+
+
+@dataclass(frozen=True)
+class DatapathConfig:
+    node_name: str
+    include: list[str]
+    exclude: list[str]
+    active_timeout_s: float = 5.0
+    idle_timeout_s: float = 15.0
+    flow_map_size: int = DEFAULT_FLOW_MAP_SIZE
+    ringbuf_bytes: int = DEFAULT_RINGBUF_BYTES
+    sweep_interval_s: float = 1.0
+    poll_interval_s: float = 0.1
+    attach_mode: str = "auto"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "DatapathConfig":
+        def positive(name: str, flag: str) -> float:
+            value = getattr(args, name)
+            if not value > 0:
+                raise ConfigError(f"{flag} must be > 0 seconds, got {value}")
+            return float(value)
+
+        map_size = parse_size(args.flow_map_size, "--flow-map-size")
+        if not 1 <= map_size <= (1 << 24):
+            raise ConfigError(f"--flow-map-size must be between 1 and {1 << 24}, got {map_size}")
+        ringbuf = parse_size(args.ringbuf_size, "--ringbuf-size")
+        if ringbuf < PAGE_SIZE or ringbuf & (ringbuf - 1) or ringbuf > (1 << 30):
+            raise ConfigError(f"--ringbuf-size must be a power of two between {PAGE_SIZE} "
+                              f"and 1G bytes, got {args.ringbuf_size}")
+        sweep = positive("sweep_interval", "--sweep-interval")
+        return cls(node_name=args.node_name,
+                   include=interfaces.parse_globs(args.interfaces),
+                   exclude=interfaces.parse_globs(args.exclude_interfaces),
+                   active_timeout_s=positive("active_timeout", "--active-timeout"),
+                   idle_timeout_s=positive("idle_timeout", "--idle-timeout"),
+                   flow_map_size=map_size, ringbuf_bytes=ringbuf,
+                   sweep_interval_s=sweep, poll_interval_s=min(0.1, sweep),
+                   attach_mode=getattr(args, "attach_mode", "auto"))
+
+
+# ---------------------------------------------------------------------------------------
+# Extensions
+
+
+class DatapathExtension(Protocol):
+    """See the module docstring."""
+
+    def cflags(self) -> list[str]: ...
+
+    def error_names(self) -> dict[int, str]: ...
+
+    def event_handlers(self) -> dict[int, Callable[["Datapath", bytes], list | None]]: ...
+
+    def attach(self, bpf) -> None: ...
+
+    def detach(self, bpf) -> None: ...
+
+
+ExtensionFactory = Callable[[argparse.Namespace, AgentStats, object], "DatapathExtension | None"]
+_EXTENSION_FACTORIES: list[ExtensionFactory] = []
+
+
+def register_extension(factory: ExtensionFactory) -> None:
+    """Add a datapath feature (drops, DNS ...); see the module docstring."""
+    if factory not in _EXTENSION_FACTORIES:
+        _EXTENSION_FACTORIES.append(factory)
+
+
+# ---------------------------------------------------------------------------------------
+# Environment
+
+
+_CAP_NET_ADMIN, _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 12, 21, 38, 39
+
+
+def _effective_caps() -> int:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def check_environment(caps: int | None = None, btf_path: str = "/sys/kernel/btf/vmlinux",
+                      modules_dir: str = "/lib/modules",
+                      kheaders_path: str = "/sys/kernel/kheaders.tar.xz") -> None:
+    """Fail early, with what to do, on what bcc would report obscurely. (Parameters exist
+    for tests; the agent uses the defaults.)"""
+    caps = _effective_caps() if caps is None else caps
+    has = lambda cap: bool(caps & (1 << cap))  # noqa: E731
+    if not has(_CAP_NET_ADMIN) or not (has(_CAP_BPF) or has(_CAP_SYS_ADMIN)) \
+            or not (has(_CAP_PERFMON) or has(_CAP_SYS_ADMIN)):
+        raise DatapathError("the datapath needs root, or CAP_BPF + CAP_NET_ADMIN + "
+                            "CAP_PERFMON (effective capabilities here: "
+                            f"{caps:#x}); run the agent as root or grant them")
+    if not os.path.exists(btf_path):
+        raise DatapathError(f"no kernel BTF at {btf_path}: podflow needs a kernel built with "
+                            "CONFIG_DEBUG_INFO_BTF=y")
+    release = platform.release()
+    build = Path(modules_dir) / release / "build"
+    if not (build / "include").is_dir() and not os.path.exists(kheaders_path):
+        raise DatapathError(
+            f"bcc needs kernel headers at {build} (missing: {build / 'include'}). Install "
+            f"them with `apt-get install linux-headers-{release}`, or, when the running "
+            "kernel has no headers package, run scripts/setup-host.sh to link Debian's "
+            "generic headers there (the documented fallback), or load the kheaders module "
+            "(`modprobe kheaders`)")
+    _ensure_mount("tracefs", "/sys/kernel/tracing")
+    _ensure_mount("bpf", "/sys/fs/bpf")
+
+
+def _ensure_mount(fstype: str, path: str) -> None:
+    """`ip netns exec` gives a fresh /sys without tracefs or bpffs: mount them when we can
+    (tracepoints of datapath extensions need tracefs)."""
+    if os.path.ismount(path) or not os.path.isdir(path):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(fstype.encode(), path.encode(), fstype.encode(), 0, None) != 0:
+        err = ctypes.get_errno()
+        log.warning("%s is not mounted at %s and mounting it failed (%s); run `mount -t %s "
+                    "%s %s`", fstype, path, os.strerror(err), fstype, fstype, path)
+
+
+def expand_includes(path: Path, _stack: tuple[Path, ...] = ()) -> str:
+    """podflow.c with its quoted #includes inlined (with #line markers, so compiler messages
+    still name the right file and line).
+
+    bcc rewrites map calls (flows.lookup, events.ringbuf_output ...) only in the main source
+    file, so headers that use maps would otherwise fail to load. A quoted include whose file
+    does not exist (an optional feature not written yet) is left to the compiler, which
+    only complains when its -D flag is set."""
+    if path in _stack:
+        return ""
+    out = [f'#line 1 "{path}"']
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        m = re.match(r'\s*#\s*include\s+"([^"]+)"', line)
+        target = path.parent / m.group(1) if m else None
+        if target is not None and target.is_file():
+            out.append(expand_includes(target, _stack + (path,)))
+            out.append(f'#line {lineno + 1} "{path}"')
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# Raw bpf(2) calls bcc 0.26 does not offer (or offers slowly)
+
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351}.get(platform.machine(), 321)
+_BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
+_BPF_MAP_LOOKUP_BATCH = 24
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _ElemAttr(ctypes.Structure):
+    _fields_ = [("map_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
+                ("key", ctypes.c_uint64), ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class _BatchAttr(ctypes.Structure):
+    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64),
+                ("keys", ctypes.c_uint64), ("values", ctypes.c_uint64),
+                ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
+                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+    rc = _libc.syscall(_SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    return 0 if rc >= 0 else -ctypes.get_errno()
+
+
+_VALUE_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8"), ("first_seen_ns", "<u8"),
+                         ("last_seen_ns", "<u8"), ("tcp_flags", "<u8")])
+assert _VALUE_DTYPE.itemsize == decode.VALUE_SIZE
+
+
+def read_flow_map(map_fd: int, max_entries: int, chunk: int = 8192) -> list[tuple]:
+    """Every entry of the flow map with BPF_MAP_LOOKUP_BATCH (about 10x faster than one
+    lookup per entry): [(key bytes, packets, bytes, first_ns, last_ns, tcp_flags)]."""
+    chunk = min(chunk, max(max_entries, 64))
+    keys = np.zeros((chunk, decode.KEY_SIZE), dtype=np.uint8)
+    values = np.zeros(chunk, dtype=_VALUE_DTYPE)
+    token_in, token_out = ctypes.c_uint32(0), ctypes.c_uint32(0)
+    entries: list[tuple] = []
+    first = True
+    while True:
+        attr = _BatchAttr(in_batch=0 if first else ctypes.addressof(token_in),
+                          out_batch=ctypes.addressof(token_out),
+                          keys=keys.ctypes.data, values=values.ctypes.data,
+                          count=chunk, map_fd=map_fd)
+        rc = _bpf(_BPF_MAP_LOOKUP_BATCH, attr)
+        if rc not in (0, -2):  # -ENOENT: the last batch
+            raise DatapathError(f"reading the flow map: {os.strerror(-rc)}")
+        n = attr.count
+        if n:
+            vals = values[:n]
+            entries.extend(zip((bytes(k) for k in keys[:n]), vals["packets"].tolist(),
+                               vals["bytes"].tolist(), vals["first_seen_ns"].tolist(),
+                               vals["last_seen_ns"].tolist(), vals["tcp_flags"].tolist()))
+        if rc == -2:
+            return entries
+        token_in.value = token_out.value
+        first = False
+
+
+def lookup_and_delete(map_fd: int, key: bytes) -> tuple | None:
+    """Atomically take an entry out of the flow map: the returned value includes every
+    packet counted up to the delete. None when the entry is already gone."""
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    vbuf = decode.FlowValue()
+    attr = _ElemAttr(map_fd=map_fd, key=ctypes.addressof(kbuf), value=ctypes.addressof(vbuf))
+    rc = _bpf(_BPF_MAP_LOOKUP_AND_DELETE_ELEM, attr)
+    if rc == -2:
+        return None
+    if rc < 0:
+        raise DatapathError(f"deleting an idle flow: {os.strerror(-rc)}")
+    return (vbuf.packets, vbuf.bytes, vbuf.first_seen_ns, vbuf.last_seen_ns, vbuf.tcp_flags)
+
+
+# ---------------------------------------------------------------------------------------
+# The stage
+
+
+class Datapath:
+    """Loads the programs, keeps the traced interface set current, runs the reader."""
+
+    def __init__(self, config: DatapathConfig, stats: AgentStats,
+                 pipeline: Callable[[list], None],
+                 extensions: list[DatapathExtension] | None = None):
+        self.config = config
+        self.stats = stats
+        self.node_name = config.node_name
+        self.pipeline = pipeline
+        self.extensions = list(extensions or [])
+        self.clock = decode.KtimeClock.now()
+        self.tracker = decode.FlowTracker(int(config.active_timeout_s * 1e9),
+                                          int(config.idle_timeout_s * 1e9))
+        self._bpf = None
+        self._flow_map_fd = -1
+        self._progs: dict[str, tuple[int, str]] = {}
+        self._ipr: IPRoute | None = None
+        self._lock = threading.Lock()  # interface set and netlink socket
+        self._attached: dict[int, tc.Attachment] = {}
+        self._known: dict[int, decode.InterfaceInfo] = {}  # every interface ever traced
+        self.attach_errors: dict[str, str] = {}
+        self._use_tcx = config.attach_mode in ("tcx", "auto")
+        self._handlers: dict[int, Callable] = {}
+        self._error_names: dict[int, str] = {}
+        self._pending: list = []
+        self._last_errors: list[int] = [0] * decode.ERR_MAX
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
+        self._watcher: interfaces.LinkWatcher | None = None
+        self.records_emitted = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        check_environment()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # release whatever was loaded or attached before the failure
+            raise
+
+    def _start(self) -> None:
+        self._load()
+        self._ipr = IPRoute()
+        removed = self._remove_all_leftovers()
+        if removed:
+            log.info("removed %d podflow filter(s) left by a previous agent", removed)
+        self._watcher = interfaces.LinkWatcher(self.reconcile)
+        self._watcher.start()  # subscribe before the first read: no event falls in between
+        self.reconcile()
+        self._warn_unmatched_globs()
+        self._reader = threading.Thread(target=self._read_loop, name="podflow-reader",
+                                        daemon=True)
+        self._reader.start()
+        log.info("datapath tracing %s", ", ".join(self.traced_names()) or "no interface yet")
+
+    def stop(self) -> None:
+        """Detach everything first (no new packets), then emit final records for what is
+        left in the map, then unload."""
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        with self._lock:
+            for attachment in list(self._attached.values()):
+                self._detach(attachment)
+        self._stop.set()
+        if self._reader is not None:
+            self._reader.join(timeout=30)
+            self._reader = None
+        if self._bpf is not None:
+            for ext in self.extensions:
+                ext.detach(self._bpf)
+            self._bpf.cleanup()
+            self._bpf = None
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    def ready_info(self) -> dict:
+        return {"interfaces": self.traced_names(), "attach_errors": dict(self.attach_errors),
+                "attach_mode": "tcx" if self._use_tcx else "tc"}
+
+    # -- loading --------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        from bcc import BPF  # the only bcc import in podflow
+
+        cflags = [f"-I{BPF_DIR}",
+                  f"-DPODFLOW_FLOW_MAP_SIZE={self.config.flow_map_size}",
+                  f"-DPODFLOW_RINGBUF_PAGES={self.config.ringbuf_bytes // PAGE_SIZE}"]
+        for ext in self.extensions:
+            cflags.extend(ext.cflags())
+            self._error_names.update(ext.error_names())
+            self._handlers.update(ext.event_handlers())
+        self._handlers[decode.EVENT_FLOW_NEW] = Datapath._on_flow_event
+        self._handlers[decode.EVENT_FLOW_MAP_FULL] = Datapath._on_flow_event
+        source = expand_includes(BPF_DIR / "podflow.c")
+        try:
+            self._bpf = BPF(text=source, cflags=cflags)
+            for direction, name in (("ingress", PROG_INGRESS), ("egress", PROG_EGRESS)):
+                fn = self._bpf.load_func(name, BPF.SCHED_CLS)
+                self._progs[direction] = (fn.fd, name)
+        # bcc raises plain Exception for compile and verifier failures
+        except Exception as exc:  # noqa: BLE001
+            raise DatapathError(f"cannot compile or load bpf/podflow.c: {exc} (kernel headers "
+                                f"at /lib/modules/{platform.release()}/build; see the "
+                                "compiler output above)") from exc
+        self._flow_map_fd = self._bpf["flows"].map_fd
+        self._bpf["events"].open_ring_buffer(self._on_event)
+        for ext in self.extensions:
+            ext.attach(self._bpf)
+
+    # -- interfaces -----------------------------------------------------------------------
+
+    def interface(self, ifindex: int) -> decode.InterfaceInfo | None:
+        """The interface (traced now or earlier) with this index, for decoding."""
+        return self._known.get(ifindex)
+
+    def traced_names(self) -> list[str]:
+        with self._lock:
+            return sorted(a.ifname for a in self._attached.values())
+
+    def _remove_all_leftovers(self) -> int:
+        removed = 0
+        with self._lock:
+            for link in interfaces.list_links(self._ipr):
+                try:
+                    removed += tc.remove_leftovers(self._ipr, link.index)
+                except NetlinkError as exc:
+                    log.warning("cannot clean podflow leftovers on %s: %s", link.name, exc)
+        return removed
+
+    def reconcile(self) -> None:
+        """Attach to what should be traced and is not, release what went away."""
+        with self._lock:
+            if self._ipr is None:
+                return
+            links = interfaces.list_links(self._ipr)
+            uplinks = interfaces.default_route_ifindexes(self._ipr)
+            wanted = interfaces.select_interfaces(links, uplinks, self.config.include,
+                                                  self.config.exclude)
+            present = {link.index: link for link in links}
+            for ifindex, attachment in list(self._attached.items()):
+                link = present.get(ifindex)
+                if link is None:  # deleted (a pod went away): the kernel took our filters
+                    tc.release(attachment)
+                    del self._attached[ifindex]
+                    self.stats.set_interface(ifindex, None)
+                    log.info("released %s (deleted)", attachment.ifname)
+                elif ifindex not in wanted:
+                    self._detach(attachment)
+            for ifindex, info in wanted.items():
+                current = self._attached.get(ifindex)
+                if current is not None:
+                    if current.ifname != info.name:  # renamed (CNIs create, then rename)
+                        log.info("%s is now %s", current.ifname, info.name)
+                        current.ifname = info.name
+                        self._known[ifindex] = info
+                        self.stats.set_interface(ifindex, info.name)
+                    continue
+                self._known[ifindex] = info
+                try:
+                    self._attached[ifindex] = self._attach(ifindex, info.name)
+                except AttachError as exc:
+                    if self.attach_errors.get(info.name) != str(exc):
+                        log.error("%s", exc)
+                        self.stats.add_error("attach_failed")
+                    self.attach_errors[info.name] = str(exc)
+                    continue
+                self.attach_errors.pop(info.name, None)
+                self.stats.set_interface(ifindex, info.name)
+                log.info("tracing %s (%s, ifindex %d)", info.name, info.kind.value, ifindex)
+
+    def _attach(self, ifindex: int, ifname: str) -> tc.Attachment:
+        if self._use_tcx:
+            try:
+                return tc.attach_tcx(self._ipr, ifindex, ifname, self._progs)
+            except tc.TcxUnsupported as exc:
+                if self.config.attach_mode == "tcx":
+                    raise AttachError(f"--attach-mode tcx: {exc}") from exc
+                log.info("%s; attaching with clsact + cls_bpf instead", exc)
+                self._use_tcx = False
+        return tc.attach(self._ipr, ifindex, ifname, self._progs)
+
+    def _warn_unmatched_globs(self) -> None:
+        """--interfaces globs that match nothing are most likely typos: say so once."""
+        if not self.config.include:
+            return
+        with self._lock:
+            names = [link.name for link in interfaces.list_links(self._ipr)]
+        for glob in self.config.include:
+            if not any(fnmatch.fnmatchcase(name, glob) for name in names):
+                log.warning("--interfaces %r matches no interface (yet); links here: %s",
+                            glob, ", ".join(sorted(names)))
+
+    def _detach(self, attachment: tc.Attachment) -> None:
+        try:
+            tc.detach(self._ipr, attachment)
+        except AttachError as exc:
+            log.error("%s", exc)
+            self.stats.add_error("detach_failed")
+        self._attached.pop(attachment.ifindex, None)
+        self.stats.set_interface(attachment.ifindex, None)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _on_event(self, _ctx, data, size) -> int:
+        raw = ctypes.string_at(data, size)
+        handler = self._handlers.get(raw[0])
+        if handler is None:
+            self.stats.add_error("unknown_event_kind")
+            return 0
+        flows = handler(self, raw)
+        if flows:
+            self._pending.extend(flows)
+        return 0
+
+    def _on_flow_event(self, raw: bytes) -> list | None:
+        ev = decode.FlowEvent.from_buffer_copy(raw[:ctypes.sizeof(decode.FlowEvent)])
+        key = bytes(ev.key)
+        if ev.hdr.kind == decode.EVENT_FLOW_MAP_FULL:
+            self.tracker.on_map_full(key, ev.pkt_len, ev.ts_ns, ev.tcp_flags)
+            return None
+        record = self.tracker.on_new(key, ev.pkt_len, ev.ts_ns, ev.tcp_flags)
+        return [self._decode(record)] if record is not None else None
+
+    def _decode(self, record: decode.FlowRecord):
+        ifindex = int.from_bytes(record.key[:4], "little")
+        self.records_emitted += 1
+        return decode.decode_record(record, self._known.get(ifindex), self.node_name,
+                                    self.clock)
+
+    def _read_loop(self) -> None:
+        next_sweep = time.monotonic()
+        while True:
+            stopping = self._stop.is_set()
+            self._bpf.ring_buffer_consume()
+            now = time.monotonic()
+            if stopping:
+                self._final_sweep()
+            elif now >= next_sweep:
+                try:
+                    self._sweep()
+                except DatapathError as exc:
+                    log.error("%s", exc)
+                next_sweep = now + self.config.sweep_interval_s
+            self._flush()
+            if stopping:
+                return
+            self._stop.wait(self.config.poll_interval_s)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            self.pipeline(batch)
+        # The reader is the boundary between the kernel and every later stage: a bug in one
+        # of them must cost that batch (counted and logged), not stop all flow accounting.
+        except Exception:  # noqa: BLE001
+            log.exception("pipeline failed on a batch of %d flows", len(batch))
+            self.stats.add_lost(observer_pb2.AGENT_QUEUE, len(batch))
+
+    def _sweep(self) -> None:
+        now_ns = time.monotonic_ns()
+        entries = read_flow_map(self._flow_map_fd, self.config.flow_map_size)
+        result = self.tracker.sweep(entries, now_ns)
+        records = result.records
+        for key in result.idle_keys:
+            record = self.tracker.end(key, lookup_and_delete(self._flow_map_fd, key), now_ns)
+            if record is not None:
+                records.append(record)
+        self._pending.extend(self._decode(r) for r in records)
+        self._sweep_extensions(now_ns, final=False)
+        self._update_counters()
+
+    def _final_sweep(self) -> None:
+        now_ns = time.monotonic_ns()
+        entries = read_flow_map(self._flow_map_fd, self.config.flow_map_size)
+        records = self.tracker.flush(entries, now_ns)
+        self._pending.extend(self._decode(r) for r in records)
+        self._sweep_extensions(now_ns, final=True)
+        self._update_counters()
+
+    def _sweep_extensions(self, now_ns: int, final: bool) -> None:
+        """Extensions with maps of their own (drop.h) sweep them with the flow map:
+        optional `sweep(datapath, now_ns, final) -> list[Flow]`."""
+        for ext in self.extensions:
+            sweep = getattr(ext, "sweep", None)
+            if sweep is not None:
+                self._pending.extend(sweep(self, now_ns, final) or ())
+
+    def kernel_errors(self) -> list[int]:
+        """The per-reason counters, summed over CPUs."""
+        table = self._bpf["errors"]
+        return [int(table.sum(table.Key(i)).value) for i in range(decode.ERR_MAX)]
+
+    def other_ethertype_packets(self) -> dict[str, int]:
+        """Non-IP frames per traced interface name (ifindex when unknown)."""
+        out = {}
+        for k, v in self._bpf["other_ethertype"].items():
+            info = self._known.get(k.value)
+            out[info.name if info else str(k.value)] = int(sum(v))
+        return out
+
+    def _update_counters(self) -> None:
+        counts = self.kernel_errors()
+        lost_new = counts[decode.ERR_RINGBUF_FULL_NEW] - self._last_errors[decode.ERR_RINGBUF_FULL_NEW]
+        lost_full = (counts[decode.ERR_RINGBUF_FULL_MAP_FULL]
+                     - self._last_errors[decode.ERR_RINGBUF_FULL_MAP_FULL])
+        self.stats.add_lost(observer_pb2.KERNEL_RING_BUFFER, lost_new)
+        self.stats.add_lost(observer_pb2.KERNEL_FLOW_MAP, lost_full)
+        self._last_errors = counts
+        self.stats.set_datapath_errors(decode.error_counts(counts, self._error_names))
+
+
+def from_args(args: argparse.Namespace, stats: AgentStats, pipeline: Callable[[list], None],
+              annotator=None) -> Datapath:
+    config = DatapathConfig.from_args(args)
+    extensions = []
+    for factory in _EXTENSION_FACTORIES:
+        ext = factory(args, stats, annotator)
+        if ext is not None:
+            extensions.append(ext)
+    offered = getattr(annotator, "datapath_extensions", None)
+    if offered is not None:
+        extensions.extend(offered())
+    return Datapath(config, stats, pipeline, extensions)
