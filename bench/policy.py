@@ -19,8 +19,8 @@ import gc
 import statistics
 import time
 
-from agent.conntrack import Conntrack
-from agent.enrich import FlowEnricher
+from agent.enrich.conntrack import Conntrack
+from agent.enrich.names import FlowEnricher
 from agent.flowstore import FlowStore
 from agent.policy.cluster import ClusterStatePolicyView
 from agent.policy.evaluate import PolicyEvaluator

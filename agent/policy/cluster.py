@@ -1,8 +1,8 @@
 """The enrich stage's Kubernetes cache (ClusterState) seen as a PolicyCluster.
 
-The only module of agent.policy that imports the Kubernetes cache, so the evaluator stays
-testable from plain tables and the cache can move (agent/k8s -> agent/enrich/k8s) by
-changing one import here. It reads the same lock-free indexes the enricher reads.
+The only module of agent.policy that imports the Kubernetes cache (agent.enrich.k8s), so the
+evaluator stays testable from plain tables and a move of the cache changes one import here.
+It reads the same lock-free indexes the enricher reads.
 
 Container ports: the cache's Pod records do not keep spec.containers[].ports yet. When a
 Pod record grows a `container_ports` attribute (a tuple of (name, port, protocol)), named
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from agent.k8s.state import ClusterState
+from agent.enrich.k8s.state import ClusterState
 from agent.policy.view import ContainerPort, PodInfo
 
 
@@ -33,7 +33,7 @@ def _container_ports(pod) -> tuple[ContainerPort, ...] | None:
 
 
 class ClusterStatePolicyView:
-    """PolicyCluster over a ClusterState (agent.k8s.state)."""
+    """PolicyCluster over a ClusterState (agent.enrich.k8s.state)."""
 
     def __init__(self, state: ClusterState) -> None:
         self._state = state

@@ -3,12 +3,12 @@ asks of the agent's Kubernetes cache, answered from the same indexes enrichment 
 
 from __future__ import annotations
 
-from agent.k8s.state import ClusterState
+from agent.enrich.k8s.state import ClusterState
 from agent.policy.cluster import ClusterStatePolicyView
 from agent.policy.evaluate import PolicyEvaluator, Reason, Verdict
 from agent.policy.model import load_policies
 from agent.policy.view import PolicyCluster
-from k8s import objs
+from enrich import objs
 from policy.cluster import labels, np
 
 
