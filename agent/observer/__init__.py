@@ -1,0 +1,1 @@
+"""The observer stage: podflow's gRPC Observer and (hubble/) the Hubble-compatible API."""
