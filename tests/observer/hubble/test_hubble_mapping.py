@@ -324,12 +324,14 @@ def test_dns_is_l7_once_per_message(overrides, l7):
 
 @pytest.mark.parametrize("overrides,expected", [
     ({}, "TCP Flags: SYN, ACK; 3 packets, 102 bytes; ESTABLISHED"),
-    ({"packets": 1, "bytes": 1, "outcome": pf.OUTCOME_UNKNOWN}, "TCP Flags: SYN, ACK; 1 packet, 1 byte"),
+    ({"packets": 1, "bytes": 1, "outcome": pf.OUTCOME_UNKNOWN},
+     "TCP Flags: SYN, ACK; 1 packet, 1 byte"),
     ({"proto": "udp"}, "UDP; 3 packets, 102 bytes; ESTABLISHED"),
     ({"proto": "icmpv4"}, "ICMPv4 EchoRequest; 3 packets, 102 bytes; ESTABLISHED"),
     ({"l4": pf.Layer4(icmpv6=pf.ICMPv6(type=1, code=4))},
      "ICMPv6 DestinationUnreachable(code 4); 3 packets, 102 bytes; ESTABLISHED"),
-    ({"l4": pf.Layer4(), "ip__fragment": True}, "IPv4 fragment; 3 packets, 102 bytes; ESTABLISHED"),
+    ({"l4": pf.Layer4(), "ip__fragment": True},
+     "IPv4 fragment; 3 packets, 102 bytes; ESTABLISHED"),
     ({"outcome": pf.REFUSED}, "TCP Flags: SYN, ACK; 3 packets, 102 bytes; REFUSED"),
 ], ids=["tcp", "singular", "udp", "icmp", "icmp-code", "fragment", "refused"])
 def test_summary(overrides, expected):
