@@ -371,3 +371,60 @@ def test_an_empty_record_maps_without_error():
     assert not out.HasField("IP")
     assert out.HasField("is_reply") and out.source.identity == 0
     assert out.Summary == "IPv4; 0 packets, 0 bytes"
+
+
+# -- the encoder a server uses --------------------------------------------------------------
+
+# What `hubble observe` asks for by default in its compact, dict and table outputs.
+CLI_DEFAULT_MASK = ["time", "verdict", "ethernet", "IP", "l4", "source.identity",
+                    "source.namespace", "source.pod_name", "destination.identity",
+                    "destination.namespace", "destination.pod_name", "Type", "node_name", "l7",
+                    "event_type", "source_service", "destination_service", "is_reply",
+                    "Summary", "ip_trace_id"]
+
+
+def test_response_bytes_are_a_get_flows_response():
+    from podflow_hubble.observer import observer_pb2
+
+    mapper = mapping.HubbleMapper("1.2.3")
+    flow = record()
+    response = observer_pb2.GetFlowsResponse.FromString(mapper.response_bytes(flow))
+    assert response.WhichOneof("response_types") == "flow"
+    assert response.node_name == "node-a"
+    assert response.time == flow.time
+    assert response.flow == to_hubble(flow, "1.2.3")
+
+
+@pytest.mark.parametrize("flow", [record(), dns_record(response=True),
+                                  dropped("NETFILTER_DROP")], ids=["trace", "dns", "drop"])
+def test_a_field_mask_keeps_what_protobufs_own_mask_keeps(flow):
+    from google.protobuf import field_mask_pb2
+
+    mask = mapping.FlowMask(CLI_DEFAULT_MASK)
+    assert mask.ignored == ["ethernet", "ip_trace_id"]  # fields podflow never sends
+    got = hb.Flow.FromString(mapping.HubbleMapper().flow_bytes(flow, mask))
+    expected = hb.Flow()
+    known = [p for p in CLI_DEFAULT_MASK if p not in mask.ignored]
+    field_mask_pb2.FieldMask(paths=known).MergeMessage(to_hubble(flow), expected)
+    assert got == expected
+    assert got.source.identity and not got.source.labels
+
+
+def test_cached_parts_never_leak_between_records():
+    mapper = mapping.HubbleMapper()
+    first, second = record(packets=1), record(packets=5, outcome=pf.RESET)
+    for _ in range(2):
+        a, b = mapper.to_hubble(first), mapper.to_hubble(second)
+        assert (ext(a)["packets"], ext(b)["packets"]) == (1, 5)
+        assert a.Summary.endswith("ESTABLISHED") and b.Summary.endswith("RESET")
+        assert a == to_hubble(first) and b == to_hubble(second)
+    reply = record(src="10.244.2.17", dst="10.244.1.3", sport=8080, dport=40002)
+    assert mapper.to_hubble(reply).is_reply.value  # another 5-tuple, another static part
+
+
+def test_times_are_written_as_protobuf_json_writes_them():
+    from google.protobuf import timestamp_pb2
+
+    for nanos in (0, 5_000_000, 5_000, 5, 999_999_999):
+        ts = timestamp_pb2.Timestamp(seconds=1_796_000_000, nanos=nanos)
+        assert mapping.rfc3339(ts) == ts.ToJsonString()
