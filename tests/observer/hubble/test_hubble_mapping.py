@@ -428,3 +428,13 @@ def test_times_are_written_as_protobuf_json_writes_them():
     for nanos in (0, 5_000_000, 5_000, 5, 999_999_999):
         ts = timestamp_pb2.Timestamp(seconds=1_796_000_000, nanos=nanos)
         assert mapping.rfc3339(ts) == ts.ToJsonString()
+
+
+def test_a_mask_on_a_sub_field_of_any_message():
+    flow = record()
+    mask = mapping.FlowMask(["IP.source", "l4", "source.labels", "source"])
+    got = hb.Flow.FromString(mapping.HubbleMapper().flow_bytes(flow, mask))
+    assert got.IP.source == "10.244.1.3" and not got.IP.destination
+    assert got.l4.TCP.destination_port == 8080
+    assert got.source.pod_name  # "source" as a whole wins over "source.labels"
+    assert not got.HasField("destination") and not got.Summary
