@@ -27,11 +27,15 @@ BENCHES := datapath observer enrich exporter drops tui demo
 bench: setup
 	@for b in $(BENCHES); do echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
-# Regenerate proto/podflow_api/v1/*_pb2*.py from the .proto files (checked in; a test
-# fails when they are stale).
+# Regenerate the *_pb2*.py modules beside the .proto files: podflow's own API
+# (proto/podflow_api/v1) and the Hubble-compatible one (proto/podflow_hubble). They are
+# checked in; tests/test_proto.py fails when they are stale.
+PROTOS := podflow_api/v1/flow.proto podflow_api/v1/observer.proto \
+  podflow_hubble/flow/flow.proto podflow_hubble/relay/relay.proto \
+  podflow_hubble/peer/peer.proto podflow_hubble/observer/observer.proto
 proto: setup
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto \
-	  --grpc_python_out=proto proto/podflow_api/v1/flow.proto proto/podflow_api/v1/observer.proto
+	cd proto && ../$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
+	  --grpc_python_out=. $(PROTOS)
 
 # Re-render deploy/podflow.yaml from the Helm chart (checked in; a test fails when stale).
 manifest: setup
