@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from agent.enrich import stage as metadata
     from agent.export import metrics
     from agent.observer import server
+    from agent.observer.hubble import server as hubble
 
     parser.add_argument("--node-name", default=os.environ.get("NODE_NAME") or socket.gethostname(),
                         help="name this agent reports for its node (default: $NODE_NAME or hostname)")
@@ -42,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     datapath.add_arguments(parser)
     annotate.add_arguments(parser)
     server.add_arguments(parser)
+    hubble.add_arguments(parser)
     metadata.add_arguments(parser)
     exporter.add_arguments(parser)
     metrics.add_arguments(parser)
@@ -54,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.enrich import stage as metadata
     from agent.export import metrics
     from agent.observer import server
+    from agent.observer.hubble import server as hubble
     from agent.flowstore import FlowStore
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -74,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
         for stage in (enricher,
                       server.from_args(args, store, stats),
+                      hubble.from_args(args, store, stats, enricher),
                       exporter.from_args(args, store, stats),
                       metrics.from_args(args, store, stats),
                       datapath.from_args(args, stats, pipeline, annotator)):
