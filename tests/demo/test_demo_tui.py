@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from agent.demo.command import _pod_name
+from agent.demo.cluster import pod_name
 from tests.demo.conftest import PODFLOW, REPO, host_state
 
 pytestmark = pytest.mark.root
@@ -48,7 +48,7 @@ def test_tui_services_view_then_quit(ebpf_ready, clean_host, quit_key):
     try:
         _wait_for(session, lambda s: "nodes 2/2 connected" in s, 180, "the TUI on both agents")
         subprocess.run([*TMUX, "send-keys", "-t", session, "3"], check=True)
-        expected = ["shop/cart", *(f"shop/{_pod_name('cart', i)}" for i in range(2)),
+        expected = ["shop/cart", *(f"shop/{pod_name('cart', i)}" for i in range(2)),
                     "web/storefront", "kube-system/kube-dns", "data/db"]
         _wait_for(session, lambda s: all(e in s for e in expected), 60,
                   "every Service, and both cart backends, in the Services view")
