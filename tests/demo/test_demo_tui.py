@@ -13,7 +13,7 @@ import time
 import pytest
 
 from agent.demo.cluster import pod_name
-from tests.demo.conftest import PODFLOW, REPO, host_state
+from tests.demo.conftest import PODFLOW, REPO, SUFFIX, host_state
 
 pytestmark = pytest.mark.root
 
@@ -38,7 +38,7 @@ def _wait_for(session: str, predicate, timeout_s: float, what: str) -> str:
 
 @pytest.mark.parametrize("quit_key", ["q", "C-c"], ids=["q", "ctrl-c"])
 def test_tui_services_view_then_quit(ebpf_ready, clean_host, quit_key):
-    lab = "demotui"
+    lab = f"demotui{SUFFIX}"
     clean_host(lab)
     session = f"pfdemo{os.getpid()}"
     cmd = (f"cd {shlex.quote(REPO)} && {shlex.join(PODFLOW)} demo --lab-id {lab}; "
@@ -65,7 +65,7 @@ def test_tui_services_view_then_quit(ebpf_ready, clean_host, quit_key):
 
 
 def test_ctrl_c_stops_a_running_demo_cleanly(ebpf_ready, clean_host):
-    lab = "demosigint"
+    lab = f"demosigint{SUFFIX}"
     clean_host(lab)
     proc = subprocess.Popen([*PODFLOW, "demo", "--no-tui", "--duration", "300", "--lab-id", lab],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -88,7 +88,7 @@ def test_ctrl_c_stops_a_running_demo_cleanly(ebpf_ready, clean_host):
 
 def test_closing_the_terminal_cleans_up(ebpf_ready, clean_host):
     """The window is closed under a running demo (SIGHUP): it still removes everything."""
-    lab = "demohup"
+    lab = f"demohup{SUFFIX}"
     clean_host(lab)
     session = f"pfhup{os.getpid()}"
     cmd = f"cd {shlex.quote(REPO)} && {shlex.join(PODFLOW)} demo --lab-id {lab}"
