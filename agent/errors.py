@@ -24,3 +24,17 @@ class MetadataError(PodflowError):
 
 class ExportError(PodflowError):
     """The flow log could not be written."""
+
+
+# ---- the lab (agent/lab/): network-namespace clusters for tests, benchmarks and the demo
+
+class LabError(PodflowError):
+    """The lab could not build, run or remove something; the message says what."""
+
+
+class LabBusyError(LabError):
+    """Another live process owns a lab with the same id."""
+
+    def __init__(self, message: str, owner_pid: int):
+        super().__init__(message)
+        self.owner_pid = owner_pid
