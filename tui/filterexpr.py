@@ -47,10 +47,18 @@ def _sides(side: str, column: int) -> tuple[int, ...]:
     return tuple(FlowKey._fields.index(names[column]) for names in _SIDES[side])
 
 
+def _on_sides(side: str, column: int, match: vocab.NameMatch) -> KeyCheck:
+    cols = _sides(side, column)
+    if len(cols) == 1:
+        (col,) = cols
+        return lambda k: match(k[col])
+    src, dst = cols
+    return lambda k: match(k[src]) or match(k[dst])
+
+
 def _namespace(side: str, values: list[str], path: str) -> KeyCheck:
-    match = vocab.name_matcher([vocab.parse_namespace(v, path) for v in values])
-    cols = _sides(side, 0)
-    return lambda k: any(match(k[c]) for c in cols)
+    return _on_sides(side, 0, vocab.name_matcher([vocab.parse_namespace(v, path)
+                                                  for v in values]))
 
 
 def _pod(side: str, values: list[str], path: str) -> KeyCheck:
@@ -72,9 +80,7 @@ def _workload(side: str, values: list[str], path: str) -> KeyCheck:
     if any(kind for kind, _name in wanted):
         raise FilterError(f"{path}: the TUI knows workloads by name only; "
                           "write workload=NAME (`podflow observe --workload KIND/NAME` has kinds)")
-    match = vocab.name_matcher([name for _kind, name in wanted])
-    cols = _sides(side, 2)
-    return lambda k: any(match(k[c]) for c in cols)
+    return _on_sides(side, 2, vocab.name_matcher([name for _kind, name in wanted]))
 
 
 def _service(values: list[str], path: str) -> KeyCheck:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import operator
 from collections.abc import Callable, Sequence
 
 from agent.filters import vocabulary as vocab
@@ -115,10 +116,21 @@ def _pod_check(side: str):
     return build
 
 
+def _name_check(get: Callable[[flow_pb2.Flow], str], names: list[str], **how) -> Check:
+    """`get` (an attrgetter) reads the name; exact names, the usual filter, are one set
+    lookup without a further call per flow."""
+    if not how and not any(vocab.has_wildcard(n) for n in names):
+        wanted = frozenset(names)
+        return lambda flow: get(flow) in wanted
+    match = vocab.name_matcher(names, **how)
+    return lambda flow: match(get(flow))
+
+
 def _namespace_check(side: str):
+    get = operator.attrgetter(f"{side}.namespace")
+
     def build(values: list[str], path: str) -> Check:
-        match = vocab.name_matcher([vocab.parse_namespace(v, path) for v in values])
-        return lambda flow: match(getattr(flow, side).namespace)
+        return _name_check(get, [vocab.parse_namespace(v, path) for v in values])
     return build
 
 
@@ -244,27 +256,17 @@ def _enum_check(attr: str, words: vocab.EnumWords):
     return build
 
 
-def _patterns(values: list[str], path: str, **how) -> vocab.NameMatch:
-    return vocab.name_matcher([vocab.parse_pattern(v, path) for v in values], **how)
+def _pattern_check(attr: str, **how):
+    get = operator.attrgetter(attr)
 
-
-def _interface_check(values: list[str], path: str) -> Check:
-    match = _patterns(values, path)
-    return lambda flow: match(flow.interface.name)
-
-
-def _node_check(values: list[str], path: str) -> Check:
-    match = _patterns(values, path)
-    return lambda flow: match(flow.node_name)
-
-
-def _drop_reason_check(values: list[str], path: str) -> Check:
-    match = _patterns(values, path, ignore_case=True)
-    return lambda flow: match(flow.drop_reason)
+    def build(values: list[str], path: str) -> Check:
+        return _name_check(get, [vocab.parse_pattern(v, path) for v in values], **how)
+    return build
 
 
 def _dns_query_check(values: list[str], path: str) -> Check:
-    match = _patterns([v.strip().rstrip(".") for v in values], path, ignore_case=True)
+    names = [vocab.parse_pattern(v.strip().rstrip("."), path) for v in values]
+    match = vocab.name_matcher(names, ignore_case=True)
     return lambda flow: match(flow.dns.query.rstrip("."))
 
 
@@ -289,11 +291,11 @@ _BUILDERS: dict[str, Callable[[list, str], Check]] = {
     "verdict": _enum_check("verdict", vocab.VERDICT),
     "traffic_direction": _enum_check("traffic_direction", vocab.DIRECTION),
     "observation_point": _enum_check("observation_point", vocab.OBSERVATION_POINT),
-    "interface": _interface_check,
-    "node_name": _node_check,
+    "interface": _pattern_check("interface.name"),
+    "node_name": _pattern_check("node_name"),
     "ip_version": _enum_check("ip_version", vocab.IP_VERSION),
     "category": _enum_check("category", vocab.CATEGORY),
-    "drop_reason": _drop_reason_check,
+    "drop_reason": _pattern_check("drop_reason", ignore_case=True),
     "outcome": _enum_check("outcome", vocab.OUTCOME),
     "dns_query": _dns_query_check,
     "service": _service_check,

@@ -70,16 +70,19 @@ def name_matcher(patterns: Iterable[str], *, prefix: bool = False,
             exact.add(pattern)
     starts = tuple(prefixes)
     rx = re.compile("|".join(fnmatch.translate(g) for g in globs)).match if globs else None
+    # Each shape gets its own closure: this runs once per flow on the agent's hot path.
     if rx is None and not starts:
         if len(exact) == 1:
             only = next(iter(exact))
             return lambda name: name == only
         return exact.__contains__
     if rx is None and not exact:
-        return lambda name: bool(name) and name.startswith(starts)
-    if not starts and not exact:
-        return lambda name: bool(name) and rx(name) is not None
-    return lambda name: bool(name) and (name in exact or name.startswith(starts)
+        if all(starts):  # "" starts with no non-empty prefix: no test for emptiness needed
+            return lambda name: name.startswith(starts)
+        return lambda name: name != "" and name.startswith(starts)
+    if not starts and not exact and rx("") is None:
+        return lambda name: rx(name) is not None
+    return lambda name: name != "" and (name in exact or name.startswith(starts)
                                         or (rx is not None and rx(name) is not None))
 
 
@@ -128,21 +131,22 @@ PairMatch = Callable[[str, str], bool]
 
 
 def _pair_matcher(pairs: Sequence[tuple[str | None, str]], prefix: bool,
-                  first_matcher: Callable[[list[str]], NameMatch]) -> PairMatch:
-    """(first, name) -> bool for alternatives of '[first/]name': pairs that name no first
-    part share one name matcher; the others are grouped by their first part."""
+                  fold_first: bool = False) -> PairMatch:
+    """(first, name) -> bool for alternatives of '[first/]name' (first: a Service's or a
+    pod's namespace, a workload's kind, compared lower-case with `fold_first`)."""
+    if fold_first:
+        pairs = [(first.lower() if first else first, name) for first, name in pairs]
+        inner = _pair_matcher(pairs, prefix)
+        return lambda first, name: inner(first.lower(), name)
+    if not any(has_wildcard(first or "") or has_wildcard(name) for first, name in pairs):
+        return _plain_pair_matcher(pairs, prefix)
     by_first: dict[str | None, list[str]] = {}
     for first, name in pairs:
         by_first.setdefault(first, []).append(name)
     anywhere = by_first.pop(None, None)
     any_m = name_matcher(anywhere, prefix=prefix) if anywhere else None
-    scoped = [(first_matcher([first]), name_matcher(names, prefix=prefix))
+    scoped = [(name_matcher([first]), name_matcher(names, prefix=prefix))
               for first, names in by_first.items()]
-    if not scoped:
-        return lambda first, name: any_m(name)
-    if any_m is None and len(scoped) == 1:
-        first_m, name_m = scoped[0]
-        return lambda first, name: name_m(name) and first_m(first)
 
     def match(first: str, name: str) -> bool:
         if any_m is not None and any_m(name):
@@ -151,14 +155,42 @@ def _pair_matcher(pairs: Sequence[tuple[str | None, str]], prefix: bool,
     return match
 
 
+def _plain_pair_matcher(pairs: Sequence[tuple[str | None, str]], prefix: bool) -> PairMatch:
+    """_pair_matcher without wildcards, the usual case: comparisons and set lookups only."""
+    if prefix:
+        tests = tuple(pairs)
+        if len(tests) == 1:
+            only_first, start = tests[0]
+            if only_first is None:
+                return lambda first, name: name != "" and name.startswith(start)
+            return lambda first, name: (name != "" and name.startswith(start)
+                                        and first == only_first)
+
+        def match(first: str, name: str) -> bool:
+            if name == "":
+                return False
+            for want_first, start in tests:
+                if name.startswith(start) and (want_first is None or first == want_first):
+                    return True
+            return False
+        return match
+    anywhere = frozenset(name for first, name in pairs if first is None)
+    scoped = frozenset((first, name) for first, name in pairs if first is not None)
+    if not scoped:
+        return lambda first, name: name in anywhere
+    if not anywhere:
+        return lambda first, name: (first, name) in scoped
+    return lambda first, name: name in anywhere or (first, name) in scoped
+
+
 def pod_matcher(values: Iterable[str], path: str) -> PairMatch:
     """(namespace, pod name) -> bool for `pod` values (name prefixes, wildcards allowed)."""
-    return _pair_matcher([parse_pod(v, path) for v in values], True, name_matcher)
+    return _pair_matcher([parse_pod(v, path) for v in values], prefix=True)
 
 
 def service_matcher(values: Iterable[str], path: str) -> PairMatch:
     """(namespace, Service name) -> bool for `service` values: '[namespace/]name', globs."""
-    return _pair_matcher([parse_ns_name(v, path) for v in values], False, name_matcher)
+    return _pair_matcher([parse_ns_name(v, path) for v in values], prefix=False)
 
 
 def parse_workload(text: str, path: str) -> tuple[str | None, str]:
@@ -168,8 +200,8 @@ def parse_workload(text: str, path: str) -> tuple[str | None, str]:
 
 def workload_matcher(values: Iterable[str], path: str) -> PairMatch:
     """(kind, workload name) -> bool for `workload` values: '[kind/]name', kind any case."""
-    return _pair_matcher([parse_workload(v, path) for v in values], False,
-                         lambda kinds: name_matcher(kinds, ignore_case=True))
+    return _pair_matcher([parse_workload(v, path) for v in values], prefix=False,
+                         fold_first=True)
 
 
 # -- ports, protocols, IPs, TCP flags ----------------------------------------------------------
