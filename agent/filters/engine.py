@@ -208,7 +208,10 @@ _PORT_PROTOCOLS = ("tcp", "udp", "sctp")
 
 def _port_check(side: str):
     """source_port / destination_port: that side of the record; server_port: the server's
-    side, the destination of a request and the source of a reply (`is_reply`)."""
+    side, the destination of a request and the source of a reply (`is_reply`). Two closures
+    rather than one with a branch: this runs per flow."""
+    attr = f"{side}_port"
+
     def build(values: list[str], path: str) -> Check:
         match = vocab.port_matcher(values, path)
 
@@ -227,7 +230,6 @@ def _port_check(side: str):
                 return False
             return match(getattr(getattr(l4, which), attr))
         return server if side == "server" else one_side
-    attr = f"{side}_port"
     return build
 
 
