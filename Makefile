@@ -23,7 +23,7 @@ demo: setup
 	$(VENV)/bin/podflow demo
 
 # Every benchmark, one after the other (each prints its own table; about 8 minutes).
-BENCHES := datapath observer enrich exporter drops tui demo
+BENCHES := datapath observer filters enrich exporter drops tui demo
 bench: setup
 	@for b in $(BENCHES); do echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 

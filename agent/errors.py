@@ -24,3 +24,26 @@ class MetadataError(PodflowError):
 
 class ExportError(PodflowError):
     """The flow log could not be written."""
+
+
+# ---- the lab (agent/lab/): network-namespace clusters for tests, benchmarks and the demo
+
+class LabError(PodflowError):
+    """The lab could not build, run or remove something; the message says what."""
+
+
+class LabBusyError(LabError):
+    """Another live process owns a lab with the same id."""
+
+    def __init__(self, message: str, owner_pid: int):
+        super().__init__(message)
+        self.owner_pid = owner_pid
+
+
+# -- filters (agent/filters, the TUI's `/` line) ----------------------------------------------
+
+class FilterError(PodflowError, ValueError):
+    """A filter value that cannot be understood: a FlowFilter field of a request or of the flow
+    log, an `observe` flag's value, or a term of the TUI's `/` line. The message starts with
+    where ("allowlist[0].source_ip: ...", "port=x: ..."). Also a ValueError, as it was before
+    the hierarchy, so callers that catch ValueError keep working."""

@@ -19,7 +19,7 @@ it. All of it shares this machine's cores with the agents. Reported:
     `--seconds 3600`: the trend over its last 30 minutes.
 
     .venv/bin/python -m bench.tui [--rate 20000] [--agents 3] [--seconds 60] [--engine process]
-                                  [--sample-s 5]
+                                  [--sample-s 5] [--filter 'ns=shop !proto=udp']
 """
 
 from __future__ import annotations
@@ -103,7 +103,8 @@ def _pct(values: list[float], q: float) -> float:
 async def _drive(args, addresses: list[str]) -> dict:
     from tui.app import create_app
 
-    app = create_app(servers=addresses, history=0, engine=args.engine)
+    app = create_app(servers=addresses, history=0, engine=args.engine,
+                     initial_filter=args.filter)
     handled: list[float] = []
     for action in ("action_view", "action_pivot", "action_sort"):
         def timed_action(*a, _orig=getattr(app, action), **kw):
@@ -239,6 +240,8 @@ def main() -> int:
                         help="where streams are read and aggregated (podflow tui: process)")
     parser.add_argument("--sample-s", type=float, default=5.0,
                         help="seconds between RSS samples")
+    parser.add_argument("--filter", default="", metavar="EXPR",
+                        help="a `/` filter in force for the whole run, e.g. 'ns=shop !proto=udp'")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pf-bench-tui-") as tmp:
         procs, addresses = _start_agents(args.agents, args.rate, tmp)
@@ -262,6 +265,7 @@ def main() -> int:
                  f"{per_min:+.2f} MB/min = {per_min * 60:+.0f} MB/h")]
     rows = [
         ("engine", args.engine),
+        ("filter", args.filter or "(none)"),
         ("flows received /s", f"{r['flows_per_s']:,.0f}"),
         ("nodes connected", r["connected"]),
         ("lost events (by stage)", ", ".join(f"{k}={v:,}" for k, v in r["lost"].items()) or "0"),

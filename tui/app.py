@@ -250,20 +250,19 @@ class PodflowApp(App):
         self.query_one(FlowsView).toggle_detail()
 
     def action_pivot(self) -> None:
-        top = self.query_one(TopView)
-        if self.current_view != "top":
-            self.action_view("top")
-            return
-        top.next_pivot()
-        top.show_header(" · updating…")
-        self._send_state()
+        self._change_top(TopView.next_pivot)
 
     def action_sort(self) -> None:
-        top = self.query_one(TopView)
+        self._change_top(TopView.next_sort)
+
+    def _change_top(self, step) -> None:
+        """`p`/`o`: elsewhere they open the Top view; on it they take the next pivot or
+        sort and ask the engine for a snapshot built that way."""
         if self.current_view != "top":
             self.action_view("top")
             return
-        top.next_sort()
+        top = self.query_one(TopView)
+        step(top)
         top.show_header(" · updating…")
         self._send_state()
 

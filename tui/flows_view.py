@@ -16,6 +16,7 @@ from textual.widgets import Static
 
 from tui.columns import ColumnSpec, fit
 from tui.line_table import PADDING, LineTable
+from tui.scrollbars import use_whole_cell_scrollbars
 from tui.format import FLOW_COLUMNS
 from tui.snapshot import Snapshot
 
@@ -70,6 +71,7 @@ class FlowsView(Vertical):
         self._want_detail()
 
     def on_mount(self) -> None:
+        use_whole_cell_scrollbars(self.query_one("#flow-detail"))
         self._fit(self.size.width)
 
     def on_resize(self, event: events.Resize) -> None:

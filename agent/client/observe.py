@@ -25,6 +25,7 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from agent import __version__
 from agent.filters import engine as filters
+from agent.filters.flags import add_filter_arguments, filters_from_args
 from agent.wire import flowjson
 from agent.wire import jsonlines as rotate
 from agent.client.streams import (DEFAULT_SERVER, MergedFlows, RequestRejected, TLSOptions,
@@ -95,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "(one GetFlowsResponse JSON object per line)")
     rotate.add_output_file_arguments(out)
     fg = parser.add_argument_group("filters (repeatable; --not turns the next one into a deny)")
-    filters.add_filter_arguments(fg)
+    add_filter_arguments(fg)
     add_tls_arguments(parser)
 
 
@@ -121,7 +122,7 @@ def build_request(args: argparse.Namespace) -> observer_pb2.GetFlowsRequest:
         req.since.CopyFrom(_ts(args.since))
     if args.until is not None:
         req.until.CopyFrom(_ts(args.until))
-    allow, deny = filters.filters_from_args(args)
+    allow, deny = filters_from_args(args)
     req.allowlist.extend(allow)
     req.denylist.extend(deny)
     if args.fields:
@@ -325,7 +326,7 @@ def open_sink(args: argparse.Namespace) -> Sink:
     if getattr(args, "output_file", None):
         header = None  # text output: rotated, without the JSON header line
         if args.output in ("json", "jsonl"):
-            allow, deny = filters.filters_from_args(args)
+            allow, deny = filters_from_args(args)
             header = {"node_name": "", "servers": args.server or [DEFAULT_SERVER],
                       "agent_version": __version__,
                       "allowlist": [flowjson.to_dict(f) for f in allow],

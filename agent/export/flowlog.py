@@ -25,6 +25,7 @@ from json.encoder import encode_basestring_ascii as _quote
 from google.protobuf import field_mask_pb2, json_format
 
 from agent.filters import engine as filters
+from agent.filters.flags import add_filter_arguments, filters_from_args
 from agent.wire import flowjson
 from agent.export.windows import Aggregator, parse_interval
 from agent.errors import ConfigError, ExportError
@@ -51,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             '\'{"source_namespace":["shop"]}\' (repeatable: any may match)')
     group.add_argument("--flow-log-deny", action="append", default=[], metavar="JSON",
                        help="never write flows matching this FlowFilter (JSON, repeatable)")
-    filters.add_filter_arguments(group, "flow-log-")  # --flow-log-namespace shop, --flow-log-not ...
+    add_filter_arguments(group, "flow-log-")  # --flow-log-namespace shop, --flow-log-not ...
     group.add_argument("--flow-log-fields", metavar="PATHS",
                        help="keep only these Flow fields, e.g. source,destination,l4,packets,"
                             "bytes,source.pod_name (default: all)")
@@ -72,7 +73,7 @@ def from_args(args: argparse.Namespace, store, stats: AgentStats) -> FlowLogExpo
         raise ConfigError(f"--flow-log-queue-size must be at least 1, got {queue_size}")
     allow = [parse_filter_json(text, "--flow-log-allow") for text in args.flow_log_allow]
     deny = [parse_filter_json(text, "--flow-log-deny") for text in args.flow_log_deny]
-    flag_allow, flag_deny = filters.filters_from_args(args, "flow-log-")
+    flag_allow, flag_deny = filters_from_args(args, "flow-log-")
     allow += flag_allow
     deny += flag_deny
     try:

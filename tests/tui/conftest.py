@@ -3,9 +3,11 @@ the agent runs them) on unix sockets or port 0, fed with synthetic cluster traff
 
 from __future__ import annotations
 
+import io
 import time
 
 import pytest
+from rich.console import Console
 
 from agent.flowstore import FlowStore
 from agent.observer.server import ObserverServer
@@ -70,3 +72,12 @@ async def wait_for(pilot, predicate, timeout_s: float = 10.0, what: str = "condi
             return
         await pilot.pause(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def screen_lines(app) -> list[str]:
+    """The app's screen as plain text, one string per terminal line (every widget, the
+    scrollbars too, as the compositor would send them to a terminal)."""
+    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(),
+                      force_terminal=True, record=True, legacy_windows=False, safe_box=False)
+    console.print(app.screen._compositor.render_update(full=True))
+    return console.export_text().splitlines()

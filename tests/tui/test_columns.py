@@ -4,12 +4,9 @@ Pure fitting rules first, then the real app (Pilot) and what its screen shows.""
 
 from __future__ import annotations
 
-import io
-
 import pytest
-from rich.console import Console
 
-from tests.tui.conftest import wait_for
+from tests.tui.conftest import screen_lines, wait_for
 from tui.app import create_app
 from tui.columns import ColumnSpec, fit, truncate
 from tui.format import FLOW_COLUMNS
@@ -48,14 +45,6 @@ def test_fit(natural, available, expected):
     shown = [w for w in widths if w is not None]
     if available >= 14:
         assert sum(shown) + 2 * len(shown) <= available
-
-
-def screen_lines(app) -> list[str]:
-    """The app's screen as plain text, one string per terminal line."""
-    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(),
-                      force_terminal=True, record=True, legacy_windows=False, safe_box=False)
-    console.print(app.screen._compositor.render_update(full=True))
-    return console.export_text().splitlines()
 
 
 def header_line(app) -> str:
