@@ -24,3 +24,14 @@ class MetadataError(PodflowError):
 
 class ExportError(PodflowError):
     """The flow log could not be written."""
+
+
+# -- the client side (agent/client) ------------------------------------------------------------
+
+class RequestRejected(PodflowError):
+    """An agent refused the request itself (INVALID_ARGUMENT): retrying cannot help."""
+
+    def __init__(self, address: str, details: str):
+        super().__init__(f"{address}: {details}")
+        self.address = address
+        self.details = details
