@@ -303,6 +303,11 @@ class JsonLinesSink:
     def path(self) -> str:
         return self.writer.path
 
+    @property
+    def pending_lines(self) -> int:
+        """Lines added and not yet flushed."""
+        return len(self._pending)
+
     def _header_line(self) -> bytes:
         return b"" if self.header is None else logformat.header_line(self.header)
 
