@@ -23,9 +23,9 @@ order. File replays hold nothing back and are merged by time too.
 Counting: the Flows view shows every record; Top, Services and the totals count each packet
 once, following `agent.wire.counting.counts_once`, the rule the agent's metrics follow (the
 sender's FROM_POD veth record; a TO_POD record only when the sender has no veth of its own;
-bridge records only for traffic no veth sees; drop records always). A pivot row is named after the pod at the
-observation point (`local_is_src`): for pod traffic that is the sender, so Top is "who sent
-how much", with replies counted under the server that sent them.
+bridge records only for traffic no veth sees; drop records always). A pivot row is named
+after the pod at the observation point (`local_is_src`): for pod traffic that is the sender,
+so Top is "who sent how much", with replies counted under the server that sent them.
 """
 
 from __future__ import annotations
@@ -126,6 +126,7 @@ class Aggregator:
             node = self._nodes.get(old)
             if node is not None and node.state == "gone":
                 del self._nodes[old]
+                self._merge.forget(old)
 
     def set_status(self, source_id: str, status: observer_pb2.ServerStatusResponse) -> None:
         with self._lock:

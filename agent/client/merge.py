@@ -67,6 +67,11 @@ class TimeMerge:
         if src is not None:
             src.holds = False
 
+    def forget(self, key: Hashable) -> None:
+        """Drop what is known of a source that is gone for good (what it sent stays held
+        until released)."""
+        self._sources.pop(key, None)
+
     def heard(self, key: Hashable, now: float | None = None) -> None:
         """The source sent something that is not an item (a notice): it is alive."""
         src = self._sources.get(key)

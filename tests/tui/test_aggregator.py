@@ -175,6 +175,7 @@ def test_only_the_newest_gone_sources_are_kept():
                      "pod:podflow/agent-7": "gone", "pod:podflow/agent-8": "connected",
                      "pod:podflow/agent-9": "connected"}
     assert (agg.summary().connected, agg.summary().known) == (2, 2)
+    assert len(agg._merge._sources) == 5, "the merge forgets them too"
 
 
 def test_flow_key_port_is_the_server_port():
