@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import select
 import signal
 import sys
 
@@ -48,7 +50,29 @@ def main(argv: list[str] | None = None) -> int:
     only = argv[0] if argv and argv[0] in SUBCOMMANDS else None
     parser = build_parser(only)
     args = parser.parse_args(argv)
-    return int(args._module.run(args) or 0)
+    try:
+        status = int(args._module.run(args) or 0)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # a broken socket or pipe of the command's own: a real error
+        # `podflow status | head`: the reader has all it wanted. Python's documented way out:
+        # point stdout at /dev/null so the flush at exit cannot fail again and print a
+        # traceback. Not an error of podflow's, so the status is 0.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    return status
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end was closed (poll says POLLERR)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _fd, events in poller.poll(0))
+    except (OSError, ValueError):  # no stdout at all
+        return True
 
 
 if __name__ == "__main__":

@@ -47,3 +47,14 @@ class FilterError(PodflowError, ValueError):
     log, an `observe` flag's value, or a term of the TUI's `/` line. The message starts with
     where ("allowlist[0].source_ip: ...", "port=x: ..."). Also a ValueError, as it was before
     the hierarchy, so callers that catch ValueError keep working."""
+
+
+# -- the client side (agent/client) ------------------------------------------------------------
+
+class RequestRejected(PodflowError):
+    """An agent refused the request itself (INVALID_ARGUMENT): retrying cannot help."""
+
+    def __init__(self, address: str, details: str):
+        super().__init__(f"{address}: {details}")
+        self.address = address
+        self.details = details

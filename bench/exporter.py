@@ -98,9 +98,9 @@ def throughput(directory: str, flows: list[flow_pb2.Flow], compress: bool
         target += len(batch)
         store.extend(batch)
         # stay within the store so nothing is skipped: this measures the writer, not the queue
-        while target - exp.records_written - len(exp._pending) > 40000:
+        while target - exp.records_written - exp.sink.pending_lines > 40000:
             time.sleep(0.005)
-    while exp.records_written + len(exp._pending) < target:
+    while exp.records_written + exp.sink.pending_lines < target:
         time.sleep(0.005)
     cpu = thread_cpu_s(exp._thread.native_id) - cpu0
     exp.stop()

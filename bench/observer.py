@@ -118,7 +118,7 @@ def read(address: str, mode: str, seconds: float) -> None:
     _pin(1)
     import grpc
 
-    from agent.client import streams as client
+    from agent.client import channel as client
     from podflow_api.v1 import observer_pb2, observer_pb2_grpc
 
     channel = client.open_channel(address)

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from agent.client.streams import TLSOptions, add_tls_arguments, normalize_address
+from agent.client.channel import TLSOptions, add_tls_arguments, normalize_address
 from agent.errors import ConfigError
 from tui.filterexpr import FilterError, parse_filter
 

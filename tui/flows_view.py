@@ -26,8 +26,8 @@ FLOW_SPECS = [ColumnSpec(label, *limits) for label, limits in zip(FLOW_COLUMNS, 
     (6, 16, 4),   # node
     (16, 40, 0),  # source
     (16, 40, 0),  # destination
-    (17, 44, 3),  # service → backend
-    (11, 17, 2),  # proto/ports
+    (17, 44, 3),  # service -> backend
+    (11, 20, 2),  # proto/ports
     (9, 9, 6),    # direction
     (9, 24, 0),   # verdict
     (7, 11, 5),   # packets

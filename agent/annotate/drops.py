@@ -28,6 +28,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from agent.datapath.btf import KernelLayout
 from agent.datapath.decode import EVENT_DROP, FlowKey, FlowRecord, FlowTracker, KtimeClock, decode_record
 from agent.stats import AgentStats
+from agent.wire import flowtext
 from podflow_api.v1 import flow_pb2, observer_pb2
 
 log = logging.getLogger("podflow.drops")
@@ -177,7 +178,7 @@ class DropReporter:
             if key.flow.ifindex not in self._names:
                 self._names[key.flow.ifindex] = self.interface_name(key.flow.ifindex)
             flow.interface.name = self._names[key.flow.ifindex] or ""
-        flow.summary = f"DROPPED ({flow.drop_reason}) {flow.summary}"
+        flow.summary = f"{flowtext.verdict_text(flow)} {flow.summary}"
         return flow
 
 

@@ -14,10 +14,11 @@ import sys
 
 import grpc
 
-from agent.client.streams import (DEFAULT_SERVER, TLSOptions, add_tls_arguments, normalize_address,
-                          server_status)
+from agent.client.channel import (DEFAULT_SERVER, TLSOptions, add_tls_arguments,
+                                  normalize_address, server_status)
 from agent.errors import ConfigError
 from agent.wire import flowjson
+from agent.wire.timefmt import duration
 from podflow_api.v1 import observer_pb2
 
 
@@ -30,25 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_tls_arguments(parser)
 
 
-def _duration(ns: int) -> str:
-    s = ns // 1_000_000_000
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    parts = [f"{d}d"] if d else []
-    if d or h:
-        parts.append(f"{h}h")
-    if d or h or m:
-        parts.append(f"{m}m")
-    parts.append(f"{s}s")
-    return "".join(parts)
-
-
 def format_status(address: str, st: observer_pb2.ServerStatusResponse) -> str:
     pct = 100.0 * st.num_flows / st.max_flows if st.max_flows else 0.0
     lines = [
         f"{address}: node {st.node_name or '?'}, podflow {st.version or '?'}, "
-        f"up {_duration(st.uptime_ns)}",
+        f"up {duration(st.uptime_ns)}",
         f"  flows: {st.num_flows}/{st.max_flows} held ({pct:.0f}%), {st.seen_flows} seen, "
         f"{st.flows_per_second:.1f}/s",
     ]

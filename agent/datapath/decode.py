@@ -23,6 +23,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from agent.wire import flowtext
 from podflow_api.v1 import flow_pb2
 
 # ---------------------------------------------------------------------------------------
@@ -432,22 +433,5 @@ def _template(raw_key: bytes, tcp_flags: int, iface: InterfaceInfo | None,
         name = "ICMPv6"
     else:
         name = f"IP proto {proto}"
-    flow.summary = _summary(name, proto, src, dst, sport, dport, fragment, tcp_flags)
+    flow.summary = flowtext.summary(flow, name)
     return flow.SerializeToString()
-
-
-def _summary(name: str, proto: int, src: str, dst: str, sport: int, dport: int,
-             fragment: bool, tcp_flags: int) -> str:
-    def hostport(ip: str, port: int) -> str:
-        return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-    if fragment:
-        return f"{name} {src} -> {dst} fragment"
-    if proto in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP):
-        text = f"{name} {hostport(src, sport)} -> {hostport(dst, dport)}"
-        if proto == IPPROTO_TCP and tcp_flags:
-            text += " " + ",".join(tcp_flag_names(tcp_flags))
-        return text
-    if proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
-        return f"{name} {src} -> {dst} type {sport} code {dport}"
-    return f"{name} {src} -> {dst}"

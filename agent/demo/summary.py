@@ -41,8 +41,7 @@ def summarize(c: Cluster, flows_by_node: dict[str, list], traffic: dict | None =
         dport = getattr(m, "destination_port", 0) if m is not None else 0
         return kind, sport, dport
 
-    def ep(e, ip):
-        return f"{e.namespace}/{e.pod_name}" if e.pod_name else ip
+    from agent.wire.flowtext import endpoint_text as ep  # the words every printer uses
 
     categories: dict[str, set] = collections.defaultdict(set)
     services: dict[str, dict] = {}

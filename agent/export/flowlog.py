@@ -8,38 +8,36 @@ in AgentStats and written into the log itself as a `lost_events` record as soon 
 can be written again. While writing fails (disk full, read-only directory) the agent keeps
 running, the error is logged once per episode and shown in ServerStatus.exporter_error.
 
-Line format: one `podflow.v1.GetFlowsResponse` per line in protobuf's JSON mapping with proto
-field names, e.g. {"node_name": "node-a", "time": "...", "flow": {...}}; each file starts with
-a {"podflow_flow_log": {...}} header line that says what the file holds.
+The file format (a header line, then one GetFlowsResponse per line) is agent.wire.logformat;
+the writing, rotation and loss accounting are agent.wire.jsonlines's sink, shared with
+`podflow observe --output-file` and the TUI's export.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import threading
 import time
-from json.encoder import encode_basestring_ascii as _quote
 
-from google.protobuf import field_mask_pb2, json_format
+from google.protobuf import json_format
 
+from agent.errors import ConfigError, ExportError
+from agent.export.windows import Aggregator, parse_interval
 from agent.filters import engine as filters
 from agent.filters.flags import add_filter_arguments, filters_from_args
-from agent.wire import flowjson
-from agent.export.windows import Aggregator, parse_interval
-from agent.errors import ConfigError, ExportError
-from agent.wire.jsonlines import RotatingWriter, add_rotation_arguments, rotation_from_args
-from agent.stats import AgentStats, LostSpan
+from agent.stats import AgentStats
+from agent.wire import logformat
+from agent.wire.fieldmask import mask_tree, parse_field_mask
+from agent.wire.jsonlines import JsonLinesSink, add_rotation_arguments, rotation_from_args
+from agent.wire.timefmt import ts_ns
 from podflow_api.v1 import flow_pb2, observer_pb2
 
 log = logging.getLogger("podflow.exporter")
 
-FORMAT = "podflow.v1.GetFlowsResponse"
 FLUSH_INTERVAL_S = 1.0      # lines reach the file at least this often
 FLUSH_BYTES = 1024 * 1024   # ... or as soon as this much is pending
 DEFAULT_QUEUE = 65535       # flows the exporter may lag behind the store (capped by its size)
-_LOST_STAGES = (observer_pb2.EXPORTER_QUEUE, observer_pb2.EXPORTER_WRITE)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +81,8 @@ def from_args(args: argparse.Namespace, store, stats: AgentStats) -> FlowLogExpo
     return FlowLogExporter(path, store, stats, rotation=rotation_from_args(args, "flow-log-"),
                            node_name=args.node_name, queue_size=queue_size,
                            allowlist=allow, denylist=deny,
-                           field_mask=parse_field_mask(args.flow_log_fields or ""),
+                           field_mask=parse_field_mask(args.flow_log_fields or "",
+                                                       "--flow-log-fields"),
                            aggregate=args.flow_log_aggregate or "")
 
 
@@ -93,52 +92,6 @@ def parse_filter_json(text: str, flag: str) -> observer_pb2.FlowFilter:
         return json_format.Parse(text, observer_pb2.FlowFilter())
     except json_format.ParseError as exc:
         raise ConfigError(f"{flag}: not a FlowFilter in JSON ({exc}): {text!r}") from exc
-
-
-def parse_field_mask(text: str) -> list[str]:
-    """'source,l4,destination.pod_name' -> validated paths into Flow."""
-    paths = [p.strip() for p in text.split(",") if p.strip()]
-    if not paths:
-        return []
-    mask = field_mask_pb2.FieldMask(paths=paths)
-    if not mask.IsValidForDescriptor(flow_pb2.Flow.DESCRIPTOR):
-        bad = [p for p in paths
-               if not field_mask_pb2.FieldMask(paths=[p]).IsValidForDescriptor(flow_pb2.Flow.DESCRIPTOR)]
-        raise ConfigError(f"--flow-log-fields: not a field of Flow: {', '.join(bad)}")
-    return paths
-
-
-def mask_tree(paths: list[str]) -> dict:
-    """Paths -> nested dict; an empty dict keeps the whole field."""
-    tree: dict = {}
-    for path in sorted(paths, key=len):
-        node = tree
-        parts = path.split(".")
-        for i, part in enumerate(parts):
-            if part in node and not node[part]:
-                break  # a shorter path already keeps the whole field
-            node = node.setdefault(part, {})
-            if i == len(parts) - 1:
-                node.clear()
-    return tree
-
-
-def apply_mask(record: dict, tree: dict) -> dict:
-    """Keep the fields of a JSON-mapped message named by `tree` (field order kept); messages
-    left empty by the mask are dropped, as FieldMask.MergeMessage would."""
-    out = {}
-    for name, value in record.items():
-        sub = tree.get(name)
-        if sub is None:
-            continue
-        if sub:
-            if not isinstance(value, dict):
-                continue
-            value = apply_mask(value, sub)
-            if not value:
-                continue
-        out[name] = value
-    return out
 
 
 class FlowLogExporter:
@@ -161,29 +114,30 @@ class FlowLogExporter:
         self.store = store
         self.stats = stats
         self.node_name = node_name
+        self._node_json = logformat.quote_node(node_name)
         self.queue_size = queue_size
-        self.writer = RotatingWriter(path, rotation, self._header_line)
+        header = logformat.header_fields(
+            node_name=node_name, agent_version=stats.version, allowlist=self.allowlist,
+            denylist=self.denylist, field_mask=self.field_mask, aggregate=aggregate)
+        self.sink = JsonLinesSink(path, rotation, header, node_name=node_name,
+                                  on_failure=self._failed, on_recovery=self._recovered,
+                                  on_lost=stats.add_lost)
+        self.writer = self.sink.writer
         self._stop = threading.Event()
         self._reopen = threading.Event()
         self._thread: threading.Thread | None = None
         self._subscription = None
-        # Lost records not yet written into the log, by stage.
-        self._unreported: dict[int, LostSpan] = {}
-        self._pending: list[bytes] = []
-        self._pending_times: list[int] = []  # record time (ns) of each pending line
-        self._pending_bytes = 0
-        self._failing = False
-        self.records_written = 0
+
+    @property
+    def records_written(self) -> int:
+        return self.sink.records_written
 
     # -- stage interface ------------------------------------------------------------------
 
     def start(self) -> None:
         self._subscription = self.store.subscribe(predicate=self._predicate,
                                                   queue_size=self.queue_size)
-        try:
-            self.writer.open()
-        except ExportError as exc:
-            self._fail(exc)
+        self.sink.open()
         self._thread = threading.Thread(target=self._run_guarded, name="flow-log", daemon=True)
         self._thread.start()
 
@@ -216,23 +170,19 @@ class FlowLogExporter:
 
     def _run(self) -> None:
         sub = self._subscription
+        sink = self.sink
         last_flush = time.monotonic()
         while True:
             stopping = self._stop.is_set()
             flows, lost = sub.next_batch(timeout_s=0.0 if stopping else 0.2, max_flows=4096)
             if lost is not None and lost.count:
-                self._count_lost(observer_pb2.EXPORTER_QUEUE, lost.count, lost.first_ns,
-                                 lost.last_ns)
+                sink.count_lost(observer_pb2.EXPORTER_QUEUE, lost.count, lost.first_ns,
+                                lost.last_ns)
             if self._reopen.is_set():
                 # Before this batch: what came in after the HUP goes to the new file.
                 self._reopen.clear()
-                self._flush()
-                self.writer.close()
                 log.info("reopening flow log %s", self.path)
-                try:
-                    self.writer.open()
-                except ExportError as exc:
-                    self._fail(exc)
+                sink.reopen()
             if self._aggregator is not None:
                 if flows:
                     self._aggregator.add(flows, time.time_ns())
@@ -240,7 +190,7 @@ class FlowLogExporter:
                 self._add_records(flows)
             now = time.monotonic()
             drained = not flows
-            if (now - last_flush >= FLUSH_INTERVAL_S or self._pending_bytes >= FLUSH_BYTES
+            if (now - last_flush >= FLUSH_INTERVAL_S or sink.pending_bytes >= FLUSH_BYTES
                     or (stopping and drained)):
                 if self._aggregator is not None:
                     # Once per flush, not per batch: late records of a window already written
@@ -249,120 +199,24 @@ class FlowLogExporter:
                     done = agg.flush() if stopping and drained else agg.due(time.time_ns())
                     if done:
                         self._add_records(done)
-                self._flush()
+                sink.flush()
                 last_flush = now
             if stopping and drained:
                 sub.close()
                 return
 
     def _add_records(self, flows: list[flow_pb2.Flow]) -> None:
-        node_json = _quote(self.node_name)
+        node_json = self._node_json
         tree = self._mask_tree
-        pending = self._pending
-        times = self._pending_times
-        added = 0
-        for flow in flows:
-            t = flow.time
-            node = _quote(flow.node_name) if flow.node_name else node_json
-            if tree is None:
-                flow_json = flowjson.to_json(flow)
-            else:
-                flow_json = json.dumps(apply_mask(flowjson.to_dict(flow), tree))
-            if t.seconds or t.nanos:
-                text = '{"node_name": %s, "time": "%s", "flow": %s}\n' % (
-                    node, flowjson.timestamp_str(t), flow_json)
-            else:
-                text = '{"node_name": %s, "flow": %s}\n' % (node, flow_json)
-            line = text.encode()
-            pending.append(line)
-            times.append(t.seconds * 1_000_000_000 + t.nanos)
-            added += len(line)
-        self._pending_bytes += added
+        flow_line = logformat.flow_line
+        self.sink.add_many([flow_line(flow, node_json, tree) for flow in flows],
+                           [ts_ns(flow.time) for flow in flows])
 
-    def _lost_lines(self) -> tuple[list[bytes], list[tuple[int, LostSpan]]]:
-        lines, spans = [], []
-        now = time.time_ns()
-        for stage in _LOST_STAGES:
-            span = self._unreported.get(stage)
-            if span is None or not span.count:
-                continue
-            resp = observer_pb2.GetFlowsResponse(node_name=self.node_name)
-            resp.time.FromNanoseconds(now)
-            resp.lost_events.stage = stage
-            resp.lost_events.num_events_lost = span.count
-            if span.first_ns:
-                resp.lost_events.first.FromNanoseconds(span.first_ns)
-            if span.last_ns:
-                resp.lost_events.last.FromNanoseconds(span.last_ns)
-            lines.append((flowjson.to_json(resp) + "\n").encode())
-            spans.append((stage, LostSpan(span.count, span.first_ns, span.last_ns)))
-        return lines, spans
-
-    def _flush(self) -> None:
-        lost_lines, spans = self._lost_lines()
-        if not lost_lines and not self._pending:
-            return
-        lines = lost_lines + self._pending
-        times = self._pending_times
-        self._pending, self._pending_times, self._pending_bytes = [], [], 0
-        try:
-            self.writer.write_lines(lines)
-        except ExportError as exc:
-            written = len(lines) - exc.unwritten
-            self._mark_reported(spans[:written])
-            self.records_written += max(0, written - len(lost_lines))
-            unwritten_times = times[max(0, written - len(lost_lines)):]
-            if unwritten_times:
-                self._count_lost(observer_pb2.EXPORTER_WRITE, len(unwritten_times),
-                                 min(unwritten_times), max(unwritten_times))
-            self._fail(exc)
-            return
-        self._mark_reported(spans)
-        self.records_written += len(times)
-        if self._failing:
-            self._failing = False
-            self.stats.exporter_error = ""
-            log.warning("flow log %s writable again; lost records were reported in it", self.path)
-
-    def _mark_reported(self, spans: list[tuple[int, LostSpan]]) -> None:
-        for stage, written in spans:
-            span = self._unreported.get(stage)
-            if span is None:
-                continue
-            span.count -= written.count
-            if span.count <= 0:
-                del self._unreported[stage]
-            else:
-                span.first_ns = written.last_ns
-
-    def _count_lost(self, stage: int, count: int, first_ns: int, last_ns: int) -> None:
-        self.stats.add_lost(stage, count)
-        span = self._unreported.get(stage)
-        if span is None:
-            self._unreported[stage] = LostSpan(count, first_ns, last_ns)
-            return
-        span.count += count
-        if first_ns and (not span.first_ns or first_ns < span.first_ns):
-            span.first_ns = first_ns
-        if last_ns > span.last_ns:
-            span.last_ns = last_ns
-
-    def _fail(self, exc: ExportError) -> None:
+    def _failed(self, exc: ExportError, first: bool) -> None:
         self.stats.exporter_error = str(exc)
-        if not self._failing:
-            self._failing = True
+        if first:
             log.error("flow log: %s; counting lost records until it can be written again", exc)
-        self.writer.close()
 
-    def _header_line(self) -> bytes:
-        header = {"podflow_flow_log": {
-            "node_name": self.node_name,
-            "agent_version": self.stats.version,
-            "allowlist": [flowjson.to_dict(f) for f in self.allowlist],
-            "denylist": [flowjson.to_dict(f) for f in self.denylist],
-            "field_mask": self.field_mask,
-            "aggregate": self.aggregate,
-            "start_time": flowjson.timestamp_ns_str(time.time_ns()),
-            "format": FORMAT,
-        }}
-        return (json.dumps(header) + "\n").encode()
+    def _recovered(self, _lost_total: int) -> None:
+        self.stats.exporter_error = ""
+        log.warning("flow log %s writable again; lost records were reported in it", self.path)

@@ -9,11 +9,12 @@ Agent health (lost events by stage, datapath errors, exporter and metadata state
 interfaces) is read from AgentStats at scrape time, so it matches ServerStatus.
 
 Double counting: the same packet may be recorded on a pod veth, on a bridge, and on the
-peer pod's veth. Flow metrics count one observation point per packet: records taken on a pod
-veth leaving the pod (FROM_POD), plus records entering a pod (TO_POD) whose source is not a
-pod on this node (that pod's own veth already counted them): known from metadata, or without
-metadata from the source addresses seen leaving this node's pod veths. Bridge records are not
-counted; drops (HOST_STACK) are counted where they happened.
+peer pod's veth, on this node and on another. Flow metrics count one record per packet by
+the rule the TUI's views follow (agent.wire.counting.counts_once), so summing a family over
+every agent counts each packet once: the sender's FROM_POD veth record, a TO_POD record only
+when the sender has no veth of its own, bridge records only for traffic no veth sees, drops
+where they happened. Without metadata, the pods are the source addresses seen leaving this
+node's pod veths.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Callable
 
 from agent.errors import ConfigError
 from agent.stats import AgentStats
+from agent.wire.counting import counts_once, veth_sender
 from podflow_api.v1 import flow_pb2, observer_pb2
 
 log = logging.getLogger("podflow.metrics")
@@ -139,23 +141,15 @@ class FlowCounters:
         self._local_ips: dict[str, int] = {}
 
     def counts(self, flow: flow_pb2.Flow) -> bool:
-        """Whether this record is the one observation point counted for its packets."""
-        if flow.observation_point != flow_pb2.POD_VETH:
-            return False
-        if flow.traffic_direction == flow_pb2.FROM_POD:
-            return True
-        src = flow.source
-        if src.kind == flow_pb2.POD:
-            return bool(src.node_name) and src.node_name != flow.node_name
-        # Without metadata: a sender seen leaving a pod veth here is a local pod.
-        return flow.ip.source not in self._local_ips
+        """Whether this record is the one counted for its packets (agent.wire.counting)."""
+        return counts_once(flow, self._local_ips)
 
     def _learn_local_pods(self, flows: list[flow_pb2.Flow], now: int) -> None:
         local = self._local_ips
         for flow in flows:
-            if (flow.observation_point == flow_pb2.POD_VETH
-                    and flow.traffic_direction == flow_pb2.FROM_POD and flow.ip.source):
-                local[flow.ip.source] = now
+            ip = veth_sender(flow)
+            if ip:
+                local[ip] = now
 
     def add(self, flows: list[flow_pb2.Flow]) -> None:
         now = time.monotonic_ns()
@@ -169,7 +163,7 @@ class FlowCounters:
                     drop[0] += flow.packets
                     drop[1] += flow.bytes
                     drop[2] = now
-                if not self.counts(flow) and flow.verdict != flow_pb2.DROPPED:
+                if not self.counts(flow):
                     continue
                 key = tuple(read(flow) for read in readers)
                 entry = series.get(key)

@@ -31,6 +31,7 @@ from agent.filters.engine import FilterError, compile_filters
 from agent.flowstore import (DEFAULT_CLIENT_QUEUE, DEFAULT_STORE_SIZE, FlowStore, Lost,
                              StoredFlow, frame_flow, node_prefix, timestamp_bytes, varint)
 from agent.stats import AgentStats
+from agent.wire.fieldmask import check_paths
 from podflow_api.v1 import flow_pb2, observer_pb2, observer_pb2_grpc
 
 log = logging.getLogger("podflow.server")
@@ -166,12 +167,12 @@ def plan_request(request: observer_pb2.GetFlowsRequest) -> FlowsPlan:
         raise InvalidRequest(str(exc)) from exc
     mask = None
     if request.HasField("field_mask") and request.field_mask.paths:
+        try:
+            check_paths(request.field_mask.paths, "field_mask")
+        except ConfigError as exc:
+            raise InvalidRequest(str(exc)) from exc
         mask = field_mask_pb2.FieldMask()
         mask.CopyFrom(request.field_mask)
-        for path in mask.paths:
-            single = field_mask_pb2.FieldMask(paths=[path])
-            if not single.IsValidForDescriptor(flow_pb2.Flow.DESCRIPTOR):
-                raise InvalidRequest(f"field_mask: {path!r} is not a field path of Flow")
     return FlowsPlan(predicate=predicate, number=request.number, first=request.first,
                      follow=request.follow, since_ns=since_ns, until_ns=until_ns, mask=mask)
 

@@ -15,67 +15,19 @@ from __future__ import annotations
 import base64
 import json
 import math
-import time
 from json.encoder import encode_basestring_ascii as _quote
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from agent.wire.timefmt import rfc3339, rfc3339_quoted
+
 _INT64_TYPES = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
                 FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
 _FLOAT_TYPES = {FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE}
 
 _encoders: dict = {}  # FieldDescriptor -> value converter
-_second_prefix: dict[int, str] = {}  # epoch second -> "YYYY-MM-DDTHH:MM:SS"
-
-
-def _timestamp(msg) -> str:
-    seconds, nanos = msg.seconds, msg.nanos
-    prefix = _second_prefix.get(seconds)
-    if prefix is None:
-        if len(_second_prefix) > 4096:
-            _second_prefix.clear()
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-        _second_prefix[seconds] = prefix
-    if nanos == 0:
-        return prefix + "Z"
-    if nanos % 1_000_000 == 0:
-        return "%s.%03dZ" % (prefix, nanos // 1_000_000)
-    if nanos % 1000 == 0:
-        return "%s.%06dZ" % (prefix, nanos // 1000)
-    return "%s.%09dZ" % (prefix, nanos)
-
-
-timestamp_str = _timestamp  # Timestamp message -> RFC 3339 string
-
-
-def _timestamp_quoted(msg) -> str:
-    """A Timestamp as its JSON string literal; the most frequent field kind in a flow."""
-    seconds, nanos = msg.seconds, msg.nanos
-    prefix = _second_prefix.get(seconds)
-    if prefix is None:
-        _timestamp(msg)
-        prefix = _second_prefix[seconds]
-    if nanos == 0:
-        return '"%sZ"' % prefix
-    if nanos % 1_000_000 == 0:
-        return '"%s.%03dZ"' % (prefix, nanos // 1_000_000)
-    if nanos % 1000 == 0:
-        return '"%s.%06dZ"' % (prefix, nanos // 1000)
-    return '"%s.%09dZ"' % (prefix, nanos)
-
-
-def timestamp_ns_str(ns: int) -> str:
-    """Epoch nanoseconds -> the same RFC 3339 form as a Timestamp field."""
-    return _timestamp(_Ts(ns // 1_000_000_000, ns % 1_000_000_000))
-
-
-class _Ts:
-    __slots__ = ("seconds", "nanos")
-
-    def __init__(self, seconds: int, nanos: int):
-        self.seconds, self.nanos = seconds, nanos
 
 
 def _float(value: float):
@@ -89,7 +41,7 @@ def _float(value: float):
 def _message_converter(descriptor):
     full_name = descriptor.full_name
     if full_name == "google.protobuf.Timestamp":
-        return _timestamp
+        return rfc3339
     if full_name.startswith("google.protobuf."):
         return lambda m: json_format.MessageToDict(m, preserving_proto_field_name=True)
     return to_dict
@@ -170,7 +122,7 @@ def _float_text(value: float) -> str:
 def _message_text_converter(descriptor):
     full_name = descriptor.full_name
     if full_name == "google.protobuf.Timestamp":
-        return _timestamp_quoted
+        return rfc3339_quoted
     if full_name.startswith("google.protobuf."):
         return lambda m: json.dumps(json_format.MessageToDict(m, preserving_proto_field_name=True))
     if full_name not in _CACHED:

@@ -1,11 +1,14 @@
-"""A size-rotating JSON-lines file writer with numbered backups, optionally gzip-compressed.
+"""JSON-lines files that never lose a line silently: a size-rotating writer with numbered
+backups (optionally gzip-compressed) and the one loss-reporting sink on top of it.
 
-Shared by the agent's flow log (agent.export.flowlog) and `podflow observe --output-file`, so both
-produce the same files: PATH (current), PATH.1[.gz] (newest backup) ... PATH.N[.gz]. Every
-file starts with a header line produced by the caller, so a reader of any one file knows what
-it holds. Lines are written whole or not at all: when a write fails (disk full, read-only
-file system) the file is truncated back to its last complete line and the caller is told how
-many lines were not written, so it can report them instead of leaving a torn record.
+The sink is shared by the agent's flow log (agent.export.flowlog), `podflow observe
+--output-file` and the TUI's `e` export, so all three produce the same files: PATH (current),
+PATH.1[.gz] (newest backup) ... PATH.N[.gz], each starting with the flow-log header
+(agent.wire.logformat), so a reader of any one file knows what it holds. Lines are written
+whole or not at all: when a write fails (disk full, read-only file system) the file is
+truncated back to its last complete line, the lines not written are counted by stage with
+the time span of the records they held, and a `lost_events` record saying so goes into the
+file as soon as it can be written again.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import argparse
 import errno
 import gzip
-import json
 import logging
 import os
 import shutil
@@ -22,8 +24,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.wire import flowjson
 from agent.errors import ConfigError, ExportError
+from agent.wire import logformat
 from podflow_api.v1 import observer_pb2
 
 log = logging.getLogger("podflow.rotate")
@@ -39,6 +41,9 @@ class RotationConfig:
     max_bytes: int = 10 * MIB
     max_backups: int = 5
     compress: bool = False
+
+
+NO_ROTATION = RotationConfig(max_bytes=sys.maxsize, max_backups=0)  # one file, never rotated
 
 
 def add_rotation_arguments(parser: argparse.ArgumentParser, prefix: str) -> None:
@@ -237,6 +242,198 @@ def _gzip_file(path: str) -> None:
     os.unlink(path)
 
 
+# -- the loss-reporting sink ----------------------------------------------------------------------
+
+@dataclass
+class _LostSpan:
+    """Records lost at one stage and not yet reported in the file: how many, and the time
+    span (record times, ns) they covered."""
+
+    count: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+
+    def add(self, count: int, first_ns: int, last_ns: int) -> None:
+        self.count += count
+        if first_ns and (not self.first_ns or first_ns < self.first_ns):
+            self.first_ns = first_ns
+        if last_ns > self.last_ns:
+            self.last_ns = last_ns
+
+
+class JsonLinesSink:
+    """Lines (bytes, each with the time of the record it holds) to a RotatingWriter, with
+    every loss counted and reported. Not thread-safe: one thread owns it.
+
+    * `count_lost(stage, ...)`: records the caller could not hand over (the flow log: its
+      store subscription fell behind, EXPORTER_QUEUE).
+    * A failed write (disk full, read-only) does not stop anything: the records not written
+      are counted as EXPORTER_WRITE, the file keeps only whole lines, and the next flush
+      tries again. `on_failure(exc, first)` is called at each failure (`first` once per
+      episode), `on_recovery(lost_total)` once it can be written again, `on_lost(stage,
+      count)` for every count.
+    * With `lost_records` (JSON output), the counts not yet reported go into the file as
+      `lost_events` records, ahead of the next lines, as soon as it can be written.
+
+    `header`: the header fields (logformat.header_fields) written at the top of every file
+    this sink opens, or None for text output (no header, no lost records)."""
+
+    def __init__(self, path: str, rotation: RotationConfig, header: dict | None, *,
+                 node_name: str = "", flush_bytes: int | None = None,
+                 on_failure: Callable[[ExportError, bool], None] | None = None,
+                 on_recovery: Callable[[int], None] | None = None,
+                 on_lost: Callable[[int, int], None] | None = None):
+        self.header = header
+        self.node_name = node_name
+        self.lost_records = header is not None
+        self.flush_bytes = flush_bytes
+        self._on_failure = on_failure
+        self._on_recovery = on_recovery
+        self._on_lost = on_lost
+        self.writer = RotatingWriter(path, rotation, self._header_line)
+        self._pending: list[bytes] = []
+        self._times: list[int] = []  # record time (ns) of each pending line
+        self.pending_bytes = 0
+        self._unreported: dict[int, _LostSpan] = {}  # stage -> not yet in the file
+        self.failing = False
+        self.records_written = 0
+        self.lost_total = 0
+
+    @property
+    def path(self) -> str:
+        return self.writer.path
+
+    @property
+    def pending_lines(self) -> int:
+        """Lines added and not yet flushed."""
+        return len(self._pending)
+
+    def _header_line(self) -> bytes:
+        return b"" if self.header is None else logformat.header_line(self.header)
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def open(self, strict: bool = False) -> bool:
+        """Open the file now (its header appears at once). False when it cannot be opened:
+        reported like a failed write, and the next flush tries again; with `strict` the
+        ExportError is raised instead (a command that should not start without its file)."""
+        try:
+            self.writer.open()
+        except ExportError as exc:
+            if strict:
+                raise
+            self._fail(exc)
+            return False
+        return True
+
+    def reopen(self) -> bool:
+        """What is pending goes to the old file, then the path is opened again (SIGHUP, after
+        logrotate renamed the file)."""
+        self.flush()
+        self.writer.close()
+        return self.open()
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def add(self, line: bytes, time_ns: int = 0) -> None:
+        """One whole line (ending in a newline). `time_ns`: the time of the record it holds,
+        for the span of a loss report (0: now)."""
+        self._pending.append(line)
+        self._times.append(time_ns)
+        self.pending_bytes += len(line)
+        if self.flush_bytes is not None and self.pending_bytes >= self.flush_bytes:
+            self.flush()
+
+    def add_many(self, lines: list[bytes], times_ns: list[int]) -> None:
+        """add() for a batch (the flow log's hot path)."""
+        self._pending.extend(lines)
+        self._times.extend(times_ns)
+        self.pending_bytes += sum(map(len, lines))
+        if self.flush_bytes is not None and self.pending_bytes >= self.flush_bytes:
+            self.flush()
+
+    def write_line(self, text: str, time_ns: int = 0) -> None:
+        """A line of text (without its newline)."""
+        self.add((text + "\n").encode(), time_ns)
+
+    def count_lost(self, stage: int, count: int, first_ns: int = 0, last_ns: int = 0) -> None:
+        """`count` records lost before they reached this sink."""
+        if count <= 0:
+            return
+        self.lost_total += count
+        span = self._unreported.setdefault(stage, _LostSpan())
+        span.add(count, first_ns, last_ns)
+        if self._on_lost is not None:
+            self._on_lost(stage, count)
+
+    def flush(self) -> bool:
+        """Write what is pending, lost records first. False when the write failed (what was
+        not written is counted, never retried: the file keeps time order)."""
+        lost_lines, spans = self._lost_lines()
+        if not lost_lines and not self._pending:
+            return not self.failing
+        lines = lost_lines + self._pending
+        times = self._times
+        self._pending, self._times, self.pending_bytes = [], [], 0
+        try:
+            self.writer.write_lines(lines)
+        except ExportError as exc:
+            written = len(lines) - exc.unwritten
+            self._mark_reported(spans[:written])
+            records_done = max(0, written - len(lost_lines))
+            self.records_written += records_done
+            unwritten = times[records_done:]
+            if unwritten:
+                now = time.time_ns()
+                stamped = [t or now for t in unwritten]
+                self.count_lost(observer_pb2.EXPORTER_WRITE, len(unwritten), min(stamped),
+                                max(stamped))
+            self._fail(exc)
+            return False
+        self._mark_reported(spans)
+        self.records_written += len(times)
+        if self.failing:
+            self.failing = False
+            if self._on_recovery is not None:
+                self._on_recovery(self.lost_total)
+        return True
+
+    def _lost_lines(self) -> tuple[list[bytes], list[tuple[int, _LostSpan]]]:
+        if not self.lost_records:
+            self._unreported.clear()  # text output: counted and told, not written
+            return [], []
+        lines, spans = [], []
+        for stage in sorted(self._unreported):
+            span = self._unreported[stage]
+            resp = logformat.lost_events_response(stage, span.count, span.first_ns,
+                                                  span.last_ns, self.node_name)
+            lines.append(logformat.response_line(resp))
+            spans.append((stage, _LostSpan(span.count, span.first_ns, span.last_ns)))
+        return lines, spans
+
+    def _mark_reported(self, spans: list[tuple[int, _LostSpan]]) -> None:
+        for stage, written in spans:
+            span = self._unreported.get(stage)
+            if span is None:
+                continue
+            span.count -= written.count
+            if span.count <= 0:
+                del self._unreported[stage]
+            else:
+                span.first_ns = written.last_ns
+
+    def _fail(self, exc: ExportError) -> None:
+        first = not self.failing
+        self.failing = True
+        self.writer.close()
+        if self._on_failure is not None:
+            self._on_failure(exc, first)
+
+
 # -- `podflow observe --output-file` ---------------------------------------------------------
 
 def add_output_file_arguments(parser: argparse.ArgumentParser) -> None:
@@ -246,101 +443,3 @@ def add_output_file_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the output to PATH instead of stdout, rotated like the "
                              "agent's flow log (with -o jsonl: the same file format)")
     add_rotation_arguments(parser, "output-")
-
-
-class RotatingFileSink:
-    """The observe output sink for --output-file: lines (str) buffered and written through a
-    RotatingWriter. A write error (disk full) does not stop the stream: one warning per
-    episode on stderr, the lines that could not be written are counted, and for JSON output a
-    lost_events record (EXPORTER_WRITE) goes into the file once it can be written again.
-
-    `header`: the fields of the {"podflow_flow_log": ...} header line (JSON output), or None
-    for text output (no header, no lost records)."""
-
-    FLUSH_BYTES = 256 * 1024
-
-    def __init__(self, path: str, config: RotationConfig, header: dict | None, stderr=None):
-        self._header_fields = header
-        self._stderr = stderr or sys.stderr
-        self.writer = RotatingWriter(path, config, self._header_line)
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
-        self.failing = False
-        self.lost_lines = 0       # not written and not yet reported in the file
-        self.lost_total = 0
-        self._lost_first_ns = 0
-        self._lost_last_ns = 0
-        try:
-            self.writer.open()
-        except ExportError as exc:
-            raise ConfigError(f"--output-file: {exc}") from exc
-
-    def _header_line(self) -> bytes:
-        if self._header_fields is None:
-            return b""
-        fields = dict(self._header_fields)
-        fields["start_time"] = flowjson.timestamp_ns_str(time.time_ns())
-        return (json.dumps({"podflow_flow_log": fields}) + "\n").encode()
-
-    def write_line(self, line: str) -> None:
-        data = (line + "\n").encode()
-        self._pending.append(data)
-        self._pending_bytes += len(data)
-        if self._pending_bytes >= self.FLUSH_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        lost = self._lost_record()
-        lines = lost + self._pending
-        self._pending, self._pending_bytes = [], 0
-        if not lines:
-            return
-        try:
-            self.writer.write_lines(lines)
-        except ExportError as exc:
-            written = len(lines) - exc.unwritten
-            if lost and written >= len(lost):
-                self.lost_lines = 0  # the earlier loss is on record now
-                self._lost_first_ns = 0
-            now = time.time_ns()
-            unwritten = min(exc.unwritten, len(lines) - len(lost))
-            self.lost_lines += unwritten
-            self.lost_total += unwritten
-            if not self._lost_first_ns:
-                self._lost_first_ns = now
-            self._lost_last_ns = now
-            self.writer.close()
-            if not self.failing:
-                self.failing = True
-                print(f"WARNING: {exc}; counting the lines not written until it can be "
-                      "written again", file=self._stderr, flush=True)
-            return
-        self.lost_lines = 0
-        self._lost_first_ns = 0
-        if self.failing:
-            self.failing = False
-            print(f"WARNING: {self.writer.path} can be written again; {self.lost_total} lines "
-                  "were lost so far", file=self._stderr, flush=True)
-
-    def _lost_record(self) -> list[bytes]:
-        if not self.lost_lines or self._header_fields is None:
-            return []
-        resp = observer_pb2.GetFlowsResponse()
-        resp.time.FromNanoseconds(time.time_ns())
-        resp.lost_events.stage = observer_pb2.EXPORTER_WRITE
-        resp.lost_events.num_events_lost = self.lost_lines
-        resp.lost_events.first.FromNanoseconds(self._lost_first_ns)
-        resp.lost_events.last.FromNanoseconds(self._lost_last_ns)
-        return [(flowjson.to_json(resp) + "\n").encode()]
-
-    def close(self) -> None:
-        self.flush()
-        self.writer.close()
-
-
-def open_output_sink(args: argparse.Namespace, header: dict | None) -> RotatingFileSink | None:
-    """The --output-file sink, or None when output goes to stdout."""
-    path = getattr(args, "output_file", None)
-    if not path:
-        return None
-    return RotatingFileSink(path, rotation_from_args(args, "output-"), header)

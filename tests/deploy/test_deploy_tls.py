@@ -43,7 +43,7 @@ def tls_server(certs, values_name: str):
 
 
 def check(address: str, **tls) -> int:
-    from agent.client.streams import TLSOptions, open_channel
+    from agent.client.channel import TLSOptions, open_channel
 
     with open_channel(address, TLSOptions(enabled=True, **tls)) as channel:
         return health_pb2_grpc.HealthStub(channel).Check(

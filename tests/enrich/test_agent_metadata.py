@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from agent.client.streams import server_status
+from agent.client.channel import server_status
 from agent.lab import AgentHandle, Lab, spawn_agent
 from tests.enrich import objs
 from tests.enrich.fakeapi import FakeAPIServer

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.export import metrics
-from agent.client.streams import server_status
+from agent.client.channel import server_status
 from agent.observer.server import ObserverServer
 from podflow_api.v1 import observer_pb2
 from tests.export.conftest import make_flow, read_lines, seq_of, wait_for
@@ -176,11 +176,12 @@ def test_observe_file_sink_counts_what_a_full_disk_refused(small_tmpfs):
     """The --output-file sink keeps going on a full disk and writes a lost record after."""
     import io
 
-    from agent.wire.jsonlines import RotatingFileSink, RotationConfig
+    from agent.client.observe import output_file_sink
+    from agent.wire.jsonlines import RotationConfig
 
     path = small_tmpfs / "cluster.jsonl"
     stderr = io.StringIO()
-    sink = RotatingFileSink(str(path), RotationConfig(), {"format": "test"}, stderr=stderr)
+    sink = output_file_sink(str(path), RotationConfig(), {"format": "test"}, stderr=stderr)
     line = '{"flow": {"summary": "seq=%d"}}'
     seq = 0
 

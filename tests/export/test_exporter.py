@@ -238,7 +238,7 @@ def test_a_blocked_disk_slows_neither_the_store_nor_the_api(tmp_path, store, sta
     import os
     import threading
 
-    from agent.client.streams import get_flows
+    from agent.client.stream import get_flows
     from agent.observer.server import ObserverServer
 
     fifo = tmp_path / "fifo.jsonl"
@@ -290,7 +290,7 @@ def test_a_blocked_disk_slows_neither_the_store_nor_the_api(tmp_path, store, sta
 
 def test_the_tui_replays_a_flow_log(tmp_path, store, stats):
     """The TUI's file reader skips the header and reads flows and lost records."""
-    from tui.sources import parse_response_line
+    from agent.wire.logformat import parse_response_line
 
     path = tmp_path / "replay.jsonl"
     exp = build(path, store, stats, "--flow-log-queue-size", "10")

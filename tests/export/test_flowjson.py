@@ -75,12 +75,6 @@ def test_identical_to_message_to_json(build):
     assert flowjson.to_json(msg) == expected
 
 
-def test_timestamp_ns_str():
-    ts = observer_pb2.GetFlowsResponse().time
-    ts.FromNanoseconds(1_700_000_000_123_000_000)
-    assert flowjson.timestamp_ns_str(1_700_000_000_123_000_000) == ts.ToJsonString()
-
-
 @pytest.mark.parametrize("build", CASES.values(), ids=CASES.keys())
 def test_dict_identical_to_message_to_dict(build):
     msg = build()

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from observer_flows import make_flow
 
-from agent.client import streams as client
+from agent.client import stream as client
 from agent.observer.server import OBSERVER_SERVICE, ListenAddress
 from agent.errors import ConfigError
 from podflow_api.v1 import flow_pb2, observer_pb2

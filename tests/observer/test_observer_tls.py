@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.client import streams as client
+from agent.client import channel as client
+from agent.client.stream import get_flows
 from agent.observer import server
 from agent.errors import ConfigError
 from podflow_api.v1 import observer_pb2
@@ -114,7 +115,7 @@ def test_tls(pki, mtls, opts, works):
             st = _status(a.address, tls)
             assert st.num_flows == 3
             with client.open_channel(a.address, tls) as ch:
-                got = list(client.get_flows(ch, observer_pb2.GetFlowsRequest(), ))
+                got = list(get_flows(ch, observer_pb2.GetFlowsRequest(), ))
             assert len(got) == 3
         else:
             with pytest.raises(grpc.RpcError) as err:

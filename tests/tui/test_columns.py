@@ -55,7 +55,7 @@ VISIBLE = {
     # terminal width: columns that must be on screen
     200: FLOW_COLUMNS,
     160: FLOW_COLUMNS,
-    120: ("time", "node", "source", "destination", "service → backend", "proto/ports",
+    120: ("time", "node", "source", "destination", "service -> backend", "proto/ports",
           "verdict", "bytes"),
     80: ("time", "source", "destination", "verdict", "bytes"),
 }
