@@ -278,9 +278,11 @@ def main() -> None:
           "datapath's thread)")
     podflow_rate = statistics.median(rates["history-unbatched"])
     hubble_rate = statistics.median(rates["history-hubble"])
+    first = rates["history-hubble"][0] / rates["history-unbatched"][0]
     print(f"one client, one flow per message, median of {ROUNDS} rounds: podflow GetFlows "
           f"{podflow_rate:,.0f} flows/s, Hubble GetFlows {hubble_rate:,.0f} flows/s: "
-          f"{hubble_rate / podflow_rate:.0%} (target: at least 80%)")
+          f"{hubble_rate / podflow_rate:.0%} (target: at least 80%); the first round, "
+          f"before the mapper's caches knew any of these flows: {first:.0%}")
 
 
 if __name__ == "__main__":

@@ -27,23 +27,10 @@ import struct
 
 from google.protobuf import field_mask_pb2, struct_pb2
 
+from agent.flowstore import varint as _varint
 from agent.observer.hubble import mapping as rules
 from podflow_api.v1 import flow_pb2 as pf
 from podflow_hubble.flow import flow_pb2 as hb
-
-_SMALL_VARINTS = [bytes((n,)) if n < 0x80 else bytes((n & 0x7F | 0x80, n >> 7))
-                  for n in range(1 << 14)]
-
-
-def _varint(n: int) -> bytes:
-    if n < 16384:
-        return _SMALL_VARINTS[n]
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _tag(number: int, wire_type: int) -> bytes:
@@ -52,16 +39,14 @@ def _tag(number: int, wire_type: int) -> bytes:
 
 def _ld(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited field (string, bytes, message)."""
-    n = len(payload)
-    return tag + (_SMALL_VARINTS[n] if n < 16384 else _varint(n)) + payload
+    return tag + _varint(len(payload)) + payload
 
 
 def _str(tag: bytes, text: str) -> bytes:
     if not text:
         return b""
     raw = text.encode()
-    n = len(raw)
-    return tag + (_SMALL_VARINTS[n] if n < 16384 else _varint(n)) + raw
+    return tag + _varint(len(raw)) + raw
 
 
 def _uint(tag: bytes, value: int) -> bytes:
@@ -98,14 +83,12 @@ _IS_REPLY = {True: _ld(_T_IS_REPLY, b"\x08\x01"), False: _ld(_T_IS_REPLY, b"")}
 _REPLY = {True: _T_REPLY + b"\x01", False: b""}
 _ANY_STRUCT_URL = _ld(b"\x0a", b"type.googleapis.com/google.protobuf.Struct")
 _IP_VERSIONS = {pf.IPV4: hb.IPv4, pf.IPV6: hb.IPv6}
-# Layer4's oneof field numbers; the ported protocols' messages share source_port = 1,
-# destination_port = 2 (TCP adds flags = 3), the ICMPs type = 1, code = 2.
+# Layer4's oneof field numbers. Inside them podflow's TCP/UDP/SCTP/ICMPv4/ICMPv6 messages
+# (and TCPFlags) have Hubble's field numbers and types, so their bytes are Hubble's as they
+# are; and so are podflow's IP bytes but for `fragment` (field 4, Hubble's `encrypted`).
+# tests/observer/hubble/test_hubble_mapping.py holds both declarations to this.
 _L4_TAGS = {"tcp": _tag(1, 2), "udp": _tag(2, 2), "icmpv4": _tag(3, 2), "icmpv6": _tag(4, 2),
             "sctp": _tag(5, 2)}
-# TCPFlags: FIN = 1 ... (Hubble's numbers); a set flag is `tag 01`.
-_TCP_FLAG_TAGS = [(name, _tag(number, 0) + b"\x01") for name, number in (
-    ("FIN", 1), ("SYN", 2), ("RST", 3), ("PSH", 4), ("ACK", 5), ("URG", 6), ("ECE", 7),
-    ("CWR", 8))]
 
 # google.protobuf.Struct / Value encodings (Struct.fields = 1, a map of string -> Value;
 # Value: number_value = 2 (double), string_value = 3, bool_value = 4, struct_value = 5).
@@ -206,14 +189,31 @@ _PACKETS, _BYTES = _number_entry_prefix("packets"), _number_entry_prefix("bytes"
 _DOUBLE = struct.Struct("<d").pack
 
 
+_TEXT_ENTRY_PREFIXES: dict[tuple[str, int], bytes] = {}
+
+
+def _text_entry(key: str, text: str) -> bytes:
+    """_entry(key, _sv_string(text)), whose bytes before the text only depend on the key and
+    the text's length (an RFC 3339 time has one of four lengths)."""
+    raw = text.encode()
+    prefix = _TEXT_ENTRY_PREFIXES.get((key, len(raw)))
+    if prefix is None:
+        prefix = _entry(key, _sv_string(text))[:-len(raw)]
+        _TEXT_ENTRY_PREFIXES[(key, len(raw))] = prefix
+    return prefix + raw
+
+
+def _first_seen_entry(flow: pf.Flow) -> bytes:
+    """The same in every record of a flow (its first packet at this observation point)."""
+    return _text_entry("first_seen", rfc3339(flow.first_seen))
+
+
 def _dynamic_extensions(flow: pf.Flow) -> bytes:
     """The Struct entries that change from one interval of a flow to the next."""
     out = (_PACKETS + _DOUBLE(flow.packets) + _BYTES + _DOUBLE(flow.bytes) +
            _FLOW_END[flow.flow_end])
-    if flow.HasField("first_seen"):
-        out += _entry("first_seen", _sv_string(rfc3339(flow.first_seen)))
     if flow.HasField("last_seen"):
-        out += _entry("last_seen", _sv_string(rfc3339(flow.last_seen)))
+        out += _text_entry("last_seen", rfc3339(flow.last_seen))
     if flow.outcome:
         out += _enum_entry("outcome", flow.outcome)
     return out
@@ -245,58 +245,79 @@ def _static_extensions(flow: pf.Flow, subs: tuple) -> bytes:
 
 
 def _subs(flow: pf.Flow) -> tuple:
-    return tuple(getattr(flow, kind).SerializeToString() if flow.HasField(kind) else None
-                 for kind in ("service", "backend", "translation"))
+    """The serialized service, backend and translation (None where absent)."""
+    return (flow.service.SerializeToString() if flow.HasField("service") else None,
+            flow.backend.SerializeToString() if flow.HasField("backend") else None,
+            flow.translation.SerializeToString() if flow.HasField("translation") else None)
 
 
 def extensions(flow: pf.Flow) -> struct_pb2.Struct:
     """Everything podflow knows that Hubble has no field for, in podflow's own words (what
     the flow's `extensions` Any holds)."""
-    return struct_pb2.Struct.FromString(_dynamic_extensions(flow) +
+    first_seen = _first_seen_entry(flow) if flow.HasField("first_seen") else b""
+    return struct_pb2.Struct.FromString(_dynamic_extensions(flow) + first_seen +
                                         _static_extensions(flow, _subs(flow)))
 
 
 def _l4_bytes(flow: pf.Flow) -> bytes:
-    """The `l4` field: Layer4 with the record's protocol, written directly."""
+    """The `l4` field: Layer4 holding the record's protocol message as podflow wrote it."""
     kind = flow.l4.WhichOneof("protocol")
     if kind is None:
         return b""
-    inner = getattr(flow.l4, kind)
-    if kind in ("icmpv4", "icmpv6"):
-        body = _uint(b"\x08", inner.type) + _uint(b"\x10", inner.code)
-    else:
-        body = _uint(b"\x08", inner.source_port) + _uint(b"\x10", inner.destination_port)
-        if kind == "tcp" and inner.HasField("flags"):
-            flags = inner.flags
-            body += _ld(b"\x1a", b"".join(tag for name, tag in _TCP_FLAG_TAGS
-                                           if getattr(flags, name)))
-    return _ld(_T_L4, _ld(_L4_TAGS[kind], body))
+    return _ld(_T_L4, _ld(_L4_TAGS[kind], getattr(flow.l4, kind).SerializeToString()))
+
+
+def _ip_bytes(ip: pf.IP) -> bytes:
+    """The `IP` field: podflow's IP as it is, unless it marks a fragment (Hubble's field 4
+    says `encrypted`): then written field by field."""
+    if not ip.source and not ip.destination:
+        return b""
+    if not ip.fragment:
+        return _ld(_T_IP, ip.SerializeToString())
+    return _ld(_T_IP, _str(b"\x0a", ip.source) + _str(b"\x12", ip.destination) +
+               _uint(b"\x18", _IP_VERSIONS.get(ip.ip_version, 0)))
+
+
+_UUID_VARIANT = {c: "89ab"[int(c, 16) & 0x3] for c in "0123456789abcdef"}
 
 
 def record_uuid(flow: pf.Flow) -> str:
     """A UUID (version 8: derived, not random) from the record's bytes: stable for one
     record, different for any two records that differ in anything."""
-    digest = bytearray(hashlib.blake2b(flow.SerializeToString(deterministic=True),
-                                       digest_size=16).digest())
-    digest[6] = (digest[6] & 0x0F) | 0x80   # version 8
-    digest[8] = (digest[8] & 0x3F) | 0x80   # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = hashlib.blake2b(flow.SerializeToString(deterministic=True), digest_size=16).hexdigest()
+    # version 8 in the 13th hex digit, RFC 4122's variant (10xx) in the 17th
+    return f"{h[:8]}-{h[8:12]}-8{h[13:16]}-{_UUID_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
-class _Bounded(dict):
-    """A cache that forgets everything when it is full: the keys (endpoints, enums,
-    Services) repeat heavily, so a full reset is rare and cheaper than LRU bookkeeping."""
+class _Bounded:
+    """A bounded cache in two generations: when the newer one is full it becomes the older
+    one (the previous older one is forgotten), and a hit in the older one moves back to the
+    newer. So what is still being asked for survives a turnover, at the cost of a second
+    lookup on a miss, instead of an LRU's bookkeeping on every hit. At most 2 x max_entries.
+    Values are only ever complete: threads may share one."""
 
     def __init__(self, max_entries: int):
-        super().__init__()
-        self.max_entries = max_entries
+        self.max_entries = max(1, max_entries)
+        self._new: dict = {}
+        self._old: dict = {}
+
+    def get(self, key, default=None):
+        hit = self._new.get(key)
+        if hit is None:
+            hit = self._old.get(key)
+            if hit is None:
+                return default
+            self.put(key, hit)
+        return hit
 
     def put(self, key, value):
-        if len(self) >= self.max_entries:
-            self.clear()
-        self[key] = value
+        if len(self._new) >= self.max_entries:
+            self._old, self._new = self._new, {}
+        self._new[key] = value
         return value
+
+    def __len__(self) -> int:
+        return len(self._new) + len(self._old)
 
 
 class FlowMask:

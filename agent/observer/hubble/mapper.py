@@ -7,20 +7,32 @@ cached by what) and is what a server shares between its streams.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from agent.observer.hubble import mapping as rules
-from agent.observer.hubble.encode import (_ANY_STRUCT_URL, _IP_VERSIONS, _IS_REPLY, _R_FLOW,
-                                          _R_NODE, _R_TIME, _REPLY, _T_DESTINATION,
-                                          _T_DESTINATION_NAMES, _T_DESTINATION_SERVICE,
-                                          _T_DIRECTION, _T_DROP_REASON, _T_DROP_REASON_DESC,
-                                          _T_EMITTER, _T_EVENT_TYPE, _T_EXTENSIONS,
-                                          _T_INTERFACE, _T_IP, _T_L7, _T_NODE, _T_POINT,
+from agent.observer.hubble.encode import (_ANY_STRUCT_URL, _IS_REPLY, _R_FLOW, _R_NODE, _R_TIME,
+                                          _REPLY, _T_DESTINATION, _T_DESTINATION_NAMES,
+                                          _T_DESTINATION_SERVICE, _T_DIRECTION, _T_DROP_REASON,
+                                          _T_DROP_REASON_DESC, _T_EMITTER, _T_EVENT_TYPE,
+                                          _T_EXTENSIONS, _T_INTERFACE, _T_L7, _T_NODE, _T_POINT,
                                           _T_SOURCE, _T_SOURCE_NAMES, _T_SOURCE_SERVICE,
                                           _T_SUMMARY, _T_TIME, _T_TYPE, _T_UUID, _T_VERDICT,
                                           FlowMask, _Bounded, _dynamic_extensions, _field,
-                                          _l4_bytes, _ld, _masked, _static_extensions, _str,
-                                          _subs, _uint, _varint, record_uuid)
+                                          _ip_bytes, _l4_bytes, _ld, _masked, _static_extensions,
+                                          _str, _first_seen_entry, _subs, _uint, _varint,
+                                          record_uuid)
 from podflow_api.v1 import flow_pb2 as pf
 from podflow_hubble.flow import flow_pb2 as hb
+
+@dataclass(frozen=True)
+class _Static:
+    """The fields of a record's Hubble flow that its flow's other records share."""
+
+    joined: bytes       # the fields, encoded and concatenated
+    parts: dict         # the same, by Hubble field name (for field masks)
+    head: str           # the Summary's first part ("TCP Flags: SYN, ACK")
+    extensions: bytes   # the Struct entries that do not change between intervals
+
 
 _TRACE, _DROP, _L7 = (_varint(rules.EVENT_TRACE), _varint(rules.EVENT_DROP),
                       _varint(rules.EVENT_L7))
@@ -30,15 +42,20 @@ class HubbleMapper:
     """podflow records -> serialized Hubble flows for one agent. Thread-safe."""
 
     def __init__(self, version: str = "", max_cached: int = 16384):
+        """max_cached: entries per generation of each cache (see encode._Bounded)."""
         self.version = version
         self._emitter = _ld(_T_EMITTER, _str(b"\x0a", rules.EMITTER_NAME) +
                             _str(b"\x12", version))
         small = min(max_cached, 4096)
-        self._nodes = _Bounded(small)            # node -> (joined, parts)
+        # Everything that does not change between a flow's records -> _Static: the largest
+        # entries (~1.5 KB), half as many per generation as the others.
+        self._statics = _Bounded(max_cached // 2)
+        # The pieces a new flow's _Static is built from, each by its own inputs.
+        self._nodes = _Bounded(small)            # node -> parts
         self._endpoint_cache = _Bounded(max_cached)  # (Endpoint bytes, node) -> payload
-        self._ends = _Bounded(max_cached)        # (source, destination, node) -> (joined, parts)
-        self._events = _Bounded(small)           # enums of the record -> (joined, parts)
-        self._services = _Bounded(small)         # (namespace, name, reply) -> (joined, parts)
+        self._ends = _Bounded(max_cached)        # (source, destination, node) -> parts
+        self._events = _Bounded(small)           # enums of the record -> parts
+        self._services = _Bounded(small)         # (namespace, name, reply) -> parts
         self._dns = _Bounded(max_cached)         # DNS bytes -> (l7 field, Summary head)
         self._interfaces = _Bounded(small)       # (index, name) -> field
         self._extensions = _Bounded(max_cached)  # static Struct entries, by their inputs
@@ -46,11 +63,11 @@ class HubbleMapper:
 
     # -- cached pieces --------------------------------------------------------------------
 
-    def _node(self, node: str) -> tuple[bytes, dict]:
+    def _node(self, node: str) -> dict:
         hit = self._nodes.get(node)
         if hit is None:
-            parts = {"emitter": self._emitter, "node_name": _str(_T_NODE, node)}
-            hit = self._nodes.put(node, (b"".join(parts.values()), parts))
+            hit = self._nodes.put(node, {"emitter": self._emitter,
+                                         "node_name": _str(_T_NODE, node)})
         return hit
 
     def _endpoint(self, ep: pf.Endpoint, raw: bytes, node: str) -> bytes:
@@ -60,9 +77,8 @@ class HubbleMapper:
             hit = self._endpoint_cache.put(key, rules.endpoint(ep, node).SerializeToString())
         return hit
 
-    def _both_ends(self, flow: pf.Flow, node: str) -> tuple[bytes, dict]:
+    def _both_ends(self, flow: pf.Flow, src_raw: bytes, dst_raw: bytes, node: str) -> dict:
         src, dst = flow.source, flow.destination
-        src_raw, dst_raw = src.SerializeToString(), dst.SerializeToString()
         key = (src_raw, dst_raw, node)
         hit = self._ends.get(key)
         if hit is None:
@@ -73,11 +89,10 @@ class HubbleMapper:
             if dst.names:
                 parts["destination_names"] = b"".join(_str(_T_DESTINATION_NAMES, n)
                                                       for n in dst.names)
-            hit = self._ends.put(key, (b"".join(parts.values()), parts))
+            hit = self._ends.put(key, parts)
         return hit
 
-    def _event(self, flow: pf.Flow, reply: bool, direction: int, l7: bool,
-               ) -> tuple[bytes, dict]:
+    def _event(self, flow: pf.Flow, reply: bool, direction: int, l7: bool) -> dict:
         """verdict, drop reasons, Type, event_type, observation point, direction, reply."""
         dropped = flow.verdict == pf.DROPPED
         reason = rules.drop_reason(flow) if dropped else 0
@@ -104,9 +119,9 @@ class HubbleMapper:
                 parts["trace_observation_point"] = _uint(_T_POINT, point)
                 parts["Type"] = _uint(_T_TYPE, hb.L3_L4)
                 parts["event_type"] = _ld(_T_EVENT_TYPE, b"\x08" + _TRACE + _uint(b"\x10", code))
-        return self._events.put(key, (b"".join(parts.values()), parts))
+        return self._events.put(key, parts)
 
-    def _service(self, flow: pf.Flow, reply: bool) -> tuple[bytes, dict]:
+    def _service(self, flow: pf.Flow, reply: bool) -> dict:
         svc = flow.service
         key = (svc.namespace, svc.name, reply)
         hit = self._services.get(key)
@@ -114,7 +129,7 @@ class HubbleMapper:
             payload = _str(b"\x0a", svc.name) + _str(b"\x12", svc.namespace)
             name = "source_service" if reply else "destination_service"
             field = _ld(_T_SOURCE_SERVICE if reply else _T_DESTINATION_SERVICE, payload)
-            hit = self._services.put(key, (field, {name: field}))
+            hit = self._services.put(key, {name: field})
         return hit
 
     def _dns_part(self, flow: pf.Flow) -> tuple[bytes, str]:
@@ -134,8 +149,55 @@ class HubbleMapper:
                                                 _str(b"\x12", iface.name)))
         return hit
 
-    def _static_extensions(self, flow: pf.Flow) -> bytes:
+    # -- a record ---------------------------------------------------------------------------
+
+    def _static(self, flow: pf.Flow) -> _Static:
+        """The fields that do not change between intervals of a flow, by everything they
+        are made of: one lookup for the records of a flow already seen; built from the
+        cached pieces otherwise."""
+        has = flow.HasField
         subs = _subs(flow)
+        key = (flow.node_name, flow.verdict, flow.drop_reason, flow.drop_reason_code,
+               flow.observation_point, flow.traffic_direction, flow.category, flow.is_reply,
+               flow.source.SerializeToString(), flow.destination.SerializeToString(),
+               flow.ip.SerializeToString(), flow.l4.SerializeToString(),
+               (flow.interface.index, flow.interface.name) if has("interface") else None,
+               flow.dns.SerializeToString() if has("dns") else None, subs,
+               # the same in every record of a flow: written once, with the static parts
+               (flow.first_seen.seconds, flow.first_seen.nanos) if has("first_seen") else None)
+        hit = self._statics.get(key)
+        if hit is None:
+            hit = self._statics.put(key, self._build_static(flow, key[8], key[9], subs))
+        return hit
+
+    def _build_static(self, flow: pf.Flow, src_raw: bytes, dst_raw: bytes,
+                      subs: tuple) -> _Static:
+        node = flow.node_name
+        reply = rules.is_reply(flow)
+        direction = rules.traffic_direction(flow, reply)
+        l7 = (flow.verdict != pf.DROPPED and flow.HasField("dns")
+              and rules.is_l7(flow, reply, direction))
+        parts: dict[str, bytes] = {}
+        parts.update(self._node(node))
+        parts.update(self._both_ends(flow, src_raw, dst_raw, node))
+        parts.update(self._event(flow, reply, direction, l7))
+        if flow.HasField("service") and flow.service.name:
+            parts.update(self._service(flow, reply))
+        for name, field in (("IP", _ip_bytes(flow.ip)), ("l4", _l4_bytes(flow)),
+                            ("interface", self._interface(flow)
+                             if flow.HasField("interface") else b"")):
+            if field:
+                parts[name] = field
+        if l7:
+            parts["l7"], head = self._dns_part(flow)
+        else:
+            head = rules.l4_summary(flow)
+        extensions = self._static_extensions(flow, subs)
+        if flow.HasField("first_seen"):
+            extensions += _first_seen_entry(flow)
+        return _Static(b"".join(parts.values()), parts, head, extensions)
+
+    def _static_extensions(self, flow: pf.Flow, subs: tuple) -> bytes:
         key = (flow.observation_point, flow.traffic_direction, flow.category, flow.verdict,
                flow.drop_reason, flow.drop_reason_code, flow.ip.fragment,
                flow.source.node_name, flow.destination.node_name, subs)
@@ -144,51 +206,13 @@ class HubbleMapper:
             hit = self._extensions.put(key, _static_extensions(flow, subs))
         return hit
 
-    # -- a record ---------------------------------------------------------------------------
-
-    def _static(self, flow: pf.Flow, named: bool):
-        """The fields that do not change between intervals of a flow: (joined bytes, parts by
-        name when `named` (for a field mask), the Summary's first part)."""
-        node = flow.node_name
-        reply = rules.is_reply(flow)
-        direction = rules.traffic_direction(flow, reply)
-        l7 = (flow.verdict != pf.DROPPED and flow.HasField("dns")
-              and rules.is_l7(flow, reply, direction))
-        groups = [self._node(node), self._both_ends(flow, node),
-                  self._event(flow, reply, direction, l7)]
-        if flow.HasField("service") and flow.service.name:
-            groups.append(self._service(flow, reply))
-        ip = flow.ip
-        src, dst = ip.source, ip.destination
-        ip_field = (_ld(_T_IP, _str(b"\x0a", src) + _str(b"\x12", dst) +
-                        _uint(b"\x18", _IP_VERSIONS.get(ip.ip_version, 0)))
-                    if src or dst else b"")
-        l4 = _l4_bytes(flow)
-        iface = self._interface(flow) if flow.HasField("interface") else b""
-        if l7:
-            l7_field, head = self._dns_part(flow)
-        else:
-            l7_field, head = b"", rules.l4_summary(flow)
-        joined = b"".join([groups[0][0], groups[1][0], groups[2][0],
-                           groups[3][0] if len(groups) > 3 else b"",
-                           ip_field, l4, iface, l7_field])
-        if not named:
-            return joined, None, head
-        parts = {}
-        for group in groups:
-            parts.update(group[1])
-        for name, field in (("IP", ip_field), ("l4", l4), ("interface", iface),
-                            ("l7", l7_field)):
-            if field:
-                parts[name] = field
-        return joined, parts, head
-
-    def _dynamic(self, flow: pf.Flow, head: str, time_field: bytes) -> list[bytes]:
+    @staticmethod
+    def _dynamic(flow: pf.Flow, static: _Static, time_field: bytes) -> list[bytes]:
         """time, uuid, Summary, extensions: written for every record."""
         return [time_field, _str(_T_UUID, record_uuid(flow)),
-                _str(_T_SUMMARY, rules.summary_from(head, flow)),
+                _str(_T_SUMMARY, rules.summary_from(static.head, flow)),
                 _ld(_T_EXTENSIONS, _ANY_STRUCT_URL + _ld(
-                    b"\x12", _dynamic_extensions(flow) + self._static_extensions(flow)))]
+                    b"\x12", _dynamic_extensions(flow) + static.extensions))]
 
     def flow_bytes(self, flow: pf.Flow, mask: FlowMask | None = None) -> bytes:
         """The serialized flow.Flow of a record, only the fields of `mask` when one is set."""
@@ -197,13 +221,14 @@ class HubbleMapper:
         return self._flow_bytes(flow, mask, time_field)
 
     def _flow_bytes(self, flow: pf.Flow, mask: FlowMask | None, time_field: bytes) -> bytes:
-        joined, parts, head = self._static(flow, mask is not None)
+        static = self._static(flow)
         if mask is None:
-            return joined + b"".join(self._dynamic(flow, head, time_field))
+            return static.joined + b"".join(self._dynamic(flow, static, time_field))
+        parts = dict(static.parts)
         top = mask.top
         if "uuid" in top or "Summary" in top or "extensions" in top:
             parts.update(zip(("time", "uuid", "Summary", "extensions"),
-                             self._dynamic(flow, head, time_field)))
+                             self._dynamic(flow, static, time_field)))
         elif time_field:
             parts["time"] = time_field
         chosen = []
@@ -219,7 +244,7 @@ class HubbleMapper:
     def static_flow(self, flow: pf.Flow) -> hb.Flow:
         """The Hubble flow without the fields that change between intervals (time, uuid,
         Summary, extensions): what Hubble's filters read, all but `uuid`."""
-        return hb.Flow.FromString(self._static(flow, False)[0])
+        return hb.Flow.FromString(self._static(flow).joined)
 
     def _mask_part(self, name: str, part: bytes, subpaths: tuple[str, ...]) -> bytes:
         key = (name, part, subpaths)

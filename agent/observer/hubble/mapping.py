@@ -258,12 +258,7 @@ def _reserved_node(out: hb.Endpoint, endpoint_node: str, node_name: str) -> None
 # Facts derived from the record
 
 
-def _ports(flow: pf.Flow) -> tuple[str | None, int, int]:
-    kind = flow.l4.WhichOneof("protocol")
-    if kind in ("tcp", "udp", "sctp"):
-        l4 = getattr(flow.l4, kind)
-        return kind, l4.source_port, l4.destination_port
-    return kind, 0, 0
+_PORTED = frozenset({"tcp", "udp", "sctp"})
 
 
 def is_reply(flow: pf.Flow) -> bool:
@@ -282,9 +277,14 @@ def is_reply(flow: pf.Flow) -> bool:
         return True
     if flow.HasField("dns"):
         return flow.dns.response
-    kind, sport, dport = _ports(flow)
-    src, dst = flow.ip.source, flow.ip.destination
-    if flow.HasField("service") and kind is not None and sport:
+    l4 = flow.l4
+    kind = l4.WhichOneof("protocol")
+    sport = dport = 0
+    if kind in _PORTED:
+        ported = getattr(l4, kind)
+        sport, dport = ported.source_port, ported.destination_port
+    if sport and flow.HasField("service"):
+        src, dst = flow.ip.source, flow.ip.destination
         servers = {(flow.service.ip, flow.service.port)}
         if flow.HasField("backend"):
             servers.add((flow.backend.ip, flow.backend.port))
@@ -297,10 +297,10 @@ def is_reply(flow: pf.Flow) -> bool:
         if (dst, dport) in servers:
             return False
     if kind == "icmpv4":
-        return flow.l4.icmpv4.type in _ICMPV4_ANSWERS
+        return l4.icmpv4.type in _ICMPV4_ANSWERS
     if kind == "icmpv6":
-        return flow.l4.icmpv6.type in _ICMPV6_ANSWERS
-    if kind == "tcp" and flow.l4.tcp.flags.SYN and not flow.l4.tcp.flags.ACK:
+        return l4.icmpv6.type in _ICMPV6_ANSWERS
+    if kind == "tcp" and l4.tcp.flags.SYN and not l4.tcp.flags.ACK:
         return False
     if sport and dport and sport != dport:
         return sport < dport
@@ -381,12 +381,20 @@ def fqdn(name: str) -> str:
     return name + "."
 
 
+_TCP_SUMMARIES: dict[bytes, str] = {}  # TCPFlags bytes -> "TCP Flags: SYN, ACK" (256 at most)
+
+
 def l4_summary(flow: pf.Flow) -> str:
     kind = flow.l4.WhichOneof("protocol")
     if kind == "tcp":
         flags = flow.l4.tcp.flags
-        names = [n for n in _TCP_FLAG_ORDER if getattr(flags, n)]
-        return "TCP Flags: " + ", ".join(names) if names else "TCP"
+        raw = flags.SerializeToString()
+        text = _TCP_SUMMARIES.get(raw)
+        if text is None:
+            names = [n for n in _TCP_FLAG_ORDER if getattr(flags, n)]
+            text = _TCP_SUMMARIES[raw] = ("TCP Flags: " + ", ".join(names) if names
+                                          else "TCP")
+        return text
     if kind == "icmpv4":
         icmp = flow.l4.icmpv4
         name = _ICMPV4_TYPES.get(icmp.type, f"Type{icmp.type}")

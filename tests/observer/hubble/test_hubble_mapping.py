@@ -438,3 +438,38 @@ def test_a_mask_on_a_sub_field_of_any_message():
     assert got.l4.TCP.destination_port == 8080
     assert got.source.pod_name  # "source" as a whole wins over "source.labels"
     assert not got.HasField("destination") and not got.Summary
+
+
+@pytest.mark.parametrize("podflow,hubble", [
+    (pf.TCP, hb.TCP), (pf.UDP, hb.UDP), (pf.SCTP, hb.SCTP), (pf.ICMPv4, hb.ICMPv4),
+    (pf.ICMPv6, hb.ICMPv6), (pf.TCPFlags, hb.TCPFlags)], ids=lambda m: m.DESCRIPTOR.name)
+def test_podflows_l4_messages_are_hubbles_on_the_wire(podflow, hubble):
+    """The encoder copies these messages' bytes as they are (encode.py, _l4_bytes)."""
+    ours = [(f.number, f.type) for f in podflow.DESCRIPTOR.fields]
+    theirs = [(f.number, f.type) for f in hubble.DESCRIPTOR.fields if f.name != "NS"]
+    assert ours == theirs
+
+
+def test_podflows_ip_is_hubbles_but_for_fragment():
+    ours = {f.number: f.type for f in pf.IP.DESCRIPTOR.fields}
+    theirs = {f.number: f.type for f in hb.IP.DESCRIPTOR.fields}
+    assert {n: t for n, t in ours.items() if n != 4} == theirs  # 4: fragment, Hubble's encrypted
+    assert [pf.IPV4, pf.IPV6] == [hb.IPv4, hb.IPv6]
+    from google.protobuf import unknown_fields
+
+    fragment = record()
+    fragment.ip.fragment = True
+    out = to_hubble(fragment)
+    assert (out.IP.source, out.IP.ipVersion) == ("10.244.1.3", hb.IPv4)
+    assert len(unknown_fields.UnknownFieldSet(out.IP)) == 0  # no field 4: not "encrypted"
+
+
+def test_caches_keep_what_is_still_asked_for_and_stay_bounded():
+    cache = encode._Bounded(2)
+    for key in "abc":
+        cache.put(key, key.upper())
+    assert cache.get("a") == "A"          # in the older generation: found, moved back
+    cache.put("d", "D")                   # turnover: b (not asked for since) is forgotten
+    assert (cache.get("a"), cache.get("b"), cache.get("c"), cache.get("d")) == \
+        ("A", None, "C", "D")
+    assert len(cache) <= 4
