@@ -7,15 +7,17 @@ written field by field from cached pieces. Fields may come in any order on the w
 the bytes gives exactly the message mapping.py's rules describe (`to_hubble`), which the
 field tests check (tests/observer/hubble/test_hubble_mapping.py).
 
-The pieces are cached by what they are made of, each as small as its inputs allow, so a
-record of a flow the mapper has never seen still hits most of them:
+What does not change between the records of one flow (everything but time, uuid, Summary
+and the counts, last seen and outcome in the extensions) is cached whole by everything it is
+made of (mapper.py); a record of a flow seen before costs a lookup and the per-record fields.
+A new flow's part is built from smaller pieces cached by their own inputs, so it still hits
+most of them:
 - the endpoints (source, destination, their DNS names): by the two podflow endpoints;
 - verdict, event type, observation point, direction, is_reply: by a handful of enums;
 - the Service side, the DNS record, the static extensions: by their podflow messages;
-- addresses and ports are written directly (they differ for nearly every record).
-Per record: time, uuid, Summary and the changing extensions (counts, last seen, outcome).
-The caches are bounded and only ever hold complete values, so one mapper serves all the
-threads of a gRPC server.
+- addresses and ports are podflow's own bytes (the field numbers agree).
+The caches are bounded (two generations, see _Bounded) and only ever hold complete values,
+so one mapper serves all the threads of a gRPC server.
 """
 
 from __future__ import annotations
