@@ -18,9 +18,10 @@ container's own /lib/modules is a small writable emptyDir. This script picks hea
    headers of another kernel version are enough there;
 
 and links the choice into the container's /lib/modules/<release>. When nothing fits it says
-exactly what it looked for and how to fix it, and exits non-zero (3: no headers, 4: bpffs or
-tracefs not mounted, 5: no BTF, which the agent needs whatever the headers). It mounts nothing (the pod
-has no CAP_SYS_ADMIN): bpffs and tracefs must come from the node, and are only checked.
+exactly what it looked for and how to fix it, and exits non-zero (3: no headers, 4: tracefs
+not mounted, 5: no BTF, which the agent needs whatever the headers). It mounts nothing (the pod
+has no CAP_SYS_ADMIN): tracefs must come from the node, and is only checked. bpffs is not
+needed: the agent pins nothing, so the pod does not mount the node's /sys/fs/bpf.
 
 Only standard library here: it runs before anything else, with the image's Python.
 """
@@ -276,11 +277,6 @@ def check_mounts(layout: Layout) -> list[str]:
     except OSError as exc:
         return [f"cannot read {layout.mountinfo}: {exc}"]
     problems = []
-    if mounts.get("/sys/fs/bpf") != "bpf":
-        problems.append(
-            "/sys/fs/bpf is not a bpf filesystem. On the node: `mount -t bpf bpf /sys/fs/bpf` "
-            "(systemd mounts it by default); in the pod: a hostPath volume of the node's "
-            "/sys/fs/bpf (Helm value hostPaths.bpffs).")
     if "tracefs" not in (mounts.get("/sys/kernel/tracing"), mounts.get("/sys/kernel/debug/tracing")):
         problems.append(
             "no tracefs at /sys/kernel/tracing (needed to attach the skb:kfree_skb tracepoint "

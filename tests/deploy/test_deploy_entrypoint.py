@@ -1,6 +1,6 @@
 """deploy/entrypoint.py finds kernel headers the way a node lays them out (Debian's split
 build/common trees, Fedora's single tree, links into /usr/src, kheaders, BTF + the image's
-generic headers), links them where bcc looks, checks bpffs/tracefs, and when nothing fits says
+generic headers), links them where bcc looks, checks tracefs, and when nothing fits says
 what it looked at and how to fix it. Node layouts are fake directory trees here; one root test
 proves that bcc really compiles against what the entrypoint linked."""
 
@@ -21,7 +21,6 @@ entrypoint = load_script("podflow_entrypoint", REPO / "deploy" / "entrypoint.py"
 RELEASE = "6.1.0-56-amd64"
 GOOD_MOUNTINFO = (
     "24 1 0:22 / /sys rw,nosuid - sysfs sysfs rw\n"
-    "30 24 0:28 / /sys/fs/bpf rw,nosuid - bpf bpf rw,mode=700\n"
     "31 24 0:12 / /sys/kernel/tracing ro,nosuid - tracefs tracefs rw\n"
 )
 
@@ -220,19 +219,18 @@ def test_says_what_is_missing_and_how_to_fix_it(tmp_path, builder, phrases):
 
 
 MOUNTS = [
-    ("bpffs-and-tracefs", GOOD_MOUNTINFO, []),
+    ("tracefs", GOOD_MOUNTINFO, []),
     ("tracefs-under-debugfs",
-     "30 24 0:28 / /sys/fs/bpf rw - bpf bpf rw\n"
      "40 24 0:7 / /sys/kernel/debug rw - debugfs debugfs rw\n"
      "41 40 0:12 / /sys/kernel/debug/tracing rw - tracefs tracefs rw\n", []),
-    ("no-bpffs", "31 24 0:12 / /sys/kernel/tracing ro - tracefs tracefs rw\n", ["/sys/fs/bpf"]),
-    # hostPath of a node directory where bpffs is not mounted: just sysfs underneath.
-    ("bpffs-dir-without-bpffs",
-     "24 1 0:22 / /sys rw - sysfs sysfs rw\n"
-     "30 24 0:22 /fs/bpf /sys/fs/bpf rw - sysfs sysfs rw\n"
-     "31 24 0:12 / /sys/kernel/tracing ro - tracefs tracefs rw\n", ["/sys/fs/bpf"]),
+    # The pod no longer mounts the node's bpffs (the agent pins nothing): not a problem.
+    ("no-bpffs", "31 24 0:12 / /sys/kernel/tracing ro - tracefs tracefs rw\n", []),
     ("no-tracefs", "30 24 0:28 / /sys/fs/bpf rw - bpf bpf rw\n", ["tracefs"]),
-    ("nothing", "24 1 0:22 / /sys rw - sysfs sysfs rw\n", ["/sys/fs/bpf", "tracefs"]),
+    # hostPath of a node directory where tracefs is not mounted: just sysfs underneath.
+    ("tracefs-dir-without-tracefs",
+     "24 1 0:22 / /sys rw - sysfs sysfs rw\n"
+     "31 24 0:22 /kernel/tracing /sys/kernel/tracing ro - sysfs sysfs rw\n", ["tracefs"]),
+    ("nothing", "24 1 0:22 / /sys rw - sysfs sysfs rw\n", ["tracefs"]),
     ("escaped-mount-points",
      "50 1 0:50 / /mnt/with\\040space rw - tmpfs tmpfs rw\n" + GOOD_MOUNTINFO, []),
 ]
@@ -272,13 +270,14 @@ def test_cli_exit_status_and_message_without_headers(tmp_path):
     assert "Fix one of these on the node" in done.stderr
 
 
-def test_cli_exit_status_without_bpffs(tmp_path):
+def test_cli_exit_status_without_tracefs(tmp_path):
     node = FakeNode(tmp_path)
     only_usr_src(node)
     (tmp_path / "mountinfo").write_text("")
     done = _run(["--check"], node.env())
     assert done.returncode == entrypoint.EXIT_NO_MOUNTS
-    assert "/sys/fs/bpf is not a bpf filesystem" in done.stderr
+    assert "no tracefs at /sys/kernel/tracing" in done.stderr
+    assert "/sys/fs/bpf" not in done.stderr
 
 
 def test_cli_check_reports_the_choice(tmp_path):
