@@ -176,3 +176,13 @@ def test_tui_role_is_what_the_tui_does_and_bound_to_no_one(values_name):
     assert by_kind(objects, "RoleBinding") == []
 
 
+
+
+def test_documented_tui_rbac_names_get_and_create_on_pods_portforward():
+    """Both READMEs tell a TUI user the same, complete set (the Role's rules)."""
+    from deploy_helpers import REPO
+
+    for readme in (REPO / "README.md", REPO / "deploy/helm/podflow/README.md"):
+        text = " ".join(readme.read_text(encoding="utf-8").split())
+        assert "`get` and `create` on `pods/portforward`" in text, readme
+        assert "`list` on `pods`" in text, readme
