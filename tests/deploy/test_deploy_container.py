@@ -398,7 +398,10 @@ def test_the_images_generic_headers_compile_the_agent(image, cluster):
             time.sleep(0.5)
         else:
             raise AssertionError(f"agent not tracing:\n{agent.logs()[-4000:]}")
-        assert "headers: fallback" in agent.logs()
+        logs = agent.logs()
+        assert "headers: fallback" in logs
+        assert ("warning: using generic headers, not the node's: the node's /lib/modules is "
+                "not mounted in the pod") in logs
         assert agent.stop() == 0, agent.logs()[-3000:]
 
 

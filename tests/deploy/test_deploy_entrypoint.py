@@ -69,6 +69,11 @@ class FakeNode:
             (path / "include/linux/kconfig.h").write_text("/* kconfig */\n")
         return path
 
+    def mounted(self, *node_dirs: str) -> None:
+        """mountinfo with the node directories the pod mounts ("/lib/modules", "/usr/src")."""
+        lines = [f"50 24 8:1 {d} {self.node(d)} ro - ext4 /dev/vda ro\n" for d in node_dirs]
+        (self.root / "mountinfo").write_text(GOOD_MOUNTINFO + "".join(lines))
+
     def link(self, node_link: str, target: str) -> None:
         """A symlink on the node, with its target as the node sees it."""
         path = self.node(node_link)
@@ -320,3 +325,70 @@ def test_bcc_compiles_against_the_linked_headers(tmp_path, ebpf_ready):
     ran = subprocess.run(["unshare", "--mount", "sh", "-c", script], env={**os.environ, "PROBE": probe},
                          capture_output=True, text=True, timeout=120)
     assert ran.stdout.strip() == "compiled", ran.stderr[-2000:]
+
+
+# --- the fallback warning says why the node's headers were not used -------------------------
+
+def _installed_but_usr_src_not_mounted(n: FakeNode):
+    n.link(f"/lib/modules/{RELEASE}/build", f"/usr/src/linux-headers-{RELEASE}")
+    n.mounted("/lib/modules")
+
+
+def _not_installed(n: FakeNode):
+    n.mounted("/lib/modules", "/usr/src")
+
+
+def _link_to_removed_headers(n: FakeNode):
+    n.link(f"/lib/modules/{RELEASE}/build", f"/usr/src/linux-headers-{RELEASE}")
+    n.mounted("/lib/modules", "/usr/src")
+
+
+def _modules_not_mounted(n: FakeNode):
+    debian_split(n)
+    n.mounted("/usr/src")
+
+
+def _link_outside_the_mounts(n: FakeNode):
+    n.link(f"/lib/modules/{RELEASE}/build", f"/opt/kernel/{RELEASE}")
+    n.mounted("/lib/modules", "/usr/src")
+
+
+FALLBACK_REASONS = [
+    ("installed-but-usr-src-not-mounted", _installed_but_usr_src_not_mounted,
+     [f"the node has headers at /usr/src/linux-headers-{RELEASE}",
+      "/usr/src is not mounted in the pod", "hostPaths.usrSrc"], "install"),
+    ("not-installed", _not_installed,
+     [f"the node has no /lib/modules/{RELEASE}/build", f"install linux-headers-{RELEASE}"],
+     "not mounted"),
+    ("link-to-removed-headers", _link_to_removed_headers,
+     [f"links to /usr/src/linux-headers-{RELEASE}, which the node does not have",
+      f"install linux-headers-{RELEASE}"], "not mounted"),
+    ("modules-not-mounted", _modules_not_mounted,
+     ["/lib/modules is not mounted in the pod", "hostPaths.libModules"], "install"),
+    ("link-outside-the-mounts", _link_outside_the_mounts,
+     [f"/opt/kernel/{RELEASE}, outside what the pod mounts"], "hostPaths.usrSrc"),
+]
+
+
+@pytest.mark.parametrize("builder,phrases,not_said", [f[1:] for f in FALLBACK_REASONS],
+                         ids=[f[0] for f in FALLBACK_REASONS])
+def test_fallback_reason_names_the_fix_that_applies(tmp_path, builder, phrases, not_said):
+    node = FakeNode(tmp_path)
+    builder(node)
+    reason = entrypoint.fallback_reason(node.layout, RELEASE)
+    for phrase in phrases:
+        assert phrase in reason
+    assert not_said not in reason
+
+
+def test_cli_fallback_warning_carries_the_reason(tmp_path):
+    node = FakeNode(tmp_path)
+    btf_and_image_headers(node)
+    node.mounted("/lib/modules")  # /usr/src not mounted: the node's tree is not visible
+    release = os.uname().release
+    node.link(f"/lib/modules/{release}/build", f"/usr/src/linux-headers-{release}")
+    done = _run(["--check"], node.env())
+    assert done.returncode == 0, done.stderr
+    assert ("warning: using generic headers, not the node's: the node has headers at "
+            f"/usr/src/linux-headers-{release}") in done.stderr
+    assert "hostPaths.usrSrc" in done.stderr
