@@ -1,7 +1,7 @@
 """podflow's image built and run with this machine's podman, for the tests that keep the
 container real (test_deploy_container.py): a Debian base made with debootstrap (no registry is
 reachable), `podman build` of deploy/Dockerfile, and `podman run` of the result with exactly
-what the rendered DaemonSet (deploy/podflow.yaml) asks the kubelet for (daemonset_run_argv).
+what the rendered DaemonSet (deploy/podflow.yaml) asks the kubelet for (daemonset_run).
 
 Everything lives in a podman store of its own, never the host's (`podman images` on this
 machine shows none of it):
@@ -11,16 +11,21 @@ machine shows none of it):
                                       CONTAINERS_CONF / CONTAINERS_STORAGE_CONF in podman_env()
       storage/                        images: the base, tagged as the Dockerfile's FROM
                                       (docker.io/library/debian:bookworm-slim), and the last
-                                      good build (CACHE_TAG) so its layers stay cached; every
-                                      other tag and every container a test makes is removed
+                                      good build (CACHE_TAG, CACHE_TAG-stageN for each build
+                                      stage) so its layers stay cached; every other tag and
+                                      every container a test makes is removed
       lock                            flock held while the base is made and while building
     /run/podflow-test/                podman's run state for that store (tmpfs)
 
 What this machine needs, each kept here and nowhere else:
-- runtime = "runc" (the brief's working runtime); default_ulimits nofile/nproc: podman's
-  defaults (nofile 1048576) exceed this machine's hard limit (20000), and the container fails
-  to start; cgroup_manager = "cgroupfs" and events_logger = "file": no systemd (PID 1 is not
-  systemd, cgroup v1);
+- runtime = "runc": the runtime scripts/setup-host.sh installs (Debian's podman would take
+  crun first when both are there); default_ulimits nofile/nproc: without them runc fails to
+  start any container ("error setting rlimit type 7: operation not permitted": podman's
+  default nofile exceeds this machine's hard limit, 20000); cgroup_manager = "cgroupfs" and
+  events_logger = "file": no systemd here (PID 1 is not systemd; cgroup v1), and the systemd
+  cgroup manager refuses to run;
+- this machine's own capability bounding set lacks CAP_SYS_RESOURCE, so no container gets it
+  (the test compares the agent's capabilities with the DaemonSet's within that set);
 - `podman build --network=host`: no CNI plugins or netavark are installed, so RUN steps use
   the host's network (apt from deb.debian.org, pip from PyPI);
 - the base gets the host's CA certificates (/usr/local/share/ca-certificates/*.crt and the
@@ -168,6 +173,7 @@ def ensure_base() -> float:
     minbase, slimmed like debian:bookworm-slim) and kept. Returns the seconds it took (0 when
     cached)."""
     write_config()
+    podman("version")  # a podman that cannot run fails here, before a debootstrap
     with store_lock():
         if image_exists(BASE_TAG):
             label = podman("image", "inspect", "--format",
