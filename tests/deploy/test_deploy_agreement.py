@@ -23,7 +23,8 @@ def parse_agent_args(container: dict) -> argparse.Namespace:
     from agent.cli import build_parser
 
     env = {e["name"]: e for e in container["env"]}
-    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"apiVersion": "v1",
+                                                         "fieldPath": "spec.nodeName"}}
     args = [a.replace("$(NODE_NAME)", "node-a") for a in container["args"]]
     stderr = io.StringIO()
     try:
