@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.errors import AttachError
+from agent.errors import AttachError, TcxUnsupported
 
 log = logging.getLogger("podflow.tc")
 
@@ -188,10 +188,6 @@ _BPF_OBJ_GET_INFO_BY_FD = 15
 TCX_ATTACH_TYPES = {"ingress": 46, "egress": 47}  # BPF_TCX_INGRESS, BPF_TCX_EGRESS
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-
-
-class TcxUnsupported(AttachError):
-    """The kernel has no tcx links (before 6.6)."""
 
 
 class _LinkCreateAttr(ctypes.Structure):

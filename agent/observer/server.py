@@ -26,7 +26,7 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, InvalidRequest
 from agent.filters.engine import FilterError, compile_filters
 from agent.flowstore import (DEFAULT_CLIENT_QUEUE, DEFAULT_STORE_SIZE, FlowStore, Lost,
                              StoredFlow, frame_flow, node_prefix, timestamp_bytes, varint)
@@ -127,10 +127,6 @@ def server_credentials(cert: str | None, key: str | None, ca: str | None,
     ca_pem = _read_pem(ca, "--tls-ca")
     return grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=ca_pem,
                                        require_client_auth=ca_pem is not None)
-
-
-class InvalidRequest(ValueError):
-    """A GetFlowsRequest that cannot be served; the message names the field."""
 
 
 @dataclass
