@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from agent.datapath.decode import EVENT_DNS, PF_FAMILY_IPV4, FlowKey
+from agent.datapath.abi import EVENT_DNS, PF_FAMILY_IPV4, FlowKey
 from agent.annotate.dns import DnsDecodeError, DnsMessage, decode, qtype_name
 from podflow_api.v1 import flow_pb2
 

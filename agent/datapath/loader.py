@@ -6,6 +6,11 @@ programs write ring-buffer events without wakeups (BPF_RB_NO_WAKEUP) and the rea
 consumes them on a timer, sweeps the flow map with batch syscalls about once a second, and
 hands decoded Flow batches to the agent's pipeline (agent/main.py).
 
+Around it, each in its own module: the environment checks (environment.py), raw bpf(2)
+calls (bpfsys.py), TC/tcx attachment (tc.py), which interfaces to trace (interfaces.py),
+the struct mirrors of bpf/types.h (abi.py), counters -> interval records (tracker.py),
+records -> Flow (decode.py).
+
 Extending the datapath (bpf/drop.h, bpf/dns.h, and later features)
 ------------------------------------------------------------------
 Register a factory with `register_extension(factory)`; `factory(args, stats, annotator)`
@@ -38,13 +43,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-import numpy as np
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.datapath import decode
-from agent.datapath import interfaces
-from agent.datapath import tc
+from agent.datapath import abi, bpfsys, decode, interfaces, tc
+from agent.datapath.environment import check_environment
+from agent.datapath.tracker import FlowRecord, FlowTracker
 from agent.errors import AttachError, ConfigError, DatapathError
 from agent.stats import AgentStats
 from podflow_api.v1 import observer_pb2
@@ -54,7 +58,6 @@ log = logging.getLogger("podflow.datapath")
 BPF_DIR = Path(os.environ.get("PODFLOW_BPF_DIR") or Path(__file__).resolve().parents[2] / "bpf")
 PROG_INGRESS = "podflow_ingress"  # also the TC filter names (agent/datapath/tc.py NAME_PREFIX)
 PROG_EGRESS = "podflow_egress"
-
 DEFAULT_FLOW_MAP_SIZE = 65536
 DEFAULT_RINGBUF_BYTES = 4 << 20
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -169,58 +172,7 @@ def register_extension(factory: ExtensionFactory) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Environment
-
-
-_CAP_NET_ADMIN, _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 12, 21, 38, 39
-
-
-def _effective_caps() -> int:
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    return 0
-
-
-def check_environment(caps: int | None = None, btf_path: str = "/sys/kernel/btf/vmlinux",
-                      modules_dir: str = "/lib/modules",
-                      kheaders_path: str = "/sys/kernel/kheaders.tar.xz") -> None:
-    """Fail early, with what to do, on what bcc would report obscurely. (Parameters exist
-    for tests; the agent uses the defaults.)"""
-    caps = _effective_caps() if caps is None else caps
-    has = lambda cap: bool(caps & (1 << cap))  # noqa: E731
-    if not has(_CAP_NET_ADMIN) or not (has(_CAP_BPF) or has(_CAP_SYS_ADMIN)) \
-            or not (has(_CAP_PERFMON) or has(_CAP_SYS_ADMIN)):
-        raise DatapathError("the datapath needs root, or CAP_BPF + CAP_NET_ADMIN + "
-                            "CAP_PERFMON (effective capabilities here: "
-                            f"{caps:#x}); run the agent as root or grant them")
-    if not os.path.exists(btf_path):
-        raise DatapathError(f"no kernel BTF at {btf_path}: podflow needs a kernel built with "
-                            "CONFIG_DEBUG_INFO_BTF=y")
-    release = platform.release()
-    build = Path(modules_dir) / release / "build"
-    if not (build / "include").is_dir() and not os.path.exists(kheaders_path):
-        raise DatapathError(
-            f"bcc needs kernel headers at {build} (missing: {build / 'include'}). Install "
-            f"them with `apt-get install linux-headers-{release}`, or, when the running "
-            "kernel has no headers package, run scripts/setup-host.sh to link Debian's "
-            "generic headers there (the documented fallback), or load the kheaders module "
-            "(`modprobe kheaders`)")
-    _ensure_mount("tracefs", "/sys/kernel/tracing")
-    _ensure_mount("bpf", "/sys/fs/bpf")
-
-
-def _ensure_mount(fstype: str, path: str) -> None:
-    """`ip netns exec` gives a fresh /sys without tracefs or bpffs: mount them when we can
-    (tracepoints of datapath extensions need tracefs)."""
-    if os.path.ismount(path) or not os.path.isdir(path):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(fstype.encode(), path.encode(), fstype.encode(), 0, None) != 0:
-        err = ctypes.get_errno()
-        log.warning("%s is not mounted at %s and mounting it failed (%s); run `mount -t %s "
-                    "%s %s`", fstype, path, os.strerror(err), fstype, fstype, path)
+# Loading
 
 
 def expand_includes(path: Path, _stack: tuple[Path, ...] = ()) -> str:
@@ -246,81 +198,6 @@ def expand_includes(path: Path, _stack: tuple[Path, ...] = ()) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# Raw bpf(2) calls bcc 0.26 does not offer (or offers slowly)
-
-_SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351}.get(platform.machine(), 321)
-_BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
-_BPF_MAP_LOOKUP_BATCH = 24
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-class _ElemAttr(ctypes.Structure):
-    _fields_ = [("map_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
-                ("key", ctypes.c_uint64), ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
-
-
-class _BatchAttr(ctypes.Structure):
-    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64),
-                ("keys", ctypes.c_uint64), ("values", ctypes.c_uint64),
-                ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
-                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
-
-
-def _bpf(cmd: int, attr: ctypes.Structure) -> int:
-    rc = _libc.syscall(_SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
-    return 0 if rc >= 0 else -ctypes.get_errno()
-
-
-_VALUE_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8"), ("first_seen_ns", "<u8"),
-                         ("last_seen_ns", "<u8"), ("tcp_flags", "<u8")])
-assert _VALUE_DTYPE.itemsize == decode.VALUE_SIZE
-
-
-def read_flow_map(map_fd: int, max_entries: int, chunk: int = 8192) -> list[tuple]:
-    """Every entry of the flow map with BPF_MAP_LOOKUP_BATCH (about 10x faster than one
-    lookup per entry): [(key bytes, packets, bytes, first_ns, last_ns, tcp_flags)]."""
-    chunk = min(chunk, max(max_entries, 64))
-    keys = np.zeros((chunk, decode.KEY_SIZE), dtype=np.uint8)
-    values = np.zeros(chunk, dtype=_VALUE_DTYPE)
-    token_in, token_out = ctypes.c_uint32(0), ctypes.c_uint32(0)
-    entries: list[tuple] = []
-    first = True
-    while True:
-        attr = _BatchAttr(in_batch=0 if first else ctypes.addressof(token_in),
-                          out_batch=ctypes.addressof(token_out),
-                          keys=keys.ctypes.data, values=values.ctypes.data,
-                          count=chunk, map_fd=map_fd)
-        rc = _bpf(_BPF_MAP_LOOKUP_BATCH, attr)
-        if rc not in (0, -2):  # -ENOENT: the last batch
-            raise DatapathError(f"reading the flow map: {os.strerror(-rc)}")
-        n = attr.count
-        if n:
-            vals = values[:n]
-            entries.extend(zip((bytes(k) for k in keys[:n]), vals["packets"].tolist(),
-                               vals["bytes"].tolist(), vals["first_seen_ns"].tolist(),
-                               vals["last_seen_ns"].tolist(), vals["tcp_flags"].tolist()))
-        if rc == -2:
-            return entries
-        token_in.value = token_out.value
-        first = False
-
-
-def lookup_and_delete(map_fd: int, key: bytes) -> tuple | None:
-    """Atomically take an entry out of the flow map: the returned value includes every
-    packet counted up to the delete. None when the entry is already gone."""
-    kbuf = ctypes.create_string_buffer(key, len(key))
-    vbuf = decode.FlowValue()
-    attr = _ElemAttr(map_fd=map_fd, key=ctypes.addressof(kbuf), value=ctypes.addressof(vbuf))
-    rc = _bpf(_BPF_MAP_LOOKUP_AND_DELETE_ELEM, attr)
-    if rc == -2:
-        return None
-    if rc < 0:
-        raise DatapathError(f"deleting an idle flow: {os.strerror(-rc)}")
-    return (vbuf.packets, vbuf.bytes, vbuf.first_seen_ns, vbuf.last_seen_ns, vbuf.tcp_flags)
-
-
-# ---------------------------------------------------------------------------------------
 # The stage
 
 
@@ -336,8 +213,8 @@ class Datapath:
         self.pipeline = pipeline
         self.extensions = list(extensions or [])
         self.clock = decode.KtimeClock.now()
-        self.tracker = decode.FlowTracker(int(config.active_timeout_s * 1e9),
-                                          int(config.idle_timeout_s * 1e9))
+        self.tracker = FlowTracker(int(config.active_timeout_s * 1e9),
+                                   int(config.idle_timeout_s * 1e9))
         self._bpf = None
         self._flow_map_fd = -1
         self._progs: dict[str, tuple[int, str]] = {}
@@ -350,7 +227,7 @@ class Datapath:
         self._handlers: dict[int, Callable] = {}
         self._error_names: dict[int, str] = {}
         self._pending: list = []
-        self._last_errors: list[int] = [0] * decode.ERR_MAX
+        self._last_errors: list[int] = [0] * abi.ERR_MAX
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
         self._watcher: interfaces.LinkWatcher | None = None
@@ -419,8 +296,8 @@ class Datapath:
             cflags.extend(ext.cflags())
             self._error_names.update(ext.error_names())
             self._handlers.update(ext.event_handlers())
-        self._handlers[decode.EVENT_FLOW_NEW] = Datapath._on_flow_event
-        self._handlers[decode.EVENT_FLOW_MAP_FULL] = Datapath._on_flow_event
+        self._handlers[abi.EVENT_FLOW_NEW] = Datapath._on_flow_event
+        self._handlers[abi.EVENT_FLOW_MAP_FULL] = Datapath._on_flow_event
         source = expand_includes(BPF_DIR / "podflow.c")
         try:
             self._bpf = BPF(text=source, cflags=cflags)
@@ -543,15 +420,15 @@ class Datapath:
         return 0
 
     def _on_flow_event(self, raw: bytes) -> list | None:
-        ev = decode.FlowEvent.from_buffer_copy(raw[:ctypes.sizeof(decode.FlowEvent)])
+        ev = abi.FlowEvent.from_buffer_copy(raw[:ctypes.sizeof(abi.FlowEvent)])
         key = bytes(ev.key)
-        if ev.hdr.kind == decode.EVENT_FLOW_MAP_FULL:
+        if ev.hdr.kind == abi.EVENT_FLOW_MAP_FULL:
             self.tracker.on_map_full(key, ev.pkt_len, ev.ts_ns, ev.tcp_flags)
             return None
         record = self.tracker.on_new(key, ev.pkt_len, ev.ts_ns, ev.tcp_flags)
         return [self._decode(record)] if record is not None else None
 
-    def _decode(self, record: decode.FlowRecord):
+    def _decode(self, record: FlowRecord):
         ifindex = int.from_bytes(record.key[:4], "little")
         self.records_emitted += 1
         return decode.decode_record(record, self._known.get(ifindex), self.node_name,
@@ -590,11 +467,12 @@ class Datapath:
 
     def _sweep(self) -> None:
         now_ns = time.monotonic_ns()
-        entries = read_flow_map(self._flow_map_fd, self.config.flow_map_size)
+        entries = bpfsys.read_flow_map(self._flow_map_fd, self.config.flow_map_size)
         result = self.tracker.sweep(entries, now_ns)
         records = result.records
         for key in result.idle_keys:
-            record = self.tracker.end(key, lookup_and_delete(self._flow_map_fd, key), now_ns)
+            value = bpfsys.lookup_and_delete(self._flow_map_fd, key)
+            record = self.tracker.end(key, value, now_ns)
             if record is not None:
                 records.append(record)
         self._pending.extend(self._decode(r) for r in records)
@@ -603,7 +481,7 @@ class Datapath:
 
     def _final_sweep(self) -> None:
         now_ns = time.monotonic_ns()
-        entries = read_flow_map(self._flow_map_fd, self.config.flow_map_size)
+        entries = bpfsys.read_flow_map(self._flow_map_fd, self.config.flow_map_size)
         records = self.tracker.flush(entries, now_ns)
         self._pending.extend(self._decode(r) for r in records)
         self._sweep_extensions(now_ns, final=True)
@@ -620,7 +498,7 @@ class Datapath:
     def kernel_errors(self) -> list[int]:
         """The per-reason counters, summed over CPUs."""
         table = self._bpf["errors"]
-        return [int(table.sum(table.Key(i)).value) for i in range(decode.ERR_MAX)]
+        return [int(table.sum(table.Key(i)).value) for i in range(abi.ERR_MAX)]
 
     def other_ethertype_packets(self) -> dict[str, int]:
         """Non-IP frames per traced interface name (ifindex when unknown)."""
@@ -632,13 +510,13 @@ class Datapath:
 
     def _update_counters(self) -> None:
         counts = self.kernel_errors()
-        lost_new = counts[decode.ERR_RINGBUF_FULL_NEW] - self._last_errors[decode.ERR_RINGBUF_FULL_NEW]
-        lost_full = (counts[decode.ERR_RINGBUF_FULL_MAP_FULL]
-                     - self._last_errors[decode.ERR_RINGBUF_FULL_MAP_FULL])
+        lost_new = counts[abi.ERR_RINGBUF_FULL_NEW] - self._last_errors[abi.ERR_RINGBUF_FULL_NEW]
+        lost_full = (counts[abi.ERR_RINGBUF_FULL_MAP_FULL]
+                     - self._last_errors[abi.ERR_RINGBUF_FULL_MAP_FULL])
         self.stats.add_lost(observer_pb2.KERNEL_RING_BUFFER, lost_new)
         self.stats.add_lost(observer_pb2.KERNEL_FLOW_MAP, lost_full)
         self._last_errors = counts
-        self.stats.set_datapath_errors(decode.error_counts(counts, self._error_names))
+        self.stats.set_datapath_errors(abi.error_counts(counts, self._error_names))
 
 
 def from_args(args: argparse.Namespace, stats: AgentStats, pipeline: Callable[[list], None],

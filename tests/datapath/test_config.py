@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from agent.datapath import environment, interfaces
 from agent.datapath import loader as datapath
-from agent.datapath import interfaces
 from agent.datapath.decode import InterfaceKind
 from agent.errors import ConfigError, DatapathError
 from agent.datapath.interfaces import Link
@@ -131,11 +131,12 @@ def test_environment_errors_say_what_is_missing(tmp_path, caps, btf, headers, me
         btf_path.write_bytes(b"")
     modules = tmp_path / "modules"
     if headers:
-        (modules / datapath.platform.release() / "build" / "include").mkdir(parents=True)
+        (modules / environment.platform.release() / "build" / "include").mkdir(parents=True)
     with pytest.raises(DatapathError, match=message) as err:
-        datapath.check_environment(caps=caps, btf_path=str(btf_path), modules_dir=str(modules),
-                                   kheaders_path=str(tmp_path / "no-kheaders"))
+        environment.check_environment(caps=caps, btf_path=str(btf_path),
+                                      modules_dir=str(modules),
+                                      kheaders_path=str(tmp_path / "no-kheaders"))
     if not headers:
-        assert f"linux-headers-{datapath.platform.release()}" in str(err.value)
+        assert f"linux-headers-{environment.platform.release()}" in str(err.value)
         assert "setup-host.sh" in str(err.value)
 
