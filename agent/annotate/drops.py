@@ -28,6 +28,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from agent.datapath.btf import KernelLayout
 from agent.datapath.abi import EVENT_DROP, FlowKey
 from agent.datapath.decode import KtimeClock, decode_record
+from agent.datapath.extension import DatapathExtension
 from agent.datapath.tracker import FlowRecord, FlowTracker
 from agent.stats import AgentStats
 from podflow_api.v1 import flow_pb2, observer_pb2
@@ -257,9 +258,9 @@ def pod_routes(ipr, traced: set[int]) -> list:
     return prefixes
 
 
-class DropExtension:
-    """The datapath extension (agent/datapath/loader.py) for drops: compiles drop.h into the
-    program, attaches it to skb:kfree_skb, decodes its events and sweeps its map."""
+class DropExtension(DatapathExtension):
+    """The datapath extension (agent/datapath/extension.py) for drops: compiles drop.h into
+    the program, attaches it to skb:kfree_skb, decodes its events and sweeps its map."""
 
     TRACEPOINT = b"skb:kfree_skb"
 

@@ -9,28 +9,11 @@ hands decoded Flow batches to the agent's pipeline (agent/main.py).
 Around it, each in its own module: the environment checks (environment.py), raw bpf(2)
 calls (bpfsys.py), TC/tcx attachment (tc.py), which interfaces to trace (interfaces.py),
 the struct mirrors of bpf/types.h (abi.py), counters -> interval records (tracker.py),
-records -> Flow (decode.py).
-
-Extending the datapath (bpf/drop.h, bpf/dns.h, and later features)
-------------------------------------------------------------------
-Register a factory with `register_extension(factory)`; `factory(args, stats, annotator)`
-returns a DatapathExtension or None (feature disabled). An extension contributes:
-  - cflags():        e.g. ["-DPODFLOW_DROPS"]: podflow.c includes drop.h under that flag;
-  - error_names():   {reason: name} for its enum pf_error values (16..31);
-  - event_handlers(): {kind: handler}; handler(datapath, raw: bytes) -> list[Flow] | None,
-                     called on the reader thread for each ring-buffer event of that kind
-                     (layout: struct pf_event_hdr first, see bpf/types.h). Returned flows
-                     join the next pipeline batch. `datapath.interface(ifindex)`,
-                     `datapath.clock` and `datapath.node_name` help decoding;
-  - attach(bpf) / detach(bpf): after load / before unload, with the bcc BPF object
-                     (e.g. bpf.attach_tracepoint(...); TRACEPOINT_PROBE functions are
-                     attached by bcc itself when the program loads).
-The annotator (agent/annotate/stage.py) may also offer `datapath_extensions() -> list`.
+records -> Flow (decode.py), and features with kernel code of their own (extension.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import fnmatch
 import logging
@@ -39,140 +22,31 @@ import platform
 import re
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.datapath import abi, bpfsys, decode, interfaces, tc
 from agent.datapath.environment import check_environment
+from agent.datapath.extension import DatapathExtension, EventHandler
 from agent.datapath.tracker import FlowRecord, FlowTracker
-from agent.errors import AttachError, ConfigError, DatapathError
+from agent.errors import AttachError, DatapathError
+from agent.stage import Stage
 from agent.stats import AgentStats
 from podflow_api.v1 import observer_pb2
+
+if TYPE_CHECKING:
+    from agent.config import DatapathSection
 
 log = logging.getLogger("podflow.datapath")
 
 BPF_DIR = Path(os.environ.get("PODFLOW_BPF_DIR") or Path(__file__).resolve().parents[2] / "bpf")
 PROG_INGRESS = "podflow_ingress"  # also the TC filter names (agent/datapath/tc.py NAME_PREFIX)
 PROG_EGRESS = "podflow_egress"
-DEFAULT_FLOW_MAP_SIZE = 65536
-DEFAULT_RINGBUF_BYTES = 4 << 20
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-
-# ---------------------------------------------------------------------------------------
-# Flags
-
-
-def parse_size(text: str, flag: str) -> int:
-    """"4M" / "65536" / "512K" -> bytes or count; the error names the flag."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)(i?[bB]?)\s*", str(text))
-    if not m:
-        raise ConfigError(f"{flag}: {text!r} is not a size (e.g. 65536, 512K, 4M)")
-    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("datapath (eBPF on pod veths and bridges)")
-    group.add_argument("--interfaces", metavar="GLOBS",
-                       help="trace exactly the interfaces matching these comma-separated "
-                            "globs (e.g. 'veth*,cni0'), instead of detecting pod veths and "
-                            "bridges")
-    group.add_argument("--exclude-interfaces", metavar="GLOBS",
-                       help="never trace interfaces matching these comma-separated globs")
-    group.add_argument("--active-timeout", type=float, default=5.0, metavar="SECONDS",
-                       help="report an active flow every SECONDS with what it did since its "
-                            "last record (default: 5)")
-    group.add_argument("--idle-timeout", type=float, default=15.0, metavar="SECONDS",
-                       help="end a flow (flow_end=true) after SECONDS without packets "
-                            "(default: 15)")
-    group.add_argument("--flow-map-size", default=str(DEFAULT_FLOW_MAP_SIZE), metavar="N",
-                       help="flows the kernel map holds at once; more are still counted "
-                            "through the ring buffer (default: 65536)")
-    group.add_argument("--ringbuf-size", default="4M", metavar="BYTES",
-                       help="kernel ring buffer for new-flow, overflow, drop and DNS events; "
-                            "a power of two, at least one page (default: 4M)")
-    group.add_argument("--sweep-interval", type=float, default=1.0, metavar="SECONDS",
-                       help="how often the flow map is read (default: 1)")
-    group.add_argument("--attach-mode", choices=["tc", "tcx", "auto"], default="auto",
-                       help="auto (default): tcx links when the kernel has them (>= 6.6; they "
-                            "vanish with the agent even after kill -9), else tc; tc: clsact + "
-                            "cls_bpf filters named podflow_* (visible with `tc filter show`); "
-                            "tcx: tcx links or fail")
-
-
-@dataclass(frozen=True)
-class DatapathConfig:
-    node_name: str
-    include: list[str]
-    exclude: list[str]
-    active_timeout_s: float = 5.0
-    idle_timeout_s: float = 15.0
-    flow_map_size: int = DEFAULT_FLOW_MAP_SIZE
-    ringbuf_bytes: int = DEFAULT_RINGBUF_BYTES
-    sweep_interval_s: float = 1.0
-    poll_interval_s: float = 0.1
-    attach_mode: str = "auto"
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "DatapathConfig":
-        def positive(name: str, flag: str) -> float:
-            value = getattr(args, name)
-            if not value > 0:
-                raise ConfigError(f"{flag} must be > 0 seconds, got {value}")
-            return float(value)
-
-        map_size = parse_size(args.flow_map_size, "--flow-map-size")
-        if not 1 <= map_size <= (1 << 24):
-            raise ConfigError(f"--flow-map-size must be between 1 and {1 << 24}, got {map_size}")
-        ringbuf = parse_size(args.ringbuf_size, "--ringbuf-size")
-        if ringbuf < PAGE_SIZE or ringbuf & (ringbuf - 1) or ringbuf > (1 << 30):
-            raise ConfigError(f"--ringbuf-size must be a power of two between {PAGE_SIZE} "
-                              f"and 1G bytes, got {args.ringbuf_size}")
-        sweep = positive("sweep_interval", "--sweep-interval")
-        return cls(node_name=args.node_name,
-                   include=interfaces.parse_globs(args.interfaces),
-                   exclude=interfaces.parse_globs(args.exclude_interfaces),
-                   active_timeout_s=positive("active_timeout", "--active-timeout"),
-                   idle_timeout_s=positive("idle_timeout", "--idle-timeout"),
-                   flow_map_size=map_size, ringbuf_bytes=ringbuf,
-                   sweep_interval_s=sweep, poll_interval_s=min(0.1, sweep),
-                   attach_mode=getattr(args, "attach_mode", "auto"))
-
-
-# ---------------------------------------------------------------------------------------
-# Extensions
-
-
-class DatapathExtension(Protocol):
-    """See the module docstring."""
-
-    def cflags(self) -> list[str]: ...
-
-    def error_names(self) -> dict[int, str]: ...
-
-    def event_handlers(self) -> dict[int, Callable[["Datapath", bytes], list | None]]: ...
-
-    def attach(self, bpf) -> None: ...
-
-    def detach(self, bpf) -> None: ...
-
-
-ExtensionFactory = Callable[[argparse.Namespace, AgentStats, object], "DatapathExtension | None"]
-_EXTENSION_FACTORIES: list[ExtensionFactory] = []
-
-
-def register_extension(factory: ExtensionFactory) -> None:
-    """Add a datapath feature (drops, DNS ...); see the module docstring."""
-    if factory not in _EXTENSION_FACTORIES:
-        _EXTENSION_FACTORIES.append(factory)
-
-
-# ---------------------------------------------------------------------------------------
-# Loading
 
 
 def expand_includes(path: Path, _stack: tuple[Path, ...] = ()) -> str:
@@ -197,21 +71,20 @@ def expand_includes(path: Path, _stack: tuple[Path, ...] = ()) -> str:
     return "\n".join(out) + "\n"
 
 
-# ---------------------------------------------------------------------------------------
-# The stage
+class Datapath(Stage):
+    """Loads the programs, keeps the traced interface set current, runs the reader.
 
+    `pipeline` receives every batch of decoded flows on the reader thread; `extensions` are
+    the features compiled in with the programs (agent/datapath/extension.py)."""
 
-class Datapath:
-    """Loads the programs, keeps the traced interface set current, runs the reader."""
-
-    def __init__(self, config: DatapathConfig, stats: AgentStats,
+    def __init__(self, config: DatapathSection, stats: AgentStats,
                  pipeline: Callable[[list], None],
-                 extensions: list[DatapathExtension] | None = None):
+                 extensions: Sequence[DatapathExtension] = ()):
         self.config = config
         self.stats = stats
-        self.node_name = config.node_name
+        self.node_name = stats.node_name
         self.pipeline = pipeline
-        self.extensions = list(extensions or [])
+        self.extensions = list(extensions)
         self.clock = decode.KtimeClock.now()
         self.tracker = FlowTracker(int(config.active_timeout_s * 1e9),
                                    int(config.idle_timeout_s * 1e9))
@@ -224,7 +97,7 @@ class Datapath:
         self._known: dict[int, decode.InterfaceInfo] = {}  # every interface ever traced
         self.attach_errors: dict[str, str] = {}
         self._use_tcx = config.attach_mode in ("tcx", "auto")
-        self._handlers: dict[int, Callable] = {}
+        self._handlers: dict[int, EventHandler] = {}
         self._error_names: dict[int, str] = {}
         self._pending: list = []
         self._last_errors: list[int] = [0] * abi.ERR_MAX
@@ -488,12 +361,9 @@ class Datapath:
         self._update_counters()
 
     def _sweep_extensions(self, now_ns: int, final: bool) -> None:
-        """Extensions with maps of their own (drop.h) sweep them with the flow map:
-        optional `sweep(datapath, now_ns, final) -> list[Flow]`."""
+        """Extensions with maps of their own (drop.h) sweep them with the flow map."""
         for ext in self.extensions:
-            sweep = getattr(ext, "sweep", None)
-            if sweep is not None:
-                self._pending.extend(sweep(self, now_ns, final) or ())
+            self._pending.extend(ext.sweep(self, now_ns, final) or ())
 
     def kernel_errors(self) -> list[int]:
         """The per-reason counters, summed over CPUs."""
@@ -517,17 +387,3 @@ class Datapath:
         self.stats.add_lost(observer_pb2.KERNEL_FLOW_MAP, lost_full)
         self._last_errors = counts
         self.stats.set_datapath_errors(abi.error_counts(counts, self._error_names))
-
-
-def from_args(args: argparse.Namespace, stats: AgentStats, pipeline: Callable[[list], None],
-              annotator=None) -> Datapath:
-    config = DatapathConfig.from_args(args)
-    extensions = []
-    for factory in _EXTENSION_FACTORIES:
-        ext = factory(args, stats, annotator)
-        if ext is not None:
-            extensions.append(ext)
-    offered = getattr(annotator, "datapath_extensions", None)
-    if offered is not None:
-        extensions.extend(offered())
-    return Datapath(config, stats, pipeline, extensions)

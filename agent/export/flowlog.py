@@ -15,75 +15,33 @@ a {"podflow_flow_log": {...}} header line that says what the file holds.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import threading
 import time
 from json.encoder import encode_basestring_ascii as _quote
+from typing import TYPE_CHECKING
 
 from google.protobuf import field_mask_pb2, json_format
 
-from agent.filters import engine as filters
-from agent.wire import flowjson
-from agent.export.windows import Aggregator, parse_interval
 from agent.errors import ConfigError, ExportError
-from agent.wire.jsonlines import RotatingWriter, add_rotation_arguments, rotation_from_args
+from agent.export.windows import Aggregator, parse_interval
+from agent.filters import engine as filters
+from agent.stage import Stage
 from agent.stats import AgentStats, LostSpan
+from agent.wire import flowjson
+from agent.wire.jsonlines import RotatingWriter
 from podflow_api.v1 import flow_pb2, observer_pb2
+
+if TYPE_CHECKING:
+    from agent.config import FlowLogSection
 
 log = logging.getLogger("podflow.exporter")
 
 FORMAT = "podflow.v1.GetFlowsResponse"
 FLUSH_INTERVAL_S = 1.0      # lines reach the file at least this often
 FLUSH_BYTES = 1024 * 1024   # ... or as soon as this much is pending
-DEFAULT_QUEUE = 65535       # flows the exporter may lag behind the store (capped by its size)
 _LOST_STAGES = (observer_pb2.EXPORTER_QUEUE, observer_pb2.EXPORTER_WRITE)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("flow log")
-    group.add_argument("--flow-log", metavar="PATH",
-                       help="write every flow as a JSON line to PATH ('-' for stdout)")
-    add_rotation_arguments(group, "flow-log-")
-    group.add_argument("--flow-log-allow", action="append", default=[], metavar="JSON",
-                       help='write only flows matching this FlowFilter, as JSON, e.g. '
-                            '\'{"source_namespace":["shop"]}\' (repeatable: any may match)')
-    group.add_argument("--flow-log-deny", action="append", default=[], metavar="JSON",
-                       help="never write flows matching this FlowFilter (JSON, repeatable)")
-    filters.add_filter_arguments(group, "flow-log-")  # --flow-log-namespace shop, --flow-log-not ...
-    group.add_argument("--flow-log-fields", metavar="PATHS",
-                       help="keep only these Flow fields, e.g. source,destination,l4,packets,"
-                            "bytes,source.pod_name (default: all)")
-    group.add_argument("--flow-log-aggregate", metavar="INTERVAL",
-                       help="write one record per flow key per INTERVAL (30s, 1m, 1h) with "
-                            "summed packets and bytes instead of every record")
-    group.add_argument("--flow-log-queue-size", type=int, default=DEFAULT_QUEUE, metavar="N",
-                       help="flows the flow log may lag behind before the oldest are skipped "
-                            f"and reported as lost (default {DEFAULT_QUEUE})")
-
-
-def from_args(args: argparse.Namespace, store, stats: AgentStats) -> FlowLogExporter | None:
-    path = getattr(args, "flow_log", None)
-    if not path:
-        return None
-    queue_size = args.flow_log_queue_size
-    if queue_size < 1:
-        raise ConfigError(f"--flow-log-queue-size must be at least 1, got {queue_size}")
-    allow = [parse_filter_json(text, "--flow-log-allow") for text in args.flow_log_allow]
-    deny = [parse_filter_json(text, "--flow-log-deny") for text in args.flow_log_deny]
-    flag_allow, flag_deny = filters.filters_from_args(args, "flow-log-")
-    allow += flag_allow
-    deny += flag_deny
-    try:
-        filters.compile_filters(allow, deny)
-    except filters.FilterError as exc:
-        raise ConfigError(f"--flow-log-allow/--flow-log-deny: {exc}") from exc
-    return FlowLogExporter(path, store, stats, rotation=rotation_from_args(args, "flow-log-"),
-                           node_name=args.node_name, queue_size=queue_size,
-                           allowlist=allow, denylist=deny,
-                           field_mask=parse_field_mask(args.flow_log_fields or ""),
-                           aggregate=args.flow_log_aggregate or "")
 
 
 def parse_filter_json(text: str, flag: str) -> observer_pb2.FlowFilter:
@@ -140,28 +98,25 @@ def apply_mask(record: dict, tree: dict) -> dict:
     return out
 
 
-class FlowLogExporter:
-    """Reads the store on its own thread and writes the flow log."""
+class FlowLogExporter(Stage):
+    """Reads the store on its own thread and writes the flow log to `config.path`."""
 
-    def __init__(self, path: str, store, stats: AgentStats, *, rotation, node_name: str,
-                 queue_size: int = DEFAULT_QUEUE,
-                 allowlist: list[observer_pb2.FlowFilter] | None = None,
-                 denylist: list[observer_pb2.FlowFilter] | None = None,
-                 field_mask: list[str] | None = None, aggregate: str = ""):
-        self.path = path
-        self.allowlist = list(allowlist or [])
-        self.denylist = list(denylist or [])
-        self.field_mask = list(field_mask or [])
+    def __init__(self, config: FlowLogSection, store, stats: AgentStats):
+        self.path = config.path
+        self.allowlist = config.allowlist
+        self.denylist = config.denylist
+        self.field_mask = list(config.fields)
         self._mask_tree = mask_tree(self.field_mask) if self.field_mask else None
-        self.aggregate = aggregate
-        self._aggregator = Aggregator(parse_interval(aggregate)) if aggregate else None
+        self.aggregate = config.aggregate
+        self._aggregator = (Aggregator(parse_interval(config.aggregate))
+                            if config.aggregate else None)
         # The Observer's filter semantics; None keeps every flow.
         self._predicate = filters.compile_filters(self.allowlist, self.denylist)
         self.store = store
         self.stats = stats
-        self.node_name = node_name
-        self.queue_size = queue_size
-        self.writer = RotatingWriter(path, rotation, self._header_line)
+        self.node_name = stats.node_name
+        self.queue_size = config.queue_size
+        self.writer = RotatingWriter(config.path, config.rotation, self._header_line)
         self._stop = threading.Event()
         self._reopen = threading.Event()
         self._thread: threading.Thread | None = None

@@ -14,46 +14,27 @@ per flow).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import stat
 from concurrent import futures
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agent.errors import ConfigError
-from agent.flowstore import DEFAULT_CLIENT_QUEUE, DEFAULT_STORE_SIZE, FlowStore
+from agent.flowstore import FlowStore
 from agent.observer.servicer import OBSERVER_SERVICE, ObserverServicer, observer_handler
+from agent.stage import Stage
 from agent.stats import AgentStats
 
+if TYPE_CHECKING:
+    from agent.config import ObserverSection
+
 log = logging.getLogger("podflow.server")
-
-DEFAULT_LISTEN = ":4245"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("Observer API (gRPC)")
-    g.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT|unix:PATH",
-                   help="where to serve the Observer API (default :4245, all interfaces; "
-                        "port 0 picks a free port; 'none' disables the server)")
-    g.add_argument("--tls-cert", metavar="PATH", help="server certificate (PEM); enables TLS")
-    g.add_argument("--tls-key", metavar="PATH", help="private key of --tls-cert (PEM)")
-    g.add_argument("--tls-ca", metavar="PATH",
-                   help="CA bundle (PEM): clients must present a certificate signed by it")
-    g.add_argument("--health-listen", metavar="HOST:PORT",
-                   help="also serve gRPC health checking (and nothing else) in plaintext here, "
-                        "for kubelet gRPC probes, which cannot speak TLS (default: off)")
-    g.add_argument("--store-size", type=int, default=DEFAULT_STORE_SIZE, metavar="N",
-                   help=f"flows kept for history (default {DEFAULT_STORE_SIZE})")
-    g.add_argument("--client-queue-size", type=int, default=DEFAULT_CLIENT_QUEUE, metavar="N",
-                   help="flows a following client may lag behind before its oldest are "
-                        f"dropped and it is told how many (default {DEFAULT_CLIENT_QUEUE})")
-    g.add_argument("--grpc-max-streams", type=int, default=64, metavar="N",
-                   help="concurrent RPCs served (each GetFlows stream holds one; default 64)")
 
 
 @dataclass
@@ -103,38 +84,31 @@ def _read_pem(path: str | None, flag: str) -> bytes | None:
     return data
 
 
-def server_credentials(cert: str | None, key: str | None, ca: str | None,
-                       ) -> grpc.ServerCredentials | None:
-    """TLS credentials from the --tls-* flags; None for plaintext."""
-    if not cert and not key:
-        if ca:
-            raise ConfigError("--tls-ca needs --tls-cert and --tls-key (client certificates "
-                              "are only checked over TLS)")
+def server_credentials(config: ObserverSection) -> grpc.ServerCredentials | None:
+    """TLS credentials from --tls-cert/--tls-key (and --tls-ca to require client
+    certificates), which the section has already paired; None for plaintext."""
+    if not config.tls_cert:
         return None
-    if not cert or not key:
-        raise ConfigError("--tls-cert and --tls-key must be given together")
-    cert_pem = _read_pem(cert, "--tls-cert")
-    key_pem = _read_pem(key, "--tls-key")
-    ca_pem = _read_pem(ca, "--tls-ca")
+    cert_pem = _read_pem(config.tls_cert, "--tls-cert")
+    key_pem = _read_pem(config.tls_key, "--tls-key")
+    ca_pem = _read_pem(config.tls_ca, "--tls-ca")
     return grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=ca_pem,
                                        require_client_auth=ca_pem is not None)
 
 
-class ObserverServer:
-    """The agent stage: binds, serves, stops."""
+class ObserverServer(Stage):
+    """The agent stage: binds, serves, stops. The PEM files of --tls-* are read here, once,
+    so an unreadable one fails before any stage starts."""
 
-    def __init__(self, listen: str, store: FlowStore, stats: AgentStats,
-                 credentials: grpc.ServerCredentials | None = None, max_streams: int = 64,
-                 health_listen: str | None = None):
-        self.listen = ListenAddress.parse(listen)
-        self.health_listen = (ListenAddress.parse(health_listen, "--health-listen")
-                              if health_listen else None)
-        if max_streams < 1:
-            raise ConfigError(f"--grpc-max-streams must be at least 1, got {max_streams}")
+    def __init__(self, config: ObserverSection, store: FlowStore, stats: AgentStats):
+        self.config = config
+        self.listen = ListenAddress.parse(config.listen)
+        self.health_listen = (ListenAddress.parse(config.health_listen, "--health-listen")
+                              if config.health_listen else None)
         self.store = store
         self.stats = stats
-        self.credentials = credentials
-        self.max_streams = max_streams
+        self.credentials = server_credentials(config)
+        self.max_streams = config.max_streams
         self.address = ""  # the real address once started (port 0 resolved)
         self.servicer = ObserverServicer(store, stats)
         self.health = health.HealthServicer()
@@ -228,15 +202,3 @@ def _remove_stale_socket(path: str) -> None:
             os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def from_args(args: argparse.Namespace, store: FlowStore, stats: AgentStats,
-              ) -> ObserverServer | None:
-    listen = getattr(args, "listen", DEFAULT_LISTEN)
-    if listen in ("", "none"):
-        return None
-    creds = server_credentials(getattr(args, "tls_cert", None), getattr(args, "tls_key", None),
-                               getattr(args, "tls_ca", None))
-    return ObserverServer(listen, store, stats, credentials=creds,
-                          max_streams=getattr(args, "grpc_max_streams", 64),
-                          health_listen=getattr(args, "health_listen", None))
