@@ -128,17 +128,7 @@ class ObserverServer(Stage):
             [OBSERVER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], server)
         listen = self.listen
-        if listen.unix_path:
-            _remove_stale_socket(listen.unix_path)
-        try:
-            if self.credentials is not None:
-                port = server.add_secure_port(listen.bind, self.credentials)
-            else:
-                port = server.add_insecure_port(listen.bind)
-        except RuntimeError as exc:
-            raise ConfigError(f"--listen: cannot bind {listen.bind}: {exc}") from exc
-        if not port:
-            raise ConfigError(f"--listen: cannot bind {listen.bind}")
+        port = _bind(server, listen, "--listen", self.credentials)
         if listen.unix_path:
             self.address = f"unix:{listen.unix_path}"
         else:
@@ -161,14 +151,7 @@ class ObserverServer(Stage):
                                                         thread_name_prefix="health"),
                              options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        if listen.unix_path:
-            _remove_stale_socket(listen.unix_path)
-        try:
-            port = server.add_insecure_port(listen.bind)
-        except RuntimeError as exc:
-            raise ConfigError(f"--health-listen: cannot bind {listen.bind}: {exc}") from exc
-        if not port:
-            raise ConfigError(f"--health-listen: cannot bind {listen.bind}")
+        port = _bind(server, listen, "--health-listen")
         server.start()
         self._health_server = server
         self.health_address = (f"unix:{listen.unix_path}" if listen.unix_path
@@ -193,6 +176,23 @@ class ObserverServer(Stage):
             self._health_server = None
         if self.listen.unix_path:
             _remove_stale_socket(self.listen.unix_path)
+
+
+def _bind(server: grpc.Server, listen: ListenAddress, flag: str,
+          credentials: grpc.ServerCredentials | None = None) -> int:
+    """Add the listening port (TLS when credentials are given): the port number bound."""
+    if listen.unix_path:
+        _remove_stale_socket(listen.unix_path)
+    try:
+        if credentials is not None:
+            port = server.add_secure_port(listen.bind, credentials)
+        else:
+            port = server.add_insecure_port(listen.bind)
+    except RuntimeError as exc:
+        raise ConfigError(f"{flag}: cannot bind {listen.bind}: {exc}") from exc
+    if not port:
+        raise ConfigError(f"{flag}: cannot bind {listen.bind}")
+    return port
 
 
 def _remove_stale_socket(path: str) -> None:
