@@ -51,14 +51,15 @@ def serve(listen: str) -> None:
     _pin(0)
     from observer_flows import make_flow
 
+    from agent.config import ObserverSection, StoreSection
     from agent.flowstore import FlowStore
     from agent.observer.server import ObserverServer
     from agent.stats import AgentStats
 
     rss_empty = _rss_mib()
     stats = AgentStats(node_name="node-a", version="bench")
-    store = FlowStore(STORE, stats)
-    server = ObserverServer(listen, store, stats)
+    store = FlowStore(StoreSection(capacity=STORE), stats)
+    server = ObserverServer(ObserverSection(listen=listen), store, stats)
     server.start()
     for first in range(0, STORE, 1000):  # as a datapath would: batches, over time
         store.extend([make_flow(i) for i in range(first, min(STORE, first + 1000))])

@@ -18,8 +18,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from observer_flows import make_flow
 
 from agent.client import stream as client
-from agent.observer.server import OBSERVER_SERVICE, ListenAddress
 from agent.errors import ConfigError
+from agent.observer.server import ListenAddress
+from agent.observer.servicer import OBSERVER_SERVICE
 from podflow_api.v1 import flow_pb2, observer_pb2
 from tests.waiting import wait_until
 
