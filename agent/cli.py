@@ -1,7 +1,8 @@
 """The `podflow` command: one entry point, one module per subcommand.
 
-Each subcommand module exposes `add_arguments(parser)` and `run(args) -> int`, so flags live
-next to the code that uses them and this file only dispatches.
+Each subcommand module exposes `add_arguments(parser)` and `run(args) -> int`, so each
+command declares its own flags (`podflow agent`'s: the sections of agent/config) and this
+file only dispatches.
 """
 
 from __future__ import annotations

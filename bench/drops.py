@@ -139,9 +139,10 @@ def flood(seconds: float) -> list[tuple]:
 
 
 def dns_rate(seconds: float = 1.0) -> list[tuple[str, float]]:
-    from agent.annotate.stage import Annotator
     from agent.annotate.dns import decode
     from agent.annotate.dnstrack import DnsPacket
+    from agent.annotate.stage import Annotator
+    from agent.config import AnnotateSection
     from agent.stats import AgentStats
 
     messages = [
@@ -162,7 +163,7 @@ def dns_rate(seconds: float = 1.0) -> list[tuple[str, float]]:
         n += len(messages)
     rows.append(("agent.annotate.dns.decode", n / (time.perf_counter() - start)))
 
-    ann = Annotator(AgentStats("bench", "0"))
+    ann = Annotator(AnnotateSection(), AgentStats("bench", "0"))
     packets = [DnsPacket(5, "udp", "10.244.1.2" if i % 2 == 0 else "10.96.0.10",
                          "10.96.0.10" if i % 2 == 0 else "10.244.1.2", 40000 + i, 53, m, len(m), i)
                for i, m in enumerate(messages)]
@@ -181,10 +182,11 @@ def annotate_rate(seconds: float = 1.0, connections: int = 20000) -> float:
     """Flow records/s through Annotator.annotate (outcomes, DNS names, drop scope) in
     batches of 500, with `connections` live connections tracked."""
     from agent.annotate.stage import Annotator
+    from agent.config import AnnotateSection
     from agent.stats import AgentStats
     from podflow_api.v1 import flow_pb2
 
-    ann = Annotator(AgentStats("bench", "0"))
+    ann = Annotator(AnnotateSection(), AgentStats("bench", "0"))
     records = []
     for i in range(connections):
         for forward in (True, False):

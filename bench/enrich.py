@@ -17,6 +17,7 @@ import tempfile
 import time
 import tracemalloc
 
+from agent.config import StoreSection
 from agent.enrich.conntrack import CTA_TUPLE_ORIG, Conntrack, Entry, Tuple5, open_conntrack
 from agent.enrich.names import FlowEnricher
 from agent.flowstore import FlowStore
@@ -114,7 +115,7 @@ def run_pipeline(flows: list[flow_pb2.Flow], enricher: FlowEnricher | None) -> f
     """CPU seconds of this thread to push copies of `flows` through (enrich +) store, in
     batches. CPU time, not wall time: the machine is shared and wall time measures the
     other tenants as much as us."""
-    store = FlowStore(capacity=65536, stats=AgentStats("bench", "bench"))
+    store = FlowStore(StoreSection(capacity=65536), AgentStats("bench", "bench"))
     copies = [flow_pb2.Flow() for _ in flows]
     for c, f in zip(copies, flows):
         c.CopyFrom(f)

@@ -57,6 +57,7 @@ def serve(listen: str) -> None:
     _pin(0)
     from observer_flows import make_flow
 
+    from agent.config import ObserverSection, StoreSection
     from agent.flowstore import FlowStore
     from agent.observer.hubble.server import HubbleServer
     from agent.observer.server import ObserverServer
@@ -64,8 +65,8 @@ def serve(listen: str) -> None:
 
     rss_empty = _rss_mib()
     stats = AgentStats(node_name="node-a", version="bench")
-    store = FlowStore(STORE, stats)
-    server = ObserverServer(listen, store, stats)
+    store = FlowStore(StoreSection(capacity=STORE), stats)
+    server = ObserverServer(ObserverSection(listen=listen), store, stats)
     server.start()
     hubble = HubbleServer(listen.replace(".sock", ".hubble.sock"), store, stats)
     hubble.start()

@@ -21,6 +21,7 @@ import time
 
 from agent.enrich.conntrack import Conntrack
 from agent.enrich.names import FlowEnricher
+from agent.config import StoreSection
 from agent.flowstore import FlowStore
 from agent.policy.cluster import ClusterStatePolicyView
 from agent.policy.evaluate import PolicyEvaluator
@@ -150,7 +151,7 @@ def run(flows, conns, enricher, evaluator, mode: str) -> float:
     mode "alone": enrichment only; "stage": a policy stage after enrichment that reads each
     record (flows.judge); "fused": the verdict computed from the values enrichment already
     holds (here: `conns`, extracted beforehand), then each record's seen/join."""
-    store = FlowStore(capacity=65536, stats=AgentStats("bench", "bench"))
+    store = FlowStore(StoreSection(capacity=65536), AgentStats("bench", "bench"))
     copies = [flow_pb2.Flow() for _ in flows]
     for c, f in zip(copies, flows):
         c.CopyFrom(f)

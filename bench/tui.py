@@ -38,6 +38,7 @@ import psutil
 
 def run_agent(node: str, listen: str, rate: float, ready_file: str) -> None:
     """Subprocess body: one agent serving synthetic flows at `rate` per second."""
+    from agent.config import ObserverSection, StoreSection
     from agent.flowstore import FlowStore
     from agent.observer.server import ObserverServer
     from agent.stats import AgentStats
@@ -45,8 +46,8 @@ def run_agent(node: str, listen: str, rate: float, ready_file: str) -> None:
     from tui.synthetic import Cluster
 
     stats = AgentStats(node_name=node, version="bench")
-    store = FlowStore(capacity=65_535, stats=stats)
-    server = ObserverServer(listen, store, stats)
+    store = FlowStore(StoreSection(capacity=65_535), stats)
+    server = ObserverServer(ObserverSection(listen=listen), store, stats)
     server.start()
     pool = Cluster(["node-a", "node-b", "node-c"], seed=hash(node) & 0xFFFF).flows(
         4000, node=node)

@@ -16,10 +16,10 @@
  * devices of that namespace are kept).
  *
  * bcc rewrites map calls only in its main file: load podflow.c through
- * agent/datapath.expand_includes (one text), not with #include search paths.
+ * expand_includes in agent/datapath/loader.py (one text), not with #include search paths.
  *
- * Python mirror: agent/annotate/drops.py (DropKey, DropValue, DropEvent); tests/drops/test_layout.py
- * compiles this header with gcc and compares sizes and offsets.
+ * Python mirror: agent/annotate/drops.py (DropKey, DropValue, DropEvent);
+ * tests/annotate/test_layout.py compiles this header with gcc and compares sizes and offsets.
  */
 #ifndef PODFLOW_DROP_H
 #define PODFLOW_DROP_H

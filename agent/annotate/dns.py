@@ -12,6 +12,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
+from agent.errors import DnsDecodeError
+
 QTYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 13: "HINFO", 15: "MX", 16: "TXT",
           28: "AAAA", 33: "SRV", 35: "NAPTR", 39: "DNAME", 41: "OPT", 43: "DS", 46: "RRSIG",
           47: "NSEC", 48: "DNSKEY", 64: "SVCB", 65: "HTTPS", 252: "AXFR", 255: "ANY", 257: "CAA"}
@@ -22,10 +24,6 @@ TYPE_A, TYPE_CNAME, TYPE_AAAA = 1, 5, 28
 MAX_NAME_BYTES = 255     # RFC 1035 2.3.4
 MAX_POINTER_JUMPS = 64   # far more than any honest message needs; stops loops early
 MAX_RECORDS = 512        # per section: a 64 KiB message cannot hold more real records
-
-
-class DnsDecodeError(ValueError):
-    """The bytes are not a DNS message; the reason names what was wrong and where."""
 
 
 class _Truncated(DnsDecodeError):

@@ -16,7 +16,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from agent.datapath.decode import EVENT_DNS, PF_FAMILY_IPV4, FlowKey
+from agent.datapath.abi import EVENT_DNS, PF_FAMILY_IPV4, FlowKey
+from agent.datapath.extension import DatapathExtension
 from agent.annotate.dns import DnsDecodeError, DnsMessage, decode, qtype_name
 from podflow_api.v1 import flow_pb2
 
@@ -195,9 +196,10 @@ class DnsTracker:
 ERR_DNS_LOST = 24  # bpf/dns.h PF_ERR_DNS_LOST
 
 
-class DnsExtension:
-    """The datapath extension (agent/datapath/loader.py) for DNS: compiles dns.h into the TC
-    programs and hands every captured packet to `sink` (the annotator's dns_packet)."""
+class DnsExtension(DatapathExtension):
+    """The datapath extension (agent/datapath/extension.py) for DNS: compiles dns.h into the
+    TC programs and hands every captured packet to `sink` (the annotator's dns_packet). It
+    runs inside the TC programs the datapath attaches: nothing to attach, detach or sweep."""
 
     def __init__(self, sink, capture_bytes: int = 512):
         self.sink = sink
@@ -216,9 +218,3 @@ class DnsExtension:
         packet = packet_from_event(raw)
         if packet is not None:
             self.sink(packet)
-
-    def attach(self, bpf) -> None:
-        pass  # runs inside the TC programs the datapath attaches
-
-    def detach(self, bpf) -> None:
-        pass

@@ -1,7 +1,7 @@
 """Drops reported by bpf/drop.h (skb:kfree_skb) -> podflow.v1.Flow records with verdict DROPPED.
 
 The kernel aggregates drops per (5-tuple, device, reason) in the `drops` map exactly like
-flows, so the same interval bookkeeping applies: agent/decode.FlowTracker turns cumulative
+flows, so the same interval bookkeeping applies: agent/datapath/tracker.py turns cumulative
 counters into interval records whose sums are exact; this module adds what is specific to
 drops (the C mirrors, the kernel's reason names from BTF, the error counters that mean
 "lost" and the record's shape). Plain Python: agent/datapath/loader.py feeds it the ring-buffer
@@ -26,7 +26,10 @@ from collections import OrderedDict
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.datapath.btf import KernelLayout
-from agent.datapath.decode import EVENT_DROP, FlowKey, FlowRecord, FlowTracker, KtimeClock, decode_record
+from agent.datapath.abi import EVENT_DROP, FlowKey
+from agent.datapath.decode import KtimeClock, decode_record
+from agent.datapath.extension import DatapathExtension
+from agent.datapath.tracker import FlowRecord, FlowTracker
 from agent.stats import AgentStats
 from agent.wire import flowtext
 from podflow_api.v1 import flow_pb2, observer_pb2
@@ -256,9 +259,9 @@ def pod_routes(ipr, traced: set[int]) -> list:
     return prefixes
 
 
-class DropExtension:
-    """The datapath extension (agent/datapath/loader.py) for drops: compiles drop.h into the
-    program, attaches it to skb:kfree_skb, decodes its events and sweeps its map."""
+class DropExtension(DatapathExtension):
+    """The datapath extension (agent/datapath/extension.py) for drops: compiles drop.h into
+    the program, attaches it to skb:kfree_skb, decodes its events and sweeps its map."""
 
     TRACEPOINT = b"skb:kfree_skb"
 

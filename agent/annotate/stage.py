@@ -13,51 +13,28 @@ It sits between the datapath and enrichment (see agent/main.py) and adds, in pla
 It may append records to the batch: the final record of a connection that timed out
 silently (e.g. UNANSWERED), so downstream stages see it like any other record.
 
-It also owns the kernel side of drops and DNS: `datapath_extensions()` gives the datapath
-the drop tracer (bpf/drop.h) and the DNS capture (bpf/dns.h) unless --no-drops / --no-dns.
+It also owns the kernel side of drops and DNS: `datapath_extensions(...)` builds the drop
+tracer (bpf/drop.h) and the DNS capture (bpf/dns.h) unless --no-drops / --no-dns, and
+agent/main.py hands them to the Datapath.
 """
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 from agent.annotate.dnstrack import DnsExtension, DnsPacket, DnsTracker
 from agent.annotate.drops import DropScope
-from agent.errors import ConfigError
 from agent.annotate.outcome import OutcomeTracker
+from agent.datapath.extension import DatapathExtension
 from agent.stats import AgentStats
 from podflow_api.v1 import flow_pb2
 
+if TYPE_CHECKING:
+    from agent.config import AnnotateSection
+
 log = logging.getLogger("podflow.annotate")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("annotate (connection outcomes, DNS)")
-    group.add_argument("--syn-timeout", type=float, default=3.0, metavar="SECONDS",
-                       help="a TCP SYN (or a UDP request) without any reply for this long is "
-                            "UNANSWERED (NO_REPLY for UDP) (default: 3)")
-    group.add_argument("--max-connections", type=int, default=65536, metavar="N",
-                       help="connections whose outcome is tracked at once; the oldest is "
-                            "forgotten first (default: 65536)")
-    group.add_argument("--drops", action=argparse.BooleanOptionalAction, default=True,
-                       help="report packets the kernel dropped, with its reason "
-                            "(skb:kfree_skb; default: on)")
-    group.add_argument("--drop-cidr", action="append", default=[], metavar="CIDR",
-                       help="pod or Service range whose drops are reported even before a pod "
-                            "of it was seen (repeatable); drops on traced interfaces and of "
-                            "pods already seen are always reported")
-    group.add_argument("--drop-map-size", type=int, default=16384, metavar="N",
-                       help="(flow, reason) entries the kernel's drop map holds (default: "
-                            "16384)")
-    group.add_argument("--dns", action=argparse.BooleanOptionalAction, default=True,
-                       help="decode DNS on port 53 (UDP and TCP) and name looked-up "
-                            "addresses (default: on)")
-    group.add_argument("--dns-capture-bytes", type=int, default=512, metavar="BYTES",
-                       help="DNS payload bytes captured per packet, a power of two "
-                            "(default: 512)")
 
 
 class Annotator:
@@ -65,19 +42,40 @@ class Annotator:
     each captured DNS packet and `annotate` for each batch of flows (one lock: cheap, and
     safe if a datapath ever calls from two threads)."""
 
-    def __init__(self, stats: AgentStats, syn_timeout_s: float = 3.0,
-                 max_connections: int = 65536, drop_cidrs=(), extensions_factory=None):
+    def __init__(self, config: AnnotateSection, stats: AgentStats):
+        self.config = config
         self.stats = stats
-        self.outcomes = OutcomeTracker(syn_timeout_s=syn_timeout_s,
-                                       max_connections=max_connections)
-        self.dns = DnsTracker(max_entries=max_connections)
-        self.drop_scope = DropScope(drop_cidrs)
-        self._extensions_factory = extensions_factory
+        self.outcomes = OutcomeTracker(syn_timeout_s=config.syn_timeout_s,
+                                       max_connections=config.max_connections)
+        self.dns = DnsTracker(max_entries=config.max_connections)
+        self.drop_scope = DropScope(config.drop_cidrs)
         self._lock = threading.Lock()
 
-    def datapath_extensions(self) -> list:
-        """The kernel features this stage consumes (agent/datapath/loader.py loads them)."""
-        return self._extensions_factory(self) if self._extensions_factory else []
+    def datapath_extensions(self, active_timeout_s: float,
+                            idle_timeout_s: float) -> list[DatapathExtension]:
+        """The kernel features this stage consumes, for the Datapath to load: the drop tracer
+        (its records follow the datapath's active/idle timeouts, like flows) and the DNS
+        capture, each unless switched off. Reads the kernel's BTF when drops are on."""
+        found: list[DatapathExtension] = []
+        if self.config.drops:
+            from agent.annotate import drops  # noqa: PLC0415  (reads kernel BTF: only when on)
+            from agent.datapath import btf  # noqa: PLC0415
+
+            try:
+                layout = btf.kernel_layout()
+            except btf.BtfError as exc:
+                log.error("drops are not reported: %s", exc)
+                self.stats.add_error("drops_disabled_no_btf")
+            else:
+                reporter = drops.DropReporter(layout, self.stats.node_name, self.stats,
+                                              drops.KtimeClock.now(),
+                                              active_timeout_s=active_timeout_s,
+                                              idle_timeout_s=idle_timeout_s)
+                found.append(drops.DropExtension(reporter, self.config.drop_map_size,
+                                                 drops.netns_inode(), scope=self.drop_scope))
+        if self.config.dns:
+            found.append(DnsExtension(self.dns_packet, self.config.dns_capture_bytes))
+        return found
 
     def dns_packet(self, packet: DnsPacket) -> None:
         """Learn from one captured DNS packet; malformed ones are counted as
@@ -107,53 +105,3 @@ class Annotator:
             traced = {i.index for i in self.stats.snapshot_interfaces()}
             flows[:] = [f for f in flows if f.verdict != flow_pb2.DROPPED
                         or self.drop_scope.judge(f, traced)]
-
-
-def from_args(args: argparse.Namespace, stats: AgentStats) -> Annotator:
-    syn_timeout = getattr(args, "syn_timeout", 3.0)
-    max_connections = getattr(args, "max_connections", 65536)
-    drop_cidrs = getattr(args, "drop_cidr", [])
-    drop_map_size = getattr(args, "drop_map_size", 16384)
-    capture = getattr(args, "dns_capture_bytes", 512)
-    if syn_timeout <= 0:
-        raise ConfigError(f"--syn-timeout must be > 0 seconds, got {syn_timeout}")
-    if max_connections < 1:
-        raise ConfigError(f"--max-connections must be >= 1, got {max_connections}")
-    for cidr in drop_cidrs:
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError as exc:
-            raise ConfigError(f"--drop-cidr: {cidr!r} is not a CIDR") from exc
-    if not 1 <= drop_map_size <= (1 << 22):
-        raise ConfigError(f"--drop-map-size must be between 1 and {1 << 22}, got {drop_map_size}")
-    if capture < 16 or capture > 4096 or capture & (capture - 1):
-        raise ConfigError(f"--dns-capture-bytes must be a power of two from 16 to 4096, "
-                          f"got {capture}")
-    drops_on, dns_on = getattr(args, "drops", False), getattr(args, "dns", False)
-
-    def extensions(annotator: Annotator) -> list:
-        found: list = []
-        layout = None
-        if drops_on:
-            from agent.annotate import drops  # noqa: PLC0415  (reads kernel BTF: only when on)
-            from agent.datapath import btf  # noqa: PLC0415
-
-            try:
-                layout = btf.kernel_layout()
-            except btf.BtfError as exc:
-                log.error("drops are not reported: %s", exc)
-                stats.add_error("drops_disabled_no_btf")
-                layout = None
-        if drops_on and layout is not None:
-            reporter = drops.DropReporter(layout, args.node_name, stats,
-                                          drops.KtimeClock.now(),
-                                          active_timeout_s=getattr(args, "active_timeout", 5.0),
-                                          idle_timeout_s=getattr(args, "idle_timeout", 15.0))
-            found.append(drops.DropExtension(reporter, drop_map_size, drops.netns_inode(),
-                                             scope=annotator.drop_scope))
-        if dns_on:
-            found.append(DnsExtension(annotator.dns_packet, capture))
-        return found
-
-    return Annotator(stats, syn_timeout_s=syn_timeout, max_connections=max_connections,
-                     drop_cidrs=drop_cidrs, extensions_factory=extensions)

@@ -18,7 +18,7 @@ import struct
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
-from agent.errors import DatapathError
+from agent.errors import BtfError
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
 CACHE_DIR = "/run/podflow"
@@ -52,10 +52,6 @@ FIELDS = {
 SIZES = {"nd_net": 8, "ns.inum": 4, "head": 8, "data": 8, "len": 4, "dev": 8, "protocol": 2, "network_header": 2,
          "transport_header": 2, "ifindex": 4, "skbaddr": 8, "reason": 4}
 DROP_REASON_PREFIX = "SKB_DROP_REASON_"
-
-
-class BtfError(DatapathError):
-    """The BTF blob is missing, malformed, or lacks a struct/member/enum podflow needs."""
 
 
 class Btf:

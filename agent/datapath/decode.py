@@ -1,140 +1,26 @@
-"""Turn the datapath's raw kernel structs into podflow.v1.Flow records.
+"""Decoding: one interval record of one flow (agent/datapath/tracker.py) -> podflow.v1.Flow.
 
-The kernel keeps cumulative counters per flow entry (bpf/podflow.c); users want records that
-each cover one interval of one flow at one observation point, whose sums are exact. This
-module does both halves in plain Python, without bcc, so it is tested without root:
-
-- the ctypes mirrors of bpf/types.h (FlowKey, FlowValue, EventHeader, FlowEvent) and the
-  names of the kernel's per-reason counters;
-- FlowTracker: cumulative kernel counters -> interval records (active / idle timeouts,
-  deltas against what was already emitted, MAP_FULL packets accumulated in user space);
-- decode_record: one interval of one flow -> flow_pb2.Flow (addresses, ports, flags,
-  direction from the pod's point of view, summary line).
-
-C side: bpf/types.h. tests/datapath/test_layout.py checks that sizes and offsets agree.
+The parts a record's key determines (addresses, ports, TCP flags, interface, direction,
+summary line) come from a cached template, because an active flow is decoded again every
+active timeout; only counters and times are set per record. Direction is the pod's point of
+view, derived from the kind of interface that saw the packet (pod_direction). Plain Python
+without bcc, tested without root. The struct mirrors it reads are in agent/datapath/abi.py.
 """
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import functools
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from agent.datapath.abi import (IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP,
+                                IPPROTO_UDP, PF_DIR_EGRESS, PF_DIR_INGRESS, PF_FAMILY_IPV4,
+                                PF_KEY_FRAGMENT, TCP_FLAG_NAMES, FlowKey)
+from agent.datapath.tracker import FlowRecord
 from agent.wire import flowtext
 from podflow_api.v1 import flow_pb2
-
-# ---------------------------------------------------------------------------------------
-# Mirrors of bpf/types.h (keep in the same order; the layout test compares them with gcc).
-
-PF_DIR_INGRESS = 0
-PF_DIR_EGRESS = 1
-PF_KEY_FRAGMENT = 0x01
-PF_FAMILY_IPV4 = 4
-PF_FAMILY_IPV6 = 6
-
-EVENT_FLOW_NEW = 1
-EVENT_FLOW_MAP_FULL = 2
-EVENT_DROP = 3  # bpf/drop.h
-EVENT_DNS = 4  # bpf/dns.h
-EVENT_EXT_FIRST = 5
-
-IPPROTO_ICMP = 1
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
-IPPROTO_ICMPV6 = 58
-IPPROTO_SCTP = 132
-
-
-class FlowKey(ctypes.Structure):
-    """struct pf_flow_key (bpf/types.h)."""
-
-    _fields_ = [
-        ("ifindex", ctypes.c_uint32),
-        ("direction", ctypes.c_uint8),
-        ("family", ctypes.c_uint8),
-        ("proto", ctypes.c_uint8),
-        ("flags", ctypes.c_uint8),
-        ("src_addr", ctypes.c_uint8 * 16),
-        ("dst_addr", ctypes.c_uint8 * 16),
-        ("src_port", ctypes.c_uint16),
-        ("dst_port", ctypes.c_uint16),
-    ]
-
-
-class FlowValue(ctypes.Structure):
-    """struct pf_flow_value (bpf/types.h)."""
-
-    _fields_ = [
-        ("packets", ctypes.c_uint64),
-        ("bytes", ctypes.c_uint64),
-        ("first_seen_ns", ctypes.c_uint64),
-        ("last_seen_ns", ctypes.c_uint64),
-        ("tcp_flags", ctypes.c_uint64),
-    ]
-
-
-class EventHeader(ctypes.Structure):
-    """struct pf_event_hdr (bpf/types.h): the first bytes of every ring-buffer event."""
-
-    _fields_ = [("kind", ctypes.c_uint8), ("_pad", ctypes.c_uint8 * 7)]
-
-
-class FlowEvent(ctypes.Structure):
-    """struct pf_flow_event (bpf/types.h): FLOW_NEW and FLOW_MAP_FULL."""
-
-    _fields_ = [
-        ("hdr", EventHeader),
-        ("key", FlowKey),
-        ("pkt_len", ctypes.c_uint32),
-        ("ts_ns", ctypes.c_uint64),
-        ("tcp_flags", ctypes.c_uint32),
-        ("_pad", ctypes.c_uint32),
-    ]
-
-
-# enum pf_error (bpf/types.h) -> the name user space reports (ServerStatus.datapath_errors).
-ERROR_NAMES: dict[int, str] = {
-    0: "truncated_ethernet",
-    1: "truncated_vlan",
-    2: "vlan_too_deep",
-    3: "truncated_ipv4",
-    4: "bad_ipv4_ihl",
-    5: "bad_ip_version",
-    6: "truncated_ipv6",
-    7: "truncated_ipv6_ext",
-    8: "ipv6_ext_chain_too_long",
-    9: "truncated_l4",
-    10: "bad_tcp_data_offset",
-    11: "flow_map_full",
-    12: "flow_map_update",
-    13: "ringbuf_full_new_flow",
-    14: "ringbuf_full_map_full",
-    15: "other_ethertype",
-}
-ERR_MAP_FULL = 11
-ERR_RINGBUF_FULL_NEW = 13
-ERR_RINGBUF_FULL_MAP_FULL = 14
-ERR_EXT_FIRST = 16  # 16..31 belong to drop.h / dns.h
-ERR_MAX = 32
-
-KEY_SIZE = ctypes.sizeof(FlowKey)
-VALUE_SIZE = ctypes.sizeof(FlowValue)
-
-TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
-
-
-def error_counts(per_reason: list[int] | dict[int, int],
-                 extra_names: dict[int, str] | None = None) -> dict[str, int]:
-    """Name the kernel's per-reason counters (already summed over CPUs); unnamed reasons
-    (an extension without names) are reported as `reason_<n>`."""
-    names = dict(ERROR_NAMES)
-    names.update(extra_names or {})
-    items = per_reason.items() if isinstance(per_reason, dict) else enumerate(per_reason)
-    return {names.get(i, f"reason_{i}"): int(n) for i, n in items if n}
-
 
 # ---------------------------------------------------------------------------------------
 # Interfaces and direction
@@ -193,163 +79,6 @@ class KtimeClock:
 
     def wall_ns(self, ktime_ns: int) -> int:
         return ktime_ns + self.offset_ns
-
-
-# ---------------------------------------------------------------------------------------
-# Records
-
-
-@dataclass
-class FlowRecord:
-    """One interval of one flow at one observation point (before protobuf)."""
-
-    key: bytes  # struct pf_flow_key, as bytes
-    packets: int
-    bytes: int
-    first_seen_ns: int  # ktime of the flow entry's first packet
-    last_seen_ns: int  # ktime of the latest packet in this record
-    tcp_flags: int  # union of TCP flags seen so far
-    flow_end: bool = False
-
-
-@dataclass
-class _Tracked:
-    """What was already emitted for one kernel flow entry."""
-
-    first_seen_ns: int
-    emitted_packets: int = 0
-    emitted_bytes: int = 0
-    last_emit_ns: int = 0  # ktime of the last record
-
-
-@dataclass
-class _Overflow:
-    """Packets of one key that found the flow map full, accumulated from MAP_FULL events."""
-
-    first_seen_ns: int
-    last_seen_ns: int
-    last_emit_ns: int
-    packets: int = 0  # since the last record
-    bytes: int = 0
-    tcp_flags: int = 0
-
-
-@dataclass
-class SweepResult:
-    records: list[FlowRecord] = field(default_factory=list)
-    idle_keys: list[bytes] = field(default_factory=list)  # delete these, then call end()
-
-
-class FlowTracker:
-    """Cumulative kernel counters -> interval records whose sums are exact.
-
-    The kernel's counters are never reset: the tracker remembers what it already emitted per
-    entry and emits deltas. An entry idle for `idle_timeout_ns` is deleted by the caller with
-    an atomic lookup-and-delete, whose value closes the flow (`end`). A packet landing after
-    the delete re-creates the entry and is a new flow, counted from its first packet.
-    """
-
-    def __init__(self, active_timeout_ns: int, idle_timeout_ns: int):
-        self.active_timeout_ns = active_timeout_ns
-        self.idle_timeout_ns = idle_timeout_ns
-        self._tracked: dict[bytes, _Tracked] = {}
-        self._overflow: dict[bytes, _Overflow] = {}
-
-    def __len__(self) -> int:
-        return len(self._tracked) + len(self._overflow)
-
-    def on_new(self, key: bytes, pkt_len: int, ts_ns: int, tcp_flags: int) -> FlowRecord | None:
-        """A FLOW_NEW event: emit the first packet at once (unless a sweep already did)."""
-        tracked = self._tracked.get(key)
-        if tracked is not None and tracked.first_seen_ns == ts_ns and tracked.emitted_packets:
-            return None
-        if tracked is None or tracked.first_seen_ns != ts_ns:
-            tracked = self._tracked[key] = _Tracked(first_seen_ns=ts_ns)
-        tracked.emitted_packets = 1
-        tracked.emitted_bytes = pkt_len
-        tracked.last_emit_ns = ts_ns
-        return FlowRecord(key, 1, pkt_len, ts_ns, ts_ns, tcp_flags)
-
-    def on_map_full(self, key: bytes, pkt_len: int, ts_ns: int, tcp_flags: int) -> None:
-        """A FLOW_MAP_FULL event: the packet is real, account it in user space."""
-        acc = self._overflow.get(key)
-        if acc is None:
-            acc = self._overflow[key] = _Overflow(ts_ns, ts_ns, ts_ns)
-        acc.packets += 1
-        acc.bytes += pkt_len
-        acc.last_seen_ns = max(acc.last_seen_ns, ts_ns)
-        acc.tcp_flags |= tcp_flags
-
-    def sweep(self, entries, now_ns: int) -> SweepResult:
-        """entries: iterable of (key bytes, packets, bytes, first_seen_ns, last_seen_ns,
-        tcp_flags) read from the kernel map. Returns the records due and the idle keys."""
-        result = SweepResult()
-        seen: set[bytes] = set()
-        for key, packets, nbytes, first_ns, last_ns, flags in entries:
-            seen.add(key)
-            tracked = self._tracked.get(key)
-            if tracked is None or tracked.first_seen_ns != first_ns:
-                tracked = self._tracked[key] = _Tracked(first_seen_ns=first_ns,
-                                                        last_emit_ns=first_ns)
-            if now_ns - last_ns >= self.idle_timeout_ns:
-                result.idle_keys.append(key)
-            elif (now_ns - tracked.last_emit_ns >= self.active_timeout_ns
-                  and packets > tracked.emitted_packets):
-                result.records.append(self._delta(key, tracked, packets, nbytes, first_ns,
-                                                  last_ns, flags, now_ns, flow_end=False))
-        for key in [k for k in self._tracked if k not in seen]:
-            # Gone from the map without our delete (map cleared by someone else): nothing
-            # more can be known about it.
-            del self._tracked[key]
-        result.records.extend(self._sweep_overflow(now_ns))
-        return result
-
-    def end(self, key: bytes, value, now_ns: int) -> FlowRecord | None:
-        """Close a flow with the value its lookup-and-delete returned (None: already gone).
-        value: (packets, bytes, first_seen_ns, last_seen_ns, tcp_flags)."""
-        tracked = self._tracked.pop(key, None)
-        if value is None:
-            return None
-        packets, nbytes, first_ns, last_ns, flags = value
-        if tracked is None or tracked.first_seen_ns != first_ns:
-            tracked = _Tracked(first_seen_ns=first_ns)
-        return self._delta(key, tracked, packets, nbytes, first_ns, last_ns, flags, now_ns,
-                           flow_end=True)
-
-    def flush(self, entries, now_ns: int) -> list[FlowRecord]:
-        """At stop: final records for every entry still in the map and every overflow."""
-        records = []
-        for key, packets, nbytes, first_ns, last_ns, flags in entries:
-            records.append(self.end(key, (packets, nbytes, first_ns, last_ns, flags), now_ns))
-        self._tracked.clear()
-        for key, acc in self._overflow.items():
-            records.append(FlowRecord(key, acc.packets, acc.bytes, acc.first_seen_ns,
-                                      acc.last_seen_ns, acc.tcp_flags, flow_end=True))
-        self._overflow.clear()
-        return [r for r in records if r is not None]
-
-    def _delta(self, key, tracked: _Tracked, packets, nbytes, first_ns, last_ns, flags,
-               now_ns, flow_end: bool) -> FlowRecord:
-        record = FlowRecord(key, packets - tracked.emitted_packets,
-                            nbytes - tracked.emitted_bytes, first_ns, last_ns, flags, flow_end)
-        tracked.emitted_packets = packets
-        tracked.emitted_bytes = nbytes
-        tracked.last_emit_ns = now_ns
-        return record
-
-    def _sweep_overflow(self, now_ns: int) -> list[FlowRecord]:
-        records = []
-        for key, acc in list(self._overflow.items()):
-            idle = now_ns - acc.last_seen_ns >= self.idle_timeout_ns
-            due = now_ns - acc.last_emit_ns >= self.active_timeout_ns and acc.packets
-            if idle or due:
-                records.append(FlowRecord(key, acc.packets, acc.bytes, acc.first_seen_ns,
-                                          acc.last_seen_ns, acc.tcp_flags, flow_end=idle))
-                acc.packets = acc.bytes = 0
-                acc.last_emit_ns = now_ns
-            if idle:
-                del self._overflow[key]
-        return records
 
 
 # ---------------------------------------------------------------------------------------

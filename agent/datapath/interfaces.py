@@ -18,8 +18,8 @@ import logging
 import select
 import socket
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -44,14 +44,7 @@ class Link:
     peer_netnsid: int | None  # set for a veth whose peer is in another namespace
 
 
-def parse_globs(value: str | None) -> list[str]:
-    """"veth*,cni0" -> ["veth*", "cni0"]; empty parts are ignored."""
-    if not value:
-        return []
-    return [part.strip() for part in value.split(",") if part.strip()]
-
-
-def _matches(name: str, globs: list[str]) -> bool:
+def _matches(name: str, globs: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, g) for g in globs)
 
 
@@ -83,8 +76,8 @@ def default_route_ifindexes(ipr) -> set[int]:
     return found
 
 
-def select_interfaces(links: list[Link], uplinks: set[int], include: list[str],
-                      exclude: list[str]) -> dict[int, InterfaceInfo]:
+def select_interfaces(links: list[Link], uplinks: set[int], include: Sequence[str],
+                      exclude: Sequence[str]) -> dict[int, InterfaceInfo]:
     """The interfaces to trace: {ifindex: InterfaceInfo}. Plain function, tested alone."""
     chosen: dict[int, InterfaceInfo] = {}
     if include:

@@ -6,26 +6,14 @@ programs write ring-buffer events without wakeups (BPF_RB_NO_WAKEUP) and the rea
 consumes them on a timer, sweeps the flow map with batch syscalls about once a second, and
 hands decoded Flow batches to the agent's pipeline (agent/main.py).
 
-Extending the datapath (bpf/drop.h, bpf/dns.h, and later features)
-------------------------------------------------------------------
-Register a factory with `register_extension(factory)`; `factory(args, stats, annotator)`
-returns a DatapathExtension or None (feature disabled). An extension contributes:
-  - cflags():        e.g. ["-DPODFLOW_DROPS"]: podflow.c includes drop.h under that flag;
-  - error_names():   {reason: name} for its enum pf_error values (16..31);
-  - event_handlers(): {kind: handler}; handler(datapath, raw: bytes) -> list[Flow] | None,
-                     called on the reader thread for each ring-buffer event of that kind
-                     (layout: struct pf_event_hdr first, see bpf/types.h). Returned flows
-                     join the next pipeline batch. `datapath.interface(ifindex)`,
-                     `datapath.clock` and `datapath.node_name` help decoding;
-  - attach(bpf) / detach(bpf): after load / before unload, with the bcc BPF object
-                     (e.g. bpf.attach_tracepoint(...); TRACEPOINT_PROBE functions are
-                     attached by bcc itself when the program loads).
-The annotator (agent/annotate/stage.py) may also offer `datapath_extensions() -> list`.
+Around it, each in its own module: the environment checks (environment.py), raw bpf(2)
+calls (bpfsys.py), TC/tcx attachment (tc.py), which interfaces to trace (interfaces.py),
+the struct mirrors of bpf/types.h (abi.py), counters -> interval records (tracker.py),
+records -> Flow (decode.py), and features with kernel code of their own (extension.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import fnmatch
 import logging
@@ -34,193 +22,31 @@ import platform
 import re
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING
 
-import numpy as np
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.datapath import decode
-from agent.datapath import interfaces
-from agent.datapath import tc
-from agent.errors import AttachError, ConfigError, DatapathError
+from agent.datapath import abi, bpfsys, decode, interfaces, tc
+from agent.datapath.environment import check_environment
+from agent.datapath.extension import DatapathExtension, EventHandler
+from agent.datapath.tracker import FlowRecord, FlowTracker
+from agent.errors import AttachError, DatapathError
+from agent.stage import Stage
 from agent.stats import AgentStats
 from podflow_api.v1 import observer_pb2
+
+if TYPE_CHECKING:
+    from agent.config import DatapathSection
 
 log = logging.getLogger("podflow.datapath")
 
 BPF_DIR = Path(os.environ.get("PODFLOW_BPF_DIR") or Path(__file__).resolve().parents[2] / "bpf")
 PROG_INGRESS = "podflow_ingress"  # also the TC filter names (agent/datapath/tc.py NAME_PREFIX)
 PROG_EGRESS = "podflow_egress"
-
-DEFAULT_FLOW_MAP_SIZE = 65536
-DEFAULT_RINGBUF_BYTES = 4 << 20
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-
-# ---------------------------------------------------------------------------------------
-# Flags
-
-
-def parse_size(text: str, flag: str) -> int:
-    """"4M" / "65536" / "512K" -> bytes or count; the error names the flag."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)(i?[bB]?)\s*", str(text))
-    if not m:
-        raise ConfigError(f"{flag}: {text!r} is not a size (e.g. 65536, 512K, 4M)")
-    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("datapath (eBPF on pod veths and bridges)")
-    group.add_argument("--interfaces", metavar="GLOBS",
-                       help="trace exactly the interfaces matching these comma-separated "
-                            "globs (e.g. 'veth*,cni0'), instead of detecting pod veths and "
-                            "bridges")
-    group.add_argument("--exclude-interfaces", metavar="GLOBS",
-                       help="never trace interfaces matching these comma-separated globs")
-    group.add_argument("--active-timeout", type=float, default=5.0, metavar="SECONDS",
-                       help="report an active flow every SECONDS with what it did since its "
-                            "last record (default: 5)")
-    group.add_argument("--idle-timeout", type=float, default=15.0, metavar="SECONDS",
-                       help="end a flow (flow_end=true) after SECONDS without packets "
-                            "(default: 15)")
-    group.add_argument("--flow-map-size", default=str(DEFAULT_FLOW_MAP_SIZE), metavar="N",
-                       help="flows the kernel map holds at once; more are still counted "
-                            "through the ring buffer (default: 65536)")
-    group.add_argument("--ringbuf-size", default="4M", metavar="BYTES",
-                       help="kernel ring buffer for new-flow, overflow, drop and DNS events; "
-                            "a power of two, at least one page (default: 4M)")
-    group.add_argument("--sweep-interval", type=float, default=1.0, metavar="SECONDS",
-                       help="how often the flow map is read (default: 1)")
-    group.add_argument("--attach-mode", choices=["tc", "tcx", "auto"], default="auto",
-                       help="auto (default): tcx links when the kernel has them (>= 6.6; they "
-                            "vanish with the agent even after kill -9), else tc; tc: clsact + "
-                            "cls_bpf filters named podflow_* (visible with `tc filter show`); "
-                            "tcx: tcx links or fail")
-
-
-@dataclass(frozen=True)
-class DatapathConfig:
-    node_name: str
-    include: list[str]
-    exclude: list[str]
-    active_timeout_s: float = 5.0
-    idle_timeout_s: float = 15.0
-    flow_map_size: int = DEFAULT_FLOW_MAP_SIZE
-    ringbuf_bytes: int = DEFAULT_RINGBUF_BYTES
-    sweep_interval_s: float = 1.0
-    poll_interval_s: float = 0.1
-    attach_mode: str = "auto"
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "DatapathConfig":
-        def positive(name: str, flag: str) -> float:
-            value = getattr(args, name)
-            if not value > 0:
-                raise ConfigError(f"{flag} must be > 0 seconds, got {value}")
-            return float(value)
-
-        map_size = parse_size(args.flow_map_size, "--flow-map-size")
-        if not 1 <= map_size <= (1 << 24):
-            raise ConfigError(f"--flow-map-size must be between 1 and {1 << 24}, got {map_size}")
-        ringbuf = parse_size(args.ringbuf_size, "--ringbuf-size")
-        if ringbuf < PAGE_SIZE or ringbuf & (ringbuf - 1) or ringbuf > (1 << 30):
-            raise ConfigError(f"--ringbuf-size must be a power of two between {PAGE_SIZE} "
-                              f"and 1G bytes, got {args.ringbuf_size}")
-        sweep = positive("sweep_interval", "--sweep-interval")
-        return cls(node_name=args.node_name,
-                   include=interfaces.parse_globs(args.interfaces),
-                   exclude=interfaces.parse_globs(args.exclude_interfaces),
-                   active_timeout_s=positive("active_timeout", "--active-timeout"),
-                   idle_timeout_s=positive("idle_timeout", "--idle-timeout"),
-                   flow_map_size=map_size, ringbuf_bytes=ringbuf,
-                   sweep_interval_s=sweep, poll_interval_s=min(0.1, sweep),
-                   attach_mode=getattr(args, "attach_mode", "auto"))
-
-
-# ---------------------------------------------------------------------------------------
-# Extensions
-
-
-class DatapathExtension(Protocol):
-    """See the module docstring."""
-
-    def cflags(self) -> list[str]: ...
-
-    def error_names(self) -> dict[int, str]: ...
-
-    def event_handlers(self) -> dict[int, Callable[["Datapath", bytes], list | None]]: ...
-
-    def attach(self, bpf) -> None: ...
-
-    def detach(self, bpf) -> None: ...
-
-
-ExtensionFactory = Callable[[argparse.Namespace, AgentStats, object], "DatapathExtension | None"]
-_EXTENSION_FACTORIES: list[ExtensionFactory] = []
-
-
-def register_extension(factory: ExtensionFactory) -> None:
-    """Add a datapath feature (drops, DNS ...); see the module docstring."""
-    if factory not in _EXTENSION_FACTORIES:
-        _EXTENSION_FACTORIES.append(factory)
-
-
-# ---------------------------------------------------------------------------------------
-# Environment
-
-
-_CAP_NET_ADMIN, _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 12, 21, 38, 39
-
-
-def _effective_caps() -> int:
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    return 0
-
-
-def check_environment(caps: int | None = None, btf_path: str = "/sys/kernel/btf/vmlinux",
-                      modules_dir: str = "/lib/modules",
-                      kheaders_path: str = "/sys/kernel/kheaders.tar.xz") -> None:
-    """Fail early, with what to do, on what bcc would report obscurely. (Parameters exist
-    for tests; the agent uses the defaults.)"""
-    caps = _effective_caps() if caps is None else caps
-    has = lambda cap: bool(caps & (1 << cap))  # noqa: E731
-    if not has(_CAP_NET_ADMIN) or not (has(_CAP_BPF) or has(_CAP_SYS_ADMIN)) \
-            or not (has(_CAP_PERFMON) or has(_CAP_SYS_ADMIN)):
-        raise DatapathError("the datapath needs root, or CAP_BPF + CAP_NET_ADMIN + "
-                            "CAP_PERFMON (effective capabilities here: "
-                            f"{caps:#x}); run the agent as root or grant them")
-    if not os.path.exists(btf_path):
-        raise DatapathError(f"no kernel BTF at {btf_path}: podflow needs a kernel built with "
-                            "CONFIG_DEBUG_INFO_BTF=y")
-    release = platform.release()
-    build = Path(modules_dir) / release / "build"
-    if not (build / "include").is_dir() and not os.path.exists(kheaders_path):
-        raise DatapathError(
-            f"bcc needs kernel headers at {build} (missing: {build / 'include'}). Install "
-            f"them with `apt-get install linux-headers-{release}`, or, when the running "
-            "kernel has no headers package, run scripts/setup-host.sh to link Debian's "
-            "generic headers there (the documented fallback), or load the kheaders module "
-            "(`modprobe kheaders`)")
-    _ensure_mount("tracefs", "/sys/kernel/tracing")
-    _ensure_mount("bpf", "/sys/fs/bpf")
-
-
-def _ensure_mount(fstype: str, path: str) -> None:
-    """`ip netns exec` gives a fresh /sys without tracefs or bpffs: mount them when we can
-    (tracepoints of datapath extensions need tracefs)."""
-    if os.path.ismount(path) or not os.path.isdir(path):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(fstype.encode(), path.encode(), fstype.encode(), 0, None) != 0:
-        err = ctypes.get_errno()
-        log.warning("%s is not mounted at %s and mounting it failed (%s); run `mount -t %s "
-                    "%s %s`", fstype, path, os.strerror(err), fstype, fstype, path)
 
 
 def expand_includes(path: Path, _stack: tuple[Path, ...] = ()) -> str:
@@ -245,99 +71,23 @@ def expand_includes(path: Path, _stack: tuple[Path, ...] = ()) -> str:
     return "\n".join(out) + "\n"
 
 
-# ---------------------------------------------------------------------------------------
-# Raw bpf(2) calls bcc 0.26 does not offer (or offers slowly)
+class Datapath(Stage):
+    """Loads the programs, keeps the traced interface set current, runs the reader.
 
-_SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351}.get(platform.machine(), 321)
-_BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
-_BPF_MAP_LOOKUP_BATCH = 24
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+    `pipeline` receives every batch of decoded flows on the reader thread; `extensions` are
+    the features compiled in with the programs (agent/datapath/extension.py)."""
 
-
-class _ElemAttr(ctypes.Structure):
-    _fields_ = [("map_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
-                ("key", ctypes.c_uint64), ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
-
-
-class _BatchAttr(ctypes.Structure):
-    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64),
-                ("keys", ctypes.c_uint64), ("values", ctypes.c_uint64),
-                ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
-                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
-
-
-def _bpf(cmd: int, attr: ctypes.Structure) -> int:
-    rc = _libc.syscall(_SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
-    return 0 if rc >= 0 else -ctypes.get_errno()
-
-
-_VALUE_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8"), ("first_seen_ns", "<u8"),
-                         ("last_seen_ns", "<u8"), ("tcp_flags", "<u8")])
-assert _VALUE_DTYPE.itemsize == decode.VALUE_SIZE
-
-
-def read_flow_map(map_fd: int, max_entries: int, chunk: int = 8192) -> list[tuple]:
-    """Every entry of the flow map with BPF_MAP_LOOKUP_BATCH (about 10x faster than one
-    lookup per entry): [(key bytes, packets, bytes, first_ns, last_ns, tcp_flags)]."""
-    chunk = min(chunk, max(max_entries, 64))
-    keys = np.zeros((chunk, decode.KEY_SIZE), dtype=np.uint8)
-    values = np.zeros(chunk, dtype=_VALUE_DTYPE)
-    token_in, token_out = ctypes.c_uint32(0), ctypes.c_uint32(0)
-    entries: list[tuple] = []
-    first = True
-    while True:
-        attr = _BatchAttr(in_batch=0 if first else ctypes.addressof(token_in),
-                          out_batch=ctypes.addressof(token_out),
-                          keys=keys.ctypes.data, values=values.ctypes.data,
-                          count=chunk, map_fd=map_fd)
-        rc = _bpf(_BPF_MAP_LOOKUP_BATCH, attr)
-        if rc not in (0, -2):  # -ENOENT: the last batch
-            raise DatapathError(f"reading the flow map: {os.strerror(-rc)}")
-        n = attr.count
-        if n:
-            vals = values[:n]
-            entries.extend(zip((bytes(k) for k in keys[:n]), vals["packets"].tolist(),
-                               vals["bytes"].tolist(), vals["first_seen_ns"].tolist(),
-                               vals["last_seen_ns"].tolist(), vals["tcp_flags"].tolist()))
-        if rc == -2:
-            return entries
-        token_in.value = token_out.value
-        first = False
-
-
-def lookup_and_delete(map_fd: int, key: bytes) -> tuple | None:
-    """Atomically take an entry out of the flow map: the returned value includes every
-    packet counted up to the delete. None when the entry is already gone."""
-    kbuf = ctypes.create_string_buffer(key, len(key))
-    vbuf = decode.FlowValue()
-    attr = _ElemAttr(map_fd=map_fd, key=ctypes.addressof(kbuf), value=ctypes.addressof(vbuf))
-    rc = _bpf(_BPF_MAP_LOOKUP_AND_DELETE_ELEM, attr)
-    if rc == -2:
-        return None
-    if rc < 0:
-        raise DatapathError(f"deleting an idle flow: {os.strerror(-rc)}")
-    return (vbuf.packets, vbuf.bytes, vbuf.first_seen_ns, vbuf.last_seen_ns, vbuf.tcp_flags)
-
-
-# ---------------------------------------------------------------------------------------
-# The stage
-
-
-class Datapath:
-    """Loads the programs, keeps the traced interface set current, runs the reader."""
-
-    def __init__(self, config: DatapathConfig, stats: AgentStats,
+    def __init__(self, config: DatapathSection, stats: AgentStats,
                  pipeline: Callable[[list], None],
-                 extensions: list[DatapathExtension] | None = None):
+                 extensions: Sequence[DatapathExtension] = ()):
         self.config = config
         self.stats = stats
-        self.node_name = config.node_name
+        self.node_name = stats.node_name
         self.pipeline = pipeline
-        self.extensions = list(extensions or [])
+        self.extensions = list(extensions)
         self.clock = decode.KtimeClock.now()
-        self.tracker = decode.FlowTracker(int(config.active_timeout_s * 1e9),
-                                          int(config.idle_timeout_s * 1e9))
+        self.tracker = FlowTracker(int(config.active_timeout_s * 1e9),
+                                   int(config.idle_timeout_s * 1e9))
         self._bpf = None
         self._flow_map_fd = -1
         self._progs: dict[str, tuple[int, str]] = {}
@@ -347,10 +97,10 @@ class Datapath:
         self._known: dict[int, decode.InterfaceInfo] = {}  # every interface ever traced
         self.attach_errors: dict[str, str] = {}
         self._use_tcx = config.attach_mode in ("tcx", "auto")
-        self._handlers: dict[int, Callable] = {}
+        self._handlers: dict[int, EventHandler] = {}
         self._error_names: dict[int, str] = {}
         self._pending: list = []
-        self._last_errors: list[int] = [0] * decode.ERR_MAX
+        self._last_errors: list[int] = [0] * abi.ERR_MAX
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
         self._watcher: interfaces.LinkWatcher | None = None
@@ -419,8 +169,8 @@ class Datapath:
             cflags.extend(ext.cflags())
             self._error_names.update(ext.error_names())
             self._handlers.update(ext.event_handlers())
-        self._handlers[decode.EVENT_FLOW_NEW] = Datapath._on_flow_event
-        self._handlers[decode.EVENT_FLOW_MAP_FULL] = Datapath._on_flow_event
+        self._handlers[abi.EVENT_FLOW_NEW] = Datapath._on_flow_event
+        self._handlers[abi.EVENT_FLOW_MAP_FULL] = Datapath._on_flow_event
         source = expand_includes(BPF_DIR / "podflow.c")
         try:
             self._bpf = BPF(text=source, cflags=cflags)
@@ -543,15 +293,15 @@ class Datapath:
         return 0
 
     def _on_flow_event(self, raw: bytes) -> list | None:
-        ev = decode.FlowEvent.from_buffer_copy(raw[:ctypes.sizeof(decode.FlowEvent)])
+        ev = abi.FlowEvent.from_buffer_copy(raw[:ctypes.sizeof(abi.FlowEvent)])
         key = bytes(ev.key)
-        if ev.hdr.kind == decode.EVENT_FLOW_MAP_FULL:
+        if ev.hdr.kind == abi.EVENT_FLOW_MAP_FULL:
             self.tracker.on_map_full(key, ev.pkt_len, ev.ts_ns, ev.tcp_flags)
             return None
         record = self.tracker.on_new(key, ev.pkt_len, ev.ts_ns, ev.tcp_flags)
         return [self._decode(record)] if record is not None else None
 
-    def _decode(self, record: decode.FlowRecord):
+    def _decode(self, record: FlowRecord):
         ifindex = int.from_bytes(record.key[:4], "little")
         self.records_emitted += 1
         return decode.decode_record(record, self._known.get(ifindex), self.node_name,
@@ -590,11 +340,12 @@ class Datapath:
 
     def _sweep(self) -> None:
         now_ns = time.monotonic_ns()
-        entries = read_flow_map(self._flow_map_fd, self.config.flow_map_size)
+        entries = bpfsys.read_flow_map(self._flow_map_fd, self.config.flow_map_size)
         result = self.tracker.sweep(entries, now_ns)
         records = result.records
         for key in result.idle_keys:
-            record = self.tracker.end(key, lookup_and_delete(self._flow_map_fd, key), now_ns)
+            value = bpfsys.lookup_and_delete(self._flow_map_fd, key)
+            record = self.tracker.end(key, value, now_ns)
             if record is not None:
                 records.append(record)
         self._pending.extend(self._decode(r) for r in records)
@@ -603,24 +354,21 @@ class Datapath:
 
     def _final_sweep(self) -> None:
         now_ns = time.monotonic_ns()
-        entries = read_flow_map(self._flow_map_fd, self.config.flow_map_size)
+        entries = bpfsys.read_flow_map(self._flow_map_fd, self.config.flow_map_size)
         records = self.tracker.flush(entries, now_ns)
         self._pending.extend(self._decode(r) for r in records)
         self._sweep_extensions(now_ns, final=True)
         self._update_counters()
 
     def _sweep_extensions(self, now_ns: int, final: bool) -> None:
-        """Extensions with maps of their own (drop.h) sweep them with the flow map:
-        optional `sweep(datapath, now_ns, final) -> list[Flow]`."""
+        """Extensions with maps of their own (drop.h) sweep them with the flow map."""
         for ext in self.extensions:
-            sweep = getattr(ext, "sweep", None)
-            if sweep is not None:
-                self._pending.extend(sweep(self, now_ns, final) or ())
+            self._pending.extend(ext.sweep(self, now_ns, final) or ())
 
     def kernel_errors(self) -> list[int]:
         """The per-reason counters, summed over CPUs."""
         table = self._bpf["errors"]
-        return [int(table.sum(table.Key(i)).value) for i in range(decode.ERR_MAX)]
+        return [int(table.sum(table.Key(i)).value) for i in range(abi.ERR_MAX)]
 
     def other_ethertype_packets(self) -> dict[str, int]:
         """Non-IP frames per traced interface name (ifindex when unknown)."""
@@ -632,24 +380,10 @@ class Datapath:
 
     def _update_counters(self) -> None:
         counts = self.kernel_errors()
-        lost_new = counts[decode.ERR_RINGBUF_FULL_NEW] - self._last_errors[decode.ERR_RINGBUF_FULL_NEW]
-        lost_full = (counts[decode.ERR_RINGBUF_FULL_MAP_FULL]
-                     - self._last_errors[decode.ERR_RINGBUF_FULL_MAP_FULL])
+        lost_new = counts[abi.ERR_RINGBUF_FULL_NEW] - self._last_errors[abi.ERR_RINGBUF_FULL_NEW]
+        lost_full = (counts[abi.ERR_RINGBUF_FULL_MAP_FULL]
+                     - self._last_errors[abi.ERR_RINGBUF_FULL_MAP_FULL])
         self.stats.add_lost(observer_pb2.KERNEL_RING_BUFFER, lost_new)
         self.stats.add_lost(observer_pb2.KERNEL_FLOW_MAP, lost_full)
         self._last_errors = counts
-        self.stats.set_datapath_errors(decode.error_counts(counts, self._error_names))
-
-
-def from_args(args: argparse.Namespace, stats: AgentStats, pipeline: Callable[[list], None],
-              annotator=None) -> Datapath:
-    config = DatapathConfig.from_args(args)
-    extensions = []
-    for factory in _EXTENSION_FACTORIES:
-        ext = factory(args, stats, annotator)
-        if ext is not None:
-            extensions.append(ext)
-    offered = getattr(annotator, "datapath_extensions", None)
-    if offered is not None:
-        extensions.extend(offered())
-    return Datapath(config, stats, pipeline, extensions)
+        self.stats.set_datapath_errors(abi.error_counts(counts, self._error_names))

@@ -9,27 +9,27 @@ Rules users depend on, kept here in one place:
 - a filter that is not ours is never touched.
 
 With `--attach-mode tcx` (kernel >= 6.6) the programs are attached as tcx links instead
-(BPF_LINK_CREATE, raw syscall: neither bcc 0.26 nor pyroute2 creates them). A link lives as
-long as its file descriptor, so it vanishes with the agent, even after kill -9, and no qdisc
-is touched. tcx programs run before the clsact filters; ours return TCX_NEXT (the value of
-TC_ACT_UNSPEC), so every cls_bpf filter still runs after us. `tc filter show` does not list
-tcx links (bpftool >= 7.3 `net show` does; tcx_programs() here too).
+(BPF_LINK_CREATE, a raw call in agent/datapath/bpfsys.py: neither bcc 0.26 nor pyroute2
+creates them). A link lives as long as its file descriptor, so it vanishes with the agent,
+even after kill -9, and no qdisc is touched. tcx programs run before the clsact filters;
+ours return TCX_NEXT (the value of TC_ACT_UNSPEC), so every cls_bpf filter still runs after
+us. `tc filter show` does not list tcx links (bpftool >= 7.3 `net show` does;
+tcx_programs() here too).
 
 Uses pyroute2 and raw bpf(2) only (no bcc): the caller passes program file descriptors.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
-import platform
 from dataclasses import dataclass, field
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.errors import AttachError
+from agent.datapath import bpfsys
+from agent.errors import AttachError, TcxUnsupported
 
 log = logging.getLogger("podflow.tc")
 
@@ -180,45 +180,6 @@ def _del_filter(ipr, ifindex: int, f: FilterInfo) -> None:
 # ---------------------------------------------------------------------------------------
 # tcx links
 
-_SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351}.get(platform.machine(), 321)
-_BPF_PROG_QUERY = 16
-_BPF_LINK_CREATE = 28
-_BPF_PROG_GET_FD_BY_ID = 13
-_BPF_OBJ_GET_INFO_BY_FD = 15
-TCX_ATTACH_TYPES = {"ingress": 46, "egress": 47}  # BPF_TCX_INGRESS, BPF_TCX_EGRESS
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-class TcxUnsupported(AttachError):
-    """The kernel has no tcx links (before 6.6)."""
-
-
-class _LinkCreateAttr(ctypes.Structure):
-    _fields_ = [("prog_fd", ctypes.c_uint32), ("target_ifindex", ctypes.c_uint32),
-                ("attach_type", ctypes.c_uint32), ("flags", ctypes.c_uint32),
-                ("relative_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
-                ("expected_revision", ctypes.c_uint64)]
-
-
-class _ProgQueryAttr(ctypes.Structure):
-    _fields_ = [("target_ifindex", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
-                ("query_flags", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
-                ("prog_ids", ctypes.c_uint64), ("count", ctypes.c_uint32),
-                ("_pad", ctypes.c_uint32), ("prog_attach_flags", ctypes.c_uint64),
-                ("link_ids", ctypes.c_uint64), ("link_attach_flags", ctypes.c_uint64),
-                ("revision", ctypes.c_uint64)]
-
-
-class _InfoAttr(ctypes.Structure):
-    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32),
-                ("info", ctypes.c_uint64)]
-
-
-def _bpf(cmd: int, attr: ctypes.Structure) -> int:
-    rc = _libc.syscall(_SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
-    return rc if rc >= 0 else -ctypes.get_errno()
-
 
 def attach_tcx(ipr, ifindex: int, ifname: str, progs: dict[str, tuple[int, str]]) -> Attachment:
     """Attach {"ingress": (fd, name), "egress": (fd, name)} as tcx links (appended after
@@ -229,41 +190,21 @@ def attach_tcx(ipr, ifindex: int, ifname: str, progs: dict[str, tuple[int, str]]
         raise AttachError(f"cannot clean {ifname} (ifindex {ifindex}): {exc}") from exc
     fds: list[int] = []
     for direction, (prog_fd, _name) in progs.items():
-        attr = _LinkCreateAttr(prog_fd=prog_fd, target_ifindex=ifindex,
-                               attach_type=TCX_ATTACH_TYPES[direction])
-        rc = _bpf(_BPF_LINK_CREATE, attr)
-        if rc < 0:
+        try:
+            fds.append(bpfsys.link_create(prog_fd, ifindex, direction))
+        except OSError as exc:
             for fd in fds:
                 os.close(fd)
-            if -rc in (errno.EINVAL, errno.EOPNOTSUPP, 524) and not fds:  # 524: ENOTSUPP
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, 524) and not fds:  # 524: ENOTSUPP
                 raise TcxUnsupported(f"tcx links are not available on this kernel "
-                                     f"({os.strerror(-rc)})")
+                                     f"({exc.strerror})") from exc
             raise AttachError(f"cannot attach a tcx link to {ifname} (ifindex {ifindex}): "
-                              f"{os.strerror(-rc)}")
-        fds.append(rc)
+                              f"{exc.strerror}") from exc
     return Attachment(ifindex, ifname, created_clsact=False, link_fds=fds)
 
 
 def tcx_programs(ifindex: int, direction: str) -> list[str]:
     """Names of the programs attached with tcx to one hook of an interface (in the current
     network namespace), in run order: what `bpftool net show` lists on newer bpftools."""
-    ids = (ctypes.c_uint32 * 64)()
-    attr = _ProgQueryAttr(target_ifindex=ifindex, attach_type=TCX_ATTACH_TYPES[direction],
-                          prog_ids=ctypes.addressof(ids), count=64)
-    rc = _bpf(_BPF_PROG_QUERY, attr)
-    if rc < 0:
-        raise OSError(-rc, f"querying tcx programs: {os.strerror(-rc)}")
-    names = []
-    for prog_id in ids[:attr.count]:
-        fd = _bpf(_BPF_PROG_GET_FD_BY_ID, ctypes.c_uint32(prog_id))
-        if fd < 0:
-            continue
-        try:
-            info = (ctypes.c_uint8 * 256)()
-            iattr = _InfoAttr(bpf_fd=fd, info_len=256, info=ctypes.addressof(info))
-            if _bpf(_BPF_OBJ_GET_INFO_BY_FD, iattr) == 0:
-                names.append(bytes(info[64:80]).split(b"\0", 1)[0].decode())  # bpf_prog_info.name
-        finally:
-            os.close(fd)
-    return names
-
+    names = (bpfsys.prog_name(prog_id) for prog_id in bpfsys.prog_ids(ifindex, direction))
+    return [name for name in names if name is not None]

@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from agent.errors import ConntrackError
+
 log = logging.getLogger("podflow.conntrack")
 
 NETLINK_NETFILTER = 12
@@ -57,10 +59,6 @@ PROTOCOLS_WITH_PORTS = (6, 17, 132)  # TCP, UDP, SCTP
 _NLMSGHDR = struct.Struct("=IHHII")
 _NFGENMSG = struct.Struct("=BBH")
 _NLATTR = struct.Struct("=HH")
-
-
-class ConntrackError(OSError):
-    """The conntrack table could not be opened (no CAP_NET_ADMIN, no nf_conntrack)."""
 
 
 class Tuple5(NamedTuple):

@@ -1,51 +1,27 @@
 """The metadata stage of `podflow agent`: turns IP addresses into Kubernetes names.
 
-It owns the choice of metadata source (`--metadata kubernetes|none|FILE`) and hands the
-pipeline one Enricher whose `enrich(flows)` names endpoints, Services and backends. The
-lookups themselves live in agent.enrich.names (pure Python), the sources in agent.enrich.k8s and the
-kernel's address translations in agent.enrich.conntrack.
+It owns the choice of metadata source (`--metadata kubernetes|none|FILE`, MetadataSection in
+agent/config) and hands the pipeline one Enricher whose `enrich(flows)` names endpoints,
+Services and backends. The lookups themselves live in agent.enrich.names (pure Python), the
+sources in agent.enrich.k8s and the kernel's address translations in agent.enrich.conntrack.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
+from typing import TYPE_CHECKING
 
 from agent.enrich.conntrack import Conntrack, open_conntrack
-from agent.enrich.names import FlowEnricher
-from agent.errors import ConfigError, PodflowError
 from agent.enrich.k8s.filesource import FileSource
 from agent.enrich.k8s.state import ClusterState
+from agent.enrich.names import FlowEnricher
+from agent.errors import PodflowError
+from agent.stage import Stage
 from agent.stats import AgentStats
 
-log = logging.getLogger("podflow.metadata")
+if TYPE_CHECKING:
+    from agent.config import MetadataSection
 
-
-def _default_source() -> str:
-    """In a pod (the API server's env vars are set) read Kubernetes, else nothing."""
-    return "kubernetes" if os.environ.get("KUBERNETES_SERVICE_HOST") else "none"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("metadata (Kubernetes names for flows)")
-    group.add_argument("--metadata", default=_default_source(), metavar="kubernetes|none|FILE",
-                       help="where pod, Service and node names come from: the Kubernetes API "
-                            "(list+watch), `none`, or a FILE with the JSON/YAML printed by "
-                            "`kubectl get pods,services,endpointslices,nodes -A -o json`, "
-                            "reloaded when it changes (default: kubernetes inside a cluster, "
-                            "else none)")
-    group.add_argument("--kubeconfig", metavar="PATH", default=None,
-                       help="kubeconfig for --metadata kubernetes outside a cluster "
-                            "(default: in-cluster config, else $KUBECONFIG or ~/.kube/config)")
-    group.add_argument("--context", default=None,
-                       help="kubeconfig context to use (default: the current context)")
-    group.add_argument("--no-conntrack", dest="conntrack", action="store_false",
-                       help="do not read Service address translations from the kernel's "
-                            "connection tracking")
-
-
-class Enricher:
+class Enricher(Stage):
     """What the pipeline calls for each batch: `enrich(flows)` fills in names in place.
 
     It owns the pieces it starts: the metadata source (a file poller or the API watch),
@@ -87,24 +63,22 @@ class Enricher:
         return {"metadata": self._stats.metadata_source,
                 "conntrack": self._conntrack is not None}
 
+    @classmethod
+    def from_config(cls, config: MetadataSection, stats: AgentStats,
+                    flow_idle_timeout_s: float) -> Enricher:
+        """The Enricher for `config.source`. A connection's last record can come an idle
+        timeout (the datapath's) after its last packet: conntrack translations of destroyed
+        connections are kept at least twice that long."""
+        options = {"use_conntrack": config.use_conntrack,
+                   "conntrack_grace_s": max(30.0, 2 * flow_idle_timeout_s)}
+        if config.source == "none":
+            return cls(stats, "none", **options)
+        state = ClusterState()
+        if config.source == "kubernetes":
+            from agent.enrich.k8s.kubesource import KubeSource  # noqa: PLC0415 (kubernetes client)
 
-def from_args(args: argparse.Namespace, stats: AgentStats) -> Enricher:
-    source = args.metadata
-    # A connection's last record can come an idle timeout after its last packet: keep the
-    # translations of destroyed connections at least twice that long.
-    options = {"use_conntrack": getattr(args, "conntrack", True),
-               "conntrack_grace_s": max(30.0, 2 * float(getattr(args, "idle_timeout", 15.0) or 0))}
-    if source == "none":
-        return Enricher(stats, "none", **options)
-    state = ClusterState()
-    if source == "kubernetes":
-        from agent.enrich.k8s.kubesource import KubeSource
-
-        return Enricher(stats, "kubernetes", state,
-                        KubeSource(state, stats, kubeconfig=args.kubeconfig, context=args.context),
-                        **options)
-    if args.kubeconfig or args.context:
-        raise ConfigError(f"--kubeconfig/--context need --metadata kubernetes, not {source!r}")
-    if not os.path.isfile(source):
-        raise ConfigError(f"--metadata {source}: not `kubernetes`, `none` or an existing file")
-    return Enricher(stats, f"file:{source}", state, FileSource(source, state, stats), **options)
+            return cls(stats, "kubernetes", state,
+                       KubeSource(state, stats, kubeconfig=config.kubeconfig,
+                                  context=config.context), **options)
+        return cls(stats, f"file:{config.source}", state,
+                   FileSource(config.source, state, stats), **options)

@@ -15,75 +15,31 @@ the writing, rotation and loss accounting are agent.wire.jsonlines's sink, share
 
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from google.protobuf import json_format
 
 from agent.errors import ConfigError, ExportError
 from agent.export.windows import Aggregator, parse_interval
 from agent.filters import engine as filters
-from agent.filters.flags import add_filter_arguments, filters_from_args
+from agent.stage import Stage
 from agent.stats import AgentStats
 from agent.wire import logformat
-from agent.wire.fieldmask import mask_tree, parse_field_mask
-from agent.wire.jsonlines import JsonLinesSink, add_rotation_arguments, rotation_from_args
+from agent.wire.fieldmask import mask_tree
+from agent.wire.jsonlines import JsonLinesSink
 from agent.wire.timefmt import ts_ns
 from podflow_api.v1 import flow_pb2, observer_pb2
+
+if TYPE_CHECKING:
+    from agent.config import FlowLogSection
 
 log = logging.getLogger("podflow.exporter")
 
 FLUSH_INTERVAL_S = 1.0      # lines reach the file at least this often
 FLUSH_BYTES = 1024 * 1024   # ... or as soon as this much is pending
-DEFAULT_QUEUE = 65535       # flows the exporter may lag behind the store (capped by its size)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("flow log")
-    group.add_argument("--flow-log", metavar="PATH",
-                       help="write every flow as a JSON line to PATH ('-' for stdout)")
-    add_rotation_arguments(group, "flow-log-")
-    group.add_argument("--flow-log-allow", action="append", default=[], metavar="JSON",
-                       help='write only flows matching this FlowFilter, as JSON, e.g. '
-                            '\'{"source_namespace":["shop"]}\' (repeatable: any may match)')
-    group.add_argument("--flow-log-deny", action="append", default=[], metavar="JSON",
-                       help="never write flows matching this FlowFilter (JSON, repeatable)")
-    add_filter_arguments(group, "flow-log-")  # --flow-log-namespace shop, --flow-log-not ...
-    group.add_argument("--flow-log-fields", metavar="PATHS",
-                       help="keep only these Flow fields, e.g. source,destination,l4,packets,"
-                            "bytes,source.pod_name (default: all)")
-    group.add_argument("--flow-log-aggregate", metavar="INTERVAL",
-                       help="write one record per flow key per INTERVAL (30s, 1m, 1h) with "
-                            "summed packets and bytes instead of every record")
-    group.add_argument("--flow-log-queue-size", type=int, default=DEFAULT_QUEUE, metavar="N",
-                       help="flows the flow log may lag behind before the oldest are skipped "
-                            f"and reported as lost (default {DEFAULT_QUEUE})")
-
-
-def from_args(args: argparse.Namespace, store, stats: AgentStats) -> FlowLogExporter | None:
-    path = getattr(args, "flow_log", None)
-    if not path:
-        return None
-    queue_size = args.flow_log_queue_size
-    if queue_size < 1:
-        raise ConfigError(f"--flow-log-queue-size must be at least 1, got {queue_size}")
-    allow = [parse_filter_json(text, "--flow-log-allow") for text in args.flow_log_allow]
-    deny = [parse_filter_json(text, "--flow-log-deny") for text in args.flow_log_deny]
-    flag_allow, flag_deny = filters_from_args(args, "flow-log-")
-    allow += flag_allow
-    deny += flag_deny
-    try:
-        filters.compile_filters(allow, deny)
-    except filters.FilterError as exc:
-        raise ConfigError(f"--flow-log-allow/--flow-log-deny: {exc}") from exc
-    return FlowLogExporter(path, store, stats, rotation=rotation_from_args(args, "flow-log-"),
-                           node_name=args.node_name, queue_size=queue_size,
-                           allowlist=allow, denylist=deny,
-                           field_mask=parse_field_mask(args.flow_log_fields or "",
-                                                       "--flow-log-fields"),
-                           aggregate=args.flow_log_aggregate or "")
 
 
 def parse_filter_json(text: str, flag: str) -> observer_pb2.FlowFilter:
@@ -94,32 +50,29 @@ def parse_filter_json(text: str, flag: str) -> observer_pb2.FlowFilter:
         raise ConfigError(f"{flag}: not a FlowFilter in JSON ({exc}): {text!r}") from exc
 
 
-class FlowLogExporter:
-    """Reads the store on its own thread and writes the flow log."""
+class FlowLogExporter(Stage):
+    """Reads the store on its own thread and writes the flow log to `config.path`."""
 
-    def __init__(self, path: str, store, stats: AgentStats, *, rotation, node_name: str,
-                 queue_size: int = DEFAULT_QUEUE,
-                 allowlist: list[observer_pb2.FlowFilter] | None = None,
-                 denylist: list[observer_pb2.FlowFilter] | None = None,
-                 field_mask: list[str] | None = None, aggregate: str = ""):
-        self.path = path
-        self.allowlist = list(allowlist or [])
-        self.denylist = list(denylist or [])
-        self.field_mask = list(field_mask or [])
+    def __init__(self, config: FlowLogSection, store, stats: AgentStats):
+        self.path = config.path
+        self.allowlist = list(config.allowlist)
+        self.denylist = list(config.denylist)
+        self.field_mask = list(config.fields)
         self._mask_tree = mask_tree(self.field_mask) if self.field_mask else None
-        self.aggregate = aggregate
-        self._aggregator = Aggregator(parse_interval(aggregate)) if aggregate else None
+        self.aggregate = config.aggregate
+        self._aggregator = (Aggregator(parse_interval(config.aggregate))
+                            if config.aggregate else None)
         # The Observer's filter semantics; None keeps every flow.
         self._predicate = filters.compile_filters(self.allowlist, self.denylist)
         self.store = store
         self.stats = stats
-        self.node_name = node_name
-        self._node_json = logformat.quote_node(node_name)
-        self.queue_size = queue_size
+        self.node_name = stats.node_name
+        self._node_json = logformat.quote_node(self.node_name)
+        self.queue_size = config.queue_size
         header = logformat.header_fields(
-            node_name=node_name, agent_version=stats.version, allowlist=self.allowlist,
-            denylist=self.denylist, field_mask=self.field_mask, aggregate=aggregate)
-        self.sink = JsonLinesSink(path, rotation, header, node_name=node_name,
+            node_name=self.node_name, agent_version=stats.version, allowlist=self.allowlist,
+            denylist=self.denylist, field_mask=self.field_mask, aggregate=self.aggregate)
+        self.sink = JsonLinesSink(self.path, config.rotation, header, node_name=self.node_name,
                                   on_failure=self._failed, on_recovery=self._recovered,
                                   on_lost=stats.add_lost)
         self.writer = self.sink.writer

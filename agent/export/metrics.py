@@ -19,23 +19,24 @@ node's pod veths.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from agent.errors import ConfigError
+from agent.stage import Stage
 from agent.stats import AgentStats
 from agent.wire.counting import counts_once, veth_sender
 from podflow_api.v1 import flow_pb2, observer_pb2
 
+if TYPE_CHECKING:
+    from agent.config import MetricsSection
+
 log = logging.getLogger("podflow.metrics")
 
 OVERFLOW = "__overflow__"
-DEFAULT_LABELS = "source_namespace,destination_namespace,service,verdict"
-DEFAULT_MAX_SERIES = 2000
-DEFAULT_TTL_S = 600.0
 
 
 def _service(flow: flow_pb2.Flow) -> str:
@@ -76,57 +77,11 @@ LABELS: dict[str, Callable[[flow_pb2.Flow], str]] = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("Prometheus metrics")
-    group.add_argument("--metrics", metavar="HOST:PORT",
-                       help="serve Prometheus metrics on http://HOST:PORT/metrics (port 0 picks one)")
-    group.add_argument("--metrics-labels", default=DEFAULT_LABELS, metavar="L1,L2",
-                       help=f"labels of the flow metrics, from: {', '.join(LABELS)} "
-                            f"(default {DEFAULT_LABELS}; empty for none)")
-    group.add_argument("--metrics-max-series", type=int, default=DEFAULT_MAX_SERIES, metavar="N",
-                       help="series per flow metric; the rest is summed under label value "
-                            f"{OVERFLOW} (default {DEFAULT_MAX_SERIES})")
-    group.add_argument("--metrics-series-ttl", type=float, default=DEFAULT_TTL_S, metavar="SECONDS",
-                       help="drop series not updated for this long, e.g. of deleted pods "
-                            f"(default {DEFAULT_TTL_S:g})")
-
-
-def parse_labels(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    for name in names:
-        if name not in LABELS:
-            raise ConfigError(f"--metrics-labels: unknown label {name!r}; choose from "
-                              f"{', '.join(LABELS)}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"--metrics-labels: a label is listed twice in {text!r}")
-    return names
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"--metrics must be HOST:PORT, got {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def from_args(args: argparse.Namespace, store, stats: AgentStats) -> MetricsServer | None:
-    address = getattr(args, "metrics", None)
-    if not address:
-        return None
-    host, port = parse_address(address)
-    if args.metrics_max_series < 1:
-        raise ConfigError(f"--metrics-max-series must be at least 1, got {args.metrics_max_series}")
-    if not args.metrics_series_ttl > 0:
-        raise ConfigError(f"--metrics-series-ttl must be > 0, got {args.metrics_series_ttl}")
-    return MetricsServer(host, port, store, stats, labels=parse_labels(args.metrics_labels),
-                         max_series=args.metrics_max_series, ttl_s=args.metrics_series_ttl)
-
-
 class FlowCounters:
     """flows / packets / bytes per label tuple, bounded and expiring. Thread-safe."""
 
-    def __init__(self, labels: list[str], max_series: int, ttl_s: float):
-        self.labels = labels
+    def __init__(self, labels: Sequence[str], max_series: int, ttl_s: float):
+        self.labels = list(labels)
         self._readers = [LABELS[n] for n in labels]
         self.max_series = max_series
         self.ttl_ns = int(ttl_s * 1e9)
@@ -260,16 +215,14 @@ class _Collector:
                                     value=len(self.store))
 
 
-class MetricsServer:
+class MetricsServer(Stage):
     """Serves /metrics over HTTP and feeds FlowCounters from a store subscription."""
 
-    def __init__(self, host: str, port: int, store, stats: AgentStats, *, labels: list[str],
-                 max_series: int = DEFAULT_MAX_SERIES, ttl_s: float = DEFAULT_TTL_S):
-        self.host = host
-        self.port = port
+    def __init__(self, config: MetricsSection, store, stats: AgentStats):
+        self.host, self.port = config.host_port
         self.store = store
         self.stats = stats
-        self.counters = FlowCounters(labels, max_series, ttl_s)
+        self.counters = FlowCounters(config.labels, config.max_series, config.series_ttl_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._httpd = None

@@ -50,6 +50,11 @@ class Followers:
         with self._lock:
             self._subs.discard(sub)
 
+    def __len__(self) -> int:
+        """Follow streams open now."""
+        with self._lock:
+            return len(self._subs)
+
     def shutdown(self) -> None:
         """End every follow stream (the server is stopping)."""
         self.stopping.set()

@@ -3,8 +3,9 @@ flows, malformed messages counted (no root needed)."""
 
 from __future__ import annotations
 
-from agent.annotate.stage import Annotator
 from agent.annotate.dnstrack import DnsPacket
+from agent.annotate.stage import Annotator
+from agent.config import AnnotateSection
 from agent.stats import AgentStats
 from podflow_api.v1 import flow_pb2
 from tests.annotate.dnswire import a, answer, header, name, query, question, rr
@@ -27,7 +28,7 @@ def flow(src, dst, sport, dport, proto="udp"):
 
 
 def test_query_answer_latency_and_names():
-    ann = Annotator(AgentStats("n", "v"))
+    ann = Annotator(AnnotateSection(), AgentStats("n", "v"))
     ann.dns_packet(pkt(POD, DNS_SERVER, 40000, 53, query("cart.shop.svc.cluster.local", msg_id=9), 1_000))
     ann.dns_packet(pkt(DNS_SERVER, POD, 53, 40000,
                        answer("cart.shop.svc.cluster.local", [CLUSTER_IP], msg_id=9, ttl=5), 251_000))
@@ -45,7 +46,7 @@ def test_query_answer_latency_and_names():
 
 
 def test_external_name_cname_chain_names_world_flow():
-    ann = Annotator(AgentStats("n", "v"))
+    ann = Annotator(AnnotateSection(), AgentStats("n", "v"))
     wire = (header(3, True, an=2) + question("ext.shop.svc.cluster.local")
             + rr(b"\xc0\x0c", 5, 60, name("api.example.com"))
             + a(name("api.example.com"), "203.0.113.7"))
@@ -56,7 +57,7 @@ def test_external_name_cname_chain_names_world_flow():
 
 
 def test_nxdomain_and_other_pods_do_not_share_names():
-    ann = Annotator(AgentStats("n", "v"))
+    ann = Annotator(AnnotateSection(), AgentStats("n", "v"))
     ann.dns_packet(pkt(DNS_SERVER, POD, 53, 40002, answer("nope.shop", rcode=3, msg_id=4), 5))
     ann.dns_packet(pkt(DNS_SERVER, POD, 53, 40003, answer("cart.shop", [CLUSTER_IP], msg_id=5), 6))
     r = flow(DNS_SERVER, POD, 53, 40002)
@@ -68,7 +69,7 @@ def test_nxdomain_and_other_pods_do_not_share_names():
 
 def test_malformed_counted_in_datapath_errors():
     stats = AgentStats("n", "v")
-    ann = Annotator(stats)
+    ann = Annotator(AnnotateSection(), stats)
     for payload in (b"", b"\xff" * 5, header() + b"\xc0\x0c\x00\x01\x00\x01"):
         ann.dns_packet(pkt(POD, DNS_SERVER, 40000, 53, payload, 1))
     stats.set_datapath_errors({"trunc_eth": 1})  # kernel counters replace only their own
@@ -77,7 +78,7 @@ def test_malformed_counted_in_datapath_errors():
 
 
 def test_a_and_aaaa_from_one_socket_merge_into_one_record():
-    ann = Annotator(AgentStats("n", "v"))
+    ann = Annotator(AnnotateSection(), AgentStats("n", "v"))
     ann.dns_packet(pkt(POD, DNS_SERVER, 40010, 53, query("web.shop", qtype=1, msg_id=1), 10))
     ann.dns_packet(pkt(POD, DNS_SERVER, 40010, 53, query("web.shop", qtype=28, msg_id=2), 11))
     ann.dns_packet(pkt(DNS_SERVER, POD, 53, 40010, answer("web.shop", ["10.96.0.30"], msg_id=1, ttl=30), 20))

@@ -8,7 +8,8 @@ import ipaddress
 import pytest
 
 from agent.datapath.btf import KernelLayout
-from agent.datapath.decode import EVENT_DROP, KtimeClock
+from agent.datapath.abi import EVENT_DROP
+from agent.datapath.decode import KtimeClock
 from agent.annotate.drops import (DROP_EV_MAP_FULL, DROP_EV_NEW, ERR_DROP_LOST, DropEvent, DropKey,
                          DropReporter, DropScope, DropValue)
 from agent.stats import AgentStats

@@ -13,6 +13,7 @@ import pytest
 
 from agent.client.stream import AgentStream, Backoff
 from agent.errors import RequestRejected
+from agent.config import ObserverSection
 from agent.observer.server import ObserverServer
 from podflow_api.v1 import observer_pb2
 from tests.observer.conftest import InProcessAgent
@@ -69,7 +70,8 @@ def test_follow_survives_the_agent_going_away_and_resumes(sockdir):
         lost = next(s for s in states if s.state == "lost")
         assert 0.04 <= lost.retry_in_s <= 0.06 and lost.message  # the first delay, +-20%
         # ... and comes back with its store, and a new flow
-        agent.server = ObserverServer(f"unix:{path}", agent.store, agent.stats)
+        agent.server = ObserverServer(ObserverSection(listen=f"unix:{path}"), agent.store,
+                                      agent.stats)
         agent.server.start()
         agent.store.extend([make_flow(9)])
         assert wait_until(lambda: sum(r.HasField("flow") for r in got) == 3, timeout_s=15)

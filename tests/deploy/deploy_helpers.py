@@ -67,6 +67,7 @@ MODELS = {
     ("apps/v1", "DaemonSet"): "V1DaemonSet",
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): "V1ClusterRole",
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "V1ClusterRoleBinding",
+    ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
 }
 
 # Custom resources are not in the client. These are the fields podflow's templates may use,
@@ -230,4 +231,8 @@ VALUE_SETS: dict[str, dict] = {
         "updateStrategy": {"maxUnavailable": "20%"},
     },
     "kernel-before-5.8": {"compat": {"sysAdmin": True}, "seccompProfile": {"type": "Unconfined"}},
+    "seccomp-runtime-default": {"seccompProfile": {"type": "RuntimeDefault"}},
+    "seccomp-localhost": {"seccompProfile": {"type": "Localhost",
+                                             "localhostProfile": "profiles/podflow-agent.json"},
+                          "tui": {"rbac": {"create": False}}},
 }

@@ -42,18 +42,16 @@ def test_strict_check_catches_a_wrong_type():
     assert strict_problems(svc) == ["Service/podflow-agent.spec.ports[0].port: expected int, got '4245'"]
 
 
+ALWAYS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "Service", "DaemonSet"}
+
+
 @pytest.mark.parametrize("values_name,kinds", [
-    ("defaults", {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "DaemonSet"}),
-    ("plain-manifest", {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-                        "Service", "DaemonSet"}),
-    ("service-monitor", {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
-                         "DaemonSet", "ServiceMonitor"}),
-    ("metrics-off", {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
-                     "DaemonSet"}),
-    ("tls-mtls-cert-manager", {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
-                               "DaemonSet", "Certificate"}),
-    ("tls-server-only-own-secret", {"ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-                                    "Service", "DaemonSet"}),
+    ("defaults", ALWAYS),
+    ("plain-manifest", ALWAYS | {"Namespace"}),
+    ("service-monitor", ALWAYS | {"ServiceMonitor"}),
+    ("metrics-off", ALWAYS),
+    ("tls-mtls-cert-manager", ALWAYS | {"Certificate"}),
+    ("tls-server-only-own-secret", ALWAYS),
 ])
 def test_optional_objects_only_when_asked(values_name, kinds):
     assert {o["kind"] for o in render(VALUE_SETS[values_name])} == kinds
@@ -150,6 +148,12 @@ BAD_VALUES = [
      "/terminationGracePeriodSeconds"),
     ("issuer-kind", {"tls": {"certManager": {"issuerRef": {"kind": "Vault"}}}},
      "/tls/certManager/issuerRef/kind"),
+    ("localhost-seccomp-without-a-profile", {"seccompProfile": {"type": "Localhost"}},
+     "/seccompProfile"),
+    ("seccomp-profile-path-but-not-localhost",
+     {"seccompProfile": {"type": "RuntimeDefault", "localhostProfile": "p.json"}},
+     "/seccompProfile"),
+    ("bpffs-is-no-longer-mounted", {"hostPaths": {"bpffs": "/sys/fs/bpf"}}, "'bpffs' not allowed"),
 ]
 
 

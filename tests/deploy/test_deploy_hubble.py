@@ -151,3 +151,22 @@ def test_the_ui_without_relay_is_refused_naming_the_value():
 def test_schema_rejects_bad_hubble_values(values, where):
     with pytest.raises(helm.HelmValuesError, match=where):
         render(values)
+
+
+# Zero values Relay's and UI's Deployments state on purpose, all pointer fields the API server
+# stores (core/v1 PodSpec.AutomountServiceAccountToken *bool, SecurityContext
+# .AllowPrivilegeEscalation *bool, Volume.EmptyDir *EmptyDirVolumeSource).
+HUBBLE_STORED_ZERO_VALUES = {
+    "Deployment:spec.template.spec.automountServiceAccountToken",
+    "Deployment:spec.template.spec.containers[*].securityContext.allowPrivilegeEscalation",
+    "Deployment:spec.template.spec.volumes[*].emptyDir",
+}
+
+
+@pytest.mark.parametrize("values_name", ["relay", "relay-ui", "relay-tls"])
+def test_relay_and_ui_have_no_field_the_server_would_drop(values_name):
+    from test_deploy_apply import STORED_ZERO_VALUES, _wildcard, zero_valued_paths
+
+    found = {f"{obj['kind']}:{_wildcard(p)}" for obj in render(VALUE_SETS[values_name])
+             for p in zero_valued_paths(obj)}
+    assert found - STORED_ZERO_VALUES - HUBBLE_STORED_ZERO_VALUES == set()

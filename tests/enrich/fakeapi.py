@@ -27,6 +27,7 @@ import base64
 import copy
 import json
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -68,8 +69,13 @@ class FakeAPIServer:
 
     handler_class: type["_Handler"]  # set below the handler's definition
 
-    def __init__(self, bookmark_interval_s: float = 1.0) -> None:
+    def __init__(self, bookmark_interval_s: float = 1.0, *, host: str = "127.0.0.1",
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """`ssl_context` (server side) serves HTTPS, as a real API server does: what an
+        in-cluster client (service-account token + CA, tests/deploy) needs."""
         self.bookmark_interval_s = bookmark_interval_s
+        self.host = host
+        self.ssl_context = ssl_context
         self._lock = threading.Condition()
         self._rv = 100
         self._objects: dict[str, dict[tuple[str, str], dict]] = {r: {} for r in RESOURCE_INFO}
@@ -88,7 +94,7 @@ class FakeAPIServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}"
 
     def start(self) -> "FakeAPIServer":
         fake = self
@@ -96,7 +102,9 @@ class FakeAPIServer:
         class Handler(self.handler_class):
             api = fake
 
-        server = _QuietServer(("127.0.0.1", self.port), Handler)
+        server = _QuietServer((self.host, self.port), Handler)
+        if self.ssl_context is not None:
+            server.socket = self.ssl_context.wrap_socket(server.socket, server_side=True)
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from agent.config import StoreSection
 from agent.flowstore import FlowStore
 from agent.stats import AgentStats
 from podflow_api.v1 import flow_pb2
@@ -96,4 +97,4 @@ def stats() -> AgentStats:
 
 @pytest.fixture
 def store(stats) -> FlowStore:
-    return FlowStore(capacity=65535, stats=stats)
+    return FlowStore(StoreSection(capacity=65535), stats)

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.export import metrics
 from agent.client.channel import server_status
+from agent.config import MetricsSection, ObserverSection
 from agent.observer.server import ObserverServer
 from podflow_api.v1 import observer_pb2
 from tests.export.conftest import make_flow, read_lines, seq_of, wait_for
@@ -112,8 +113,10 @@ def test_write_errors_are_reported_and_writing_resumes(small_tmpfs, store, stats
     exp = build(path, store, stats)
     if at_start:
         repair = breaker(small_tmpfs)
-    server = metrics.MetricsServer("127.0.0.1", 0, store, stats, labels=[])
-    observer = ObserverServer(f"unix:{small_tmpfs.parent}/observer.sock", store, stats)
+    server = metrics.MetricsServer(MetricsSection(address="127.0.0.1:0", labels=()), store,
+                                   stats)
+    observer = ObserverServer(ObserverSection(listen=f"unix:{small_tmpfs.parent}/observer.sock"),
+                              store, stats)
     exp.start()
     server.start()
     observer.start()

@@ -3,7 +3,6 @@ aggregation, and lost records when it falls behind."""
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import random
@@ -12,18 +11,17 @@ import time
 import pytest
 from google.protobuf import json_format
 
-from agent.export import flowlog as exporter
+from agent.config import AgentConfig
 from agent.errors import ConfigError
+from agent.export.flowlog import FlowLogExporter
 from podflow_api.v1 import observer_pb2
 from tests.export.conftest import NODE, all_records, make_flow, read_lines, seq_of, wait_for
 
 
 def build(path, store, stats, *argv):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--node-name", default=NODE)
-    exporter.add_arguments(parser)
-    args = parser.parse_args(["--flow-log", str(path), *argv])
-    return exporter.from_args(args, store, stats)
+    """The flow log stage as `podflow agent --flow-log PATH ARGV...` builds it."""
+    config = AgentConfig.from_flags(["--node-name", NODE, "--flow-log", str(path), *argv])
+    return FlowLogExporter(config.flow_log, store, stats)
 
 
 def run(tmp_path, store, stats, flows, *argv):
@@ -239,13 +237,14 @@ def test_a_blocked_disk_slows_neither_the_store_nor_the_api(tmp_path, store, sta
     import threading
 
     from agent.client.stream import get_flows
+    from agent.config import ObserverSection
     from agent.observer.server import ObserverServer
 
     fifo = tmp_path / "fifo.jsonl"
     os.mkfifo(fifo)
     reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # lets the writer open; never read yet
     exp = build(fifo, store, stats, "--flow-log-queue-size", "2000")
-    server = ObserverServer(f"unix:{tmp_path}/api.sock", store, stats)
+    server = ObserverServer(ObserverSection(listen=f"unix:{tmp_path}/api.sock"), store, stats)
     exp.start()
     server.start()
     try:

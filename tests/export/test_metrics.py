@@ -3,15 +3,15 @@ prometheus_client's own parser."""
 
 from __future__ import annotations
 
-import argparse
 import time
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.export import metrics
+from agent.config import AgentConfig
 from agent.errors import ConfigError
+from agent.export import metrics
 from podflow_api.v1 import flow_pb2, observer_pb2
 from tests.export.conftest import make_flow, wait_for
 
@@ -35,10 +35,8 @@ def serve(store, stats):
     servers = []
 
     def start(*argv):
-        parser = argparse.ArgumentParser()
-        metrics.add_arguments(parser)
-        args = parser.parse_args(["--metrics", "127.0.0.1:0", *argv])
-        server = metrics.from_args(args, store, stats)
+        config = AgentConfig.from_flags(["--metrics", "127.0.0.1:0", *argv])
+        server = metrics.MetricsServer(config.metrics, store, stats)
         server.start()
         servers.append(server)
         return server
@@ -55,10 +53,12 @@ def _feed_and_wait(store, server, flows):
     wait_for(lambda: sum(v[0] for v in server.counters.snapshot()[0].values()) == before + counted)
 
 
-def test_disabled_without_the_flag(store, stats):
-    parser = argparse.ArgumentParser()
-    metrics.add_arguments(parser)
-    assert metrics.from_args(parser.parse_args([]), store, stats) is None
+def test_disabled_without_the_flag(stats):
+    from agent.main import build_stages
+
+    config = AgentConfig.from_flags(["--metadata", "none", "--no-drops"])
+    assert config.metrics.address is None
+    assert not any(isinstance(s, metrics.MetricsServer) for s in build_stages(config, stats))
 
 
 def test_flows_packets_bytes_by_namespace_pair_service_and_verdict(serve, store):
@@ -180,9 +180,6 @@ BAD_ARGS = {
 
 
 @pytest.mark.parametrize("argv,message", BAD_ARGS.values(), ids=BAD_ARGS.keys())
-def test_bad_flags_name_the_flag(store, stats, argv, message):
-    parser = argparse.ArgumentParser()
-    metrics.add_arguments(parser)
-    args = parser.parse_args(["--metrics", "127.0.0.1:0", *argv])
+def test_bad_flags_name_the_flag(argv, message):
     with pytest.raises(ConfigError, match=message):
-        metrics.from_args(args, store, stats)
+        AgentConfig.from_flags(["--metrics", "127.0.0.1:0", *argv])

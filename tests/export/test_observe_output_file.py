@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from agent.config import ObserverSection, StoreSection
 from agent.flowstore import FlowStore
 from agent.observer.server import ObserverServer
 from agent.stats import AgentStats
@@ -22,7 +23,7 @@ def two_agents(tmp_path):
     base_ns = 1_700_000_000_000_000_000
     for index, node in enumerate(("node-a", "node-b")):
         stats = AgentStats(node_name=node, version="test")
-        store = FlowStore(capacity=10000, stats=stats)
+        store = FlowStore(StoreSection(capacity=10000), stats)
         flows = []
         for i in range(600):
             seq = 2 * i + index
@@ -30,7 +31,8 @@ def two_agents(tmp_path):
             flow.node_name = node
             flows.append(flow)
         store.extend(flows)
-        server = ObserverServer(f"unix:{tmp_path}/{node}.sock", store, stats)
+        server = ObserverServer(ObserverSection(listen=f"unix:{tmp_path}/{node}.sock"), store,
+                                stats)
         server.start()
         servers.append(server)
     yield [s.address for s in servers]

@@ -14,6 +14,8 @@ from observer_flows import make_flow
 from agent.client.channel import normalize_address, open_channel
 from agent.client.merge import MergedFlows, response_time_ns
 from agent.errors import ConfigError, RequestRejected
+from agent.config import ObserverSection
+from agent.errors import ConfigError
 from agent.observer.server import ObserverServer
 from podflow_api.v1 import observer_pb2
 
@@ -90,7 +92,7 @@ def test_follow_reconnects_and_resumes(sockdir):
         a.stop()  # the agent goes away ...
         _wait(lambda: any(r.node_status.state == observer_pb2.NODE_UNAVAILABLE for r in got))
         # ... and comes back on the same address with the same store
-        a.server = ObserverServer(f"unix:{path}", a.store, a.stats)
+        a.server = ObserverServer(ObserverSection(listen=f"unix:{path}"), a.store, a.stats)
         a.server.start()
         # the agent says it is back as soon as the stream starts, before any new flow
         _wait(lambda: got[-1].node_status.state == observer_pb2.NODE_CONNECTED, timeout=10)

@@ -9,6 +9,7 @@ import time
 import pytest
 from rich.console import Console
 
+from agent.config import ObserverSection, StoreSection
 from agent.flowstore import FlowStore
 from agent.observer.server import ObserverServer
 from agent.stats import AgentStats
@@ -26,12 +27,12 @@ class Agent:
         self.listen = listen
         self.cluster = cluster
         self.stats = AgentStats(node_name=node, version="test")
-        self.store = FlowStore(capacity=50_000, stats=self.stats)
+        self.store = FlowStore(StoreSection(capacity=50_000), self.stats)
         self.server: ObserverServer | None = None
         self.address = ""
 
     def start(self) -> None:
-        self.server = ObserverServer(self.listen, self.store, self.stats)
+        self.server = ObserverServer(ObserverSection(listen=self.listen), self.store, self.stats)
         self.server.start()
         self.address = self.server.address
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.errors import ObjectError
+
 # kind -> how the API names its collection; the cache and the sources key on `kind`.
 KINDS: tuple[str, ...] = ("Pod", "Service", "EndpointSlice", "Node", "Namespace",
                           "ReplicaSet", "Job")
-
-
-class ObjectError(ValueError):
-    """An object lacks a field podflow cannot do without (e.g. metadata.name)."""
 
 
 @dataclass(frozen=True, slots=True)

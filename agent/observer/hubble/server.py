@@ -15,10 +15,10 @@ agent against the name Peer/Notify gives (--hubble-tls-server-name, default the 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import socket
 from concurrent import futures
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,9 +30,14 @@ from agent.observer.hubble.peer import (ClusterPeers, PeerInfo, PeerServicer, St
                                         host_port, parse_static_peer)
 from agent.observer.hubble.servicer import (OBSERVER_SERVICE, HubbleObserverServicer,
                                             observer_handler)
-from agent.observer.server import ListenAddress, _remove_stale_socket, server_credentials
+from agent.observer.server import (ListenAddress, bind_port, remove_stale_socket,
+                                   server_credentials)
+from agent.stage import Stage
 from agent.stats import AgentStats
 from podflow_hubble.peer import peer_pb2
+
+if TYPE_CHECKING:
+    from agent.config import HubbleSection, ObserverSection
 
 log = logging.getLogger("podflow.hubble")
 
@@ -42,24 +47,6 @@ PEER_SERVICE = peer_pb2.DESCRIPTOR.services_by_name["Peer"].full_name
 HEALTH_SERVICE = "hubble.server.Observer"
 VERSION_HEADER = "hubble-server-version"
 _WILDCARDS = ("", "0.0.0.0", "::")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("Hubble API (hubble CLI, Hubble Relay, Hubble UI)")
-    g.add_argument("--hubble-listen", default=None, metavar="HOST:PORT|unix:PATH",
-                   help="where to serve Hubble's API; '' or 'none' turns it off (default: "
-                        "beside --listen: a unix socket X.hubble.sock beside X.sock, else "
-                        f"port {DEFAULT_PORT} on --listen's host; {DEFAULT_PORT}, not Hubble's "
-                        "4244, so it runs beside Cilium's Hubble on the same node)")
-    g.add_argument("--hubble-tls-server-name", metavar="NAME",
-                   help="with --tls-cert: the name Hubble Relay verifies every agent's "
-                        "certificate against, sent in Peer/Notify (default: each agent's node "
-                        "name)")
-    g.add_argument("--hubble-peer", action="append", default=[], metavar="NAME=ADDRESS",
-                   help="another agent Hubble Relay should dial (Peer/Notify), e.g. "
-                        "node-b=10.0.0.12:4247 or node-b=unix:/run/b.hubble.sock; repeatable. "
-                        "For agents outside Kubernetes; in a cluster the agent pods are found "
-                        "by themselves")
 
 
 def default_listen(listen: str | None) -> str:
@@ -112,7 +99,7 @@ class _VersionHeader(grpc.ServerInterceptor):
         return handler
 
 
-class HubbleServer:
+class HubbleServer(Stage):
     """The agent stage: binds, serves, stops."""
 
     def __init__(self, listen: str, store: FlowStore, stats: AgentStats,
@@ -150,17 +137,7 @@ class HubbleServer:
             maximum_concurrent_rpcs=self.max_streams + 4,
             options=[("grpc.so_reuseport", 0)])
         listen = self.listen
-        if listen.unix_path:
-            _remove_stale_socket(listen.unix_path)
-        try:
-            if self.credentials is not None:
-                port = server.add_secure_port(listen.bind, self.credentials)
-            else:
-                port = server.add_insecure_port(listen.bind)
-        except RuntimeError as exc:
-            raise ConfigError(f"--hubble-listen: cannot bind {listen.bind}: {exc}") from exc
-        if not port:
-            raise ConfigError(f"--hubble-listen: cannot bind {listen.bind}")
+        port = bind_port(server, listen, "--hubble-listen", self.credentials)
         if listen.unix_path:
             self.address = f"unix:{listen.unix_path}"
             self.advertised = f"unix://{listen.unix_path}"
@@ -204,7 +181,7 @@ class HubbleServer:
         self._server.stop(grace_s).wait()
         self._server = None
         if self.listen.unix_path:
-            _remove_stale_socket(self.listen.unix_path)
+            remove_stale_socket(self.listen.unix_path)
 
 
 def _peer_handler(servicer: PeerServicer) -> grpc.GenericRpcHandler:
@@ -214,19 +191,18 @@ def _peer_handler(servicer: PeerServicer) -> grpc.GenericRpcHandler:
             response_serializer=peer_pb2.ChangeNotification.SerializeToString)})
 
 
-def from_args(args: argparse.Namespace, store: FlowStore, stats: AgentStats,
-              enricher=None) -> HubbleServer | None:
-    listen = args.hubble_listen
-    if listen is None:
-        listen = default_listen(getattr(args, "listen", None))
+def from_config(config: HubbleSection, observer: ObserverSection, store: FlowStore,
+                stats: AgentStats, state=None) -> HubbleServer | None:
+    """The stage `podflow agent` runs, or None when --hubble-listen turns it off. `state`:
+    the agent's Kubernetes state (ClusterState; None with --metadata none), where the agent
+    pods Peer/Notify lists are found. TLS is the Observer's (--tls-*)."""
+    listen = config.listen if config.listen is not None else default_listen(observer.listen)
     if listen in ("", "none"):
         return None
-    creds = server_credentials(getattr(args, "tls_cert", None), getattr(args, "tls_key", None),
-                               getattr(args, "tls_ca", None))
-    if args.hubble_tls_server_name and creds is None:
+    credentials = server_credentials(observer)
+    if config.tls_server_name and credentials is None:
         raise ConfigError("--hubble-tls-server-name needs --tls-cert and --tls-key")
-    return HubbleServer(listen, store, stats, credentials=creds,
-                        max_streams=getattr(args, "grpc_max_streams", 64),
-                        tls_server_name=args.hubble_tls_server_name,
-                        state=getattr(enricher, "state", None),
-                        static_peers=[parse_static_peer(v) for v in args.hubble_peer])
+    return HubbleServer(listen, store, stats, credentials=credentials,
+                        max_streams=observer.max_streams,
+                        tls_server_name=config.tls_server_name, state=state,
+                        static_peers=[parse_static_peer(v) for v in config.peers])

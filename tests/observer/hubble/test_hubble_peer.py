@@ -5,7 +5,6 @@ names exactly when TLS is on. Also the --hubble-* flags."""
 
 from __future__ import annotations
 
-import argparse
 import queue
 import threading
 
@@ -13,6 +12,7 @@ import grpc
 import pytest
 from test_observer_tls import pki  # noqa: F401  (the fixture)
 
+from agent.config import AgentConfig, ObserverSection, StoreSection
 from agent.enrich.k8s.kubesource import KubeSource
 from agent.enrich.k8s.state import ClusterState
 from agent.errors import ConfigError
@@ -76,10 +76,14 @@ class Notifications:
         self.channel.close()
 
 
+def store(stats: AgentStats) -> FlowStore:
+    return FlowStore(StoreSection(capacity=64), stats)
+
+
 def make_server(listen="127.0.0.1:0", state=None, static_peers=(), credentials=None,
                 tls_server_name=None, node="node-a") -> HubbleServer:
     stats = AgentStats(node_name=node, version="0.1.0")
-    server = HubbleServer(listen, FlowStore(64, stats), stats, credentials=credentials,
+    server = HubbleServer(listen, store(stats), stats, credentials=credentials,
                           state=state, static_peers=list(static_peers),
                           tls_server_name=tls_server_name)
     server.start()
@@ -118,7 +122,7 @@ def test_a_unix_socket_agent_is_listed_as_relay_dials_it(tmp_path):
 
 def test_with_tls_every_peer_carries_a_server_name(pki):  # noqa: F811
     crt, key = pki["server"]
-    creds = server_credentials(crt, key, None)
+    creds = server_credentials(ObserverSection(tls_cert=crt, tls_key=key))
     with open(pki["ca"], "rb") as fh:
         client_creds = grpc.ssl_channel_credentials(fh.read())
     server = make_server(credentials=creds, tls_server_name="agent.podflow.test")
@@ -205,13 +209,11 @@ def test_before_its_own_pod_is_known_an_agent_lists_itself(cluster):
 
 # -- flags ---------------------------------------------------------------------------------
 
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--listen", default=":4245")
-    for flag in ("--tls-cert", "--tls-key", "--tls-ca"):
-        parser.add_argument(flag)
-    hubble.add_arguments(parser)
-    return parser.parse_args(argv)
+def server_from(*argv: str):
+    """The Hubble stage `podflow agent ARGV` would run (None: off)."""
+    config = AgentConfig.from_flags(["--node-name", "node-a", *argv])
+    stats = AgentStats("node-a", "0.1.0")
+    return hubble.from_config(config.hubble, config.observer, store(stats), stats)
 
 
 @pytest.mark.parametrize("listen,expected", [
@@ -222,10 +224,16 @@ def test_the_default_follows_listen(listen, expected):
     assert hubble.default_listen(listen) == expected
 
 
+def test_the_agent_serves_hubble_beside_its_listen_address_by_default(tmp_path):
+    server = server_from("--listen", f"unix:{tmp_path}/agent.sock")
+    assert server.listen.unix_path == f"{tmp_path}/agent.hubble.sock"
+    explicit = server_from("--hubble-listen", "127.0.0.1:0", "--hubble-peer", "b=10.0.0.2:1")
+    assert explicit.listen.bind == "127.0.0.1:0" and explicit.static_peers[0].name == "b"
+
+
 def test_an_empty_hubble_listen_turns_the_server_off():
-    stats = AgentStats("node-a", "0.1.0")
-    assert hubble.from_args(parse("--hubble-listen", ""), FlowStore(8, stats), stats) is None
-    assert hubble.from_args(parse("--hubble-listen", "none"), FlowStore(8, stats), stats) is None
+    assert server_from("--hubble-listen", "") is None
+    assert server_from("--hubble-listen", "none") is None
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -235,6 +243,5 @@ def test_an_empty_hubble_listen_turns_the_server_off():
     (("--hubble-listen", "4247"), "--hubble-listen: expected HOST:PORT"),
 ], ids=["peer-without-address", "peer-without-port", "server-name-without-tls", "bad-listen"])
 def test_bad_flags_are_named(argv, message):
-    stats = AgentStats("node-a", "0.1.0")
     with pytest.raises(ConfigError, match=message):
-        hubble.from_args(parse(*argv), FlowStore(8, stats), stats)
+        server_from(*argv)

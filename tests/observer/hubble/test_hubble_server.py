@@ -13,6 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from observer_flows import make_flow
 
+from agent.config import StoreSection
 from agent.flowstore import FlowStore
 from agent.observer.hubble import servicer as hubble_servicer
 from agent.observer.hubble.server import HubbleServer
@@ -31,7 +32,8 @@ class Agent:
 
     def __init__(self, capacity: int = 4096, client_queue_size: int = 1024):
         self.stats = AgentStats(node_name="node-a", version="0.1.0")
-        self.store = FlowStore(capacity, self.stats, client_queue_size=client_queue_size)
+        self.store = FlowStore(StoreSection(capacity=capacity,
+                                            client_queue_size=client_queue_size), self.stats)
         self.server = HubbleServer("127.0.0.1:0", self.store, self.stats)
         self.server.start()
         self.channel = grpc.insecure_channel(self.server.address)
