@@ -1,10 +1,13 @@
-"""Following the flow store, for every API that streams flows (podflow's Observer, Hubble's).
+"""Reading the flow store for a GetFlows stream, for every API that streams flows (podflow's
+Observer, Hubble's): history, then live flows, and what the client must be told besides.
 
 A follower is a store subscription plus what a live stream owes its client besides flows:
 how many flows THIS client missed because it read too slowly (the subscription's own loss),
 and how many were lost at other stages of the agent since it last heard (kernel ring buffer,
-agent queue ...). Both APIs need exactly that and differ only in how they encode flows and
-loss notices, so the loop lives here once and each servicer turns its chunks into its wire.
+agent queue ...); a history from a `since` that reaches past the store says how many flows
+it can no longer have. Both APIs need exactly that and differ only in how they encode flows
+and loss notices, so the reading lives here once (`read_flows`) and each servicer turns its
+chunks into its wire.
 
 `Followers` holds a servicer's open subscriptions, so stopping the server ends every stream
 at once, and a client that goes away releases its subscription even while its worker thread
@@ -87,9 +90,9 @@ class StageLosses:
 
 @dataclass
 class Chunk:
-    """What a follower got on one wake-up: flows (as the subscription reads them: StoredFlow
-    tuples when `raw`, Flow objects otherwise), what this client lost, and what other
-    stages lost since the previous notice."""
+    """What a stream got on one read: flows (StoredFlow tuples when `raw`, Flow objects
+    otherwise), what this client lost, and what was lost elsewhere (other stages since the
+    previous notice; flows asked for that had left the store)."""
 
     flows: list
     client_lost: Lost | None = None
@@ -99,9 +102,39 @@ class Chunk:
         return bool(self.flows or self.client_lost or self.stage_lost)
 
 
-def follow(followers: Followers, sub: Subscription, stats: AgentStats, context,
-           until_ns: int | None = None, raw: bool = True,
-           time_of: Callable[[object], int] | None = None) -> Iterator[Chunk]:
+def read_flows(followers: Followers, stats: AgentStats, context, predicate, *, follow: bool,
+               history: bool, number: int = 0, first: bool = False,
+               since_ns: int | None = None, until_ns: int | None = None, raw: bool = True,
+               batch: int = MAX_BATCH, time_of: Callable[[object], int] | None = None,
+               ) -> Iterator[Chunk]:
+    """What a GetFlows stream reads, as Chunks: the history (when `history`; `number` /
+    `first` / `since_ns` / `until_ns` as FlowStore.history reads them, up to `batch` flows a
+    chunk, after a chunk saying how many flows since `since_ns` already left the store),
+    then, when following, live flows from the flow after the history on (see `follow`)."""
+    store = followers.store
+    sub = followers.subscribe(predicate, context) if follow else None
+    end_seq = sub.cursor if sub is not None else store.seq
+    try:
+        if history:
+            if since_ns is not None:
+                gone = store.evicted_since(since_ns)
+                if gone is not None:
+                    yield Chunk([], stage_lost=[gone])
+            read = store.history_raw if raw else store.history
+            flows = read(predicate, number=number, first=first, since_ns=since_ns,
+                         until_ns=until_ns, end_seq=end_seq)
+            for i in range(0, len(flows), batch):
+                yield Chunk(flows[i:i + batch])
+        if sub is not None:
+            yield from _follow(followers, sub, stats, context, until_ns, raw, time_of)
+    finally:
+        if sub is not None:
+            followers.release(sub)
+
+
+def _follow(followers: Followers, sub: Subscription, stats: AgentStats, context,
+            until_ns: int | None, raw: bool, time_of: Callable[[object], int] | None,
+            ) -> Iterator[Chunk]:
     """Chunks of live flows until the client leaves, the server stops, or `until_ns` (wall
     clock) has passed; flows after `until_ns` are not sent. A client's own loss is counted
     in the agent's stats (CLIENT_QUEUE) as it happens. `time_of(flow)` gives a flow's time

@@ -19,7 +19,7 @@ from google.protobuf import field_mask_pb2
 from agent.errors import InvalidRequest
 from agent.flowstore import (FlowStore, Lost, StoredFlow, frame_flow, node_prefix,
                              timestamp_bytes, varint)
-from agent.observer.follow import MAX_BATCH, Followers, follow
+from agent.observer.follow import Followers, read_flows
 from agent.observer.plan import FlowsPlan, plan_request
 from agent.stats import AgentStats
 from agent.wire.timefmt import timestamp
@@ -120,37 +120,16 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     def _stream(self, plan: FlowsPlan, context):
         """Chunks (lists) of StoredFlow-shaped items: history, then live flows."""
         node = self.stats.node_name
-        store = self.store
-        sub = None
-        if plan.follow:
-            sub = self.followers.subscribe(plan.predicate, context)
-            end_seq = sub.cursor
-        else:
-            end_seq = store.seq
-        try:
-            want_history = not plan.follow or plan.number or plan.since_ns is not None
-            if want_history and plan.since_ns is not None:
-                gone = store.evicted_since(plan.since_ns)
-                if gone is not None:
-                    yield [notice_item(lost_response(node, gone))]
-            if want_history:
-                flows = store.history_raw(plan.predicate, number=plan.number,
-                                          first=plan.first, since_ns=plan.since_ns,
-                                          until_ns=plan.until_ns, end_seq=end_seq)
-                for i in range(0, len(flows), MAX_BATCH):
-                    yield self._masked(flows[i:i + MAX_BATCH], plan.mask)
-            if sub is not None:
-                for chunk in follow(self.followers, sub, self.stats, context,
-                                    until_ns=plan.until_ns):
-                    items = self._masked(chunk.flows, plan.mask)
-                    if chunk.client_lost is not None:
-                        items.insert(0, notice_item(lost_response(node, chunk.client_lost)))
-                    items.extend(notice_item(lost_response(node, lost))
-                                 for lost in chunk.stage_lost)
-                    yield items
-        finally:
-            if sub is not None:
-                self.followers.release(sub)
+        for chunk in read_flows(
+                self.followers, self.stats, context, plan.predicate, follow=plan.follow,
+                history=not plan.follow or bool(plan.number) or plan.since_ns is not None,
+                number=plan.number, first=plan.first, since_ns=plan.since_ns,
+                until_ns=plan.until_ns):
+            items = self._masked(chunk.flows, plan.mask)
+            if chunk.client_lost is not None:
+                items.insert(0, notice_item(lost_response(node, chunk.client_lost)))
+            items.extend(notice_item(lost_response(node, lost)) for lost in chunk.stage_lost)
+            yield items
 
     def _masked(self, items: list[StoredFlow], mask) -> list[StoredFlow]:
         if mask is None:

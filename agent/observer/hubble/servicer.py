@@ -28,7 +28,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from agent.flowstore import FlowStore, Lost
-from agent.observer.follow import MAX_BATCH, Followers, follow
+from agent.observer.follow import MAX_BATCH, Followers, read_flows
 from agent.observer.hubble.filters import HubbleFilterError, compile_filters
 from agent.observer.hubble.encode import FlowMask
 from agent.observer.hubble.mapper import HubbleMapper
@@ -43,6 +43,8 @@ OBSERVER_SERVICE = observer_pb2.DESCRIPTOR.services_by_name["Observer"].full_nam
 # default cluster is "default".
 CLUSTER_NAME = "default"
 NAMESPACE_TTL_S = 3600   # a namespace without flows for this long is no longer listed (Cilium)
+PREFETCH_CHUNKS = 4      # mapped chunks a stream's producer may run ahead of its sender
+PREFETCH_FLOWS = 128     # history records mapped per chunk
 _NS = 1_000_000_000
 
 # podflow's loss stages in Hubble's terms. The flow log's own losses (EXPORTER_*) are not a
@@ -191,39 +193,19 @@ class HubbleObserverServicer:
     def _stream(self, plan: HubblePlan, context):
         """Lists of serialized GetFlowsResponses: history, then live flows."""
         node = self.stats.node_name
-        store = self.store
-        sub = None
-        if plan.follow:
-            sub = self.followers.subscribe(plan.match, context)
-            end_seq = sub.cursor
-        else:
-            end_seq = store.seq
-        try:
-            if plan.history:
-                if plan.since_ns is not None:
-                    gone = store.evicted_since(plan.since_ns)
-                    notice = gone and lost_response(node, gone)
-                    if notice:
-                        yield [notice]
-                flows = store.history(plan.match, number=plan.number, first=plan.first,
-                                      since_ns=plan.since_ns, until_ns=plan.until_ns,
-                                      end_seq=end_seq)
-                for i in range(0, len(flows), PREFETCH_FLOWS):
-                    yield self._encode(flows[i:i + PREFETCH_FLOWS], plan.mask)
-            if sub is not None:
-                for chunk in follow(self.followers, sub, self.stats, context,
-                                    until_ns=plan.until_ns, raw=False, time_of=_flow_ns):
-                    out = []
-                    for lost in (chunk.client_lost, *chunk.stage_lost):
-                        notice = lost and lost_response(node, lost)
-                        if notice:
-                            out.append(notice)
-                    out.extend(self._encode(chunk.flows, plan.mask))
-                    if out:
-                        yield out
-        finally:
-            if sub is not None:
-                self.followers.release(sub)
+        for chunk in read_flows(
+                self.followers, self.stats, context, plan.match, follow=plan.follow,
+                history=plan.history, number=plan.number, first=plan.first,
+                since_ns=plan.since_ns, until_ns=plan.until_ns, raw=False,
+                batch=PREFETCH_FLOWS, time_of=_flow_ns):
+            out = []
+            for lost in (chunk.client_lost, *chunk.stage_lost):
+                notice = lost and lost_response(node, lost)
+                if notice:
+                    out.append(notice)
+            out.extend(self._encode(chunk.flows, plan.mask))
+            if out:
+                yield out
 
     def _encode(self, flows: list, mask: FlowMask | None) -> list[bytes]:
         encode = self.mapper.response_bytes
@@ -261,10 +243,6 @@ class HubbleObserverServicer:
         context.abort(grpc.StatusCode.UNIMPLEMENTED,
                       "GetDebugEvents: podflow has no Cilium datapath debug events; only "
                       "flows are served")
-
-
-PREFETCH_CHUNKS = 4   # mapped chunks a stream's producer may run ahead of its sender
-PREFETCH_FLOWS = 128  # records mapped per history chunk
 
 
 def prefetched(chunks, depth: int = PREFETCH_CHUNKS):
