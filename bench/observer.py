@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "obser
 
 STORE = 65535
 HISTORY_UNBATCHED = 10_000  # flows read one per message (podflow's GetFlows, Hubble's)
-ROUNDS = 3                  # alternate rounds of the two one-flow-per-message APIs
+ROUNDS = 5                  # alternate rounds of the two one-flow-per-message APIs
 
 
 def _pin(cpu: int) -> None:

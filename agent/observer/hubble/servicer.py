@@ -43,8 +43,8 @@ OBSERVER_SERVICE = observer_pb2.DESCRIPTOR.services_by_name["Observer"].full_nam
 # default cluster is "default".
 CLUSTER_NAME = "default"
 NAMESPACE_TTL_S = 3600   # a namespace without flows for this long is no longer listed (Cilium)
-PREFETCH_CHUNKS = 4      # mapped chunks a stream's producer may run ahead of its sender
-PREFETCH_FLOWS = 128     # history records mapped per chunk
+PREFETCH_CHUNKS = 2      # mapped chunks a stream's producer may run ahead of its sender
+PREFETCH_FLOWS = 32      # history records mapped per chunk (short GIL holds)
 _NS = 1_000_000_000
 
 # podflow's loss stages in Hubble's terms. The flow log's own losses (EXPORTER_*) are not a
