@@ -55,7 +55,10 @@ def test_the_agent_serves_hubble_on_its_own_port_and_hubble_peer_selects_it():
     agent = agent_container(objects)
     args = parse_agent_args(agent)
     ports = {p["name"]: p["containerPort"] for p in agent["ports"]}
+    from agent.observer.hubble.server import DEFAULT_PORT
+
     assert args.hubble_listen == f":{deploy_names.HUBBLE_PORT}"
+    assert DEFAULT_PORT == deploy_names.HUBBLE_PORT  # the agent's own default agrees
     assert ports[deploy_names.HUBBLE_PORT_NAME] == deploy_names.HUBBLE_PORT != 4244
     peer = one(objects, "Service", deploy_names.HUBBLE_PEER_SERVICE)["spec"]
     assert peer["internalTrafficPolicy"] == "Local"
