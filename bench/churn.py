@@ -70,7 +70,14 @@ PODFLOW_ARGS = ("--flow-log", "{flow_log}", "--flow-log-max-size-mb", "1000000",
                 "--flow-log-max-backups", "1", "--metrics", "127.0.0.1:0")
 PODFLOW_DRAIN_MIN_S = 15 + 3  # the agent's default --idle-timeout, then a sweep and a flush
 
-NETOBSERV_LAUNCH = ("setarch", "x86_64", "--uname-2.6")  # see NETOBSERV.md: no fentry here
+# netobserv attaches to matching interfaces in every namespace named in /var/run/netns (on
+# this shared host: other labs' cni0, and this node's namespace a second time, which counts
+# each packet twice): it runs in a mount namespace where that directory is empty, so it sees
+# only the node's namespace it is started in. Its kernel check reads uname: see NETOBSERV.md
+# (this kernel refuses fentry programs, which it loads on kernels >= 5.14).
+NETOBSERV_LAUNCH = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount -t tmpfs netobserv-no-netns /run/netns && exec "$0" "$@"',
+                    "setarch", "x86_64", "--uname-2.6")
 NETOBSERV_METRICS_PORT = 9401
 NETOBSERV_ACTIVE_TIMEOUT_S = 5
 NETOBSERV_DRAIN_MIN_S = NETOBSERV_ACTIVE_TIMEOUT_S + 3
@@ -404,6 +411,11 @@ class Bench:
                 elif proc.poll() is None:
                     proc.kill()
                     proc.wait()
+            if self.args.keep:
+                os.makedirs(self.args.keep, exist_ok=True)
+                kept = os.path.join(self.args.keep, f"{agent_name}-{rate}.jsonl")
+                os.replace(out_path, kept)
+                out_path = kept
             res.truth = {k: v - self._truth0[k] for k, v in self._truth().items()}
             if not res.sent:  # the generator was cut short: what entered the client's veth
                 res.sent = res.truth[(self.client.host_ifname, "FROM_POD")]
@@ -593,11 +605,14 @@ def _counts(d: dict) -> str:
 def print_table(results: list[RunResult]) -> None:
     print("| new flows/s | agent | load avg before -> after | sent (s) | CPU cores (churn) "
           "| CPU-ms/flow | RSS MB idle / peak / after drain | records | records/flow "
-          "| bytes/flow | churn packets counted / sent | exact? | lost | stop s |")
+          "| bytes/flow | churn packets counted / sent | exact? | lost (by stage) | stop s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         flows = r.sent or 1
         lost = dict(r.lost)
+        for stage, n in r.log_lost.items():  # the flow log also counts what its stop lost
+            if n > lost.get(stage, 0):
+                lost[stage] = n
         for k, v in r.kernel_errors.items():
             if r.agent == "podflow" and "full" in k:
                 lost[f"kernel {k}"] = v
@@ -737,6 +752,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="longest wait for the agent to catch up after the churn (s)")
     parser.add_argument("--dir", default="/var/tmp",
                         help="where the flow logs are written (and removed) (default /var/tmp)")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="keep each run's output (flow log, netobserv's JSON lines) in DIR "
+                             "as AGENT-RATE.jsonl (gigabytes at high rates)")
     args = parser.parse_args(argv)
     try:
         rates = [int(r.replace("_", "")) for r in args.rates.split(",") if r.strip()]
