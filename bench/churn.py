@@ -99,7 +99,9 @@ def netobserv_env(interfaces: list[str]) -> dict[str, str]:
             "CACHE_ACTIVE_TIMEOUT": f"{NETOBSERV_ACTIVE_TIMEOUT_S}s",
             "EXPORT": "direct-flp", "FLP_CONFIG": json.dumps(flp), "LOG_LEVEL": "info",
             "METRICS_ENABLE": "true", "METRICS_SERVER_ADDRESS": "127.0.0.1",
-            "METRICS_SERVER_PORT": str(NETOBSERV_METRICS_PORT)}
+            "METRICS_SERVER_PORT": str(NETOBSERV_METRICS_PORT),
+            # Attach events labelled with the interface (only they use this level).
+            "METRICS_LEVEL": "trace!"}
 
 
 # ----------------------------------------------------------------------------- processes
@@ -330,21 +332,24 @@ class Bench:
             if proc.poll() is not None:
                 raise RuntimeError(f"netobserv exited with {proc.returncode}:\n"
                                    f"{_tail(err_path)}")
-            if "successfully started" in _tail(err_path) and self._netobserv_attached():
+            if ("successfully started" in _tail(err_path)
+                    and set(self._netobserv_attaches()) >= {*self.veths, "cni0"}):
                 return proc, out_path, err_path
             time.sleep(0.2)
         proc.kill()
         raise RuntimeError(f"netobserv not attached after 60 s:\n{_tail(err_path)}")
 
-    def _netobserv_attached(self) -> bool:
-        """Its metrics count an attach event for each of the three interfaces (the
-        bpftool here predates tcx links and cannot show them)."""
-        attached = 0
+    def _netobserv_attaches(self) -> collections.Counter:
+        """Attach events per interface name from its metrics (the bpftool here predates tcx
+        links and cannot show them). More than one for an interface means two of its
+        programs run there, and every packet is counted twice."""
+        attaches: collections.Counter = collections.Counter()
         for line in self._scrape().splitlines():
             if (line.startswith("ebpf_agent_interface_events_total")
                     and ('type="attach_tcx"' in line or 'type="attach_tc"' in line)):
-                attached += int(float(line.rpartition(" ")[2]))
-        return attached >= len(self.veths) + 1
+                name = line.partition('ifname="')[2].partition('"')[0]
+                attaches[name] += int(float(line.rpartition(" ")[2]))
+        return attaches
 
     def _scrape(self) -> str:
         return self.node.run(["curl", "-s", "--max-time", "5",
@@ -395,6 +400,9 @@ class Bench:
                         res.stop_note = f"exit {code}" + (" (SIGKILL)" if code == -9 else "")
                 else:
                     res.lost, res.kernel_errors = self._netobserv_metrics()
+                    attaches = self._netobserv_attaches()
+                    if any(n > 1 for n in attaches.values()):
+                        res.notes.append(f"netobserv attached more than once: {dict(attaches)}")
                     t0 = time.monotonic()
                     proc.send_signal(signal.SIGTERM)
                     try:
