@@ -1,5 +1,6 @@
-"""New-flow churn: what the agent costs, and whether it stays exact, when every packet is a new
-flow (a busy ingress, DNS-heavy or batch node).
+"""New-flow churn: what the agent costs and whether it stays exact when every packet is a new flow.
+
+A busy ingress, DNS-heavy or batch node opens thousands of short connections per second.
 
 One bridge node of the lab (agent/lab.py) with a client and a server pod. The client sends
 one UDP packet per new 5-tuple at a steady rate (bench/churn_traffic.py: raw socket,
@@ -13,9 +14,10 @@ traffic (see /work/peers/NETOBSERV.md for its build and configuration). Per run:
   - RSS of the tree: idle before the churn, peak, and after the drain;
   - records emitted (the flow log's flow lines, or netobserv's JSON lines), records per flow,
     output bytes per one-packet flow;
-  - packets: churn packets counted at the client veth (FROM_POD) against packets sent, and
-    every record's packets per veth and direction against the veth's own counters (the
-    truth at each hook); netobserv counts a packet once, at the first interface;
+  - packets: "exact" when the churn packets in the records equal the packets sent at each
+    observation point they crossed (podflow: the client's veth FROM_POD and the server's
+    veth TO_POD; netobserv counts a packet once, at the first interface); the details also
+    hold every record's packets per veth and direction against the veth's own counters;
   - lost, by stage: ServerStatus (and the flow log's lost-events lines), the kernel's
     map/ring-buffer counters; netobserv's dropped/errors metrics;
   - time to stop on SIGTERM (the drained agent).
@@ -30,7 +32,12 @@ flows/s; podflow's conntrack reader still sees every NEW and DESTROY event) and 
 kernel's conntrack drops; --notrack exempts the churn from conntrack instead.
 
     .venv/bin/python -m bench.churn [--rates 2000,10000,50000] [--seconds 60]
-        [--peer /work/peers/bin/netobserv-ebpf-agent] [--profile profile.txt]
+        [--peer /work/peers/bin/netobserv-ebpf-agent] [--profile profile.txt [--profile-gil]]
+
+Exits 1 when a podflow run was not exact, did not drain or passed the RSS limit (like
+bench.datapath), after printing every table. --profile records the agent with py-spy
+(raw collapsed stacks) during the churn at --profile-rate and prints its top functions;
+--keep DIR keeps each run's output for a closer look.
 
 The agent's command line is PODFLOW_ARGS below (plus PF_BENCH_AGENT_ARGS / --agent-args);
 netobserv's configuration is netobserv_env().
@@ -652,7 +659,8 @@ def print_details(results: list[RunResult]) -> None:
         wall = r.sent_s or 1
         print(f"- {r.rate:,}/s {r.agent}: generator max lag {r.max_lag:,} packets, "
               f"{r.generator_cpu_s / wall:.2f} cores (with the kernel's path of its packets); "
-              f"sink received {r.received:,}, {r.sink_cpu_s / wall:.2f} cores; drain {r.drain_s:.0f} s{'' if r.drained else ' (NOT drained)'}, "
+              f"sink received {r.received:,}, {r.sink_cpu_s / wall:.2f} cores; "
+              f"drain {r.drain_s:.0f} s{'' if r.drained else ' (NOT drained)'}, "
               f"CPU during drain {r.cpu_drain_s:.1f} s; idle CPU {r.idle_cores:.3f} cores; "
               f"kernel conntrack drops {r.conntrack_drops:,}")
         if r.agent == "podflow":
