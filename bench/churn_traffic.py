@@ -22,9 +22,10 @@ send DST_IP SRC_IP RATE SECONDS [PORT_BASE PORTS PAYLOAD_BYTES]
 sink PORT_BASE PORTS
     Binds PORTS UDP sockets and reads everything that arrives on them (recvmmsg, in
     batches) until SIGTERM, then prints {"received": N, "cpu_s": CPU}. A socket must be
-    listening: a datagram to a closed port is freed as a drop (kfree_skb, reason NO_SOCKET) and answered with ICMP, which would load
-    the agents' drop tracing and add reverse flows that are not part of the churn.
-    Prints {"ready": true} once every socket is bound.
+    listening: a datagram to a closed port is freed as a drop (kfree_skb, reason
+    NO_SOCKET) and answered with ICMP, which would load the agents' drop tracing and add
+    reverse flows that are not part of the churn. Prints {"ready": true} once every socket
+    is bound.
 """
 
 from __future__ import annotations
