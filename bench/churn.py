@@ -90,6 +90,7 @@ NETOBSERV_METRICS_PORT = 9401
 NETOBSERV_ACTIVE_TIMEOUT_S = 5
 NETOBSERV_DRAIN_MIN_S = NETOBSERV_ACTIVE_TIMEOUT_S + 3
 STOP_TIMEOUT_S = 60.0
+PY_SPY = os.path.join(os.path.dirname(sys.executable), "py-spy")  # pip install py-spy
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1 << 20
@@ -475,7 +476,7 @@ class Bench:
         sampler.start()
         spy = None
         if profile:
-            cmd = [os.path.join(os.path.dirname(sys.executable), "py-spy"), "record",
+            cmd = [PY_SPY, "record",
                    "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "100",
                    "--format", "raw", "--threads", "--nonblocking", "--output", profile]
             if self.args.profile_native:
@@ -799,6 +800,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--peer: {args.peer} is not an executable file")
     if args.peer_only and not args.peer:
         parser.error("--peer-only needs --peer")
+    if args.profile and not os.access(PY_SPY, os.X_OK):
+        parser.error(f"--profile needs py-spy at {PY_SPY}: .venv/bin/pip install py-spy")
     if args.seconds * max(rates) > PORTS * 64512:
         parser.error(f"--seconds x rate exceeds the {PORTS * 64512:,} distinct 5-tuples")
 
