@@ -22,17 +22,21 @@ test: setup
 demo: setup
 	$(VENV)/bin/podflow demo
 
-# Every benchmark, one after the other (each prints its own table; about 20 minutes, of which
-# churn takes 10-12: three rates x 60 s plus each agent's drain).
-BENCHES := datapath observer enrich exporter drops tui demo churn
+# Every benchmark, one after the other (each prints its own table; about 15 minutes, of which
+# churn takes 6-7: three rates x 60 s plus the agent's drain).
+BENCHES := datapath observer filters enrich exporter drops tui demo churn
 bench: setup
 	@for b in $(BENCHES); do echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
-# Regenerate proto/podflow_api/v1/*_pb2*.py from the .proto files (checked in; a test
-# fails when they are stale).
+# Regenerate the *_pb2*.py modules beside the .proto files: podflow's own API
+# (proto/podflow_api/v1) and the Hubble-compatible one (proto/podflow_hubble). They are
+# checked in; tests/test_proto.py fails when they are stale.
+PROTOS := podflow_api/v1/flow.proto podflow_api/v1/observer.proto \
+  podflow_hubble/flow/flow.proto podflow_hubble/relay/relay.proto \
+  podflow_hubble/peer/peer.proto podflow_hubble/observer/observer.proto
 proto: setup
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto \
-	  --grpc_python_out=proto proto/podflow_api/v1/flow.proto proto/podflow_api/v1/observer.proto
+	cd proto && ../$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
+	  --grpc_python_out=. $(PROTOS)
 
 # Re-render deploy/podflow.yaml from the Helm chart (checked in; a test fails when stale).
 manifest: setup

@@ -1,13 +1,16 @@
 """The `podflow` command: one entry point, one module per subcommand.
 
-Each subcommand module exposes `add_arguments(parser)` and `run(args) -> int`, so flags live
-next to the code that uses them and this file only dispatches.
+Each subcommand module exposes `add_arguments(parser)` and `run(args) -> int`, so each
+command declares its own flags (`podflow agent`'s: the sections of agent/config) and this
+file only dispatches.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import select
 import signal
 import sys
 
@@ -15,10 +18,10 @@ import sys
 # never pays for bcc and `podflow agent` never pays for Textual.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("agent.main", "run the node agent (eBPF datapath, gRPC Observer, flow log)"),
-    "observe": ("agent.observe", "print flows from one or more agents"),
-    "status": ("agent.observe_status", "print an agent's ServerStatus"),
+    "observe": ("agent.client.observe", "print flows from one or more agents"),
+    "status": ("agent.client.status", "print an agent's ServerStatus"),
     "tui": ("tui.cli", "open the terminal UI over every agent"),
-    "demo": ("agent.demo", "build a two-node cluster from namespaces and show it live"),
+    "demo": ("agent.demo.command", "build a two-node cluster from namespaces and show it live"),
 }
 
 
@@ -48,7 +51,29 @@ def main(argv: list[str] | None = None) -> int:
     only = argv[0] if argv and argv[0] in SUBCOMMANDS else None
     parser = build_parser(only)
     args = parser.parse_args(argv)
-    return int(args._module.run(args) or 0)
+    try:
+        status = int(args._module.run(args) or 0)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # a broken socket or pipe of the command's own: a real error
+        # `podflow status | head`: the reader has all it wanted. Python's documented way out:
+        # point stdout at /dev/null so the flush at exit cannot fail again and print a
+        # traceback. Not an error of podflow's, so the status is 0.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    return status
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end was closed (poll says POLLERR)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _fd, events in poller.poll(0))
+    except (OSError, ValueError):  # no stdout at all
+        return True
 
 
 if __name__ == "__main__":

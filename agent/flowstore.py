@@ -18,19 +18,19 @@ that keep up (exporter, metrics, filtered followers) never parse.
 
 from __future__ import annotations
 
-import argparse
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from agent.errors import ConfigError
 from agent.stats import AgentStats
 from podflow_api.v1 import flow_pb2, observer_pb2
 
-DEFAULT_STORE_SIZE = 65535
-DEFAULT_CLIENT_QUEUE = 8192
+if TYPE_CHECKING:
+    from agent.config import StoreSection
+
 DEFAULT_HOT_FLOWS = 8192  # newest flows also kept as objects
 EVICTED_SECONDS = 6 * 3600  # seconds (with evictions) remembered for `since` queries
 _NS = 1_000_000_000
@@ -158,19 +158,15 @@ class Subscription:
 class FlowStore:
     """Bounded ring of flows. One writer (`extend`), any number of readers."""
 
-    def __init__(self, capacity: int = DEFAULT_STORE_SIZE, stats: AgentStats | None = None,
-                 client_queue_size: int = DEFAULT_CLIENT_QUEUE,
+    def __init__(self, config: StoreSection, stats: AgentStats | None = None, *,
                  hot_flows: int = DEFAULT_HOT_FLOWS):
-        if capacity < 1:
-            raise ConfigError(f"--store-size must be at least 1, got {capacity}")
-        if client_queue_size < 1:
-            raise ConfigError(f"--client-queue-size must be at least 1, got {client_queue_size}")
+        capacity = config.capacity
         self.capacity = capacity
         self.stats = stats
         self.node_name = stats.node_name if stats is not None else ""
         self._prefix = node_prefix(self.node_name)
         # A reader cannot lag by more than the ring holds.
-        self.client_queue_size = min(client_queue_size, capacity)
+        self.client_queue_size = min(config.client_queue_size, capacity)
         # Object kept for the newest `hot_flows`; for a store no bigger than that, for all.
         self.hot_flows = max(0, hot_flows)
         # Slot i % capacity holds [i, time_ns, framed bytes, Flow or None, response offset,
@@ -188,11 +184,6 @@ class FlowStore:
         self._evicted: dict[int, int] = {}
         self._evicted_last_ns = 0
         self.started_mono = time.monotonic()
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, stats: AgentStats) -> FlowStore:
-        return cls(capacity=getattr(args, "store_size", DEFAULT_STORE_SIZE), stats=stats,
-                   client_queue_size=getattr(args, "client_queue_size", DEFAULT_CLIENT_QUEUE))
 
     # -- writer ---------------------------------------------------------------------------
 

@@ -1,10 +1,13 @@
 """`podflow agent`: wires the node agent's stages together and runs them until a signal.
 
     datapath (kernel maps, ring buffer) -> annotate (outcomes, DNS) -> enrich (Kubernetes,
-    conntrack) -> flow store -> gRPC Observer / flow log exporter / metrics
+    conntrack) -> flow store -> gRPC Observer, Hubble API / flow log exporter / metrics
 
-Each stage lives in its own module and contributes its own flags through `add_arguments`;
-this module only builds them in order, connects them, and stops them in reverse order.
+The flags and their checks live in agent/config (one section per stage); this module reads
+them once, hands each stage its section, connects the stages, starts them in data-flow order
+and stops them in reverse order. Every stage is built before any starts, so a bad flag or an
+unreadable file fails before anything is attached. What main may ask of a running stage is
+declared in agent/stage.py.
 """
 
 from __future__ import annotations
@@ -14,61 +17,33 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 
-from agent import __version__
+from agent import __version__, config as agent_config
 from agent.errors import PodflowError
+from agent.stage import Stage
 from agent.stats import AgentStats
 
 log = logging.getLogger("podflow.agent")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from agent import annotate, datapath, exporter, metadata, metrics, server
-
-    parser.add_argument("--node-name", default=os.environ.get("NODE_NAME") or socket.gethostname(),
-                        help="name this agent reports for its node (default: $NODE_NAME or hostname)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--ready-file", metavar="PATH",
-                        help="write a JSON object here once every stage runs (addresses, "
-                             "interfaces); used by the lab, the demo and the tests")
-    datapath.add_arguments(parser)
-    annotate.add_arguments(parser)
-    server.add_arguments(parser)
-    metadata.add_arguments(parser)
-    exporter.add_arguments(parser)
-    metrics.add_arguments(parser)
+    agent_config.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent import annotate, datapath, exporter, metadata, metrics, server
-    from agent.flowstore import FlowStore
-
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stats = AgentStats(node_name=args.node_name, version=__version__)
-    stopping = threading.Event()
-    started: list = []  # stages in start order, stopped in reverse
     try:
-        store = FlowStore.from_args(args, stats)
-        annotator = annotate.from_args(args, stats)
-        enricher = metadata.from_args(args, stats)
-
-        def pipeline(flows: list) -> None:
-            """Called by the datapath's reader thread with each batch of decoded flows."""
-            annotator.annotate(flows)
-            enricher.enrich(flows)
-            store.extend(flows)
-
-        for stage in (enricher,
-                      server.from_args(args, store, stats),
-                      exporter.from_args(args, store, stats),
-                      metrics.from_args(args, store, stats),
-                      datapath.from_args(args, stats, pipeline, annotator)):
-            if stage is None:
-                continue
+        config = agent_config.AgentConfig.from_args(args)
+    except PodflowError as exc:
+        print(f"podflow agent: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.agent.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stats = AgentStats(node_name=config.agent.node_name, version=__version__)
+    started: list[Stage] = []  # in start order, stopped in reverse
+    try:
+        for stage in build_stages(config, stats):
             stage.start()
             started.append(stage)
     except PodflowError as exc:
@@ -76,21 +51,21 @@ def run(args: argparse.Namespace) -> int:
         _stop_all(started)
         return 2
 
-    def on_signal(signum, _frame):
+    stopping = threading.Event()
+
+    def on_signal(_signum, _frame):
         stopping.set()
 
     def on_hup(_signum, _frame):
         for stage in started:
-            reopen = getattr(stage, "reopen", None)
-            if reopen is not None:
-                reopen()
+            stage.reopen()
 
-    if args.ready_file:
-        _write_ready_file(args.ready_file, started)
+    if config.agent.ready_file:
+        _write_ready_file(config.agent.ready_file, started)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hup)
-    log.info("podflow agent %s running on node %s", __version__, args.node_name)
+    log.info("podflow agent %s running on node %s", __version__, config.agent.node_name)
     while not stopping.wait(1.0):
         pass
     log.info("stopping")
@@ -98,21 +73,61 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_ready_file(path: str, started: list) -> None:
+def build_stages(config: agent_config.AgentConfig, stats: AgentStats) -> list[Stage]:
+    """Every stage the configuration turns on, in start order (the datapath last: nothing
+    flows before its consumers run). Building reads files and kernel BTF, starts nothing."""
+    from agent.annotate.stage import Annotator
+    from agent.datapath.loader import Datapath
+    from agent.enrich.stage import Enricher
+    from agent.export.flowlog import FlowLogExporter
+    from agent.export.metrics import MetricsServer
+    from agent.flowstore import FlowStore
+    from agent.observer.hubble.server import from_config as hubble_server
+    from agent.observer.server import ObserverServer
+
+    store = FlowStore(config.store, stats)
+    annotator = Annotator(config.annotate, stats)
+    enricher = Enricher.from_config(config.metadata, stats,
+                                    flow_idle_timeout_s=config.datapath.idle_timeout_s)
+
+    def pipeline(flows: list) -> None:
+        """Called by the datapath's reader thread with each batch of decoded flows."""
+        annotator.annotate(flows)
+        enricher.enrich(flows)
+        store.extend(flows)
+
+    stages: list[Stage] = [enricher]
+    if config.observer.enabled:
+        stages.append(ObserverServer(config.observer, store, stats))
+    hubble = hubble_server(config.hubble, config.observer, store, stats, enricher.state)
+    if hubble is not None:
+        stages.append(hubble)
+    if config.flow_log.path:
+        stages.append(FlowLogExporter(config.flow_log, store, stats))
+    if config.metrics.address:
+        stages.append(MetricsServer(config.metrics, store, stats))
+    # The drop tracer and the DNS capture are kernel code whose records the annotator
+    # consumes: it builds them, the datapath loads them.
+    extensions = annotator.datapath_extensions(
+        active_timeout_s=config.datapath.active_timeout_s,
+        idle_timeout_s=config.datapath.idle_timeout_s)
+    stages.append(Datapath(config.datapath, stats, pipeline, extensions))
+    return stages
+
+
+def _write_ready_file(path: str, started: list[Stage]) -> None:
     """Merge each stage's `ready_info()` (e.g. {"listen": "unix:/run/x.sock"}) into one file,
     written atomically so a reader never sees half of it."""
     info: dict = {"pid": os.getpid()}
     for stage in started:
-        ready_info = getattr(stage, "ready_info", None)
-        if ready_info is not None:
-            info.update(ready_info())
+        info.update(stage.ready_info())
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(info, fh)
     os.replace(tmp, path)
 
 
-def _stop_all(started: list) -> None:
+def _stop_all(started: list[Stage]) -> None:
     """Stop stages newest first: the datapath detaches before the consumers flush."""
     for stage in reversed(started):
         try:

@@ -1,6 +1,6 @@
 """What the datapath costs the node, and whether it counts every packet at that cost.
 
-Two bridge nodes of the lab (agent/lab.py), each with a client and a server pod. The agent
+Two bridge nodes of the lab (agent/lab/), each with a client and a server pod. The agent
 runs on node-a only, attached to both pod veths and the bridge; node-b is the untraced
 baseline. Samples alternate between the two pairs back to back (ABBA order), so both sides
 of each ratio see the same moment of a shared machine's load, which moves iperf3 by +-20 %

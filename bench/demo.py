@@ -18,7 +18,8 @@ import time
 
 import grpc
 
-from agent import demo
+from agent.demo.cluster import build_cluster, start_agents
+from agent.demo.traffic import start_traffic, stop_traffic
 from agent.lab import Lab
 from podflow_api.v1 import observer_pb2, observer_pb2_grpc
 
@@ -41,18 +42,18 @@ def one_scale(pods_per_node: int, seconds: float) -> dict:
     t0 = time.monotonic()
     lab = Lab("benchdemo")
     try:
-        c = demo.build_cluster(lab, 2, pods_per_node)
+        c = build_cluster(lab, 2, pods_per_node)
         t_built = time.monotonic()
-        demo.start_agents(c, lab.run_dir, None)
+        start_agents(c, lab.run_dir, None)
         t_agents = time.monotonic()
-        demo.start_traffic(c)
+        start_traffic(c)
         time.sleep(2)  # let every generator get going
         cpu0 = {a.node.name: _cpu_s(a.pid) for a in c.agents}
         w0 = time.monotonic()
         time.sleep(seconds)
         window = time.monotonic() - w0
         cpu = {a.node.name: (_cpu_s(a.pid) - cpu0[a.node.name]) / window for a in c.agents}
-        traffic = demo.stop_traffic(c)
+        traffic = stop_traffic(c)
         statuses = {a.node.name: _status(a.address) for a in c.agents}
         requests = sum(t["ok"] + t["failed"] for k, t in traffic.items() if k != "bulk")
         pods = len(lab.pods)

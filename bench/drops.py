@@ -7,7 +7,7 @@
    the agent's CPU (share of one core, from /proc), the packets the DROP rule matched
    (iptables counter: the truth), the drops the agent reported (sum of DROPPED records in
    its flow log), the datagrams the pod tried to send, and the events reported lost.
-2. DNS: messages/s through agent.dns.decode and through the full DnsTracker path.
+2. DNS: messages/s through agent.annotate.dns.decode and through the full DnsTracker path.
 3. The annotate stage: flow records/s (20k live connections, batches of 500).
 
     .venv/bin/python -m bench.drops [--seconds 3] [--skip-flood]
@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from tests.drops.dnswire import a, answer, header, name, query, question, rr
+from tests.annotate.dnswire import a, answer, header, name, query, question, rr
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -139,9 +139,10 @@ def flood(seconds: float) -> list[tuple]:
 
 
 def dns_rate(seconds: float = 1.0) -> list[tuple[str, float]]:
-    from agent.annotate import Annotator
-    from agent.dns import decode
-    from agent.dnstrack import DnsPacket
+    from agent.annotate.dns import decode
+    from agent.annotate.dnstrack import DnsPacket
+    from agent.annotate.stage import Annotator
+    from agent.config import AnnotateSection
     from agent.stats import AgentStats
 
     messages = [
@@ -160,9 +161,9 @@ def dns_rate(seconds: float = 1.0) -> list[tuple[str, float]]:
         for m in messages:
             decode(m)
         n += len(messages)
-    rows.append(("agent.dns.decode", n / (time.perf_counter() - start)))
+    rows.append(("agent.annotate.dns.decode", n / (time.perf_counter() - start)))
 
-    ann = Annotator(AgentStats("bench", "0"))
+    ann = Annotator(AnnotateSection(), AgentStats("bench", "0"))
     packets = [DnsPacket(5, "udp", "10.244.1.2" if i % 2 == 0 else "10.96.0.10",
                          "10.96.0.10" if i % 2 == 0 else "10.244.1.2", 40000 + i, 53, m, len(m), i)
                for i, m in enumerate(messages)]
@@ -180,11 +181,12 @@ def dns_rate(seconds: float = 1.0) -> list[tuple[str, float]]:
 def annotate_rate(seconds: float = 1.0, connections: int = 20000) -> float:
     """Flow records/s through Annotator.annotate (outcomes, DNS names, drop scope) in
     batches of 500, with `connections` live connections tracked."""
-    from agent.annotate import Annotator
+    from agent.annotate.stage import Annotator
+    from agent.config import AnnotateSection
     from agent.stats import AgentStats
     from podflow_api.v1 import flow_pb2
 
-    ann = Annotator(AgentStats("bench", "0"))
+    ann = Annotator(AnnotateSection(), AgentStats("bench", "0"))
     records = []
     for i in range(connections):
         for forward in (True, False):

@@ -17,10 +17,11 @@ import tempfile
 import time
 import tracemalloc
 
-from agent.conntrack import CTA_TUPLE_ORIG, Conntrack, Entry, Tuple5, open_conntrack
-from agent.enrich import FlowEnricher
+from agent.config import StoreSection
+from agent.enrich.conntrack import CTA_TUPLE_ORIG, Conntrack, Entry, Tuple5, open_conntrack
+from agent.enrich.names import FlowEnricher
 from agent.flowstore import FlowStore
-from agent.k8s.state import ClusterState
+from agent.enrich.k8s.state import ClusterState
 from agent.stats import AgentStats
 from podflow_api.v1 import flow_pb2
 
@@ -114,7 +115,7 @@ def run_pipeline(flows: list[flow_pb2.Flow], enricher: FlowEnricher | None) -> f
     """CPU seconds of this thread to push copies of `flows` through (enrich +) store, in
     batches. CPU time, not wall time: the machine is shared and wall time measures the
     other tenants as much as us."""
-    store = FlowStore(capacity=65536, stats=AgentStats("bench", "bench"))
+    store = FlowStore(StoreSection(capacity=65536), AgentStats("bench", "bench"))
     copies = [flow_pb2.Flow() for _ in flows]
     for c, f in zip(copies, flows):
         c.CopyFrom(f)
@@ -211,8 +212,8 @@ def bench_netlink(rows: list[tuple[str, str]]) -> None:
 
 
 def bench_latency(args) -> list[tuple[str, str]]:
-    from agent.k8s.kubesource import KubeSource
-    from tests.k8s.fakeapi import FakeAPIServer
+    from agent.enrich.k8s.kubesource import KubeSource
+    from tests.enrich.fakeapi import FakeAPIServer
 
     api = FakeAPIServer(bookmark_interval_s=5).start()
     state, stats = ClusterState(), AgentStats("bench", "bench")

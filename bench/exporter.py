@@ -14,11 +14,12 @@ import shutil
 import tempfile
 import time
 
-from agent.exporter import FlowLogExporter
+from agent.config import FlowLogSection, MetricsSection, StoreSection
+from agent.export.flowlog import FlowLogExporter
+from agent.export.metrics import MetricsServer
 from agent.flowstore import FlowStore
-from agent.metrics import MetricsServer
-from agent.rotate import RotationConfig
 from agent.stats import AgentStats
+from agent.wire.jsonlines import RotationConfig
 from podflow_api.v1 import flow_pb2, observer_pb2
 
 NODE = "bench-node"
@@ -85,10 +86,10 @@ def throughput(directory: str, flows: list[flow_pb2.Flow], compress: bool
     and the exporter thread's CPU time per record (independent of other load)."""
     path = os.path.join(directory, f"tp-{int(compress)}.jsonl")
     stats = AgentStats(node_name=NODE, version="bench")
-    store = FlowStore(capacity=65535, stats=stats)
-    exp = FlowLogExporter(path, store, stats, node_name=NODE, queue_size=65535,
-                          rotation=RotationConfig(max_bytes=10 * 1024 * 1024, max_backups=5,
-                                                  compress=compress))
+    store = FlowStore(StoreSection(capacity=65535), stats)
+    rotation = RotationConfig(max_bytes=10 * 1024 * 1024, max_backups=5, compress=compress)
+    exp = FlowLogExporter(FlowLogSection(path=path, rotation=rotation, queue_size=65535),
+                          store, stats)
     exp.start()
     cpu0 = thread_cpu_s(exp._thread.native_id)
     t0 = time.perf_counter()
@@ -98,9 +99,9 @@ def throughput(directory: str, flows: list[flow_pb2.Flow], compress: bool
         target += len(batch)
         store.extend(batch)
         # stay within the store so nothing is skipped: this measures the writer, not the queue
-        while target - exp.records_written - len(exp._pending) > 40000:
+        while target - exp.records_written - exp.sink.pending_lines > 40000:
             time.sleep(0.005)
-    while exp.records_written + len(exp._pending) < target:
+    while exp.records_written + exp.sink.pending_lines < target:
         time.sleep(0.005)
     cpu = thread_cpu_s(exp._thread.native_id) - cpu0
     exp.stop()
@@ -116,16 +117,14 @@ def cpu_share(directory: str, flows: list[flow_pb2.Flow], rate: int, seconds: fl
     per wall second."""
     path = os.path.join(directory, f"cpu-{int(compress)}-{aggregate or 'raw'}.jsonl")
     stats = AgentStats(node_name=NODE, version="bench")
-    store = FlowStore(capacity=65535, stats=stats)
-    exp = FlowLogExporter(path, store, stats, node_name=NODE, aggregate=aggregate,
-                          rotation=RotationConfig(max_bytes=10 * 1024 * 1024, max_backups=3,
-                                                  compress=compress))
+    store = FlowStore(StoreSection(capacity=65535), stats)
+    rotation = RotationConfig(max_bytes=10 * 1024 * 1024, max_backups=3, compress=compress)
+    exp = FlowLogExporter(FlowLogSection(path=path, rotation=rotation, aggregate=aggregate),
+                          store, stats)
     server = None
     exp.start()
     if with_metrics:
-        server = MetricsServer("127.0.0.1", 0, store, stats,
-                               labels=["source_namespace", "destination_namespace", "service",
-                                       "verdict"])
+        server = MetricsServer(MetricsSection(address="127.0.0.1:0"), store, stats)
         server.start()
     batch_size = max(1, rate // 20)  # 20 batches per second, like a reader on a 50 ms timer
     sub = exp._subscription

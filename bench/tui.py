@@ -1,6 +1,6 @@
 """How `podflow tui` holds up under load: 20,000 flows/s from several agents for ~60 s.
 
-Agents are real Observer servers (agent.server over agent.flowstore) in subprocesses, each
+Agents are real Observer servers (agent.observer.server over agent.flowstore) in subprocesses, each
 fed synthetic cluster traffic at its share of the rate. The TUI is the real app, headless,
 driven by Pilot in this process, with its engine in a child process as `podflow tui` runs
 it. All of it shares this machine's cores with the agents. Reported:
@@ -19,7 +19,7 @@ it. All of it shares this machine's cores with the agents. Reported:
     `--seconds 3600`: the trend over its last 30 minutes.
 
     .venv/bin/python -m bench.tui [--rate 20000] [--agents 3] [--seconds 60] [--engine process]
-                                  [--sample-s 5]
+                                  [--sample-s 5] [--filter 'ns=shop !proto=udp']
 """
 
 from __future__ import annotations
@@ -38,15 +38,16 @@ import psutil
 
 def run_agent(node: str, listen: str, rate: float, ready_file: str) -> None:
     """Subprocess body: one agent serving synthetic flows at `rate` per second."""
+    from agent.config import ObserverSection, StoreSection
     from agent.flowstore import FlowStore
-    from agent.server import ObserverServer
+    from agent.observer.server import ObserverServer
     from agent.stats import AgentStats
     from podflow_api.v1 import flow_pb2
     from tui.synthetic import Cluster
 
     stats = AgentStats(node_name=node, version="bench")
-    store = FlowStore(capacity=65_535, stats=stats)
-    server = ObserverServer(listen, store, stats)
+    store = FlowStore(StoreSection(capacity=65_535), stats)
+    server = ObserverServer(ObserverSection(listen=listen), store, stats)
     server.start()
     pool = Cluster(["node-a", "node-b", "node-c"], seed=hash(node) & 0xFFFF).flows(
         4000, node=node)
@@ -103,7 +104,8 @@ def _pct(values: list[float], q: float) -> float:
 async def _drive(args, addresses: list[str]) -> dict:
     from tui.app import create_app
 
-    app = create_app(servers=addresses, history=0, engine=args.engine)
+    app = create_app(servers=addresses, history=0, engine=args.engine,
+                     initial_filter=args.filter)
     handled: list[float] = []
     for action in ("action_view", "action_pivot", "action_sort"):
         def timed_action(*a, _orig=getattr(app, action), **kw):
@@ -239,6 +241,8 @@ def main() -> int:
                         help="where streams are read and aggregated (podflow tui: process)")
     parser.add_argument("--sample-s", type=float, default=5.0,
                         help="seconds between RSS samples")
+    parser.add_argument("--filter", default="", metavar="EXPR",
+                        help="a `/` filter in force for the whole run, e.g. 'ns=shop !proto=udp'")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pf-bench-tui-") as tmp:
         procs, addresses = _start_agents(args.agents, args.rate, tmp)
@@ -262,6 +266,7 @@ def main() -> int:
                  f"{per_min:+.2f} MB/min = {per_min * 60:+.0f} MB/h")]
     rows = [
         ("engine", args.engine),
+        ("filter", args.filter or "(none)"),
         ("flows received /s", f"{r['flows_per_s']:,.0f}"),
         ("nodes connected", r["connected"]),
         ("lost events (by stage)", ", ".join(f"{k}={v:,}" for k, v in r["lost"].items()) or "0"),

@@ -7,7 +7,8 @@
  * so one event per DNS packet is affordable; a full ring buffer is counted
  * (PF_ERR_DNS_LOST), never blocks.
  *
- * Python mirror: agent/drops.py (DnsEvent); tests/drops/test_layout.py compares layouts.
+ * Python mirror: agent/annotate/dnstrack.py (DnsEventHeader); tests/annotate/test_layout.py
+ * compares layouts.
  */
 #ifndef PODFLOW_DNS_H
 #define PODFLOW_DNS_H

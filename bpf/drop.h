@@ -8,7 +8,7 @@
  * (PF_ERR_DROP_LOST -> lost events at stage KERNEL_DROP_MAP).
  *
  * struct sk_buff / struct net_device are kernel-internal and change between kernels: their
- * offsets come from the running kernel's BTF (agent/btf.py) as -D cflags, never from
+ * offsets come from the running kernel's BTF (agent/datapath/btf.py) as -D cflags, never from
  * headers. Required: PF_SKB_{HEAD,DATA,LEN,DEV,PROTOCOL,NETWORK_HEADER,TRANSPORT_HEADER}_OFF,
  * PF_NETDEV_IFINDEX_OFF, PF_TP_*_OFF, PF_DROP_REASON_NOT_SPECIFIED (and PF_DROP_REASON_CONSUMED when the
  * kernel has it): those two reasons are the kernel's normal frees and are ignored.
@@ -16,10 +16,10 @@
  * devices of that namespace are kept).
  *
  * bcc rewrites map calls only in its main file: load podflow.c through
- * agent/datapath.expand_includes (one text), not with #include search paths.
+ * expand_includes in agent/datapath/loader.py (one text), not with #include search paths.
  *
- * Python mirror: agent/drops.py (DropKey, DropValue, DropEvent); tests/drops/test_layout.py
- * compiles this header with gcc and compares sizes and offsets.
+ * Python mirror: agent/annotate/drops.py (DropKey, DropValue, DropEvent);
+ * tests/annotate/test_layout.py compiles this header with gcc and compares sizes and offsets.
  */
 #ifndef PODFLOW_DROP_H
 #define PODFLOW_DROP_H

@@ -1,5 +1,7 @@
-/* podflow: every map of the datapath, in one place. Sizes come from -D cflags set by
- * agent/datapath.py (--flow-map-size, --ringbuf-size). */
+/* podflow: the maps every program of the datapath shares (flows, events, errors,
+ * other_ethertype). A feature header declares the maps only it uses next to its code
+ * (drop.h: `drops`) and shares `events` and `errors` from here. Sizes come from -D cflags set
+ * by agent/datapath/loader.py (--flow-map-size, --ringbuf-size). */
 #ifndef PODFLOW_MAPS_H
 #define PODFLOW_MAPS_H
 

@@ -5,7 +5,7 @@
  * Programs always return TC_ACT_UNSPEC so the next filter on the hook (Cilium, Calico, the
  * bandwidth plugin, another tool's cls_bpf) still runs and decides.
  *
- * Compiled by bcc at agent start (agent/datapath.py) with -D flags:
+ * Compiled by bcc at agent start (agent/datapath/loader.py) with -D flags:
  *   PODFLOW_FLOW_MAP_SIZE, PODFLOW_RINGBUF_PAGES   map sizes (maps.h)
  *   PODFLOW_DROPS   include drop.h (skb:kfree_skb drop events, PF_EVENT_DROP)
  *   PODFLOW_DNS     include dns.h; it must define

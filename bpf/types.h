@@ -1,27 +1,31 @@
 /* podflow: structs and enums shared by the kernel programs and the agent.
  *
- * Python mirror: agent/decode.py (ctypes classes FlowKey, FlowValue, EventHeader, FlowEvent
- * and the ERR_* / EVENT_* tables). tests/datapath/test_layout.py compiles this header with
- * gcc and checks that every size and offset agrees: change both sides together.
+ * Python mirror: agent/datapath/abi.py (ctypes classes FlowKey, FlowValue, EventHeader,
+ * FlowEvent and the ERR_* / EVENT_* tables). tests/datapath/test_layout.py compiles this
+ * header with gcc and checks that every size and offset agrees: change both sides together.
  *
  * Event contract (the ring buffer `events`, see maps.h)
  * -----------------------------------------------------
- * Every ring-buffer record starts with `struct pf_event_hdr`; the agent dispatches on
- * `kind` (agent/datapath.py: a DatapathExtension's event_handlers(), registered with
- * register_extension() or offered by the annotator's datapath_extensions()).
+ * Every ring-buffer record starts with `struct pf_event_hdr`; the agent's reader dispatches
+ * on `kind` (agent/datapath/loader.py). The flow kinds are the datapath's own; a feature
+ * header's kinds are handled by its DatapathExtension's event_handlers()
+ * (agent/datapath/extension.py), which the stage consuming the feature builds and
+ * agent/main.py hands to the Datapath (drop.h and dns.h: the annotate stage's
+ * datapath_extensions()).
  *   PF_EVENT_FLOW_NEW       struct pf_flow_event: the first packet of a new flow entry
  *   PF_EVENT_FLOW_MAP_FULL  struct pf_flow_event: a packet that found the flow map full;
  *                           the agent accumulates these by key (they are real packets)
- *   PF_EVENT_DROP           reserved for bpf/drop.h (-DPODFLOW_DROPS): skb:kfree_skb
- *   PF_EVENT_DNS            reserved for bpf/dns.h (-DPODFLOW_DNS): DNS payload capture
+ *   PF_EVENT_DROP           bpf/drop.h (-DPODFLOW_DROPS): drops seen at skb:kfree_skb
+ *   PF_EVENT_DNS            bpf/dns.h (-DPODFLOW_DNS): DNS payload capture
  *   PF_EVENT_EXT_FIRST..    free for later features
  * Emit with  events.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP)  (the reader polls
  * on a timer) and count a failure with pf_count_error(PF_ERR_RINGBUF_FULL_<yours>).
- * Error reasons PF_ERR_EXT_FIRST .. PF_ERR_MAX-1 are free for drop.h / dns.h; name them in
- * agent/decode.py ERROR_NAMES (or via DatapathExtension.error_names).
+ * Error reasons PF_ERR_EXT_FIRST .. PF_ERR_MAX-1 belong to feature headers (drop.h, dns.h);
+ * a feature names its own with DatapathExtension.error_names() (the datapath's names are
+ * agent/datapath/abi.py ERROR_NAMES).
  *
  * Headers may use maps (events.ringbuf_output, their own BPF_HASH ...): bcc rewrites map
- * calls only in the main source file, so agent/datapath.py inlines every quoted #include
+ * calls only in the main source file, so agent/datapath/loader.py inlines every quoted #include
  * of podflow.c before compiling (expand_includes, with #line markers).
  *
  * Clock: every *_ns timestamp is bpf_ktime_get_ns() (CLOCK_MONOTONIC); the agent converts
@@ -31,7 +35,7 @@
 #define PODFLOW_TYPES_H
 
 /* flow_key.direction: the TC hook that saw the packet. The pod's point of view is derived
- * in user space from the interface kind (agent/decode.py pod_direction). */
+ * in user space from the interface kind (agent/datapath/decode.py pod_direction). */
 #define PF_DIR_INGRESS 0
 #define PF_DIR_EGRESS  1
 
@@ -88,7 +92,7 @@ struct pf_flow_event {
     __u32 _pad;
 };
 
-/* Per-reason counters (the `errors` per-CPU array). Names in agent/decode.py. */
+/* Per-reason counters (the `errors` per-CPU array). Names in agent/datapath/abi.py. */
 enum pf_error {
     PF_ERR_TRUNC_ETH = 0,          /* shorter than an Ethernet header */
     PF_ERR_TRUNC_VLAN,             /* 802.1Q/802.1ad tag cut short */

@@ -18,9 +18,10 @@ container's own /lib/modules is a small writable emptyDir. This script picks hea
    headers of another kernel version are enough there;
 
 and links the choice into the container's /lib/modules/<release>. When nothing fits it says
-exactly what it looked for and how to fix it, and exits non-zero (3: no headers, 4: bpffs or
-tracefs not mounted, 5: no BTF, which the agent needs whatever the headers). It mounts nothing (the pod
-has no CAP_SYS_ADMIN): bpffs and tracefs must come from the node, and are only checked.
+exactly what it looked for and how to fix it, and exits non-zero (3: no headers, 4: tracefs
+not mounted, 5: no BTF, which the agent needs whatever the headers). It mounts nothing (the pod
+has no CAP_SYS_ADMIN): tracefs must come from the node, and is only checked. bpffs is not
+needed: the agent pins nothing, so the pod does not mount the node's /sys/fs/bpf.
 
 Only standard library here: it runs before anything else, with the image's Python.
 """
@@ -276,11 +277,6 @@ def check_mounts(layout: Layout) -> list[str]:
     except OSError as exc:
         return [f"cannot read {layout.mountinfo}: {exc}"]
     problems = []
-    if mounts.get("/sys/fs/bpf") != "bpf":
-        problems.append(
-            "/sys/fs/bpf is not a bpf filesystem. On the node: `mount -t bpf bpf /sys/fs/bpf` "
-            "(systemd mounts it by default); in the pod: a hostPath volume of the node's "
-            "/sys/fs/bpf (Helm value hostPaths.bpffs).")
     if "tracefs" not in (mounts.get("/sys/kernel/tracing"), mounts.get("/sys/kernel/debug/tracing")):
         problems.append(
             "no tracefs at /sys/kernel/tracing (needed to attach the skb:kfree_skb tracepoint "
@@ -322,6 +318,43 @@ def prepare(layout: Layout, release: str) -> Headers:
     return headers
 
 
+def fallback_reason(layout: Layout, release: str) -> str:
+    """Why the node's own headers were not used, with the fix that applies: installing them
+    is the wrong advice when they are installed and only a mount is missing."""
+    try:
+        mounted = set(read_mounts(layout.mountinfo))
+    except OSError:
+        mounted = None  # unknown: do not claim a mount is missing
+
+    def missing_mount(node_dir: str) -> bool:
+        return mounted is not None and str(layout.node_mounts[node_dir]) not in mounted
+
+    install = (f"install linux-headers-{release} (Debian/Ubuntu) or kernel-devel-{release} "
+               "(Fedora/RHEL/Amazon Linux) on the node")
+    if missing_mount("/lib/modules"):
+        return (f"the node's /lib/modules is not mounted in the pod (at "
+                f"{layout.node_mounts['/lib/modules']}; Helm value hostPaths.libModules)")
+    link = f"/lib/modules/{release}/build"
+    here = node_path(layout, link)
+    if here is None or not here.is_symlink():
+        if here is not None and here.exists():
+            return f"the node's {link} is incomplete (no {BUILD_MARKER}): {install}"
+        return f"the node has no {link}: {install}"
+    target = os.readlink(here)
+    target = os.path.normpath(target if os.path.isabs(target)
+                              else os.path.join(os.path.dirname(link), target))
+    for node_dir in layout.node_mounts:
+        if node_dir != "/lib/modules" and (target + "/").startswith(node_dir.rstrip("/") + "/") \
+                and missing_mount(node_dir):
+            return (f"the node has headers at {target} ({link} links there), but the node's "
+                    f"{node_dir} is not mounted in the pod: set Helm value hostPaths.usrSrc "
+                    f"to {node_dir}")
+    if node_path(layout, target) is None:
+        return (f"the node's {link} links to {target}, outside what the pod mounts "
+                "(/lib/modules and /usr/src): mount that directory too, or " + install)
+    return f"the node's {link} links to {target}, which the node does not have: {install}"
+
+
 def _fail(code: int, message: str) -> int:
     print(f"{PROG}: {message}", file=sys.stderr)
     return code
@@ -343,8 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: kernel {release}; headers: {headers.kind}: {headers.detail}",
               file=sys.stderr)
         if headers.kind == "fallback":
-            print(f"{PROG}: warning: using generic headers, not the node's; install "
-                  f"linux-headers-{release} on the node to silence this", file=sys.stderr)
+            print(f"{PROG}: warning: using generic headers, not the node's: "
+                  f"{fallback_reason(Layout.from_env(), release)}", file=sys.stderr)
     if args.check:
         return 0
     sys.stderr.flush()

@@ -6,8 +6,11 @@ set -euo pipefail
 
 need_root() { [ "$(id -u)" = 0 ] || { echo "setup-host: run as root (apt-get, mounts)" >&2; exit 1; }; }
 
+# podman buildah runc debootstrap: tests/deploy/test_deploy_container.py builds and runs the
+# image (a Debian base made with debootstrap; runc, not crun: see tests/deploy/podman_helpers.py).
 PKGS=(python3-bpfcc python3-venv python3-dev iproute2 iptables conntrack tcpdump iperf3
-      tmux dnsmasq-base bpftool iputils-ping procps kmod gcc openssl)
+      tmux dnsmasq-base bpftool iputils-ping procps kmod gcc openssl
+      podman buildah runc debootstrap)
 
 missing=()
 for p in "${PKGS[@]}"; do

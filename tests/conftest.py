@@ -25,7 +25,7 @@ def ebpf_ready():
     if not IS_ROOT:
         pytest.skip("needs root")
     try:
-        from bcc import BPF  # noqa: F401  (only place outside agent.datapath: a readiness probe)
+        from bcc import BPF  # noqa: F401  (only place outside agent.datapath.loader: a readiness probe)
 
         prog = BPF(text=b"int probe(struct __sk_buff *skb) { return -1; }")
         prog.load_func(b"probe", BPF.SCHED_CLS)

@@ -15,143 +15,44 @@ runs (bench/tui.py measures it):
 * connections already counted as failed: 50,000, oldest forgotten first;
 * sources: those configured or discovered, plus at most `max_gone` removed ones.
 
-Time order: each agent streams its own flows in time order; flows from several agents are
-held back until every live agent has sent something at least as new (a watermark), or for
-at most `reorder_s`, then merged into the ring in time order. File replays are merged by
-time too.
+Time order: the client's merge (agent.client.merge.TimeMerge, the one `podflow observe`
+uses): flows from several agents are held back until every agent still talking has sent
+something at least as new, or for at most `reorder_s`, then merged into the ring in time
+order. File replays hold nothing back and are merged by time too.
 
 Counting: the Flows view shows every record; Top, Services and the totals count each packet
-once, following `tui.flowkey.counts_once` (the sender's FROM_POD veth record; a TO_POD record
-only when the sender has no veth of its own; bridge records only for traffic no veth sees;
-host-stack drop records as verdict=dropped). A pivot row is named after the pod at the
-observation point (`local_is_src`): for pod traffic that is the sender, so Top is "who sent
-how much", with replies counted under the server that sent them.
+once, following `agent.wire.counting.counts_once`, the rule the agent's metrics follow (the
+sender's FROM_POD veth record; a TO_POD record only when the sender has no veth of its own;
+bridge records only for traffic no veth sees; drop records always). A pivot row is named
+after the pod at the observation point (`local_is_src`): for pod traffic that is the sender,
+so Top is "who sent how much", with replies counted under the server that sent them.
 """
 
 from __future__ import annotations
 
-import bisect
 import heapq
-import math
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Callable
 
+from agent.client.merge import TimeMerge
+from agent.wire.counting import counts_once
+from agent.wire.timefmt import NS_PER_S, ts_ns
 from podflow_api.v1 import flow_pb2, observer_pb2
 
 from tui.filterexpr import FlowFilter
-from tui.flowkey import FlowKey, counts_once, endpoint_label, flow_key
+from tui.flowkey import PIVOTS, FlowKey, flow_key, pivot_label
+from tui.records import (LIVE_KINDS, STAGE_NAMES, BackendShare, Entry, NodeInfo, ServiceRow,
+                         Summary, TopRow)
 
-PIVOTS = ("namespace", "workload", "pod", "service", "port", "verdict", "node")
+__all__ = ["Aggregator", "BackendShare", "Entry", "NodeInfo", "ServiceRow", "Summary",
+           "TopRow", "PIVOTS", "SORTS"]
+
 SORTS = ("bytes", "packets", "flows", "rate")
-LIVE_KINDS = ("agent", "kubernetes")
 OTHER_KEY = FlowKey("(other)", "(other)", "(other)", "(other)", "(other)", "(other)", "(other)",
                     "", "", 0, "", "unknown", "outcome_unknown", False, True)
-_STAGE_NAMES = {v.number: v.name for v in observer_pb2.LostStage.DESCRIPTOR.values}
-
-
-def _ts_ns(ts) -> int:
-    return ts.seconds * 1_000_000_000 + ts.nanos
-
-
-class Entry:
-    """One flow record as the Flows view keeps it."""
-
-    __slots__ = ("time_ns", "source_id", "flow", "key", "counted", "row")
-
-    def __init__(self, time_ns: int, source_id: str, flow: flow_pb2.Flow, key: FlowKey,
-                 counted: bool):
-        self.time_ns = time_ns
-        self.source_id = source_id
-        self.flow = flow
-        self.key = key
-        self.counted = counted
-        self.row = None  # formatted cells, filled by the Flows view on first display
-
-
-@dataclass
-class NodeInfo:
-    """One source of flows (an agent, a port-forwarded agent pod, a replayed file)."""
-
-    source_id: str
-    address: str
-    kind: str                      # agent, kubernetes, file
-    name: str = ""                 # node name reported by the agent (or by the flows)
-    state: str = "connecting"      # connecting, connected, reconnecting, unavailable,
-                                   # replaying, replayed, gone
-    message: str = ""
-    status: observer_pb2.ServerStatusResponse | None = None
-    received: int = 0              # flow records received from this source
-    rate_fps: float = 0.0          # records/s received, measured here
-    inband_lost: dict[str, int] = field(default_factory=dict)  # stage -> count (notices)
-    dropped_here: int = 0          # records this TUI could not keep up with (inbox full)
-    malformed: int = 0             # file replay: lines that were not valid JSON / responses
-    skipped: int = 0               # file replay: valid JSON objects that are not responses
-    last_time_ns: int = 0          # newest flow time from this source
-    last_recv_mono: float = 0.0
-    retry_at_mono: float = 0.0
-    _rate_mark: tuple[float, int] = (0.0, 0)
-
-    @property
-    def live(self) -> bool:
-        return self.kind in LIVE_KINDS
-
-    def lost_by_stage(self) -> dict[str, int]:
-        """Per stage, the larger of the agent's cumulative ServerStatus count and the
-        notices received in-band (they overlap: notices are a subset the stream saw)."""
-        lost = dict(self.inband_lost)
-        if self.status is not None:
-            for lc in self.status.lost:
-                name = _STAGE_NAMES.get(lc.stage, str(lc.stage))
-                lost[name] = max(lost.get(name, 0), lc.count)
-        if self.dropped_here:
-            lost["TUI_INBOX"] = self.dropped_here
-        return lost
-
-    def lost_total(self) -> int:
-        return sum(self.lost_by_stage().values())
-
-
-@dataclass
-class TopRow:
-    label: str
-    packets: int
-    bytes: int
-    flows: int
-    rate_bps: float                # bytes/s over the rate window
-    series: list[int]              # bytes per second, oldest first
-
-
-@dataclass
-class BackendShare:
-    name: str
-    bytes: int
-    flows: int
-    share: float                   # of the Service's bytes, 0..1
-
-
-@dataclass
-class ServiceRow:
-    name: str
-    packets: int
-    bytes: int
-    flows: int
-    backends: list[BackendShare]
-    no_endpoints: int
-    refused: int
-    unanswered: int
-
-
-@dataclass
-class Summary:
-    connected: int
-    known: int
-    lost: int
-    flows_seen: int
-    flows_kept: int
-    backlog: int = 0   # responses fed but not yet taken in (the inbox)
 
 
 class Aggregator:
@@ -176,7 +77,9 @@ class Aggregator:
         self._nodes: dict[str, NodeInfo] = {}
         self._gone: deque[str] = deque()                    # gone sources, oldest first
         self._recent: deque[Entry] = deque(maxlen=max_flows)
-        self._pending: list[Entry] = []
+        # Never more held than the ring holds, nor longer than reorder_s behind the newest.
+        self._merge = TimeMerge(time_of=attrgetter("time_ns"), quiet_s=reorder_s,
+                                max_held=max_flows, max_lag_ns=int(reorder_s * NS_PER_S))
         self._totals: dict[FlowKey, list[int]] = {}
         self._buckets: dict[int, dict[FlowKey, list[int]]] = {}
         self._failures: dict[FlowKey, list[int]] = {}       # key -> [no_endpoints, refused, unanswered]
@@ -192,6 +95,7 @@ class Aggregator:
             node = self._nodes.get(source_id)
             if node is None:
                 self._nodes[source_id] = NodeInfo(source_id, address, kind, name=name)
+                self._merge.add_source(source_id, holds=kind in LIVE_KINDS)
             else:
                 node.address, node.state = address, "connecting"
             self.version += 1
@@ -207,6 +111,7 @@ class Aggregator:
             if state != "connected":
                 node.rate_fps = 0.0
             if state == "gone":
+                self._merge.source_done(source_id)
                 self._forget_gone(source_id)
             self.version += 1
 
@@ -221,6 +126,7 @@ class Aggregator:
             node = self._nodes.get(old)
             if node is not None and node.state == "gone":
                 del self._nodes[old]
+                self._merge.forget(old)
 
     def set_status(self, source_id: str, status: observer_pb2.ServerStatusResponse) -> None:
         with self._lock:
@@ -273,6 +179,7 @@ class Aggregator:
         while inbox and len(items) < max_items:
             items.append(inbox.popleft())
         entries: list[Entry] = []
+        by_source: dict[str, list[Entry]] = {}
         notices = []
         for source_id, resp in items:
             kind = resp.WhichOneof("response_types")
@@ -280,8 +187,14 @@ class Aggregator:
                 flow = resp.flow
                 if not flow.node_name and resp.node_name:
                     flow.node_name = resp.node_name
-                t_ns = _ts_ns(flow.time) or _ts_ns(resp.time)
-                entries.append(Entry(t_ns, source_id, flow, flow_key(flow), counts_once(flow)))
+                t_ns = ts_ns(flow.time) or ts_ns(resp.time)
+                entry = Entry(t_ns, source_id, flow, flow_key(flow), counts_once(flow))
+                entries.append(entry)
+                batch = by_source.get(source_id)
+                if batch is None:
+                    by_source[source_id] = [entry]
+                else:
+                    batch.append(entry)
             elif kind is not None:
                 notices.append((source_id, resp))
         now_mono = time.monotonic()
@@ -291,11 +204,13 @@ class Aggregator:
             with self._lock:
                 for entry in entries[i:i + self.LOCK_CHUNK]:
                     self._account(entry, now_mono)
-                self._pending.extend(entries[i:i + self.LOCK_CHUNK])
         with self._lock:
             for source_id, resp in notices:
                 self._take_notice(source_id, resp)
-            released = self._merge()
+                self._merge.heard(source_id, now_mono)
+            for source_id, batch in by_source.items():
+                self._merge.add(source_id, batch, now_mono)
+            released = self._into_ring(self._merge.release(now_mono))
             self._update_rates(now_mono)
             self._prune()
             if entries or notices or released:
@@ -308,7 +223,7 @@ class Aggregator:
             return
         if resp.HasField("lost_events"):
             lost = resp.lost_events
-            name = _STAGE_NAMES.get(lost.stage, str(lost.stage))
+            name = STAGE_NAMES.get(lost.stage, str(lost.stage))
             node.inband_lost[name] = node.inband_lost.get(name, 0) + lost.num_events_lost
         elif resp.HasField("node_status"):
             st = resp.node_status
@@ -319,9 +234,6 @@ class Aggregator:
         node = self._nodes.get(entry.source_id)
         if node is not None:
             node.received += 1
-            node.last_recv_mono = now_mono
-            if entry.time_ns > node.last_time_ns:
-                node.last_time_ns = entry.time_ns
             if not node.name and entry.key.node:
                 node.name = entry.key.node
         self.flows_seen += 1
@@ -342,7 +254,7 @@ class Aggregator:
             tot[0] += packets
             tot[1] += nbytes
             tot[2] += nflows
-        sec = entry.time_ns // 1_000_000_000
+        sec = entry.time_ns // NS_PER_S
         bucket = self._buckets.get(sec)
         if bucket is None:
             bucket = self._buckets[sec] = {}
@@ -377,32 +289,14 @@ class Aggregator:
         else:
             counts[2] += 1
 
-    def _watermark_ns(self, now_mono: float) -> float:
-        live = [n for n in self._nodes.values()
-                if n.live and n.state == "connected" and n.received
-                and now_mono - n.last_recv_mono < self.reorder_s]
-        if not live:
-            return math.inf
-        return min(n.last_time_ns for n in live)
-
-    def _merge(self) -> int:
-        if not self._pending:
-            return 0
-        now_mono = time.monotonic()
-        self._pending.sort(key=lambda e: e.time_ns)
-        wm = self._watermark_ns(now_mono)
-        times = [e.time_ns for e in self._pending]
-        cut = bisect.bisect_right(times, wm)
-        # never hold anything longer than reorder_s of the newest flow, nor more than the ring
-        oldest_allowed = self.latest_ns - int(self.reorder_s * 1e9)
-        cut = max(cut, bisect.bisect_right(times, oldest_allowed))
-        cut = max(cut, len(self._pending) - self.max_flows)
-        released, self._pending = self._pending[:cut], self._pending[cut:]
+    def _into_ring(self, released: list[Entry]) -> int:
+        """Released records (in time order) into the ring; records released late (an
+        agent whose clock runs behind) are merged in where they belong."""
         if not released:
             return 0
         recent = self._recent
         if recent and released[0].time_ns < recent[-1].time_ns:
-            merged = heapq.merge(recent, released, key=lambda e: e.time_ns)
+            merged = heapq.merge(recent, released, key=attrgetter("time_ns"))
             self._recent = deque(merged, maxlen=self.max_flows)
         else:
             recent.extend(released)
@@ -421,7 +315,7 @@ class Aggregator:
         time when only replaying files (so a replay shows its own last minute)."""
         if any(n.live for n in self._nodes.values()) or not self.latest_ns:
             return int(self._clock())
-        return self.latest_ns // 1_000_000_000
+        return self.latest_ns // NS_PER_S
 
     def _prune(self) -> None:
         oldest = self.now_s() - self.window_s
@@ -446,29 +340,6 @@ class Aggregator:
         with self._lock:
             return [e for e in self._recent if flt(e.key)]
 
-    @staticmethod
-    def pivot_label(key: FlowKey, pivot: str) -> str:
-        local_src = key.local_is_src
-        if pivot == "namespace":
-            ns = key.src_ns if local_src else key.dst_ns
-            return ns or (key.src_pod if local_src else key.dst_pod) or "(none)"
-        if pivot == "workload":
-            ns, wl = (key.src_ns, key.src_workload) if local_src else (key.dst_ns, key.dst_workload)
-            pod = key.src_pod if local_src else key.dst_pod
-            return endpoint_label(ns, wl, pod)
-        if pivot == "pod":
-            return endpoint_label(key.src_ns if local_src else key.dst_ns,
-                                  key.src_pod if local_src else key.dst_pod)
-        if pivot == "service":
-            return key.service or "(no service)"
-        if pivot == "port":
-            return f"{key.proto or 'ip'}/{key.port}" if key.port else (key.proto or "(no port)")
-        if pivot == "verdict":
-            return key.verdict
-        if pivot == "node":
-            return key.node or "(unknown)"
-        raise ValueError(f"pivot {pivot!r}: use one of {', '.join(PIVOTS)}")
-
     def top(self, flt: FlowFilter, pivot: str, sort: str = "bytes", limit: int = 50,
             spark_s: int = 30) -> list[TopRow]:
         if sort not in SORTS:
@@ -479,7 +350,7 @@ class Aggregator:
             for key, (p, b, f) in self._totals.items():
                 if not flt(key):
                     continue
-                label = labels[key] = self.pivot_label(key, pivot)
+                label = labels[key] = pivot_label(key, pivot)
                 row = rows.get(label)
                 if row is None:
                     rows[label] = [p, b, f, [0] * spark_s]
@@ -560,4 +431,4 @@ class Aggregator:
             connected = sum(1 for n in known if n.state in ("connected", "replayed", "replaying"))
             lost = sum(n.lost_total() for n in self._nodes.values())
             return Summary(connected, len(known), lost, self.flows_seen, len(self._recent),
-                           len(self._inbox) + len(self._pending))
+                           len(self._inbox) + len(self._merge))

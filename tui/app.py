@@ -71,6 +71,14 @@ class PodflowApp(App):
         Binding("end", "cursor('scroll_bottom')", show=False),
     ]
 
+    async def action_help_quit(self) -> None:
+        """Ctrl-C: Textual only says "press ctrl+q"; with `ctrl_c_quits` (the demo, where a
+        newcomer expects Ctrl-C to end it) it quits."""
+        if self.config.ctrl_c_quits:
+            self.exit()
+        else:
+            await super().action_help_quit()
+
     def __init__(self, config: AppConfig, aggregator: Aggregator | None = None):
         super().__init__()
         self.config = config
@@ -242,20 +250,19 @@ class PodflowApp(App):
         self.query_one(FlowsView).toggle_detail()
 
     def action_pivot(self) -> None:
-        top = self.query_one(TopView)
-        if self.current_view != "top":
-            self.action_view("top")
-            return
-        top.next_pivot()
-        top.show_header(" · updating…")
-        self._send_state()
+        self._change_top(TopView.next_pivot)
 
     def action_sort(self) -> None:
-        top = self.query_one(TopView)
+        self._change_top(TopView.next_sort)
+
+    def _change_top(self, step) -> None:
+        """`p`/`o`: elsewhere they open the Top view; on it they take the next pivot or
+        sort and ask the engine for a snapshot built that way."""
         if self.current_view != "top":
             self.action_view("top")
             return
-        top.next_sort()
+        top = self.query_one(TopView)
+        step(top)
         top.show_header(" · updating…")
         self._send_state()
 

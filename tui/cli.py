@@ -6,12 +6,12 @@ import argparse
 import os
 import sys
 
-from agent.client import TLSOptions, add_tls_arguments, normalize_address
+from agent.client.channel import TLSOptions, add_tls_arguments, normalize_address
 from agent.errors import ConfigError
 from tui.filterexpr import FilterError, parse_filter
 
 try:
-    from agent.deploy_defaults import (AGENT_LABEL_SELECTOR, GRPC_PORT, GRPC_PORT_NAME,
+    from agent.client.deploy_names import (AGENT_LABEL_SELECTOR, GRPC_PORT, GRPC_PORT_NAME,
                                        NAMESPACE)
 except ImportError:  # pragma: no cover - the values the chart uses
     AGENT_LABEL_SELECTOR = "app.kubernetes.io/name=podflow,app.kubernetes.io/component=agent"
@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="initial filter, same language as the / key (e.g. 'ns=shop !proto=udp')")
     parser.add_argument("--export-dir", default=".", metavar="DIR",
                         help="where the e key writes its JSON-lines files (default: here)")
+    parser.add_argument("--ctrl-c-quits", action="store_true",
+                        help="quit on Ctrl-C as well as q and ctrl+q (podflow demo uses it)")
     add_tls_arguments(parser)
 
 
@@ -81,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(AppConfig(servers=args.server, files=args.file, kubernetes=k8s,
                                history=args.history, max_flows=args.max_flows,
                                export_dir=args.export_dir, initial_filter=args.filter,
-                               tls=tls if tls.enabled else None, engine="process"))
+                               tls=tls if tls.enabled else None, engine="process",
+                               ctrl_c_quits=args.ctrl_c_quits))
     app.run()
     return 0

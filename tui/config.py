@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.client.stream import BACKOFF_MAX_S
+
 
 @dataclass
 class KubernetesOptions:
@@ -28,7 +30,8 @@ class AppConfig:
     export_dir: str = "."
     refresh_s: float = 0.25      # how often views are rebuilt while flows arrive
     initial_filter: str = ""
-    backoff_max_s: float = 30.0
+    backoff_max_s: float = BACKOFF_MAX_S  # an agent away is retried at least this often
     status_poll_s: float = 3.0
-    tls: object = None           # agent.client.TLSOptions for agents, or None
+    tls: object = None           # agent.client.channel.TLSOptions for agents, or None
     engine: str = "thread"       # "process": streams and aggregation in a child process
+    ctrl_c_quits: bool = False   # Ctrl-C quits too (Textual's default only hints at ctrl+q)

@@ -27,6 +27,8 @@ import time
 import traceback
 from typing import Callable
 
+from agent.errors import ExportError
+
 from tui.aggregator import Aggregator
 from tui.config import AppConfig
 from tui.export import write_export
@@ -98,7 +100,7 @@ class EngineCore:
             entries = self.agg.matching(self.flt)
             try:
                 path = write_export(entries, command[1], self.flt.text)
-            except OSError as exc:
+            except (OSError, ExportError) as exc:
                 self.out(("exported", f"export failed: {exc}", "error"))
             else:
                 self.out(("exported",

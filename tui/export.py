@@ -1,26 +1,24 @@
 """The `e` key: write the flows matching the current filter to a JSON-lines file.
 
-Same format as the agent's flow log and `observe -o jsonl` (one GetFlowsResponse per line,
-protobuf JSON mapping with proto field names), so an export can be replayed with --file.
+The flow-log format (agent.wire.logformat: its header, then one GetFlowsResponse per line)
+written by the same loss-reporting sink as the agent's flow log and `observe --output-file`
+(agent.wire.jsonlines), so an export replays with `podflow tui --file` and reads with the
+same tools. The file appears whole or not at all: it is written under a `.part` name and
+renamed when every line is in; a write that fails (disk full) removes it and says why.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
-from google.protobuf import json_format
-
+from agent import __version__
+from agent.errors import ExportError
+from agent.wire import logformat
+from agent.wire.jsonlines import NO_ROTATION, JsonLinesSink
 from podflow_api.v1 import observer_pb2
 
-from tui.aggregator import Entry
-
-try:  # the agent's fast encoder: same bytes as json_format, ~10x faster
-    from agent.flowjson import to_json as _to_json
-except ImportError:  # pragma: no cover - only when the agent package is absent
-    def _to_json(msg) -> str:
-        return json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=None)
+from tui.records import Entry
 
 
 def export_path(directory: str, now: float | None = None) -> str:
@@ -34,20 +32,30 @@ def export_path(directory: str, now: float | None = None) -> str:
 
 
 def write_export(entries: list[Entry], directory: str, filter_text: str = "") -> str:
-    """Write the entries (oldest first); returns the path. A header line says what was
-    exported; readers skip it because it is not a GetFlowsResponse."""
+    """Write the entries (oldest first); returns the path. ExportError (or OSError for the
+    directory) says why nothing was written."""
     os.makedirs(directory, exist_ok=True)
     path = export_path(directory)
     tmp = f"{path}.part"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps({"podflow_export": {"filter": filter_text, "flows": len(entries),
-                                                "written": time.strftime(
-                                                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}))
-        fh.write("\n")
-        for e in entries:
-            resp = observer_pb2.GetFlowsResponse(node_name=e.flow.node_name, flow=e.flow)
-            resp.time.CopyFrom(e.flow.time)
-            fh.write(_to_json(resp))
-            fh.write("\n")
+    header = logformat.header_fields(agent_version=__version__, filter=filter_text,
+                                     flows=len(entries))
+    failures: list[ExportError] = []
+    sink = JsonLinesSink(tmp, NO_ROTATION, header,
+                         on_failure=lambda exc, _first: failures.append(exc))
+    try:
+        if sink.open():
+            for e in entries:
+                resp = observer_pb2.GetFlowsResponse(node_name=e.flow.node_name, flow=e.flow)
+                resp.time.CopyFrom(e.flow.time)
+                sink.add(logformat.response_line(resp), e.time_ns)
+            sink.close()
+        if failures:
+            raise ExportError(f"{failures[0]} ({sink.lost_total:,} of {len(entries):,} flows "
+                              "not written)")
+    except BaseException:
+        sink.writer.close()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     os.replace(tmp, path)
     return path

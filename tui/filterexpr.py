@@ -1,12 +1,17 @@
-"""The `/` filter line: a tiny expression language over FlowKey, applied to every view.
+"""The `/` filter line: the filter words of `podflow observe`, written as terms and evaluated
+over FlowKey.
 
-    ns=shop  pod=cart-*  svc=shop/cart  port=443  proto=udp  verdict=dropped  node=node-b
+    ns=shop  pod=cart-  svc=shop/cart  port=443  proto=udp  verdict=dropped  node=node-b
 
 Terms are separated by spaces and must all match. Within one term, comma-separated values
-are alternatives (`proto=tcp,udp`). `!term` or `key!=value` negates a term. Globs (`*`, `?`)
-work on names. `ns`, `pod` and `workload` match either end of the flow; `port` is the
-server port (destination port of a request, source port of a reply), a number or a range
-`8000-8100`. An empty expression matches everything.
+are alternatives (`proto=tcp,udp`). `!term` or `key!=value` negates a term. A word means here
+what `--WORD` means to `podflow observe` (the README's filter table):
+agent.filters.vocabulary reads the values and decides their meaning for both, and
+tests/filters/test_same_meaning.py holds them to it. So names are exact or globs (`*`, `?`),
+a pod is a name prefix (`pod=cart-`, `pod=shop/cart-*`), `port` is the server port
+(destination port of a request, source port of a reply), a number or a range `8000-8100`.
+`ns`, `pod` and `workload` match either end; `from-`/`to-` pick one. The TUI knows the words
+its keys can answer (KEYS); an empty expression matches everything.
 
 Filters are evaluated on FlowKeys, which repeat a lot, so each compiled filter memoises its
 answers per key; that is what keeps filtering cheap at 20,000 flows/s.
@@ -14,72 +19,126 @@ answers per key; that is what keeps filtering cheap at 20,000 flows/s.
 
 from __future__ import annotations
 
-import fnmatch
-import re
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
+from agent.errors import FilterError
+from agent.filters import vocabulary as vocab
+from podflow_api.v1 import flow_pb2
 from tui.flowkey import FlowKey
 
-PROTOCOLS = ("tcp", "udp", "sctp", "icmpv4", "icmpv6", "icmp")
-VERDICTS = ("forwarded", "dropped", "unknown")
-KEYS = ("ns", "pod", "workload", "svc", "port", "proto", "verdict", "node")
+__all__ = ["FilterError", "FlowFilter", "parse_filter", "KEYS"]
+
+KeyCheck = Callable[[FlowKey], bool]
 _MEMO_LIMIT = 200_000
+_PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp"})
+# how FlowKey spells a verdict and an outcome (tui.flowkey)
+_VERDICT_KEYS = {flow_pb2.FORWARDED: "forwarded", flow_pb2.DROPPED: "dropped",
+                 flow_pb2.VERDICT_UNKNOWN: "unknown"}
+_ALIASES = {"ns": "namespace", "svc": "service", "proto": "protocol"}
+_SIDES = {"": (("src_ns", "src_pod", "src_workload"), ("dst_ns", "dst_pod", "dst_workload")),
+          "from-": (("src_ns", "src_pod", "src_workload"),),
+          "to-": (("dst_ns", "dst_pod", "dst_workload"),)}
 
 
-class FilterError(ValueError):
-    """A filter expression is wrong; the message says which term and why."""
+def _sides(side: str, column: int) -> tuple[int, ...]:
+    """FlowKey tuple positions of a column (0 ns, 1 pod, 2 workload) on the named sides."""
+    return tuple(FlowKey._fields.index(names[column]) for names in _SIDES[side])
 
 
-def _glob(pattern: str) -> Callable[[str], bool]:
-    if any(ch in pattern for ch in "*?["):
-        rx = re.compile(fnmatch.translate(pattern))
-        return lambda s: bool(rx.match(s))
-    return lambda s: s == pattern
+def _on_sides(side: str, column: int, match: vocab.NameMatch) -> KeyCheck:
+    cols = _sides(side, column)
+    if len(cols) == 1:
+        (col,) = cols
+        return lambda k: match(k[col])
+    src, dst = cols
+    return lambda k: match(k[src]) or match(k[dst])
 
 
-def _name_term(values: list[str], ns_fields: tuple[str, ...], name_fields: tuple[str, ...]):
-    """Matchers for `pod`/`workload`: "glob" on the name, or "ns/glob" on both."""
-    matchers = []
-    for value in values:
-        if "/" in value and ns_fields:
-            ns, _, name = value.partition("/")
-            ns_m, name_m = _glob(ns), _glob(name)
-            matchers.append(lambda k, ns_m=ns_m, name_m=name_m: any(
-                ns_m(getattr(k, nf)) and name_m(getattr(k, f))
-                for nf, f in zip(ns_fields, name_fields)))
-        else:
-            m = _glob(value)
-            matchers.append(lambda k, m=m: any(m(getattr(k, f)) for f in name_fields))
-    return lambda k: any(fn(k) for fn in matchers)
+def _namespace(side: str, values: list[str], path: str) -> KeyCheck:
+    return _on_sides(side, 0, vocab.name_matcher([vocab.parse_namespace(v, path)
+                                                  for v in values]))
 
 
-def _port_term(term: str, values: list[str]):
-    ranges = []
-    for value in values:
-        lo_s, sep, hi_s = value.partition("-")
-        try:
-            lo = int(lo_s)
-            hi = int(hi_s) if sep else lo
-        except ValueError:
-            raise FilterError(f"{term}: {value!r} is not a port or a range like 8000-8100") from None
-        if not (0 <= lo <= 65535 and 0 <= hi <= 65535) or lo > hi:
-            raise FilterError(f"{term}: {value!r} is not a port range within 0-65535")
-        ranges.append((lo, hi))
-    return lambda k: any(lo <= k.port <= hi for lo, hi in ranges)
+def _pod(side: str, values: list[str], path: str) -> KeyCheck:
+    match = vocab.pod_matcher(values, path)
+    pairs = tuple(zip(_sides(side, 0), _sides(side, 1)))
+
+    def check(k: FlowKey) -> bool:
+        for ns_col, pod_col in pairs:
+            name = k[pod_col]
+            # "(world)", "(node)": how the key names an end that is no pod; no pod name
+            if name and name[0] != "(" and match(k[ns_col], name):
+                return True
+        return False
+    return check
 
 
-def _choice_term(term: str, values: list[str], allowed: tuple[str, ...], field_name: str):
-    for value in values:
-        if value not in allowed:
-            raise FilterError(f"{term}: {value!r} is not one of {', '.join(allowed)}")
-    wanted = set(values)
-    if field_name == "proto" and "icmp" in wanted:
-        wanted |= {"icmpv4", "icmpv6"}
-    return lambda k: getattr(k, field_name) in wanted
+def _workload(side: str, values: list[str], path: str) -> KeyCheck:
+    wanted = [vocab.parse_workload(v, path) for v in values]
+    if any(kind for kind, _name in wanted):
+        raise FilterError(f"{path}: the TUI knows workloads by name only; "
+                          "write workload=NAME (`podflow observe --workload KIND/NAME` has kinds)")
+    return _on_sides(side, 2, vocab.name_matcher([name for _kind, name in wanted]))
 
 
-def _compile_term(term: str) -> Callable[[FlowKey], bool]:
+def _service(values: list[str], path: str) -> KeyCheck:
+    match = vocab.service_matcher(values, path)
+
+    def check(k: FlowKey) -> bool:
+        ns, _, name = k.service.rpartition("/")
+        return match(ns, name)
+    return check
+
+
+def _port(values: list[str], path: str) -> KeyCheck:
+    match = vocab.port_matcher(values, path)
+    return lambda k: k.proto in _PORT_PROTOCOLS and match(k.port)
+
+
+def _protocol(values: list[str], path: str) -> KeyCheck:
+    wanted = vocab.protocols(values, path)
+    return lambda k: k.proto in wanted
+
+
+def _verdict(values: list[str], path: str) -> KeyCheck:
+    wanted = {_VERDICT_KEYS[vocab.VERDICT.parse(v, path)] for v in values}
+    return lambda k: k.verdict in wanted
+
+
+def _outcome(values: list[str], path: str) -> KeyCheck:
+    wanted = {flow_pb2.ConnectionOutcome.Name(vocab.OUTCOME.parse(v, path)).lower()
+              for v in values}
+    return lambda k: k.outcome in wanted
+
+
+def _node(values: list[str], path: str) -> KeyCheck:
+    match = vocab.name_matcher([vocab.parse_pattern(v, path) for v in values])
+    return lambda k: match(k.node)
+
+
+_SIDED = {"namespace": _namespace, "pod": _pod, "workload": _workload}
+_TERMS: dict[str, Callable[[list[str], str], KeyCheck]] = {
+    **{f"{side}{word}": functools.partial(build, side)
+       for word, build in _SIDED.items() for side in _SIDES},
+    "service": _service, "port": _port, "protocol": _protocol, "verdict": _verdict,
+    "outcome": _outcome, "node": _node,
+}
+assert set(_TERMS) <= set(vocab.SPELLINGS), "a `/` word is an observe flag of the same name"
+KEYS = ("ns", "pod", "workload", "svc", "port", "proto", "verdict", "outcome", "node",
+        "from-ns", "to-ns", "from-pod", "to-pod", "from-workload", "to-workload")
+
+
+def _word(key: str) -> str:
+    """'ns' -> 'namespace', 'from-ns' -> 'from-namespace'; other keys as they are."""
+    for side in ("from-", "to-"):
+        if key.startswith(side):
+            return side + _ALIASES.get(key[len(side):], key[len(side):])
+    return _ALIASES.get(key, key)
+
+
+def _compile_term(term: str) -> KeyCheck:
     negate = False
     body = term
     if body.startswith("!"):
@@ -93,33 +152,10 @@ def _compile_term(term: str) -> Callable[[FlowKey], bool]:
     values = [v for v in raw.split(",") if v]
     if not values:
         raise FilterError(f"{term!r}: {key} needs a value")
-    if key in ("ns", "namespace"):
-        ms = [_glob(v) for v in values]
-        fn = lambda k: any(m(k.src_ns) or m(k.dst_ns) for m in ms)  # noqa: E731
-    elif key == "pod":
-        fn = _name_term(values, ("src_ns", "dst_ns"), ("src_pod", "dst_pod"))
-    elif key == "workload":
-        fn = _name_term(values, (), ("src_workload", "dst_workload"))
-    elif key in ("svc", "service"):
-        ms = []
-        for v in values:
-            m = _glob(v)
-            if "/" in v:
-                ms.append(lambda k, m=m: bool(k.service) and m(k.service))
-            else:  # a bare name matches the Service in any namespace
-                ms.append(lambda k, m=m: bool(k.service) and m(k.service.rpartition("/")[2]))
-        fn = lambda k: any(m(k) for m in ms)  # noqa: E731
-    elif key == "port":
-        fn = _port_term(term, values)
-    elif key in ("proto", "protocol"):
-        fn = _choice_term(term, [v.lower() for v in values], PROTOCOLS, "proto")
-    elif key == "verdict":
-        fn = _choice_term(term, [v.lower() for v in values], VERDICTS, "verdict")
-    elif key == "node":
-        ms = [_glob(v) for v in values]
-        fn = lambda k: any(m(k.node) for m in ms)  # noqa: E731
-    else:
+    build = _TERMS.get(_word(key))
+    if build is None:
         raise FilterError(f"{term!r}: unknown key {key!r}; use one of {', '.join(KEYS)}")
+    fn = build(values, term)
     if negate:
         return lambda k: not fn(k)
     return fn

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from agent.wire.flowtext import pod_name
 from podflow_api.v1 import flow_pb2
 
+PIVOTS = ("namespace", "workload", "pod", "service", "port", "verdict", "node")
 _VERDICTS = {flow_pb2.FORWARDED: "forwarded", flow_pb2.DROPPED: "dropped"}
 _KINDS = {flow_pb2.NODE: "(node)", flow_pb2.WORLD: "(world)", flow_pb2.SERVICE_IP: "(service-ip)"}
 _OUTCOMES = {v.number: v.name.lower() for v in flow_pb2.ConnectionOutcome.DESCRIPTOR.values}
@@ -41,7 +43,7 @@ class FlowKey(NamedTuple):
 def endpoint_label(ns: str, pod: str, kind_label: str = "") -> str:
     """How an endpoint is named in pivots: "ns/pod", or "(world)" and friends."""
     if pod:
-        return f"{ns}/{pod}" if ns else pod
+        return pod_name(ns, pod)
     return kind_label or "(unknown)"
 
 
@@ -96,36 +98,25 @@ def flow_key(flow: flow_pb2.Flow) -> FlowKey:
                    _OUTCOMES.get(flow.outcome, "outcome_unknown"), no_endpoints, local_is_src)
 
 
-def counts_once(flow: flow_pb2.Flow) -> bool:
-    """The de-duplication rule of every aggregated view (Top, Services, totals).
-
-    The same packet can be reported by several observation points: the sending pod's veth
-    (FROM_POD), the receiving pod's veth on the same or another node (TO_POD), a CNI bridge,
-    and the host stack when it is dropped. Exactly one of them is counted:
-
-    * POD_VETH, FROM_POD: always counted. Every packet a pod sends is seen here once.
-    * POD_VETH, TO_POD: counted only when the source is not a pod with its own veth (world,
-      a node, a host-network pod, an untranslated Service IP); otherwise the sender's
-      FROM_POD record, on this node or another, already counted the packet.
-    * BRIDGE: counted only when neither end is a pod with a veth (those are counted at the
-      veth); this keeps node-to-node or host traffic crossing a bridge visible.
-    * HOST_STACK (drops traced at skb:kfree_skb): always counted, as verdict=dropped. A packet
-      dropped after it left a pod was also counted as forwarded at the veth: TC runs before
-      the stack and cannot know; the two rows say different things (sent, then dropped).
-    * Anything else (unknown observation point): counted, there is nothing to prefer.
-
-    With a node's agent missing, the packets only its agent saw are missing too: the status
-    bar says how many nodes are connected of those known, so the picture never looks
-    complete when it is not.
-    """
-    point = flow.observation_point
-    if point == flow_pb2.POD_VETH:
-        if flow.traffic_direction == flow_pb2.TO_POD:
-            src = flow.source
-            return not (_is_pod(src) and not src.host_network)
-        return True
-    if point == flow_pb2.BRIDGE:
-        src, dst = flow.source, flow.destination
-        return not ((_is_pod(src) and not src.host_network)
-                    or (_is_pod(dst) and not dst.host_network))
-    return True
+def pivot_label(key: FlowKey, pivot: str) -> str:
+    """The row a key is counted in, for one pivot of the Top view."""
+    local_src = key.local_is_src
+    if pivot == "namespace":
+        ns = key.src_ns if local_src else key.dst_ns
+        return ns or (key.src_pod if local_src else key.dst_pod) or "(none)"
+    if pivot == "workload":
+        ns, wl = (key.src_ns, key.src_workload) if local_src else (key.dst_ns, key.dst_workload)
+        pod = key.src_pod if local_src else key.dst_pod
+        return endpoint_label(ns, wl, pod)
+    if pivot == "pod":
+        return endpoint_label(key.src_ns if local_src else key.dst_ns,
+                              key.src_pod if local_src else key.dst_pod)
+    if pivot == "service":
+        return key.service or "(no service)"
+    if pivot == "port":
+        return f"{key.proto or 'ip'}/{key.port}" if key.port else (key.proto or "(no port)")
+    if pivot == "verdict":
+        return key.verdict
+    if pivot == "node":
+        return key.node or "(unknown)"
+    raise ValueError(f"pivot {pivot!r}: use one of {', '.join(PIVOTS)}")

@@ -16,6 +16,7 @@ from textual.widgets import Static
 
 from tui.columns import ColumnSpec, fit
 from tui.line_table import PADDING, LineTable
+from tui.scrollbars import use_whole_cell_scrollbars
 from tui.format import FLOW_COLUMNS
 from tui.snapshot import Snapshot
 
@@ -25,8 +26,8 @@ FLOW_SPECS = [ColumnSpec(label, *limits) for label, limits in zip(FLOW_COLUMNS, 
     (6, 16, 4),   # node
     (16, 40, 0),  # source
     (16, 40, 0),  # destination
-    (17, 44, 3),  # service → backend
-    (11, 17, 2),  # proto/ports
+    (17, 44, 3),  # service -> backend
+    (11, 20, 2),  # proto/ports
     (9, 9, 6),    # direction
     (9, 24, 0),   # verdict
     (7, 11, 5),   # packets
@@ -70,6 +71,7 @@ class FlowsView(Vertical):
         self._want_detail()
 
     def on_mount(self) -> None:
+        use_whole_cell_scrollbars(self.query_one("#flow-detail"))
         self._fit(self.size.width)
 
     def on_resize(self, event: events.Resize) -> None:

@@ -1,15 +1,20 @@
-"""How flows, sizes and rates are written on screen. Pure functions, shared by the views."""
+"""How flows, sizes and rates are written on screen. Pure functions, shared by the views.
+
+The words of a flow (endpoints, Service -> backend, protocol and ports, verdict, direction,
+time of day in UTC) are agent.wire.flowtext's and agent.wire.timefmt's, the same `podflow
+observe` prints; this module only lays them out in the Flows view's cells (tui.columns cuts
+them to the terminal) and adds what only the screen needs: sizes, rates, sparklines.
+"""
 
 from __future__ import annotations
 
-import time
-
+from agent.wire import flowtext
+from agent.wire.timefmt import clock, long_time, ts_ns
 from podflow_api.v1 import flow_pb2
 
-from tui.aggregator import Entry
+from tui.records import Entry
 
 _BARS = "▁▂▃▄▅▆▇█"
-_DIRECTIONS = {flow_pb2.FROM_POD: "from-pod", flow_pb2.TO_POD: "to-pod"}
 
 
 def human_bytes(n: float) -> str:
@@ -34,58 +39,19 @@ def sparkline(series: list[int], width: int = 20) -> str:
                    for v in values)
 
 
-def clock(time_ns: int) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(time_ns // 1_000_000_000)) + \
-        f".{(time_ns // 1_000_000) % 1000:03d}"
-
-
-def endpoint(ep: flow_pb2.Endpoint, ip: str) -> str:
-    if ep.pod_name:
-        return f"{ep.namespace}/{ep.pod_name}" if ep.namespace else ep.pod_name
-    return ip or "?"
-
-
-def ports(flow: flow_pb2.Flow) -> str:
-    proto = flow.l4.WhichOneof("protocol")
-    if proto in ("tcp", "udp", "sctp"):
-        l4 = getattr(flow.l4, proto)
-        return f"{proto.upper()} {l4.source_port}→{l4.destination_port}"
-    if proto in ("icmpv4", "icmpv6"):
-        l4 = getattr(flow.l4, proto)
-        return f"{proto.upper()} {l4.type}/{l4.code}"
-    return "IP"
-
-
-def service(flow: flow_pb2.Flow) -> str:
-    if not (flow.HasField("service") and flow.service.name):
-        return ""
-    svc = f"{flow.service.namespace}/{flow.service.name}"
-    if flow.service.no_endpoints:
-        return f"{svc} → (no endpoints)"
-    if flow.HasField("backend") and (flow.backend.pod_name or flow.backend.ip):
-        return f"{svc} → {flow.backend.pod_name or flow.backend.ip}"
-    return svc
-
-
-def verdict(flow: flow_pb2.Flow) -> str:
-    if flow.verdict == flow_pb2.DROPPED:
-        return f"DROPPED {flow.drop_reason}".strip()
-    if flow.verdict == flow_pb2.FORWARDED:
-        return "forwarded"
-    return "unknown"
-
-
-FLOW_COLUMNS = ("time", "node", "source", "destination", "service → backend", "proto/ports",
-                "direction", "verdict", "packets", "bytes")
+FLOW_COLUMNS = ("time", "node", "source", "destination", f"service {flowtext.ARROW} backend",
+                "proto/ports", "direction", "verdict", "packets", "bytes")
 
 
 def flow_row(entry: Entry) -> tuple:
     """The Flows view's cells for one record (cached on the entry: rows are redrawn often)."""
     if entry.row is None:
         f = entry.flow
-        entry.row = (clock(entry.time_ns), f.node_name, endpoint(f.source, f.ip.source),
-                     endpoint(f.destination, f.ip.destination), service(f), ports(f),
-                     _DIRECTIONS.get(f.traffic_direction, "?"), verdict(f),
+        entry.row = (clock(entry.time_ns), f.node_name,
+                     flowtext.endpoint_text(f.source, f.ip.source),
+                     flowtext.endpoint_text(f.destination, f.ip.destination),
+                     flowtext.service_text(f, with_ports=False), flowtext.ports_text(f),
+                     flowtext.direction_text(f), flowtext.verdict_text(f),
                      f"{f.packets:,}", human_bytes(f.bytes))
     return entry.row
 
@@ -102,9 +68,7 @@ def _walk(msg, prefix: str, lines: list[str]) -> None:
         path = f"{prefix}{field.name}"
         if field.message_type is not None and field.message_type.full_name == \
                 "google.protobuf.Timestamp":
-            ns = value.seconds * 1_000_000_000 + value.nanos
-            lines.append(f"{path}: {time.strftime('%Y-%m-%d', time.localtime(value.seconds))} "
-                         f"{clock(ns)}")
+            lines.append(f"{path}: {long_time(ts_ns(value))}")
         elif field.message_type is not None and not field.is_repeated:
             _walk(value, f"{path}.", lines)
         elif field.is_repeated:

@@ -32,6 +32,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from tui.columns import truncate
+from tui.scrollbars import use_whole_cell_scrollbars
 
 PADDING = 1  # cells of space on each side of a cell, as DataTable's default
 
@@ -90,6 +91,9 @@ class LineTable(ScrollView, can_focus=False):
         self._lines: dict[tuple[int, bool], Strip] = {}  # (row, cursor) -> drawn line
         self._header: Strip | None = None
         self._base_style: Style | None = None  # self.rich_style walks every ancestor
+
+    def on_mount(self) -> None:
+        use_whole_cell_scrollbars(self)  # no thumb end that looks like a sparkline mark
 
     # ---- content ----------------------------------------------------------------
 

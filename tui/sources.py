@@ -2,26 +2,27 @@
 found through the Kubernetes API and reached over the API server's port-forward.
 
 Every source runs in its own daemon thread that only does I/O: it reads responses and hands
-them to the aggregator (`Aggregator.feed`), and reports its state there too. A lost agent is
-retried with exponential backoff (with jitter) while the others keep streaming; state changes
-are also told to the app through `notify(event, source_id, message)` so the status bar
-changes at once instead of at the next refresh.
+them to the aggregator (`Aggregator.feed`), and reports its state there too. An agent's
+stream is the client's resumable stream (agent.client.stream.AgentStream, the one `podflow
+observe` uses): a lost agent is retried with exponential backoff and jitter and resumes after
+the last flow received, while the others keep streaming. State changes are also told to the
+app through `notify(event, source_id, message)` so the status bar changes at once instead of
+at the next refresh. Files are read with the flow-log reader (agent.wire.logformat).
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
-import random
 import socket
 import threading
 from typing import Callable
 
 import grpc
-from google.protobuf import json_format
 
-from agent.client import TLSOptions, get_flow_batches, open_channel
+from agent.client.channel import TLSOptions
+from agent.client.stream import BACKOFF_MAX_S, AgentStream, Backoff, StreamState
+from agent.errors import RequestRejected
+from agent.wire.logformat import FlowLogReader
 from podflow_api.v1 import observer_pb2, observer_pb2_grpc
 
 from tui.aggregator import Aggregator
@@ -30,9 +31,6 @@ log = logging.getLogger("podflow.tui.sources")
 
 Notify = Callable[[str, str, str], None]  # (event: "connected"|"lost"|"gone", source_id, msg)
 STATUS_POLL_S = 3.0
-_NS = 1_000_000_000
-BACKOFF_START_S = 0.5
-BACKOFF_MAX_S = 30.0
 
 
 def _no_notify(_event: str, _source_id: str, _message: str) -> None:
@@ -40,8 +38,8 @@ def _no_notify(_event: str, _source_id: str, _message: str) -> None:
 
 
 class AgentSource:
-    """One agent's stream: GetFlows(follow, last `history` flows), plus ServerStatus polled
-    every few seconds, reconnecting with backoff when the agent goes away."""
+    """One agent's stream: GetFlows(follow, the last `history` flows first), plus
+    ServerStatus read on every connection and polled every few seconds while it lasts."""
 
     def __init__(self, address: str, aggregator: Aggregator, *, history: int = 1000,
                  notify: Notify = _no_notify, kind: str = "agent", source_id: str | None = None,
@@ -50,14 +48,13 @@ class AgentSource:
         self.address = address
         self.source_id = source_id or address
         self.agg = aggregator
-        self.history = history
         self.notify = notify
-        self.tls = tls
         self.status_poll_s = status_poll_s
-        self.backoff_max_s = backoff_max_s
-        self._stop = threading.Event()
-        self._call = None
-        self._resume_ns = 0  # newest flow time received: where a reconnect resumes
+        self._node_name = ""
+        self.stream = AgentStream(address, observer_pb2.GetFlowsRequest(follow=True,
+                                                                         number=history),
+                                  tls, backoff=Backoff(max_s=backoff_max_s), notices=False,
+                                  on_state=self._on_state, on_connect=self._on_connect)
         self._thread = threading.Thread(target=self._run, name=f"tui-src-{self.source_id}",
                                         daemon=True)
         aggregator.add_source(self.source_id, address, kind, name=label)
@@ -66,95 +63,67 @@ class AgentSource:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        call = self._call
-        if call is not None:
-            call.cancel()
+        self.stream.close()
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        backoff = BACKOFF_START_S
-        attempts = 0
-        while not self._stop.is_set():
-            if attempts:
-                self.agg.set_state(self.source_id, "reconnecting", f"attempt {attempts + 1}")
-            channel = open_channel(self.address, self.tls)
-            poller = None
-            stream_done = threading.Event()
-            try:
-                stub = observer_pb2_grpc.ObserverStub(channel)
-                status = stub.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=5)
-                self.agg.set_status(self.source_id, status)
-                self.agg.set_state(self.source_id, "connected")
-                self.notify("connected", self.source_id, status.node_name)
-                backoff, attempts = BACKOFF_START_S, 0
-                poller = threading.Thread(target=self._poll_status, args=(stub, stream_done),
-                                          daemon=True,
-                                          name=f"tui-status-{self.source_id}")
-                poller.start()
-                self._stream(channel)
-                message = "the agent ended the stream"
-            except grpc.RpcError as exc:
-                code = exc.code() if hasattr(exc, "code") else None
-                message = f"{code.name if code else 'error'}: {exc.details() if hasattr(exc, 'details') else exc}"
-            finally:
-                self._call = None
-                stream_done.set()
-                channel.close()
-                if poller is not None:
-                    poller.join(timeout=1)
-            if self._stop.is_set():
-                return
-            attempts += 1
-            delay = min(backoff, self.backoff_max_s) * random.uniform(0.8, 1.2)
-            self.agg.set_state(self.source_id, "unavailable",
-                               f"{message}; retrying in {delay:.1f}s", retry_in_s=delay)
-            self.notify("lost", self.source_id, message)
-            backoff = min(backoff * 2, self.backoff_max_s)
-            if self._stop.wait(delay):
-                return
-
-    def _stream(self, channel) -> None:
-        """GetFlowsBatched (GetFlows from older agents) via agent.client. The first stream
-        asks for `history` flows; a reconnect resumes just after the newest flow received,
-        so nothing is counted twice."""
-        request = observer_pb2.GetFlowsRequest(follow=True)
-        if self._resume_ns:
-            request.since.seconds, request.since.nanos = divmod(self._resume_ns + 1, _NS)
-        else:
-            request.number = self.history
         sid = self.source_id
         feed_many = self.agg.feed_many
-        for batch in get_flow_batches(channel, request, on_call=self._on_call):
-            for resp in reversed(batch):
-                if resp.HasField("flow"):
-                    t = resp.flow.time
-                    self._resume_ns = max(self._resume_ns, t.seconds * _NS + t.nanos)
-                    break
-            feed_many(sid, batch)
+        try:
+            for batch in self.stream:
+                feed_many(sid, batch)
+        except RequestRejected as exc:  # this TUI asked for something the agent refuses
+            self.agg.set_state(sid, "unavailable", f"rejected: {exc.details}")
+            self.notify("lost", sid, str(exc))
 
-    def _on_call(self, call) -> None:
-        self._call = call
-        if self._stop.is_set():
-            call.cancel()
+    def _on_state(self, st: StreamState) -> None:
+        sid = self.source_id
+        if st.state == "connected":
+            self.agg.set_state(sid, "connected")
+            self.notify("connected", sid, self._node_name)
+        elif st.state == "reconnecting":
+            self.agg.set_state(sid, "reconnecting", st.message)
+        elif st.retry_in_s:
+            self.agg.set_state(sid, "unavailable",
+                               f"{st.message}; retrying in {st.retry_in_s:.1f}s",
+                               retry_in_s=st.retry_in_s)
+            self.notify("lost", sid, st.message)
 
-    def _poll_status(self, stub, stream_done: threading.Event) -> None:
+    def _on_connect(self, channel: grpc.Channel) -> Callable[[], None]:
+        """Before the stream: the agent's ServerStatus (its node name, lost events,
+        interfaces), then a poller that refreshes it until the connection ends."""
+        stub = observer_pb2_grpc.ObserverStub(channel)
+        status = stub.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=5)
+        self._node_name = status.node_name
+        self.agg.set_status(self.source_id, status)
+        ended = threading.Event()
+        poller = threading.Thread(target=self._poll_status, args=(stub, ended), daemon=True,
+                                  name=f"tui-status-{self.source_id}")
+        poller.start()
+
+        def finish() -> None:
+            ended.set()
+            poller.join(timeout=1)
+        return finish
+
+    def _poll_status(self, stub, ended: threading.Event) -> None:
         """ServerStatus every few seconds while the stream is up: lost events by stage,
         interfaces traced, flows/s as the agent sees them."""
-        while not stream_done.wait(self.status_poll_s):
+        while not ended.wait(self.status_poll_s):
             try:
                 status = stub.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=5)
-            except grpc.RpcError:
-                return  # the stream notices too; the main loop reports it
+            except (grpc.RpcError, ValueError):
+                # ValueError: the channel was closed under us (the stream ended and its
+                # finish() gave up waiting); the stream notices too and reports it.
+                return
             self.agg.set_status(self.source_id, status)
 
 
 class FileSource:
-    """Replays a flow log (.jsonl or .jsonl.gz): one GetFlowsResponse JSON per line. Header
-    lines and other objects that are not responses are skipped and counted; lines that are
-    not JSON are counted as malformed; nothing stops the replay."""
+    """Replays a flow log (.jsonl or .jsonl.gz, any header form): malformed lines and
+    objects that are not responses are counted and shown; nothing stops the replay."""
 
     BATCH = 2000
 
@@ -176,65 +145,31 @@ class FileSource:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
-    def _open(self):
-        with open(self.path, "rb") as fh:
-            magic = fh.read(2)
-        if magic == b"\x1f\x8b":
-            return gzip.open(self.path, "rt", encoding="utf-8", errors="replace")
-        return open(self.path, encoding="utf-8", errors="replace")
-
     def _run(self) -> None:
-        self.agg.set_state(self.source_id, "replaying")
-        malformed = skipped = flows = 0
+        sid = self.source_id
+        self.agg.set_state(sid, "replaying")
+        reader = FlowLogReader(self.path)
+        told = [0, 0]  # malformed, skipped lines already counted in the aggregator
+
+        def tell() -> None:
+            self.agg.count_file_lines(sid, reader.malformed - told[0], reader.skipped - told[1])
+            told[:] = [reader.malformed, reader.skipped]
+
         try:
-            with self._open() as fh:
-                for line in fh:
-                    if self._stop.is_set():
-                        return
-                    line = line.strip()
-                    if not line:
-                        continue
-                    resp = parse_response_line(line)
-                    if resp is None:
-                        malformed += 1
-                    elif resp is False:
-                        skipped += 1
-                    else:
-                        self.agg.feed(self.source_id, resp)
-                        flows += 1
-                    if (malformed + skipped + flows) % self.BATCH == 0:
-                        self.agg.count_file_lines(self.source_id, malformed, skipped)
-                        malformed = skipped = 0
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            self.agg.count_file_lines(self.source_id, malformed, skipped)
-            self.agg.set_state(self.source_id, "unavailable", f"cannot read: {exc}")
-            self.notify("lost", self.source_id, str(exc))
+            for n, resp in enumerate(reader, 1):
+                if self._stop.is_set():
+                    return
+                self.agg.feed(sid, resp)
+                if n % self.BATCH == 0:
+                    tell()
+        except (OSError, EOFError) as exc:  # also a truncated gzip stream
+            tell()
+            self.agg.set_state(sid, "unavailable", f"cannot read: {exc}")
+            self.notify("lost", sid, str(exc))
             return
-        self.agg.count_file_lines(self.source_id, malformed, skipped)
-        self.agg.set_state(self.source_id, "replayed", "end of file")
-        self.notify("connected", self.source_id, "replayed")
-
-
-_RESPONSE_FIELDS = {f.name for f in observer_pb2.GetFlowsResponse.DESCRIPTOR.fields}
-
-
-def parse_response_line(line: str):
-    """One flow-log line -> GetFlowsResponse; False for a JSON object that is not one (a
-    header); None for a malformed line."""
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(obj, dict):
-        return None
-    if not obj.keys() & {"flow", "lost_events", "node_status"} or not obj.keys() <= _RESPONSE_FIELDS:
-        return False
-    resp = observer_pb2.GetFlowsResponse()
-    try:
-        json_format.ParseDict(obj, resp, ignore_unknown_fields=True)
-    except json_format.ParseError:
-        return None
-    return resp
+        tell()
+        self.agg.set_state(sid, "replayed", "end of file")
+        self.notify("connected", sid, "replayed")
 
 
 # ---- Kubernetes discovery ---------------------------------------------------------------

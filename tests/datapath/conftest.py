@@ -166,7 +166,7 @@ def server_status(address: str) -> observer_pb2.ServerStatusResponse:
 
 TCX_QUERY = """
 import socket, sys
-from agent.tc import tcx_programs
+from agent.datapath.tc import tcx_programs
 try:
     index = socket.if_nametoindex(sys.argv[1])
 except OSError:

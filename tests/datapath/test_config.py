@@ -1,4 +1,5 @@
-"""Interface selection, flag validation and source assembly: plain functions, no root."""
+"""Interface selection, datapath flag validation (DatapathSection), source assembly and the
+environment checks: plain functions, no root."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import sys
 
 import pytest
 
-from agent import datapath, interfaces
-from agent.decode import InterfaceKind
+from agent import config
+from agent.datapath import environment, interfaces
+from agent.datapath import loader as datapath
+from agent.datapath.decode import InterfaceKind
+from agent.datapath.interfaces import Link
 from agent.errors import ConfigError, DatapathError
-from agent.interfaces import Link
 
 LINKS = [
     Link(1, "lo", "", None, None),
@@ -43,29 +46,31 @@ def test_select_interfaces(include, exclude, want):
 
 
 @pytest.mark.parametrize("text,want", [
-    ("", []), (None, []), ("veth*", ["veth*"]), (" veth*, cni0 ,,", ["veth*", "cni0"]),
+    ("", ()), (None, ()), ("veth*", ("veth*",)), (" veth*, cni0 ,,", ("veth*", "cni0")),
 ])
-def test_parse_globs(text, want):
-    assert interfaces.parse_globs(text) == want
+def test_interface_globs(text, want):
+    argv = ["--interfaces", text, "--exclude-interfaces", text] if text is not None else []
+    section = _datapath(*argv)
+    assert section.include == section.exclude == want
 
 
-def _args(*argv: str) -> argparse.Namespace:
+def _datapath(*argv: str) -> config.DatapathSection:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--node-name", default="n1")
-    datapath.add_arguments(parser)
-    return parser.parse_args(list(argv))
+    config.add_arguments(parser)
+    return config.DatapathSection.from_args(parser.parse_args(list(argv)))
 
 
 def test_defaults():
-    cfg = datapath.DatapathConfig.from_args(_args())
+    cfg = _datapath()
+    assert cfg == config.DatapathSection()
     assert (cfg.active_timeout_s, cfg.idle_timeout_s) == (5.0, 15.0)
     assert (cfg.flow_map_size, cfg.ringbuf_bytes) == (65536, 4 << 20)
-    assert (cfg.include, cfg.exclude) == ([], [])
+    assert (cfg.include, cfg.exclude) == ((), ())
+    assert (cfg.sweep_interval_s, cfg.poll_interval_s, cfg.attach_mode) == (1.0, 0.1, "auto")
 
 
 def test_sizes_with_suffixes():
-    cfg = datapath.DatapathConfig.from_args(_args("--flow-map-size", "128K",
-                                                  "--ringbuf-size", "256KiB"))
+    cfg = _datapath("--flow-map-size", "128K", "--ringbuf-size", "256KiB")
     assert (cfg.flow_map_size, cfg.ringbuf_bytes) == (128 * 1024, 256 * 1024)
 
 
@@ -82,7 +87,18 @@ def test_sizes_with_suffixes():
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_bad_values_name_the_flag(argv, flag):
     with pytest.raises(ConfigError, match=flag):
-        datapath.DatapathConfig.from_args(_args(*argv))
+        _datapath(*argv)
+
+
+@pytest.mark.parametrize("field,value,flag", [
+    ("flow_map_size", 0, "--flow-map-size"),
+    ("ringbuf_bytes", 3 << 20, "--ringbuf-size"),
+    ("active_timeout_s", 0.0, "--active-timeout"),
+    ("sweep_interval_s", -1.0, "--sweep-interval"),
+])
+def test_a_section_built_directly_is_checked_too(field, value, flag):
+    with pytest.raises(ConfigError, match=flag):
+        config.DatapathSection(**{field: value})
 
 
 def test_expand_includes_inlines_headers_and_keeps_missing_optional(tmp_path):
@@ -130,11 +146,12 @@ def test_environment_errors_say_what_is_missing(tmp_path, caps, btf, headers, me
         btf_path.write_bytes(b"")
     modules = tmp_path / "modules"
     if headers:
-        (modules / datapath.platform.release() / "build" / "include").mkdir(parents=True)
+        (modules / environment.platform.release() / "build" / "include").mkdir(parents=True)
     with pytest.raises(DatapathError, match=message) as err:
-        datapath.check_environment(caps=caps, btf_path=str(btf_path), modules_dir=str(modules),
-                                   kheaders_path=str(tmp_path / "no-kheaders"))
+        environment.check_environment(caps=caps, btf_path=str(btf_path),
+                                      modules_dir=str(modules),
+                                      kheaders_path=str(tmp_path / "no-kheaders"))
     if not headers:
-        assert f"linux-headers-{datapath.platform.release()}" in str(err.value)
+        assert f"linux-headers-{environment.platform.release()}" in str(err.value)
         assert "setup-host.sh" in str(err.value)
 

@@ -1,6 +1,6 @@
-"""bpf/types.h and agent/decode.py declare the same structs: compile the C header with gcc and
-compare every size and offset with the ctypes mirror, so a change on one side only fails here
-instead of corrupting records."""
+"""bpf/types.h and agent/datapath/abi.py declare the same structs: compile the C header with gcc
+and compare every size and offset with the ctypes mirror, so a change on one side only fails
+here instead of corrupting records."""
 
 from __future__ import annotations
 
@@ -11,32 +11,32 @@ from pathlib import Path
 
 import pytest
 
-from agent import decode
+from agent.datapath import abi
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 
 STRUCTS = {
-    "pf_flow_key": decode.FlowKey,
-    "pf_flow_value": decode.FlowValue,
-    "pf_event_hdr": decode.EventHeader,
-    "pf_flow_event": decode.FlowEvent,
+    "pf_flow_key": abi.FlowKey,
+    "pf_flow_value": abi.FlowValue,
+    "pf_event_hdr": abi.EventHeader,
+    "pf_flow_event": abi.FlowEvent,
 }
 CONSTANTS = {
-    "PF_DIR_INGRESS": decode.PF_DIR_INGRESS,
-    "PF_DIR_EGRESS": decode.PF_DIR_EGRESS,
-    "PF_KEY_FRAGMENT": decode.PF_KEY_FRAGMENT,
-    "PF_FAMILY_IPV4": decode.PF_FAMILY_IPV4,
-    "PF_FAMILY_IPV6": decode.PF_FAMILY_IPV6,
-    "PF_EVENT_FLOW_NEW": decode.EVENT_FLOW_NEW,
-    "PF_EVENT_FLOW_MAP_FULL": decode.EVENT_FLOW_MAP_FULL,
-    "PF_EVENT_DROP": decode.EVENT_DROP,
-    "PF_EVENT_DNS": decode.EVENT_DNS,
-    "PF_EVENT_EXT_FIRST": decode.EVENT_EXT_FIRST,
-    "PF_ERR_MAP_FULL": decode.ERR_MAP_FULL,
-    "PF_ERR_RINGBUF_FULL_NEW": decode.ERR_RINGBUF_FULL_NEW,
-    "PF_ERR_RINGBUF_FULL_MAP_FULL": decode.ERR_RINGBUF_FULL_MAP_FULL,
-    "PF_ERR_EXT_FIRST": decode.ERR_EXT_FIRST,
-    "PF_ERR_MAX": decode.ERR_MAX,
+    "PF_DIR_INGRESS": abi.PF_DIR_INGRESS,
+    "PF_DIR_EGRESS": abi.PF_DIR_EGRESS,
+    "PF_KEY_FRAGMENT": abi.PF_KEY_FRAGMENT,
+    "PF_FAMILY_IPV4": abi.PF_FAMILY_IPV4,
+    "PF_FAMILY_IPV6": abi.PF_FAMILY_IPV6,
+    "PF_EVENT_FLOW_NEW": abi.EVENT_FLOW_NEW,
+    "PF_EVENT_FLOW_MAP_FULL": abi.EVENT_FLOW_MAP_FULL,
+    "PF_EVENT_DROP": abi.EVENT_DROP,
+    "PF_EVENT_DNS": abi.EVENT_DNS,
+    "PF_EVENT_EXT_FIRST": abi.EVENT_EXT_FIRST,
+    "PF_ERR_MAP_FULL": abi.ERR_MAP_FULL,
+    "PF_ERR_RINGBUF_FULL_NEW": abi.ERR_RINGBUF_FULL_NEW,
+    "PF_ERR_RINGBUF_FULL_MAP_FULL": abi.ERR_RINGBUF_FULL_MAP_FULL,
+    "PF_ERR_EXT_FIRST": abi.ERR_EXT_FIRST,
+    "PF_ERR_MAX": abi.ERR_MAX,
 }
 
 
@@ -79,10 +79,10 @@ def test_constants_match_c(c_layout, const):
 
 
 def test_every_kernel_error_reason_has_a_name():
-    """enum pf_error values below PF_ERR_EXT_FIRST are all named in decode.ERROR_NAMES, in
+    """enum pf_error values below PF_ERR_EXT_FIRST are all named in abi.ERROR_NAMES, in
     the header's order."""
     text = (BPF_DIR / "types.h").read_text()
     body = text[text.index("enum pf_error {"):text.index("PF_ERR_EXT_FIRST = 16")]
     names = [line.split("=")[0].split(",")[0].strip() for line in body.splitlines()[1:]
              if line.strip().startswith("PF_ERR_")]
-    assert len(names) == len(decode.ERROR_NAMES) == decode.ERR_EXT_FIRST
+    assert len(names) == len(abi.ERROR_NAMES) == abi.ERR_EXT_FIRST

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.decode import FlowTracker
+from agent.datapath.tracker import FlowTracker
 
 S = 1_000_000_000
 K1, K2 = b"k1" + bytes(42), b"k2" + bytes(42)

@@ -15,6 +15,8 @@ import pytest
 LAB_LINK = re.compile(r"^(veth[0-9a-f]{8}|cni0|br0|n\d+|o\d+)$")
 
 PODFLOW = [sys.executable, "-m", "agent.cli"]
+# Lab ids end in this process's number: other test runs on this host run demos at once.
+SUFFIX = os.getpid() % 10000
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

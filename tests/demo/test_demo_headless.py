@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from tests.demo.conftest import PODFLOW, REPO, host_state, run_demo
+from tests.demo.conftest import PODFLOW, REPO, SUFFIX, host_state, run_demo
 
 pytestmark = pytest.mark.root
 
-LAB = "demotest"
+LAB = f"demotest{SUFFIX}"
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_running_it_again_works(headless, clean_host):
 
 @pytest.mark.parametrize("recovery", ["down", "rerun"])
 def test_recovering_from_a_crash(ebpf_ready, clean_host, recovery):
-    lab = "democrash"
+    lab = f"democrash{SUFFIX}"
     clean_host(lab)
     proc = subprocess.Popen([*PODFLOW, "demo", "--no-tui", "--duration", "300", "--lab-id", lab],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -136,7 +136,7 @@ def test_recovering_from_a_crash(ebpf_ready, clean_host, recovery):
     ({"BCC_KERNEL_SOURCE": "/nonexistent"}, [], "an agent could not start"),
 ], ids=["missing-tool", "bad-flag", "no-ebpf"])
 def test_clear_messages_when_it_cannot_run(env, args, message, clean_host):
-    lab = "demomsg"
+    lab = f"demomsg{SUFFIX}"
     clean_host(lab)
     res = run_demo("--no-tui", "--duration", "2", "--lab-id", lab, *args, env=env)
     assert res.returncode in (1, 2)
@@ -154,7 +154,7 @@ def test_not_root_is_named():
 def test_a_running_demo_is_named_not_trampled(clean_host):
     from agent.lab import Lab
 
-    lab_id = "demobusy"
+    lab_id = f"demobusy{SUFFIX}"
     clean_host(lab_id)
     with Lab(lab_id):  # stands for a demo running in another terminal
         res = run_demo("--no-tui", "--duration", "2", "--lab-id", lab_id)

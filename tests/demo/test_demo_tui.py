@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from agent.demo import _pod_name
-from tests.demo.conftest import PODFLOW, REPO, host_state
+from agent.demo.cluster import pod_name
+from tests.demo.conftest import PODFLOW, REPO, SUFFIX, host_state
 
 pytestmark = pytest.mark.root
 
@@ -38,7 +38,7 @@ def _wait_for(session: str, predicate, timeout_s: float, what: str) -> str:
 
 @pytest.mark.parametrize("quit_key", ["q", "C-c"], ids=["q", "ctrl-c"])
 def test_tui_services_view_then_quit(ebpf_ready, clean_host, quit_key):
-    lab = "demotui"
+    lab = f"demotui{SUFFIX}"
     clean_host(lab)
     session = f"pfdemo{os.getpid()}"
     cmd = (f"cd {shlex.quote(REPO)} && {shlex.join(PODFLOW)} demo --lab-id {lab}; "
@@ -48,7 +48,7 @@ def test_tui_services_view_then_quit(ebpf_ready, clean_host, quit_key):
     try:
         _wait_for(session, lambda s: "nodes 2/2 connected" in s, 180, "the TUI on both agents")
         subprocess.run([*TMUX, "send-keys", "-t", session, "3"], check=True)
-        expected = ["shop/cart", *(f"shop/{_pod_name('cart', i)}" for i in range(2)),
+        expected = ["shop/cart", *(f"shop/{pod_name('cart', i)}" for i in range(2)),
                     "web/storefront", "kube-system/kube-dns", "data/db"]
         _wait_for(session, lambda s: all(e in s for e in expected), 60,
                   "every Service, and both cart backends, in the Services view")
@@ -65,7 +65,7 @@ def test_tui_services_view_then_quit(ebpf_ready, clean_host, quit_key):
 
 
 def test_ctrl_c_stops_a_running_demo_cleanly(ebpf_ready, clean_host):
-    lab = "demosigint"
+    lab = f"demosigint{SUFFIX}"
     clean_host(lab)
     proc = subprocess.Popen([*PODFLOW, "demo", "--no-tui", "--duration", "300", "--lab-id", lab],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -88,7 +88,7 @@ def test_ctrl_c_stops_a_running_demo_cleanly(ebpf_ready, clean_host):
 
 def test_closing_the_terminal_cleans_up(ebpf_ready, clean_host):
     """The window is closed under a running demo (SIGHUP): it still removes everything."""
-    lab = "demohup"
+    lab = f"demohup{SUFFIX}"
     clean_host(lab)
     session = f"pfhup{os.getpid()}"
     cmd = f"cd {shlex.quote(REPO)} && {shlex.join(PODFLOW)} demo --lab-id {lab}"

@@ -1,6 +1,6 @@
 """Run by test_deploy_capabilities.py under a reduced capability set: does each bcc step the
 agent's datapath takes work? Prints OK, or `FAIL <step>: <error>` and exits 1. Kept apart from
-agent/datapath.py on purpose: this shows what the kernel requires, not what the agent checks."""
+agent/datapath/loader.py on purpose: this shows what the kernel requires, not what the agent checks."""
 
 import sys
 

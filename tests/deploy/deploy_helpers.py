@@ -20,6 +20,8 @@ from kubernetes import client as k8s
 
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "deploy" / "helm" / "podflow"
+# The agents' headless Service, among the chart's others (hubble-peer, hubble-relay ...).
+AGENT_SERVICE = "podflow-agent"
 
 
 def load_script(name: str, path: Path):
@@ -50,9 +52,10 @@ def by_kind(objects: list[dict], kind: str) -> list[dict]:
     return [o for o in objects if o["kind"] == kind]
 
 
-def one(objects: list[dict], kind: str) -> dict:
-    found = by_kind(objects, kind)
-    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
+    """The one object of `kind` (named `name`, where a kind has several)."""
+    found = [o for o in by_kind(objects, kind) if name is None or o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
     return found[0]
 
 
@@ -64,6 +67,7 @@ MODELS = {
     ("apps/v1", "DaemonSet"): "V1DaemonSet",
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): "V1ClusterRole",
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "V1ClusterRoleBinding",
+    ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
 }
 
 # Custom resources are not in the client. These are the fields podflow's templates may use,
@@ -227,4 +231,8 @@ VALUE_SETS: dict[str, dict] = {
         "updateStrategy": {"maxUnavailable": "20%"},
     },
     "kernel-before-5.8": {"compat": {"sysAdmin": True}, "seccompProfile": {"type": "Unconfined"}},
+    "seccomp-runtime-default": {"seccompProfile": {"type": "RuntimeDefault"}},
+    "seccomp-localhost": {"seccompProfile": {"type": "Localhost",
+                                             "localhostProfile": "profiles/podflow-agent.json"},
+                          "tui": {"rbac": {"create": False}}},
 }

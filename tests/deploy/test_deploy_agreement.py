@@ -13,27 +13,38 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from agent import deploy_defaults
-from deploy_helpers import VALUE_SETS, agent_container, one, render
+from agent.client import deploy_names as deploy_defaults
+from deploy_helpers import AGENT_SERVICE, VALUE_SETS, agent_container, one, render
 
 
 def parse_agent_args(container: dict) -> argparse.Namespace:
     """Parse the container's args as the image does: entrypoint -> `podflow <args>`, with the
-    kubelet's $(NODE_NAME) expansion from the downward API."""
+    kubelet's $(NODE_NAME) expansion from the downward API; the values must pass the agent's
+    own checks too (agent_config below)."""
     from agent.cli import build_parser
 
     env = {e["name"]: e for e in container["env"]}
-    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"apiVersion": "v1",
+                                                         "fieldPath": "spec.nodeName"}}
     args = [a.replace("$(NODE_NAME)", "node-a") for a in container["args"]]
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
-            return build_parser("agent").parse_args(args)
+            parsed = build_parser("agent").parse_args(args)
     except SystemExit:
         if "--health-listen" in stderr.getvalue():
             pytest.xfail("the agent has no --health-listen yet (plaintext health port for the "
                          "kubelet probe when the Observer port uses TLS): asked the lead")
         raise AssertionError(f"podflow agent rejects the DaemonSet's args: {stderr.getvalue()}")
+    agent_config(parsed)
+    return parsed
+
+
+def agent_config(parsed: argparse.Namespace):
+    """The typed configuration the agent runs with (ConfigError names a bad value)."""
+    from agent.config import AgentConfig
+
+    return AgentConfig.from_args(parsed)
 
 
 def port_of(address: str) -> int:
@@ -60,7 +71,7 @@ def test_args_parse_and_ports_match_the_flags(values_name):
     else:
         assert args.metrics is None and "metrics" not in ports
     service_ports = {p["name"]: (p["port"], p["targetPort"])
-                     for p in one(objects, "Service")["spec"]["ports"]}
+                     for p in one(objects, "Service", AGENT_SERVICE)["spec"]["ports"]}
     assert service_ports["grpc"] == (ports["grpc"], "grpc")
     if "metrics" in ports:
         assert service_ports["metrics"] == (ports["metrics"], "metrics")
@@ -101,25 +112,28 @@ def test_files_the_flags_name_are_mounted(values_name):
 
 
 def test_non_default_agent_flags_reach_the_agent():
-    args = parse_agent_args(agent_container(render(VALUE_SETS["scheduling-and-agent-flags"])))
-    assert args.interfaces == "veth*,cni0"
-    assert args.exclude_interfaces == "lxc_health"
-    assert args.store_size == 20000
-    assert args.log_level == "debug"
-    assert args.syn_timeout == 5.0  # from extraArgs
+    config = agent_config(parse_agent_args(
+        agent_container(render(VALUE_SETS["scheduling-and-agent-flags"]))))
+    assert config.datapath.include == ("veth*", "cni0")
+    assert config.datapath.exclude == ("lxc_health",)
+    assert config.store.capacity == 20000
+    assert config.agent.log_level == "debug"
+    assert config.annotate.syn_timeout_s == 5.0  # from extraArgs
 
 
 def test_probe_gets_serving_from_the_real_observer_server():
     """Start the agent's own gRPC server stage from the DaemonSet's args (on a free loopback
     port instead of :4245) and ask what the kubelet asks: Health/Check with service ""."""
-    from agent import server
+    import dataclasses
+
     from agent.flowstore import FlowStore
+    from agent.observer.server import ObserverServer
     from agent.stats import AgentStats
 
-    args = parse_agent_args(agent_container(render()))
-    args.listen = "127.0.0.1:0"
-    stats = AgentStats(node_name=args.node_name, version="test")
-    observer = server.from_args(args, FlowStore.from_args(args, stats), stats)
+    config = agent_config(parse_agent_args(agent_container(render())))
+    stats = AgentStats(node_name=config.agent.node_name, version="test")
+    observer = ObserverServer(dataclasses.replace(config.observer, listen="127.0.0.1:0"),
+                              FlowStore(config.store, stats), stats)
     observer.start()
     try:
         with grpc.insecure_channel(observer.address) as channel:
@@ -148,5 +162,5 @@ def test_tui_discovery_finds_these_pods():
     assert ports[tui.cli.GRPC_PORT_NAME] == tui.cli.GRPC_PORT
     assert ports[deploy_defaults.METRICS_PORT_NAME] == deploy_defaults.METRICS_PORT
     assert deploy_defaults.AGENT_LABELS.items() <= pod_labels.items()
-    svc = one(objects, "Service")
+    svc = one(objects, "Service", AGENT_SERVICE)
     assert svc["metadata"]["name"] == deploy_defaults.HEADLESS_SERVICE

@@ -1,6 +1,6 @@
 """deploy/entrypoint.py finds kernel headers the way a node lays them out (Debian's split
 build/common trees, Fedora's single tree, links into /usr/src, kheaders, BTF + the image's
-generic headers), links them where bcc looks, checks bpffs/tracefs, and when nothing fits says
+generic headers), links them where bcc looks, checks tracefs, and when nothing fits says
 what it looked at and how to fix it. Node layouts are fake directory trees here; one root test
 proves that bcc really compiles against what the entrypoint linked."""
 
@@ -21,7 +21,6 @@ entrypoint = load_script("podflow_entrypoint", REPO / "deploy" / "entrypoint.py"
 RELEASE = "6.1.0-56-amd64"
 GOOD_MOUNTINFO = (
     "24 1 0:22 / /sys rw,nosuid - sysfs sysfs rw\n"
-    "30 24 0:28 / /sys/fs/bpf rw,nosuid - bpf bpf rw,mode=700\n"
     "31 24 0:12 / /sys/kernel/tracing ro,nosuid - tracefs tracefs rw\n"
 )
 
@@ -69,6 +68,11 @@ class FakeNode:
             (path / "include/linux").mkdir(parents=True, exist_ok=True)
             (path / "include/linux/kconfig.h").write_text("/* kconfig */\n")
         return path
+
+    def mounted(self, *node_dirs: str) -> None:
+        """mountinfo with the node directories the pod mounts ("/lib/modules", "/usr/src")."""
+        lines = [f"50 24 8:1 {d} {self.node(d)} ro - ext4 /dev/vda ro\n" for d in node_dirs]
+        (self.root / "mountinfo").write_text(GOOD_MOUNTINFO + "".join(lines))
 
     def link(self, node_link: str, target: str) -> None:
         """A symlink on the node, with its target as the node sees it."""
@@ -220,19 +224,18 @@ def test_says_what_is_missing_and_how_to_fix_it(tmp_path, builder, phrases):
 
 
 MOUNTS = [
-    ("bpffs-and-tracefs", GOOD_MOUNTINFO, []),
+    ("tracefs", GOOD_MOUNTINFO, []),
     ("tracefs-under-debugfs",
-     "30 24 0:28 / /sys/fs/bpf rw - bpf bpf rw\n"
      "40 24 0:7 / /sys/kernel/debug rw - debugfs debugfs rw\n"
      "41 40 0:12 / /sys/kernel/debug/tracing rw - tracefs tracefs rw\n", []),
-    ("no-bpffs", "31 24 0:12 / /sys/kernel/tracing ro - tracefs tracefs rw\n", ["/sys/fs/bpf"]),
-    # hostPath of a node directory where bpffs is not mounted: just sysfs underneath.
-    ("bpffs-dir-without-bpffs",
-     "24 1 0:22 / /sys rw - sysfs sysfs rw\n"
-     "30 24 0:22 /fs/bpf /sys/fs/bpf rw - sysfs sysfs rw\n"
-     "31 24 0:12 / /sys/kernel/tracing ro - tracefs tracefs rw\n", ["/sys/fs/bpf"]),
+    # The pod no longer mounts the node's bpffs (the agent pins nothing): not a problem.
+    ("no-bpffs", "31 24 0:12 / /sys/kernel/tracing ro - tracefs tracefs rw\n", []),
     ("no-tracefs", "30 24 0:28 / /sys/fs/bpf rw - bpf bpf rw\n", ["tracefs"]),
-    ("nothing", "24 1 0:22 / /sys rw - sysfs sysfs rw\n", ["/sys/fs/bpf", "tracefs"]),
+    # hostPath of a node directory where tracefs is not mounted: just sysfs underneath.
+    ("tracefs-dir-without-tracefs",
+     "24 1 0:22 / /sys rw - sysfs sysfs rw\n"
+     "31 24 0:22 /kernel/tracing /sys/kernel/tracing ro - sysfs sysfs rw\n", ["tracefs"]),
+    ("nothing", "24 1 0:22 / /sys rw - sysfs sysfs rw\n", ["tracefs"]),
     ("escaped-mount-points",
      "50 1 0:50 / /mnt/with\\040space rw - tmpfs tmpfs rw\n" + GOOD_MOUNTINFO, []),
 ]
@@ -272,13 +275,14 @@ def test_cli_exit_status_and_message_without_headers(tmp_path):
     assert "Fix one of these on the node" in done.stderr
 
 
-def test_cli_exit_status_without_bpffs(tmp_path):
+def test_cli_exit_status_without_tracefs(tmp_path):
     node = FakeNode(tmp_path)
     only_usr_src(node)
     (tmp_path / "mountinfo").write_text("")
     done = _run(["--check"], node.env())
     assert done.returncode == entrypoint.EXIT_NO_MOUNTS
-    assert "/sys/fs/bpf is not a bpf filesystem" in done.stderr
+    assert "no tracefs at /sys/kernel/tracing" in done.stderr
+    assert "/sys/fs/bpf" not in done.stderr
 
 
 def test_cli_check_reports_the_choice(tmp_path):
@@ -321,3 +325,70 @@ def test_bcc_compiles_against_the_linked_headers(tmp_path, ebpf_ready):
     ran = subprocess.run(["unshare", "--mount", "sh", "-c", script], env={**os.environ, "PROBE": probe},
                          capture_output=True, text=True, timeout=120)
     assert ran.stdout.strip() == "compiled", ran.stderr[-2000:]
+
+
+# --- the fallback warning says why the node's headers were not used -------------------------
+
+def _installed_but_usr_src_not_mounted(n: FakeNode):
+    n.link(f"/lib/modules/{RELEASE}/build", f"/usr/src/linux-headers-{RELEASE}")
+    n.mounted("/lib/modules")
+
+
+def _not_installed(n: FakeNode):
+    n.mounted("/lib/modules", "/usr/src")
+
+
+def _link_to_removed_headers(n: FakeNode):
+    n.link(f"/lib/modules/{RELEASE}/build", f"/usr/src/linux-headers-{RELEASE}")
+    n.mounted("/lib/modules", "/usr/src")
+
+
+def _modules_not_mounted(n: FakeNode):
+    debian_split(n)
+    n.mounted("/usr/src")
+
+
+def _link_outside_the_mounts(n: FakeNode):
+    n.link(f"/lib/modules/{RELEASE}/build", f"/opt/kernel/{RELEASE}")
+    n.mounted("/lib/modules", "/usr/src")
+
+
+FALLBACK_REASONS = [
+    ("installed-but-usr-src-not-mounted", _installed_but_usr_src_not_mounted,
+     [f"the node has headers at /usr/src/linux-headers-{RELEASE}",
+      "/usr/src is not mounted in the pod", "hostPaths.usrSrc"], "install"),
+    ("not-installed", _not_installed,
+     [f"the node has no /lib/modules/{RELEASE}/build", f"install linux-headers-{RELEASE}"],
+     "not mounted"),
+    ("link-to-removed-headers", _link_to_removed_headers,
+     [f"links to /usr/src/linux-headers-{RELEASE}, which the node does not have",
+      f"install linux-headers-{RELEASE}"], "not mounted"),
+    ("modules-not-mounted", _modules_not_mounted,
+     ["/lib/modules is not mounted in the pod", "hostPaths.libModules"], "install"),
+    ("link-outside-the-mounts", _link_outside_the_mounts,
+     [f"/opt/kernel/{RELEASE}, outside what the pod mounts"], "hostPaths.usrSrc"),
+]
+
+
+@pytest.mark.parametrize("builder,phrases,not_said", [f[1:] for f in FALLBACK_REASONS],
+                         ids=[f[0] for f in FALLBACK_REASONS])
+def test_fallback_reason_names_the_fix_that_applies(tmp_path, builder, phrases, not_said):
+    node = FakeNode(tmp_path)
+    builder(node)
+    reason = entrypoint.fallback_reason(node.layout, RELEASE)
+    for phrase in phrases:
+        assert phrase in reason
+    assert not_said not in reason
+
+
+def test_cli_fallback_warning_carries_the_reason(tmp_path):
+    node = FakeNode(tmp_path)
+    btf_and_image_headers(node)
+    node.mounted("/lib/modules")  # /usr/src not mounted: the node's tree is not visible
+    release = os.uname().release
+    node.link(f"/lib/modules/{release}/build", f"/usr/src/linux-headers-{release}")
+    done = _run(["--check"], node.env())
+    assert done.returncode == 0, done.stderr
+    assert ("warning: using generic headers, not the node's: the node has headers at "
+            f"/usr/src/linux-headers-{release}") in done.stderr
+    assert "hostPaths.usrSrc" in done.stderr

@@ -1,8 +1,9 @@
 """The DaemonSet asks for nothing beyond the documented privileges, with any values: exactly
 the documented capabilities (each one is justified in deploy/helm/podflow/README.md and
-proven needed by test_deploy_capabilities.py), not privileged, no host PID/IPC, host network,
-read-only host mounts except bpffs (and the flow log directory, when the user puts it on the
-node), and RBAC limited to get/list/watch on what agent/metadata reads."""
+proven needed by test_deploy_capabilities.py), not privileged, no privilege escalation, the
+documented seccomp choice, no host PID/IPC, host network, read-only host mounts (but the flow
+log directory, when the user puts it on the node) and no bpffs, RBAC limited to get/list/watch
+on what agent/metadata reads, and the TUI's Role exactly what `podflow tui --kubernetes` does."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from deploy_helpers import VALUE_SETS, agent_container, by_kind, one, render
 DOCUMENTED_CAPABILITIES = {"BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"}
 # Node paths the agent may mount, and whether it may write there.
 HOST_PATHS_WRITABLE = {
-    "/sys/fs/bpf": True,  # bpffs: pinned maps/programs belong to the agent
+    # No /sys/fs/bpf: the agent pins nothing, and the node's bpffs holds other tools' pins.
     "/sys/kernel/tracing": False,
     "/lib/modules": False,
     "/usr/src": False,
@@ -49,11 +50,11 @@ def test_not_privileged_and_no_host_namespaces_but_network(values_name):
     assert sc["privileged"] is False
     assert sc["readOnlyRootFilesystem"] is True
     sys_admin = bool(VALUE_SETS[values_name].get("compat", {}).get("sysAdmin"))
-    # Kubernetes rejects allowPrivilegeEscalation=false together with SYS_ADMIN.
-    assert sc["allowPrivilegeEscalation"] is (not sys_admin)
-    assert sc.get("seccompProfile", {}).get("type") in ("RuntimeDefault", "Unconfined")
-    if not sys_admin:
-        assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+    # false unless SYS_ADMIN is added (Kubernetes rejects false together with SYS_ADMIN).
+    assert sc["allowPrivilegeEscalation"] is sys_admin
+    # The documented choice (README "Seccomp"): Unconfined unless the user picks a profile.
+    chosen = VALUE_SETS[values_name].get("seccompProfile", {"type": "Unconfined"})
+    assert sc["seccompProfile"] == chosen
     assert pod["hostNetwork"] is True
     assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert pod.get("hostPID", False) is False
@@ -66,7 +67,7 @@ def test_not_privileged_and_no_host_namespaces_but_network(values_name):
 
 
 @pytest.mark.parametrize("values_name", _values_ids())
-def test_host_mounts_are_read_only_except_bpffs(values_name):
+def test_host_mounts_are_read_only(values_name):
     values = VALUE_SETS[values_name]
     objects = render(values)
     pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
@@ -98,7 +99,7 @@ def test_kernel_filesystems_and_headers_are_mounted_where_the_entrypoint_looks()
     for m in container["volumeMounts"]:
         source = volumes[m["name"]].get("hostPath", {}).get("path", m["name"])
         where[source] = m["mountPath"]
-    assert where["/sys/fs/bpf"] == "/sys/fs/bpf"
+    assert "/sys/fs/bpf" not in where
     assert where["/sys/kernel/tracing"] == "/sys/kernel/tracing"
     assert where["/lib/modules"] == "/host/lib/modules"
     assert where["/usr/src"] == "/usr/src"  # same path: the node's absolute links resolve
@@ -109,7 +110,7 @@ def test_kernel_filesystems_and_headers_are_mounted_where_the_entrypoint_looks()
 @pytest.mark.parametrize("values_name", _values_ids())
 def test_rbac_is_read_only_on_what_the_agent_reads(values_name):
     objects = render(VALUE_SETS[values_name])
-    assert by_kind(objects, "Role") == [] and by_kind(objects, "RoleBinding") == []
+    assert by_kind(objects, "RoleBinding") == []
     role = one(objects, "ClusterRole")
     granted = set()
     for rule in role["rules"]:
@@ -132,17 +133,17 @@ def test_rbac_is_read_only_on_what_the_agent_reads(values_name):
 
 
 def test_rbac_matches_what_the_metadata_watcher_lists():
-    """Every resource agent/k8s watches is granted, and nothing else."""
+    """Every resource agent/enrich/k8s watches is granted, and nothing else."""
     watched = _watched_resources()
     if watched is None:
-        pytest.skip("agent/k8s does not expose its watched resources as data")
+        pytest.skip("agent/enrich/k8s does not expose its watched resources as data")
     assert watched == RBAC_RULES
 
 
 def _watched_resources() -> set[tuple[str, str]] | None:
-    """(apiGroup, resource) pairs from agent.k8s.kubesource.RESOURCES ("endpointslices.discovery.k8s.io")."""
+    """(apiGroup, resource) pairs from agent.enrich.k8s.kubesource.RESOURCES ("endpointslices.discovery.k8s.io")."""
     try:
-        from agent.k8s.kubesource import RESOURCES
+        from agent.enrich.k8s.kubesource import RESOURCES
     except ImportError:
         return None
     pairs = set()
@@ -150,3 +151,38 @@ def _watched_resources() -> set[tuple[str, str]] | None:
         name, _, group = res.resource.partition(".")
         pairs.add((group, name))
     return pairs
+
+
+# What `podflow tui --kubernetes` calls as its user (tui/sources.py): list the agent pods, then
+# a port-forward to each, which Kubernetes 1.35+ authorises as get AND create.
+TUI_RULES = {("", "pods", "list"), ("", "pods/portforward", "get"),
+             ("", "pods/portforward", "create")}
+
+
+@pytest.mark.parametrize("values_name", _values_ids())
+def test_tui_role_is_what_the_tui_does_and_bound_to_no_one(values_name):
+    values = VALUE_SETS[values_name]
+    objects = render(values)
+    if not values.get("tui", {}).get("rbac", {}).get("create", True):
+        assert by_kind(objects, "Role") == []
+        return
+    role = one(objects, "Role")
+    assert role["metadata"]["name"] == "podflow-tui"
+    assert role["metadata"]["namespace"] == one(objects, "DaemonSet")["metadata"]["namespace"]
+    assert role["metadata"]["labels"]["app.kubernetes.io/component"] == "tui"
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"] for v in rule["verbs"]}
+    assert granted == TUI_RULES
+    assert by_kind(objects, "RoleBinding") == []
+
+
+
+
+def test_documented_tui_rbac_names_get_and_create_on_pods_portforward():
+    """Both READMEs tell a TUI user the same, complete set (the Role's rules)."""
+    from deploy_helpers import REPO
+
+    for readme in (REPO / "README.md", REPO / "deploy/helm/podflow/README.md"):
+        text = " ".join(readme.read_text(encoding="utf-8").split())
+        assert "`get` and `create` on `pods/portforward`" in text, readme
+        assert "`list` on `pods`" in text, readme

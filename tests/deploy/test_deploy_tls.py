@@ -27,23 +27,26 @@ def certs(tmp_path_factory):
 def tls_server(certs, values_name: str):
     """The agent's gRPC server stage, started with the DaemonSet's TLS args, the secret's
     files at their mount path replaced by `certs`."""
-    from agent import server
+    import dataclasses
+
     from agent.cli import build_parser
+    from agent.config import AgentConfig
     from agent.flowstore import FlowStore
+    from agent.observer.server import ObserverServer
     from agent.stats import AgentStats
 
     container = agent_container(render(VALUE_SETS[values_name]))
     mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "tls")
     args = [a.replace("$(NODE_NAME)", "node-a").replace(mount, str(certs))
             for a in container["args"] if not a.startswith("--health-listen")]
-    parsed = build_parser("agent").parse_args(args)
-    parsed.listen = "127.0.0.1:0"
+    config = AgentConfig.from_args(build_parser("agent").parse_args(args))
+    observer = dataclasses.replace(config.observer, listen="127.0.0.1:0")
     stats = AgentStats(node_name="node-a", version="test")
-    return server.from_args(parsed, FlowStore.from_args(parsed, stats), stats)
+    return ObserverServer(observer, FlowStore(config.store, stats), stats)
 
 
 def check(address: str, **tls) -> int:
-    from agent.client import TLSOptions, open_channel
+    from agent.client.channel import TLSOptions, open_channel
 
     with open_channel(address, TLSOptions(enabled=True, **tls)) as channel:
         return health_pb2_grpc.HealthStub(channel).Check(

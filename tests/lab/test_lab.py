@@ -19,6 +19,9 @@ from agent.lab import Lab, LabBusyError, LabError, RUN_ROOT
 
 pytestmark = pytest.mark.root
 
+# Lab ids unique to this process: other test runs on this host build labs at the same time.
+SUFFIX = os.getpid() % 10000
+LAB_ID, CLEAN_ID, CRASH_ID = f"labtest{SUFFIX}", f"labclean{SUFFIX}", f"labcrash{SUFFIX}"
 CLUSTER_IP = "10.96.0.12"
 NODE_PORT = 30080
 
@@ -27,7 +30,7 @@ NODE_PORT = 30080
 def cluster():
     """Two nodes (bridge + routed), four app pods, a ClusterIP+NodePort Service over one
     backend per node, a headless Service, cluster DNS and an outside host."""
-    with Lab("labtest") as lab:
+    with Lab(LAB_ID) as lab:
         a = lab.add_node("node-a", kind="bridge", pod_cidr="10.244.1.0/24")
         b = lab.add_node("node-b", kind="routed", pod_cidr="10.244.2.0/24")
         pods = {
@@ -270,13 +273,13 @@ def test_bridges_keep_their_address_when_a_lower_one_joins(cluster):
 
 def test_same_lab_id_twice_is_refused(cluster):
     with pytest.raises(LabBusyError):
-        Lab("labtest")
+        Lab(LAB_ID)
 
 
 def test_cleanup_leaves_nothing_even_when_the_body_raises(snapshot):
-    before = snapshot("pflabclean")
+    before = snapshot(f"pf{CLEAN_ID}")
     with pytest.raises(RuntimeError):
-        with Lab("labclean") as lab:
+        with Lab(CLEAN_ID) as lab:
             a = lab.add_node("node-a", kind="bridge")
             b = lab.add_node("node-b", kind="routed")
             p1, p2 = a.add_pod("x", "p1"), b.add_pod("x", "p2")
@@ -287,20 +290,20 @@ def test_cleanup_leaves_nothing_even_when_the_body_raises(snapshot):
             lab.add_outside_host("o")
             lab.add_drop_rule(p1, p2, port=9)
             p1.popen(["sleep", "600"])
-            assert snapshot("pflabclean")["netns"]
+            assert snapshot(f"pf{CLEAN_ID}")["netns"]
             raise RuntimeError("body failed")
     lab.cleanup()  # idempotent
-    after = snapshot("pflabclean")
+    after = snapshot(f"pf{CLEAN_ID}")
     assert after == {**before, "netns": []}
-    assert not os.path.exists(os.path.join(RUN_ROOT, "labclean"))
+    assert not os.path.exists(os.path.join(RUN_ROOT, CLEAN_ID))
 
 
 def test_cleanup_leftovers_after_a_crash(snapshot):
-    before = snapshot("pflabcrash")
-    crash = textwrap.dedent("""
+    before = snapshot(f"pf{CRASH_ID}")
+    crash = textwrap.dedent(f"""
         import os, subprocess
         from agent.lab import Lab
-        lab = Lab("labcrash")
+        lab = Lab("{CRASH_ID}")
         a = lab.add_node("node-a", kind="bridge")
         p = a.add_pod("x", "p1")
         p.popen(["sleep", "600"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -309,15 +312,15 @@ def test_cleanup_leftovers_after_a_crash(snapshot):
     res = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 3, res.stderr
-    assert snapshot("pflabcrash")["netns"], "the crashed run should have left namespaces"
-    assert "labcrash" in Lab.leftovers()
-    assert Lab.cleanup_leftovers("labcrash") == ["labcrash"]
-    assert snapshot("pflabcrash") == {**before, "netns": []}
-    assert "labcrash" not in Lab.leftovers()
+    assert snapshot(f"pf{CRASH_ID}")["netns"], "the crashed run should have left namespaces"
+    assert CRASH_ID in Lab.leftovers()
+    assert Lab.cleanup_leftovers(CRASH_ID) == [CRASH_ID]
+    assert snapshot(f"pf{CRASH_ID}") == {**before, "netns": []}
+    assert CRASH_ID not in Lab.leftovers()
 
 
 def test_live_labs_are_not_leftovers(cluster):
-    assert "labtest" not in Lab.leftovers()
+    assert LAB_ID not in Lab.leftovers()
 
 
 def test_bad_arguments_are_named(cluster):

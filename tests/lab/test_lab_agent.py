@@ -3,6 +3,8 @@ so, answers on its unix socket from the root namespace, and its failures reach t
 
 from __future__ import annotations
 
+import os
+
 import grpc
 import pytest
 
@@ -11,10 +13,12 @@ from podflow_api.v1 import observer_pb2, observer_pb2_grpc
 
 pytestmark = pytest.mark.root
 
+LAB_ID = f"labagent{os.getpid() % 10000}"  # unique: other runs on this host build labs too
+
 
 @pytest.fixture(scope="module")
 def lab():
-    with Lab("labagent") as lab:
+    with Lab(LAB_ID) as lab:
         a = lab.add_node("node-a", kind="bridge")
         a.add_pod("shop", "fe-1", labels={"app": "fe"})
         yield lab
@@ -25,7 +29,7 @@ def test_agent_starts_in_the_node_and_answers_from_the_root_namespace(lab, ebpf_
     meta = lab.write_metadata(str(tmp_path / "meta.json"))
     agent = node.start_agent("--flow-log", str(tmp_path / "flows.jsonl"), metadata_file=meta)
     try:
-        assert agent.address == f"unix:/run/podflow-lab/labagent/node-a.sock"
+        assert agent.address == f"unix:/run/podflow-lab/{LAB_ID}/node-a.sock"
         assert agent.ready["pid"] > 0
         with grpc.insecure_channel(agent.address) as channel:
             status = observer_pb2_grpc.ObserverStub(channel).ServerStatus(

@@ -1,4 +1,4 @@
-"""Fixtures of the Observer tests: real gRPC servers (agent.server over agent.flowstore, as the
+"""Fixtures of the Observer tests: real gRPC servers (agent.observer.server over agent.flowstore, as the
 agent runs them) on port 0 or unix sockets, fed with generated, enriched-looking flows."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from observer_flows import make_flow  # noqa: E402
 
+from agent.config import ObserverSection, StoreSection  # noqa: E402
 from agent.flowstore import FlowStore  # noqa: E402
-from agent.server import ObserverServer  # noqa: E402
+from agent.observer.server import ObserverServer  # noqa: E402
 from agent.stats import AgentStats  # noqa: E402
 from podflow_api.v1 import observer_pb2_grpc  # noqa: E402
 
@@ -24,10 +25,13 @@ class InProcessAgent:
     """A node's Observer as a client sees it, without eBPF: flows are fed with `feed()`."""
 
     def __init__(self, node: str = "node-a", listen: str = "127.0.0.1:0", capacity: int = 4096,
-                 client_queue_size: int = 1024, credentials=None):
+                 client_queue_size: int = 1024, **observer):
+        """`observer`: more ObserverSection fields (tls_cert, tls_key, tls_ca ...)."""
         self.stats = AgentStats(node_name=node, version="test")
-        self.store = FlowStore(capacity, self.stats, client_queue_size=client_queue_size)
-        self.server = ObserverServer(listen, self.store, self.stats, credentials=credentials)
+        self.store = FlowStore(StoreSection(capacity=capacity,
+                                            client_queue_size=client_queue_size), self.stats)
+        self.server = ObserverServer(ObserverSection(listen=listen, **observer), self.store,
+                                     self.stats)
         self.node = node
 
     def start(self) -> InProcessAgent:

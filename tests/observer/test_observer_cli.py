@@ -173,7 +173,7 @@ TIMES = [("5m", NOW - 300 * 10**9), ("1h30m", NOW - 5400 * 10**9), ("90s", NOW -
 def test_parse_time(text, expected):
     import datetime as dt
 
-    from agent.observe import parse_time
+    from agent.wire.timefmt import parse_time
     if expected is None:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
         expected = int(when.timestamp()) * 10**9 + when.microsecond * 1000
@@ -189,3 +189,19 @@ def test_first_and_since_reach_the_agent(two_agents):
     r = podflow("observe", "--server", a.address, "--since", since, "-o", "jsonl")
     assert r.returncode == 0, r.stderr
     assert [x.flow.bytes for x in parse_jsonl(r.stdout)] == [125, 126, 127, 128, 129]
+
+
+@pytest.mark.parametrize("command", [["status"], ["observe", "--all"],
+                                     ["observe", "--all", "-o", "table"]],
+                         ids=["status", "observe", "observe-table"])
+def test_a_closed_pipe_ends_quietly(two_agents, command):
+    """`podflow status | head`: the reader is gone before the output; no traceback, no
+    complaint, status 0."""
+    a, b = two_agents
+    proc = subprocess.Popen([*PODFLOW, command[0], "--server", a.address, "--server", b.address,
+                             *command[1:]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # like `| head -0`: nobody reads what it prints
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=30) == 0, stderr
+    assert stderr == ""

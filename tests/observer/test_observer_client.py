@@ -1,4 +1,4 @@
-"""agent.client: address forms, the time-ordered merge of several agents, node-status notices
+"""agent.client (channel, merge): address forms, the time-ordered merge of several agents, node-status notices
 for an agent that is down, and reconnection when following."""
 
 from __future__ import annotations
@@ -11,9 +11,12 @@ import pytest
 from conftest import InProcessAgent
 from observer_flows import make_flow
 
-from agent import client
+from agent.client.channel import normalize_address, open_channel
+from agent.client.merge import MergedFlows, response_time_ns
+from agent.errors import ConfigError, RequestRejected
+from agent.config import ObserverSection
 from agent.errors import ConfigError
-from agent.server import ObserverServer
+from agent.observer.server import ObserverServer
 from podflow_api.v1 import observer_pb2
 
 Req = observer_pb2.GetFlowsRequest
@@ -26,13 +29,13 @@ ADDRESSES = [("localhost:4245", "localhost:4245"), ("node-a", "node-a:4245"),
 
 @pytest.mark.parametrize("given,target", ADDRESSES, ids=[a for a, _ in ADDRESSES])
 def test_normalize_address(given, target):
-    assert client.normalize_address(given) == target
+    assert normalize_address(given) == target
 
 
 @pytest.mark.parametrize("bad", ["", "host:http", "host:0", "unix:"])
 def test_bad_address_names_the_flag(bad):
     with pytest.raises(ConfigError, match="--server"):
-        client.normalize_address(bad)
+        normalize_address(bad)
 
 
 def test_merge_orders_by_time_across_agents():
@@ -41,8 +44,8 @@ def test_merge_orders_by_time_across_agents():
         a.store.extend([make_flow(i, node="node-a", time_ns=T0 + i * 2000) for i in range(500)])
         b.store.extend([make_flow(i, node="node-b", time_ns=T0 + i * 2000 + 1000)
                         for i in range(500)])
-        got = list(client.MergedFlows([a.address, b.address], Req()))
-        times = [client.response_time_ns(r) for r in got]
+        got = list(MergedFlows([a.address, b.address], Req()))
+        times = [response_time_ns(r) for r in got]
         assert len(got) == 1000 and times == sorted(times)
         assert {r.node_name for r in got} == {"node-a", "node-b"}
     finally:
@@ -55,7 +58,7 @@ def test_unreachable_agent_is_a_notice_and_the_other_streams(sockdir):
     down = f"unix:{os.path.join(sockdir, 'down.sock')}"
     try:
         a.feed(20)
-        got = list(client.MergedFlows([a.address, down], Req()))
+        got = list(MergedFlows([a.address, down], Req()))
         flows = [r for r in got if r.HasField("flow")]
         notices = [r for r in got if r.HasField("node_status")]
         assert len(flows) == 20
@@ -70,7 +73,7 @@ def test_unreachable_agent_is_a_notice_and_the_other_streams(sockdir):
 def test_follow_reconnects_and_resumes(sockdir):
     path = os.path.join(sockdir, "a.sock")
     a = InProcessAgent("node-a", listen=f"unix:{path}").start()
-    merged = client.MergedFlows([f"unix:{path}"], Req(follow=True), max_backoff_s=0.5)
+    merged = MergedFlows([f"unix:{path}"], Req(follow=True), max_backoff_s=0.5)
     got: list = []
     done = threading.Event()
 
@@ -89,7 +92,7 @@ def test_follow_reconnects_and_resumes(sockdir):
         a.stop()  # the agent goes away ...
         _wait(lambda: any(r.node_status.state == observer_pb2.NODE_UNAVAILABLE for r in got))
         # ... and comes back on the same address with the same store
-        a.server = ObserverServer(f"unix:{path}", a.store, a.stats)
+        a.server = ObserverServer(ObserverSection(listen=f"unix:{path}"), a.store, a.stats)
         a.server.start()
         # the agent says it is back as soon as the stream starts, before any new flow
         _wait(lambda: got[-1].node_status.state == observer_pb2.NODE_CONNECTED, timeout=10)
@@ -117,8 +120,8 @@ def test_invalid_request_is_raised_not_retried():
     a = InProcessAgent().start()
     try:
         req = Req(follow=True, allowlist=[observer_pb2.FlowFilter(source_ip=["x"])])
-        with pytest.raises(client.RequestRejected, match="allowlist"):
-            list(client.MergedFlows([a.address], req))
+        with pytest.raises(RequestRejected, match="allowlist"):
+            list(MergedFlows([a.address], req))
     finally:
         a.stop()
 
@@ -126,7 +129,7 @@ def test_invalid_request_is_raised_not_retried():
 async def test_aio_channel(agent):
     from podflow_api.v1 import observer_pb2_grpc
     agent.feed(2)
-    async with client.open_channel(agent.address, aio=True) as ch:
+    async with open_channel(agent.address, aio=True) as ch:
         stub = observer_pb2_grpc.ObserverStub(ch)
         st = await stub.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=5)
         got = [r async for b in stub.GetFlowsBatched(Req()) for r in b.responses]

@@ -7,9 +7,9 @@ import argparse
 import pytest
 from observer_flows import make_flow
 
-from agent import filters
+from agent.filters import flags as filters
 from agent.errors import ConfigError
-from agent.filters import FilterError, compile_filters
+from agent.filters.engine import FilterError, compile_filters, parse_label_selector
 from podflow_api.v1 import flow_pb2, observer_pb2
 
 F = flow_pb2
@@ -65,6 +65,9 @@ CASES = [
     ("destination_port", {"destination_port": ["8080"]}, {}, {"dport": 9090}),
     ("destination_port-udp", {"destination_port": ["53"]}, {"proto": "udp", "dport": 53},
      {"proto": "icmpv4"}),
+    ("server_port-request", {"server_port": ["8080"]}, {}, {"is_reply": True}),
+    ("server_port-reply", {"server_port": ["40000-40100"]}, {"is_reply": True},
+     {"sport": 50000, "is_reply": True}),
     ("protocol-udp", {"protocol": ["udp"]}, {"proto": "udp"}, {}),
     ("protocol-icmp-either", {"protocol": ["ICMP"]}, {"proto": "icmpv6"}, {"proto": "sctp"}),
     ("tcp_flags-one", {"tcp_flags": ["SYN"]}, {}, {"l4__tcp__flags__SYN": False}),
@@ -173,9 +176,11 @@ FLAG_CASES = [
     ("not-applies-to-next-only", ["--not", "--protocol", "udp", "--verdict", "dropped"],
      [FF(verdict=[F.DROPPED])], [FF(protocol=["udp"])]),
     ("port-and-protocol", ["--port", "53", "--protocol", "udp"],
-     [FF(source_port=["53"], protocol=["udp"]), FF(destination_port=["53"], protocol=["udp"])], []),
-    ("protocol-then-port", ["--protocol", "udp", "--port", "53"],
-     [FF(protocol=["udp"], source_port=["53"]), FF(protocol=["udp"], destination_port=["53"])], []),
+     [FF(server_port=["53"], protocol=["udp"])], []),
+    ("pod-and-port", ["--pod", "a", "--port", "53"],
+     [FF(source_pod=["a"], server_port=["53"]), FF(destination_pod=["a"], server_port=["53"])], []),
+    ("protocol-then-pod", ["--protocol", "udp", "--pod", "a"],
+     [FF(protocol=["udp"], source_pod=["a"]), FF(protocol=["udp"], destination_pod=["a"])], []),
     ("repeat-is-alternatives", ["--from-namespace", "a", "--from-namespace", "b"],
      [FF(source_namespace=["a", "b"])], []),
     ("enums", ["--direction", "egress", "--ip-version", "6", "--observation-point", "pod-veth",
@@ -256,7 +261,7 @@ def test_bad_flag_names_the_flag(argv, flag):
 
 
 def test_label_selector_parser():
-    sel = filters.parse_label_selector("a=1,b!=2,c in (x, y),d notin (z),e,!f")
+    sel = parse_label_selector("a=1,b!=2,c in (x, y),d notin (z),e,!f")
     assert sel({"a": "1", "c": "x", "e": ""})
     assert not sel({"a": "1", "c": "x", "e": "", "f": "1"})
     assert not sel({"a": "1", "b": "2", "c": "x", "e": ""})

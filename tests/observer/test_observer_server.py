@@ -17,9 +17,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from observer_flows import make_flow
 
-from agent import client
-from agent.server import OBSERVER_SERVICE, ListenAddress
+from agent.client import stream as client
 from agent.errors import ConfigError
+from agent.observer.server import ListenAddress
+from agent.observer.servicer import OBSERVER_SERVICE
 from podflow_api.v1 import flow_pb2, observer_pb2
 from tests.waiting import wait_until
 
@@ -172,7 +173,7 @@ def test_disconnect_frees_the_subscriber_at_once(agent):
     holder["call"].cancel()
     assert wait_until(lambda: agent.store.num_subscribers == 0, timeout_s=2)
     assert time.monotonic() - t < 1.0
-    assert not agent.server.servicer._subs
+    assert not len(agent.server.servicer.followers)
 
 
 def test_stop_ends_follow_streams():
@@ -348,6 +349,6 @@ def test_stuck_client_that_disconnects_is_freed():
                 a.store.extend(template)
             stuck.cancel()
             assert wait_until(lambda: a.store.num_subscribers == 0, timeout_s=2)
-            assert not a.server.servicer._subs
+            assert not len(a.server.servicer.followers)
     finally:
         a.stop()

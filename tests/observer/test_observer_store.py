@@ -8,6 +8,7 @@ import time
 import pytest
 from observer_flows import make_flow
 
+from agent.config import StoreSection
 from agent.errors import ConfigError
 from agent.flowstore import FlowStore
 from agent.stats import AgentStats
@@ -16,8 +17,9 @@ from podflow_api.v1 import observer_pb2
 T0 = 1_800_000_000 * 1_000_000_000
 
 
-def filled(n: int, capacity: int = 100, **kw) -> FlowStore:
-    store = FlowStore(capacity, AgentStats("n", "t"), **kw)
+def filled(n: int, capacity: int = 100, client_queue_size: int = 8192, **kw) -> FlowStore:
+    store = FlowStore(StoreSection(capacity=capacity, client_queue_size=client_queue_size),
+                      AgentStats("n", "t"), **kw)
     store.extend([make_flow(i, time_ns=T0 + i * 1000) for i in range(n)])
     return store
 
@@ -131,11 +133,11 @@ def test_flows_per_second():
                                      ({"client_queue_size": 0}, "--client-queue-size")])
 def test_bad_sizes_name_the_flag(kw, flag):
     with pytest.raises(ConfigError, match=flag):
-        FlowStore(**{"capacity": 10, **kw})
+        StoreSection(**{"capacity": 10, **kw})
 
 
 def test_only_the_newest_flows_stay_objects():
-    store = FlowStore(100, AgentStats("n", "t"), hot_flows=10)
+    store = FlowStore(StoreSection(capacity=100), AgentStats("n", "t"), hot_flows=10)
     flows = [make_flow(i, time_ns=T0 + i * 1000) for i in range(150)]
     store.extend(flows)
     objects = [e[3] for e in store._ring if e[3] is not None]
@@ -161,7 +163,7 @@ def test_evicted_since_counts_what_history_cannot_return():
 
 
 def test_a_small_store_keeps_every_object():
-    store = FlowStore(50, AgentStats("n", "t"), hot_flows=8192)
+    store = FlowStore(StoreSection(capacity=50), AgentStats("n", "t"), hot_flows=8192)
     flows = [make_flow(i) for i in range(120)]
     store.extend(flows)
     assert all(a is b for a, b in zip(store.history(), flows[70:]))

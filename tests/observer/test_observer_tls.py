@@ -15,8 +15,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent import client, server
+from agent.client import channel as client
+from agent.client.stream import get_flows
+from agent import config
 from agent.errors import ConfigError
+from agent.observer import server
 from podflow_api.v1 import observer_pb2
 
 
@@ -77,8 +80,7 @@ def pki(tmp_path_factory):
 
 def _agent(pki, mtls: bool) -> InProcessAgent:
     crt, key = pki["server"]
-    creds = server.server_credentials(crt, key, pki["ca"] if mtls else None)
-    a = InProcessAgent(credentials=creds).start()
+    a = InProcessAgent(tls_cert=crt, tls_key=key, tls_ca=pki["ca"] if mtls else None).start()
     a.feed(3)
     return a
 
@@ -113,7 +115,7 @@ def test_tls(pki, mtls, opts, works):
             st = _status(a.address, tls)
             assert st.num_flows == 3
             with client.open_channel(a.address, tls) as ch:
-                got = list(client.get_flows(ch, observer_pb2.GetFlowsRequest(), ))
+                got = list(get_flows(ch, observer_pb2.GetFlowsRequest(), ))
             assert len(got) == 3
         else:
             with pytest.raises(grpc.RpcError) as err:
@@ -136,20 +138,24 @@ SERVER_FLAG_ERRORS = [
 def test_server_tls_flag_errors(pki, kw, flag):
     d = pki["dir"]
     _write(os.path.join(d, "garbage"), b"not a key")
-    paths = {k: os.path.join(d, v) for k, v in kw.items()}
+    paths = {f"tls_{k}": os.path.join(d, v) for k, v in kw.items()}
     with pytest.raises(ConfigError, match=flag):
-        server.server_credentials(paths.get("cert"), paths.get("key"), paths.get("ca"))
+        server.server_credentials(config.ObserverSection(**paths))
 
 
-def test_server_from_args(pki):
+def _observer_section(*argv: str) -> config.ObserverSection:
     p = argparse.ArgumentParser()
-    server.add_arguments(p)
+    config.add_arguments(p)
+    return config.AgentConfig.from_args(p.parse_args(list(argv))).observer
+
+
+def test_server_from_flags(pki):
     crt, key = pki["server"]
-    args = p.parse_args(["--listen", "127.0.0.1:0", "--tls-cert", crt, "--tls-key", key,
-                         "--tls-ca", pki["ca"]])
-    srv = server.from_args(args, InProcessAgent().store, InProcessAgent().stats)
+    section = _observer_section("--listen", "127.0.0.1:0", "--tls-cert", crt, "--tls-key", key,
+                                "--tls-ca", pki["ca"])
+    srv = server.ObserverServer(section, InProcessAgent().store, InProcessAgent().stats)
     assert srv.credentials is not None
-    assert server.from_args(p.parse_args(["--listen", "none"]), None, None) is None
+    assert not _observer_section("--listen", "none").enabled
 
 
 @pytest.mark.parametrize("argv,flag", [(["--tls-cert", "/nonexistent.crt", "--tls-key", "/k"],
@@ -169,11 +175,7 @@ def test_plaintext_health_port_serves_only_health(pki):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     crt, key = pki["server"]
-    a = InProcessAgent(credentials=server.server_credentials(crt, key, None))
-    a.server = server.ObserverServer("127.0.0.1:0", a.store, a.stats,
-                                     credentials=a.server.credentials,
-                                     health_listen="127.0.0.1:0")
-    a.start()
+    a = InProcessAgent(tls_cert=crt, tls_key=key, health_listen="127.0.0.1:0").start()
     try:
         health_addr = a.server.ready_info()["health_listen"].replace("0.0.0.0", "127.0.0.1")
         with grpc.insecure_channel(health_addr) as ch:
@@ -189,4 +191,4 @@ def test_plaintext_health_port_serves_only_health(pki):
 
 def test_health_listen_flag_errors():
     with pytest.raises(ConfigError, match="--health-listen"):
-        server.ObserverServer("127.0.0.1:0", None, None, health_listen="no-port")
+        config.ObserverSection(listen="127.0.0.1:0", health_listen="no-port")

@@ -1,14 +1,17 @@
-"""Fixtures of the TUI tests: real Observer servers (agent.server over agent.flowstore, as
+"""Fixtures of the TUI tests: real Observer servers (agent.observer.server over agent.flowstore, as
 the agent runs them) on unix sockets or port 0, fed with synthetic cluster traffic."""
 
 from __future__ import annotations
 
+import io
 import time
 
 import pytest
+from rich.console import Console
 
+from agent.config import ObserverSection, StoreSection
 from agent.flowstore import FlowStore
-from agent.server import ObserverServer
+from agent.observer.server import ObserverServer
 from agent.stats import AgentStats
 from tui.synthetic import Cluster
 
@@ -24,12 +27,12 @@ class Agent:
         self.listen = listen
         self.cluster = cluster
         self.stats = AgentStats(node_name=node, version="test")
-        self.store = FlowStore(capacity=50_000, stats=self.stats)
+        self.store = FlowStore(StoreSection(capacity=50_000), self.stats)
         self.server: ObserverServer | None = None
         self.address = ""
 
     def start(self) -> None:
-        self.server = ObserverServer(self.listen, self.store, self.stats)
+        self.server = ObserverServer(ObserverSection(listen=self.listen), self.store, self.stats)
         self.server.start()
         self.address = self.server.address
 
@@ -70,3 +73,12 @@ async def wait_for(pilot, predicate, timeout_s: float = 10.0, what: str = "condi
             return
         await pilot.pause(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def screen_lines(app) -> list[str]:
+    """The app's screen as plain text, one string per terminal line (every widget, the
+    scrollbars too, as the compositor would send them to a terminal)."""
+    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(),
+                      force_terminal=True, record=True, legacy_windows=False, safe_box=False)
+    console.print(app.screen._compositor.render_update(full=True))
+    return console.export_text().splitlines()

@@ -1,5 +1,5 @@
 """The Kubernetes API as `podflow tui --kubernetes` uses it, over real HTTP, since no API
-server can run here: the faithful fake of tests/k8s/fakeapi.py (pod lists in a namespace
+server can run here: the faithful fake of tests/enrich/fakeapi.py (pod lists in a namespace
 with a label selector, as the TUI asks) plus the one call only the TUI makes:
 
 - GET /api/v1/namespaces/{ns}/pods/{name}/portforward?ports=P upgraded to a WebSocket with
@@ -19,7 +19,7 @@ import socket
 import struct
 import threading
 
-from tests.k8s.fakeapi import FakeAPIServer, _Handler
+from tests.enrich.fakeapi import FakeAPIServer, _Handler
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 

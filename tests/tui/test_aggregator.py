@@ -1,18 +1,16 @@
-"""The aggregator's rules, without Textual: one count per packet, time-ordered merge of
-several agents, pivots, Services with failed attempts once per connection, node state and
-lost events, bounds."""
+"""The aggregator's rules, without Textual: one count per packet (the rule itself is
+agent.wire.counting's: tests/wire/test_wire_counting.py), time-ordered merge of several
+agents, pivots, Services with failed attempts once per connection, node state and lost
+events, bounds."""
 
 from __future__ import annotations
 
 import time
 
-import pytest
-
 from podflow_api.v1 import flow_pb2, observer_pb2
 from tui.aggregator import Aggregator
 from tui.filterexpr import parse_filter
-from tui.flowkey import counts_once, flow_key
-from tui.sources import parse_response_line
+from tui.flowkey import flow_key
 from tui.synthetic import CALLS, Cluster, responses
 
 ALL = parse_filter("")
@@ -24,30 +22,6 @@ def _ep(kind, ns="", pod="", host_network=False):
 
 POD_A = _ep(flow_pb2.POD, "shop", "cart-1")
 POD_B = _ep(flow_pb2.POD, "shop", "redis-0")
-HOSTNET = _ep(flow_pb2.POD, "kube-system", "kube-proxy-x", host_network=True)
-WORLD = _ep(flow_pb2.WORLD)
-NODE = _ep(flow_pb2.NODE)
-
-COUNTING = [
-    # (id, observation point, direction, source, destination, counted)
-    ("sender veth counts", flow_pb2.POD_VETH, flow_pb2.FROM_POD, POD_A, POD_B, True),
-    ("receiver veth of pod traffic does not", flow_pb2.POD_VETH, flow_pb2.TO_POD, POD_A, POD_B, False),
-    ("receiver veth of world traffic counts", flow_pb2.POD_VETH, flow_pb2.TO_POD, WORLD, POD_B, True),
-    ("receiver veth of node traffic counts", flow_pb2.POD_VETH, flow_pb2.TO_POD, NODE, POD_B, True),
-    ("receiver veth of host-network pod counts", flow_pb2.POD_VETH, flow_pb2.TO_POD, HOSTNET, POD_B, True),
-    ("bridge record of pod traffic does not", flow_pb2.BRIDGE, flow_pb2.TRAFFIC_DIRECTION_UNKNOWN, POD_A, POD_B, False),
-    ("bridge record of pod to world does not", flow_pb2.BRIDGE, flow_pb2.TRAFFIC_DIRECTION_UNKNOWN, POD_A, WORLD, False),
-    ("bridge record of node traffic counts", flow_pb2.BRIDGE, flow_pb2.TRAFFIC_DIRECTION_UNKNOWN, NODE, WORLD, True),
-    ("host stack drop counts", flow_pb2.HOST_STACK, flow_pb2.FROM_POD, POD_A, POD_B, True),
-]
-
-
-@pytest.mark.parametrize("point,direction,src,dst,counted", [c[1:] for c in COUNTING],
-                         ids=[c[0] for c in COUNTING])
-def test_one_observation_point_counts(point, direction, src, dst, counted):
-    flow = flow_pb2.Flow(observation_point=point, traffic_direction=direction, source=src,
-                         destination=dst, packets=1, bytes=100)
-    assert counts_once(flow) is counted
 
 
 def test_pod_to_pod_on_one_node_counted_once():
@@ -201,26 +175,7 @@ def test_only_the_newest_gone_sources_are_kept():
                      "pod:podflow/agent-7": "gone", "pod:podflow/agent-8": "connected",
                      "pod:podflow/agent-9": "connected"}
     assert (agg.summary().connected, agg.summary().known) == (2, 2)
-
-
-LINES = [
-    ("flow", '{"node_name": "n", "flow": {"node_name": "n", "packets": "3"}}', "flow"),
-    ("lost", '{"node_name": "n", "lost_events": {"stage": "CLIENT_QUEUE", "num_events_lost": "2"}}', "lost_events"),
-    ("header", '{"podflow_flow_log": {"version": 1}}', False),
-    ("other object", '{"hello": 1}', False),
-    ("not json", '{"flow": ', None),
-    ("array", "[1, 2]", None),
-    ("bad field type", '{"flow": {"packets": "many"}}', None),
-]
-
-
-@pytest.mark.parametrize("line,expected", [c[1:] for c in LINES], ids=[c[0] for c in LINES])
-def test_parse_response_line(line, expected):
-    got = parse_response_line(line)
-    if expected in (None, False):
-        assert got is expected
-    else:
-        assert got.WhichOneof("response_types") == expected
+    assert len(agg._merge._sources) == 5, "the merge forgets them too"
 
 
 def test_flow_key_port_is_the_server_port():

@@ -1,4 +1,4 @@
-"""The real app driven with Pilot against real Observer servers (agent.server on agent's
+"""The real app driven with Pilot against real Observer servers (agent.observer.server on agent's
 flow store), and against replayed files: what each view shows, keys, filters and their
 errors, an agent going down and coming back, export."""
 
@@ -12,12 +12,12 @@ import pytest
 from google.protobuf import json_format
 from textual.content import Content
 
-from tests.tui.conftest import wait_for
+from agent.wire.logformat import parse_response_line
 from podflow_api.v1 import observer_pb2
+from tests.tui.conftest import wait_for
 from tui.app import KEY_QUIET_S, create_app
 from tui.line_table import LineTable
 from tui.messages import SnapshotBuilt
-from tui.sources import parse_response_line
 
 SIZE = (200, 50)
 
@@ -50,7 +50,7 @@ async def test_every_view_shows_the_agents_traffic(agents, engine):
         flows = rows(app, "flows-table")
         assert {r[1] for r in flows} == {"node-a", "node-b"}
         first = flows[0]
-        assert first[6] == "from-pod" and "→" in first[4] and first[5].split()[0] in ("TCP", "UDP")
+        assert first[6] == "from-pod" and " -> " in first[4] and first[5].split()[0] in ("TCP", "UDP")
         # newest first
         times = [r[0] for r in flows]
         assert times == sorted(times, reverse=True)

@@ -4,12 +4,9 @@ Pure fitting rules first, then the real app (Pilot) and what its screen shows.""
 
 from __future__ import annotations
 
-import io
-
 import pytest
-from rich.console import Console
 
-from tests.tui.conftest import wait_for
+from tests.tui.conftest import screen_lines, wait_for
 from tui.app import create_app
 from tui.columns import ColumnSpec, fit, truncate
 from tui.format import FLOW_COLUMNS
@@ -50,14 +47,6 @@ def test_fit(natural, available, expected):
         assert sum(shown) + 2 * len(shown) <= available
 
 
-def screen_lines(app) -> list[str]:
-    """The app's screen as plain text, one string per terminal line."""
-    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(),
-                      force_terminal=True, record=True, legacy_windows=False, safe_box=False)
-    console.print(app.screen._compositor.render_update(full=True))
-    return console.export_text().splitlines()
-
-
 def header_line(app) -> str:
     return next((line for line in screen_lines(app) if line.lstrip().startswith("time")), "")
 
@@ -66,7 +55,7 @@ VISIBLE = {
     # terminal width: columns that must be on screen
     200: FLOW_COLUMNS,
     160: FLOW_COLUMNS,
-    120: ("time", "node", "source", "destination", "service → backend", "proto/ports",
+    120: ("time", "node", "source", "destination", "service -> backend", "proto/ports",
           "verdict", "bytes"),
     80: ("time", "source", "destination", "verdict", "bytes"),
 }

@@ -18,6 +18,7 @@ from tui.synthetic import Cluster
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
 PODFLOW = os.path.join(os.path.dirname(sys.executable), "podflow")
+SPARK_GLYPHS = set("▁▂▃▄▅▆▇")  # the Top view's sparklines' (and Textual's thumb ends')
 
 
 def _tmux(*args: str) -> str:
@@ -57,16 +58,37 @@ def test_tui_in_tmux(tmp_path):
                               "e Export")
         assert "node-a" in screen and "shop/" in screen
 
+        # Top, then back to Flows and its detail pane: no sparkline-like mark stays at their
+        # right edge (issue 13; the scrollbars' thumbs are whole cells, tui/scrollbars.py)
+        _tmux("send-keys", "-t", session, "2")
+        _wait_screen(session, "Top by namespace")
+        _tmux("send-keys", "-t", session, "1")
+        screen = _wait_screen(session, "Flows │", "proto/ports")
+        assert not SPARK_GLYPHS & set(screen), screen
+        _tmux("send-keys", "-t", session, "d")
+        screen = _wait_screen(session, "node_name: node-a", "l4.")
+        assert not SPARK_GLYPHS & set(screen), screen
+        _tmux("send-keys", "-t", session, "d")
+        deadline = time.monotonic() + 10
+        while "node_name: node-a" in _screen(session):
+            assert time.monotonic() < deadline, "d did not close the detail pane"
+            time.sleep(0.1)
+
         _tmux("send-keys", "-t", session, "2")
         _wait_screen(session, "Top by namespace")
         _tmux("send-keys", "-t", session, "p")
         _wait_screen(session, "Top by workload", "shop/frontend")
 
         _tmux("send-keys", "-t", session, "/")
+        # typed before the line is open, the letters would be keys ("q" quits)
+        _wait_screen(session, "(! negates; Enter applies")
         _tmux("send-keys", "-t", session, "-l", "proto=quic")
         _tmux("send-keys", "-t", session, "Enter")
         _wait_screen(session, "filter not applied", "'quic' is not one of")
         _tmux("send-keys", "-t", session, "C-u")
+        # Textual runs ctrl+u (a binding) after printable keys already queued: type only
+        # once the line is empty (its placeholder shows), or the new text is erased too
+        _wait_screen(session, "(! negates; Enter applies")
         _tmux("send-keys", "-t", session, "-l", "proto=udp")
         _tmux("send-keys", "-t", session, "Enter")
         _wait_screen(session, "filter: proto=udp")

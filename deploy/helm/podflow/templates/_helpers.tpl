@@ -29,6 +29,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
+{{/* The same labels for what belongs to the TUI's users, not to the agents. */}}
+{{- define "podflow.tuiLabels" -}}
+app.kubernetes.io/name: podflow
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: tui
+app.kubernetes.io/part-of: podflow
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
 {{- define "podflow.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}

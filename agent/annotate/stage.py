@@ -1,0 +1,107 @@
+"""The annotate stage: what a single flow record cannot say about itself.
+
+It sits between the datapath and enrichment (see agent/main.py) and adds, in place:
+- `outcome`: established / refused / unanswered / reset / closed / no reply, judged from both
+  directions of a connection at one observation point (agent/annotate/outcome.py);
+- `dns`: the decoded DNS message of flows on port 53 (agent/annotate/dns.py), fed by the datapath
+  through `dns_packet(...)`, and `destination.names` / `source.names` on later flows to
+  addresses a pod looked up.
+
+- drops: the DROPPED records of bpf/drop.h that are not pod traffic are removed from the
+  batch, the others get their direction (agent/annotate/drops.py DropScope).
+
+It may append records to the batch: the final record of a connection that timed out
+silently (e.g. UNANSWERED), so downstream stages see it like any other record.
+
+It also owns the kernel side of drops and DNS: `datapath_extensions(...)` builds the drop
+tracer (bpf/drop.h) and the DNS capture (bpf/dns.h) unless --no-drops / --no-dns, and
+agent/main.py hands them to the Datapath.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from agent.annotate.dnstrack import DnsExtension, DnsPacket, DnsTracker
+from agent.annotate.drops import DropScope
+from agent.annotate.outcome import OutcomeTracker
+from agent.datapath.extension import DatapathExtension
+from agent.stats import AgentStats
+from podflow_api.v1 import flow_pb2
+
+if TYPE_CHECKING:
+    from agent.config import AnnotateSection
+
+log = logging.getLogger("podflow.annotate")
+
+
+class Annotator:
+    """Holds the outcome and DNS state. The datapath's reader thread calls `dns_packet` for
+    each captured DNS packet and `annotate` for each batch of flows (one lock: cheap, and
+    safe if a datapath ever calls from two threads)."""
+
+    def __init__(self, config: AnnotateSection, stats: AgentStats):
+        self.config = config
+        self.stats = stats
+        self.outcomes = OutcomeTracker(syn_timeout_s=config.syn_timeout_s,
+                                       max_connections=config.max_connections)
+        self.dns = DnsTracker(max_entries=config.max_connections)
+        self.drop_scope = DropScope(config.drop_cidrs)
+        self._lock = threading.Lock()
+
+    def datapath_extensions(self, active_timeout_s: float,
+                            idle_timeout_s: float) -> list[DatapathExtension]:
+        """The kernel features this stage consumes, for the Datapath to load: the drop tracer
+        (its records follow the datapath's active/idle timeouts, like flows) and the DNS
+        capture, each unless switched off. Reads the kernel's BTF when drops are on."""
+        found: list[DatapathExtension] = []
+        if self.config.drops:
+            from agent.annotate import drops  # noqa: PLC0415  (reads kernel BTF: only when on)
+            from agent.datapath import btf  # noqa: PLC0415
+
+            try:
+                layout = btf.kernel_layout()
+            except btf.BtfError as exc:
+                log.error("drops are not reported: %s", exc)
+                self.stats.add_error("drops_disabled_no_btf")
+            else:
+                reporter = drops.DropReporter(layout, self.stats.node_name, self.stats,
+                                              drops.KtimeClock.now(),
+                                              active_timeout_s=active_timeout_s,
+                                              idle_timeout_s=idle_timeout_s)
+                found.append(drops.DropExtension(reporter, self.config.drop_map_size,
+                                                 drops.netns_inode(), scope=self.drop_scope))
+        if self.config.dns:
+            found.append(DnsExtension(self.dns_packet, self.config.dns_capture_bytes))
+        return found
+
+    def dns_packet(self, packet: DnsPacket) -> None:
+        """Learn from one captured DNS packet; malformed ones are counted as
+        `dns_malformed` in ServerStatus.datapath_errors."""
+        with self._lock:
+            if self.dns.packet(packet) is None:
+                self.stats.add_error("dns_malformed")
+
+    def annotate(self, flows: list[flow_pb2.Flow]) -> None:
+        """Annotate `flows` in place; may append final records of timed-out connections."""
+        with self._lock:
+            self._scope_drops(flows)
+            extra = self.outcomes.annotate(flows)
+            flows.extend(extra)
+            self.dns.annotate(flows)
+
+    def _scope_drops(self, flows: list[flow_pb2.Flow]) -> None:
+        """Learn pod addresses from this batch first (a pod's first packet and its drop
+        often arrive together), then keep only the drops of pod traffic."""
+        has_drops = False
+        for flow in flows:
+            if flow.verdict == flow_pb2.DROPPED:
+                has_drops = True
+            else:
+                self.drop_scope.learn(flow)
+        if has_drops:
+            traced = {i.index for i in self.stats.snapshot_interfaces()}
+            flows[:] = [f for f in flows if f.verdict != flow_pb2.DROPPED
+                        or self.drop_scope.judge(f, traced)]

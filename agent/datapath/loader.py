@@ -1,0 +1,389 @@
+"""The agent's datapath stage: compile and load the eBPF programs (bpf/podflow.c), attach them
+to pod veths and bridges as they come and go, and turn the kernel's counters into records.
+
+This is the ONLY module that imports bcc. The reader thread never blocks the kernel: the
+programs write ring-buffer events without wakeups (BPF_RB_NO_WAKEUP) and the reader
+consumes them on a timer, sweeps the flow map with batch syscalls about once a second, and
+hands decoded Flow batches to the agent's pipeline (agent/main.py).
+
+Around it, each in its own module: the environment checks (environment.py), raw bpf(2)
+calls (bpfsys.py), TC/tcx attachment (tc.py), which interfaces to trace (interfaces.py),
+the struct mirrors of bpf/types.h (abi.py), counters -> interval records (tracker.py),
+records -> Flow (decode.py), and features with kernel code of their own (extension.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fnmatch
+import logging
+import os
+import platform
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from agent.datapath import abi, bpfsys, decode, interfaces, tc
+from agent.datapath.environment import check_environment
+from agent.datapath.extension import DatapathExtension, EventHandler
+from agent.datapath.tracker import FlowRecord, FlowTracker
+from agent.errors import AttachError, DatapathError
+from agent.stage import Stage
+from agent.stats import AgentStats
+from podflow_api.v1 import observer_pb2
+
+if TYPE_CHECKING:
+    from agent.config import DatapathSection
+
+log = logging.getLogger("podflow.datapath")
+
+BPF_DIR = Path(os.environ.get("PODFLOW_BPF_DIR") or Path(__file__).resolve().parents[2] / "bpf")
+PROG_INGRESS = "podflow_ingress"  # also the TC filter names (agent/datapath/tc.py NAME_PREFIX)
+PROG_EGRESS = "podflow_egress"
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def expand_includes(path: Path, _stack: tuple[Path, ...] = ()) -> str:
+    """podflow.c with its quoted #includes inlined (with #line markers, so compiler messages
+    still name the right file and line).
+
+    bcc rewrites map calls (flows.lookup, events.ringbuf_output ...) only in the main source
+    file, so headers that use maps would otherwise fail to load. A quoted include whose file
+    does not exist (an optional feature not written yet) is left to the compiler, which
+    only complains when its -D flag is set."""
+    if path in _stack:
+        return ""
+    out = [f'#line 1 "{path}"']
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        m = re.match(r'\s*#\s*include\s+"([^"]+)"', line)
+        target = path.parent / m.group(1) if m else None
+        if target is not None and target.is_file():
+            out.append(expand_includes(target, _stack + (path,)))
+            out.append(f'#line {lineno + 1} "{path}"')
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+class Datapath(Stage):
+    """Loads the programs, keeps the traced interface set current, runs the reader.
+
+    `pipeline` receives every batch of decoded flows on the reader thread; `extensions` are
+    the features compiled in with the programs (agent/datapath/extension.py)."""
+
+    def __init__(self, config: DatapathSection, stats: AgentStats,
+                 pipeline: Callable[[list], None],
+                 extensions: Sequence[DatapathExtension] = ()):
+        self.config = config
+        self.stats = stats
+        self.node_name = stats.node_name
+        self.pipeline = pipeline
+        self.extensions = list(extensions)
+        self.clock = decode.KtimeClock.now()
+        self.tracker = FlowTracker(int(config.active_timeout_s * 1e9),
+                                   int(config.idle_timeout_s * 1e9))
+        self._bpf = None
+        self._flow_map_fd = -1
+        self._progs: dict[str, tuple[int, str]] = {}
+        self._ipr: IPRoute | None = None
+        self._lock = threading.Lock()  # interface set and netlink socket
+        self._attached: dict[int, tc.Attachment] = {}
+        self._known: dict[int, decode.InterfaceInfo] = {}  # every interface ever traced
+        self.attach_errors: dict[str, str] = {}
+        self._use_tcx = config.attach_mode in ("tcx", "auto")
+        self._handlers: dict[int, EventHandler] = {}
+        self._error_names: dict[int, str] = {}
+        self._pending: list = []
+        self._last_errors: list[int] = [0] * abi.ERR_MAX
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
+        self._watcher: interfaces.LinkWatcher | None = None
+        self.records_emitted = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        check_environment()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # release whatever was loaded or attached before the failure
+            raise
+
+    def _start(self) -> None:
+        self._load()
+        self._ipr = IPRoute()
+        removed = self._remove_all_leftovers()
+        if removed:
+            log.info("removed %d podflow filter(s) left by a previous agent", removed)
+        self._watcher = interfaces.LinkWatcher(self.reconcile)
+        self._watcher.start()  # subscribe before the first read: no event falls in between
+        self.reconcile()
+        self._warn_unmatched_globs()
+        self._reader = threading.Thread(target=self._read_loop, name="podflow-reader",
+                                        daemon=True)
+        self._reader.start()
+        log.info("datapath tracing %s", ", ".join(self.traced_names()) or "no interface yet")
+
+    def stop(self) -> None:
+        """Detach everything first (no new packets), then emit final records for what is
+        left in the map, then unload."""
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        with self._lock:
+            for attachment in list(self._attached.values()):
+                self._detach(attachment)
+        self._stop.set()
+        if self._reader is not None:
+            self._reader.join(timeout=30)
+            self._reader = None
+        if self._bpf is not None:
+            for ext in self.extensions:
+                ext.detach(self._bpf)
+            self._bpf.cleanup()
+            self._bpf = None
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    def ready_info(self) -> dict:
+        return {"interfaces": self.traced_names(), "attach_errors": dict(self.attach_errors),
+                "attach_mode": "tcx" if self._use_tcx else "tc"}
+
+    # -- loading --------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        from bcc import BPF  # the only bcc import in podflow
+
+        cflags = [f"-I{BPF_DIR}",
+                  f"-DPODFLOW_FLOW_MAP_SIZE={self.config.flow_map_size}",
+                  f"-DPODFLOW_RINGBUF_PAGES={self.config.ringbuf_bytes // PAGE_SIZE}"]
+        for ext in self.extensions:
+            cflags.extend(ext.cflags())
+            self._error_names.update(ext.error_names())
+            self._handlers.update(ext.event_handlers())
+        self._handlers[abi.EVENT_FLOW_NEW] = Datapath._on_flow_event
+        self._handlers[abi.EVENT_FLOW_MAP_FULL] = Datapath._on_flow_event
+        source = expand_includes(BPF_DIR / "podflow.c")
+        try:
+            self._bpf = BPF(text=source, cflags=cflags)
+            for direction, name in (("ingress", PROG_INGRESS), ("egress", PROG_EGRESS)):
+                fn = self._bpf.load_func(name, BPF.SCHED_CLS)
+                self._progs[direction] = (fn.fd, name)
+        # bcc raises plain Exception for compile and verifier failures
+        except Exception as exc:  # noqa: BLE001
+            raise DatapathError(f"cannot compile or load bpf/podflow.c: {exc} (kernel headers "
+                                f"at /lib/modules/{platform.release()}/build; see the "
+                                "compiler output above)") from exc
+        self._flow_map_fd = self._bpf["flows"].map_fd
+        self._bpf["events"].open_ring_buffer(self._on_event)
+        for ext in self.extensions:
+            ext.attach(self._bpf)
+
+    # -- interfaces -----------------------------------------------------------------------
+
+    def interface(self, ifindex: int) -> decode.InterfaceInfo | None:
+        """The interface (traced now or earlier) with this index, for decoding."""
+        return self._known.get(ifindex)
+
+    def traced_names(self) -> list[str]:
+        with self._lock:
+            return sorted(a.ifname for a in self._attached.values())
+
+    def _remove_all_leftovers(self) -> int:
+        removed = 0
+        with self._lock:
+            for link in interfaces.list_links(self._ipr):
+                try:
+                    removed += tc.remove_leftovers(self._ipr, link.index)
+                except NetlinkError as exc:
+                    log.warning("cannot clean podflow leftovers on %s: %s", link.name, exc)
+        return removed
+
+    def reconcile(self) -> None:
+        """Attach to what should be traced and is not, release what went away."""
+        with self._lock:
+            if self._ipr is None:
+                return
+            links = interfaces.list_links(self._ipr)
+            uplinks = interfaces.default_route_ifindexes(self._ipr)
+            wanted = interfaces.select_interfaces(links, uplinks, self.config.include,
+                                                  self.config.exclude)
+            present = {link.index: link for link in links}
+            for ifindex, attachment in list(self._attached.items()):
+                link = present.get(ifindex)
+                if link is None:  # deleted (a pod went away): the kernel took our filters
+                    tc.release(attachment)
+                    del self._attached[ifindex]
+                    self.stats.set_interface(ifindex, None)
+                    log.info("released %s (deleted)", attachment.ifname)
+                elif ifindex not in wanted:
+                    self._detach(attachment)
+            for ifindex, info in wanted.items():
+                current = self._attached.get(ifindex)
+                if current is not None:
+                    if current.ifname != info.name:  # renamed (CNIs create, then rename)
+                        log.info("%s is now %s", current.ifname, info.name)
+                        current.ifname = info.name
+                        self._known[ifindex] = info
+                        self.stats.set_interface(ifindex, info.name)
+                    continue
+                self._known[ifindex] = info
+                try:
+                    self._attached[ifindex] = self._attach(ifindex, info.name)
+                except AttachError as exc:
+                    if self.attach_errors.get(info.name) != str(exc):
+                        log.error("%s", exc)
+                        self.stats.add_error("attach_failed")
+                    self.attach_errors[info.name] = str(exc)
+                    continue
+                self.attach_errors.pop(info.name, None)
+                self.stats.set_interface(ifindex, info.name)
+                log.info("tracing %s (%s, ifindex %d)", info.name, info.kind.value, ifindex)
+
+    def _attach(self, ifindex: int, ifname: str) -> tc.Attachment:
+        if self._use_tcx:
+            try:
+                return tc.attach_tcx(self._ipr, ifindex, ifname, self._progs)
+            except tc.TcxUnsupported as exc:
+                if self.config.attach_mode == "tcx":
+                    raise AttachError(f"--attach-mode tcx: {exc}") from exc
+                log.info("%s; attaching with clsact + cls_bpf instead", exc)
+                self._use_tcx = False
+        return tc.attach(self._ipr, ifindex, ifname, self._progs)
+
+    def _warn_unmatched_globs(self) -> None:
+        """--interfaces globs that match nothing are most likely typos: say so once."""
+        if not self.config.include:
+            return
+        with self._lock:
+            names = [link.name for link in interfaces.list_links(self._ipr)]
+        for glob in self.config.include:
+            if not any(fnmatch.fnmatchcase(name, glob) for name in names):
+                log.warning("--interfaces %r matches no interface (yet); links here: %s",
+                            glob, ", ".join(sorted(names)))
+
+    def _detach(self, attachment: tc.Attachment) -> None:
+        try:
+            tc.detach(self._ipr, attachment)
+        except AttachError as exc:
+            log.error("%s", exc)
+            self.stats.add_error("detach_failed")
+        self._attached.pop(attachment.ifindex, None)
+        self.stats.set_interface(attachment.ifindex, None)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _on_event(self, _ctx, data, size) -> int:
+        raw = ctypes.string_at(data, size)
+        handler = self._handlers.get(raw[0])
+        if handler is None:
+            self.stats.add_error("unknown_event_kind")
+            return 0
+        flows = handler(self, raw)
+        if flows:
+            self._pending.extend(flows)
+        return 0
+
+    def _on_flow_event(self, raw: bytes) -> list | None:
+        ev = abi.FlowEvent.from_buffer_copy(raw[:ctypes.sizeof(abi.FlowEvent)])
+        key = bytes(ev.key)
+        if ev.hdr.kind == abi.EVENT_FLOW_MAP_FULL:
+            self.tracker.on_map_full(key, ev.pkt_len, ev.ts_ns, ev.tcp_flags)
+            return None
+        record = self.tracker.on_new(key, ev.pkt_len, ev.ts_ns, ev.tcp_flags)
+        return [self._decode(record)] if record is not None else None
+
+    def _decode(self, record: FlowRecord):
+        ifindex = int.from_bytes(record.key[:4], "little")
+        self.records_emitted += 1
+        return decode.decode_record(record, self._known.get(ifindex), self.node_name,
+                                    self.clock)
+
+    def _read_loop(self) -> None:
+        next_sweep = time.monotonic()
+        while True:
+            stopping = self._stop.is_set()
+            self._bpf.ring_buffer_consume()
+            now = time.monotonic()
+            if stopping:
+                self._final_sweep()
+            elif now >= next_sweep:
+                try:
+                    self._sweep()
+                except DatapathError as exc:
+                    log.error("%s", exc)
+                next_sweep = now + self.config.sweep_interval_s
+            self._flush()
+            if stopping:
+                return
+            self._stop.wait(self.config.poll_interval_s)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            self.pipeline(batch)
+        # The reader is the boundary between the kernel and every later stage: a bug in one
+        # of them must cost that batch (counted and logged), not stop all flow accounting.
+        except Exception:  # noqa: BLE001
+            log.exception("pipeline failed on a batch of %d flows", len(batch))
+            self.stats.add_lost(observer_pb2.AGENT_QUEUE, len(batch))
+
+    def _sweep(self) -> None:
+        now_ns = time.monotonic_ns()
+        entries = bpfsys.read_flow_map(self._flow_map_fd, self.config.flow_map_size)
+        result = self.tracker.sweep(entries, now_ns)
+        records = result.records
+        for key in result.idle_keys:
+            value = bpfsys.lookup_and_delete(self._flow_map_fd, key)
+            record = self.tracker.end(key, value, now_ns)
+            if record is not None:
+                records.append(record)
+        self._pending.extend(self._decode(r) for r in records)
+        self._sweep_extensions(now_ns, final=False)
+        self._update_counters()
+
+    def _final_sweep(self) -> None:
+        now_ns = time.monotonic_ns()
+        entries = bpfsys.read_flow_map(self._flow_map_fd, self.config.flow_map_size)
+        records = self.tracker.flush(entries, now_ns)
+        self._pending.extend(self._decode(r) for r in records)
+        self._sweep_extensions(now_ns, final=True)
+        self._update_counters()
+
+    def _sweep_extensions(self, now_ns: int, final: bool) -> None:
+        """Extensions with maps of their own (drop.h) sweep them with the flow map."""
+        for ext in self.extensions:
+            self._pending.extend(ext.sweep(self, now_ns, final) or ())
+
+    def kernel_errors(self) -> list[int]:
+        """The per-reason counters, summed over CPUs."""
+        table = self._bpf["errors"]
+        return [int(table.sum(table.Key(i)).value) for i in range(abi.ERR_MAX)]
+
+    def other_ethertype_packets(self) -> dict[str, int]:
+        """Non-IP frames per traced interface name (ifindex when unknown)."""
+        out = {}
+        for k, v in self._bpf["other_ethertype"].items():
+            info = self._known.get(k.value)
+            out[info.name if info else str(k.value)] = int(sum(v))
+        return out
+
+    def _update_counters(self) -> None:
+        counts = self.kernel_errors()
+        lost_new = counts[abi.ERR_RINGBUF_FULL_NEW] - self._last_errors[abi.ERR_RINGBUF_FULL_NEW]
+        lost_full = (counts[abi.ERR_RINGBUF_FULL_MAP_FULL]
+                     - self._last_errors[abi.ERR_RINGBUF_FULL_MAP_FULL])
+        self.stats.add_lost(observer_pb2.KERNEL_RING_BUFFER, lost_new)
+        self.stats.add_lost(observer_pb2.KERNEL_FLOW_MAP, lost_full)
+        self._last_errors = counts
+        self.stats.set_datapath_errors(abi.error_counts(counts, self._error_names))

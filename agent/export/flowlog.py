@@ -1,0 +1,175 @@
+"""The agent's flow log: every flow the store receives, as JSON lines in a rotating file.
+
+An independent consumer of the flow store: it reads through its own subscription (a cursor
+with a bounded lag) on its own thread, so a slow or full disk never slows the datapath or the
+gRPC API; when it falls behind, the flows it skipped are counted. Nothing is lost silently:
+every flow that is skipped (EXPORTER_QUEUE) or could not be written (EXPORTER_WRITE) is counted
+in AgentStats and written into the log itself as a `lost_events` record as soon as the file
+can be written again. While writing fails (disk full, read-only directory) the agent keeps
+running, the error is logged once per episode and shown in ServerStatus.exporter_error.
+
+The file format (a header line, then one GetFlowsResponse per line) is agent.wire.logformat;
+the writing, rotation and loss accounting are agent.wire.jsonlines's sink, shared with
+`podflow observe --output-file` and the TUI's export.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from google.protobuf import json_format
+
+from agent.errors import ConfigError, ExportError
+from agent.export.windows import Aggregator, parse_interval
+from agent.filters import engine as filters
+from agent.stage import Stage
+from agent.stats import AgentStats
+from agent.wire import logformat
+from agent.wire.fieldmask import mask_tree
+from agent.wire.jsonlines import JsonLinesSink
+from agent.wire.timefmt import ts_ns
+from podflow_api.v1 import flow_pb2, observer_pb2
+
+if TYPE_CHECKING:
+    from agent.config import FlowLogSection
+
+log = logging.getLogger("podflow.exporter")
+
+FLUSH_INTERVAL_S = 1.0      # lines reach the file at least this often
+FLUSH_BYTES = 1024 * 1024   # ... or as soon as this much is pending
+
+
+def parse_filter_json(text: str, flag: str) -> observer_pb2.FlowFilter:
+    """A FlowFilter from its JSON mapping (proto field names or lowerCamelCase)."""
+    try:
+        return json_format.Parse(text, observer_pb2.FlowFilter())
+    except json_format.ParseError as exc:
+        raise ConfigError(f"{flag}: not a FlowFilter in JSON ({exc}): {text!r}") from exc
+
+
+class FlowLogExporter(Stage):
+    """Reads the store on its own thread and writes the flow log to `config.path`."""
+
+    def __init__(self, config: FlowLogSection, store, stats: AgentStats):
+        self.path = config.path
+        self.allowlist = list(config.allowlist)
+        self.denylist = list(config.denylist)
+        self.field_mask = list(config.fields)
+        self._mask_tree = mask_tree(self.field_mask) if self.field_mask else None
+        self.aggregate = config.aggregate
+        self._aggregator = (Aggregator(parse_interval(config.aggregate))
+                            if config.aggregate else None)
+        # The Observer's filter semantics; None keeps every flow.
+        self._predicate = filters.compile_filters(self.allowlist, self.denylist)
+        self.store = store
+        self.stats = stats
+        self.node_name = stats.node_name
+        self._node_json = logformat.quote_node(self.node_name)
+        self.queue_size = config.queue_size
+        header = logformat.header_fields(
+            node_name=self.node_name, agent_version=stats.version, allowlist=self.allowlist,
+            denylist=self.denylist, field_mask=self.field_mask, aggregate=self.aggregate)
+        self.sink = JsonLinesSink(self.path, config.rotation, header, node_name=self.node_name,
+                                  on_failure=self._failed, on_recovery=self._recovered,
+                                  on_lost=stats.add_lost)
+        self.writer = self.sink.writer
+        self._stop = threading.Event()
+        self._reopen = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._subscription = None
+
+    @property
+    def records_written(self) -> int:
+        return self.sink.records_written
+
+    # -- stage interface ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._subscription = self.store.subscribe(predicate=self._predicate,
+                                                  queue_size=self.queue_size)
+        self.sink.open()
+        self._thread = threading.Thread(target=self._run_guarded, name="flow-log", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Drain what the store holds for us, flush, close."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.writer.close()
+
+    def reopen(self) -> None:
+        """SIGHUP: reopen the path (after logrotate renamed the file). Safe in a signal handler:
+        the writer thread does the work."""
+        self._reopen.set()
+
+    def ready_info(self) -> dict:
+        return {"flow_log": self.path}
+
+    # -- the writer thread ----------------------------------------------------------------
+
+    def _run_guarded(self) -> None:
+        """A bug here must not end the flow log without a word: report it where a user
+        looks (ServerStatus, metrics, log) before the thread ends."""
+        try:
+            self._run()
+        except Exception as exc:  # the thread's last resort: anything unexpected is reported
+            log.exception("flow log writer stopped")
+            self.stats.exporter_error = f"flow log writer stopped: {exc!r}"
+            self._subscription.close()
+
+    def _run(self) -> None:
+        sub = self._subscription
+        sink = self.sink
+        last_flush = time.monotonic()
+        while True:
+            stopping = self._stop.is_set()
+            flows, lost = sub.next_batch(timeout_s=0.0 if stopping else 0.2, max_flows=4096)
+            if lost is not None and lost.count:
+                sink.count_lost(observer_pb2.EXPORTER_QUEUE, lost.count, lost.first_ns,
+                                lost.last_ns)
+            if self._reopen.is_set():
+                # Before this batch: what came in after the HUP goes to the new file.
+                self._reopen.clear()
+                log.info("reopening flow log %s", self.path)
+                sink.reopen()
+            if self._aggregator is not None:
+                if flows:
+                    self._aggregator.add(flows, time.time_ns())
+            elif flows:
+                self._add_records(flows)
+            now = time.monotonic()
+            drained = not flows
+            if (now - last_flush >= FLUSH_INTERVAL_S or sink.pending_bytes >= FLUSH_BYTES
+                    or (stopping and drained)):
+                if self._aggregator is not None:
+                    # Once per flush, not per batch: late records of a window already written
+                    # are summed for a second before they are written too.
+                    agg = self._aggregator
+                    done = agg.flush() if stopping and drained else agg.due(time.time_ns())
+                    if done:
+                        self._add_records(done)
+                sink.flush()
+                last_flush = now
+            if stopping and drained:
+                sub.close()
+                return
+
+    def _add_records(self, flows: list[flow_pb2.Flow]) -> None:
+        node_json = self._node_json
+        tree = self._mask_tree
+        flow_line = logformat.flow_line
+        self.sink.add_many([flow_line(flow, node_json, tree) for flow in flows],
+                           [ts_ns(flow.time) for flow in flows])
+
+    def _failed(self, exc: ExportError, first: bool) -> None:
+        self.stats.exporter_error = str(exc)
+        if first:
+            log.error("flow log: %s; counting lost records until it can be written again", exc)
+
+    def _recovered(self, _lost_total: int) -> None:
+        self.stats.exporter_error = ""
+        log.warning("flow log %s writable again; lost records were reported in it", self.path)

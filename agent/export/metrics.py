@@ -1,0 +1,270 @@
+"""Prometheus metrics for the agent (`--metrics HOST:PORT`).
+
+Another independent consumer of the flow store: it reads flows through its own subscription
+and folds them into counters by a small set of labels chosen with `--metrics-labels`, so label
+cardinality stays bounded: at most `--metrics-max-series` series per family (what does not fit
+goes to one series whose labels all read "__overflow__"), and series not updated for
+`--metrics-series-ttl` seconds (deleted pods, namespaces, Services) disappear.
+Agent health (lost events by stage, datapath errors, exporter and metadata state, traced
+interfaces) is read from AgentStats at scrape time, so it matches ServerStatus.
+
+Double counting: the same packet may be recorded on a pod veth, on a bridge, and on the
+peer pod's veth, on this node and on another. Flow metrics count one record per packet by
+the rule the TUI's views follow (agent.wire.counting.counts_once), so summing a family over
+every agent counts each packet once: the sender's FROM_POD veth record, a TO_POD record only
+when the sender has no veth of its own, bridge records only for traffic no veth sees, drops
+where they happened. Without metadata, the pods are the source addresses seen leaving this
+node's pod veths.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from agent.errors import ConfigError
+from agent.stage import Stage
+from agent.stats import AgentStats
+from agent.wire.counting import counts_once, veth_sender
+from podflow_api.v1 import flow_pb2, observer_pb2
+
+if TYPE_CHECKING:
+    from agent.config import MetricsSection
+
+log = logging.getLogger("podflow.metrics")
+
+OVERFLOW = "__overflow__"
+
+
+def _service(flow: flow_pb2.Flow) -> str:
+    svc = flow.service
+    return f"{svc.namespace}/{svc.name}" if svc.name else ""
+
+
+def _workload(endpoint: flow_pb2.Endpoint) -> str:
+    w = endpoint.workload
+    return f"{w.kind}/{w.name}" if w.name else ""
+
+
+def _enum_name(enum_type, number: int) -> str:
+    """The value's name; the number for a value this build does not know (newer agents)."""
+    value = enum_type.DESCRIPTOR.values_by_number.get(number)
+    return value.name if value is not None else str(number)
+
+
+def _protocol(flow: flow_pb2.Flow) -> str:
+    return flow.l4.WhichOneof("protocol") or ""
+
+
+# label name -> how to read it from a flow
+LABELS: dict[str, Callable[[flow_pb2.Flow], str]] = {
+    "source_namespace": lambda f: f.source.namespace,
+    "destination_namespace": lambda f: f.destination.namespace,
+    "source_pod": lambda f: f.source.pod_name,
+    "destination_pod": lambda f: f.destination.pod_name,
+    "source_workload": lambda f: _workload(f.source),
+    "destination_workload": lambda f: _workload(f.destination),
+    "service": _service,
+    "verdict": lambda f: _enum_name(flow_pb2.Verdict, f.verdict),
+    "protocol": _protocol,
+    "traffic_direction": lambda f: _enum_name(flow_pb2.TrafficDirection, f.traffic_direction),
+    "category": lambda f: _enum_name(flow_pb2.FlowCategory, f.category),
+    "outcome": lambda f: _enum_name(flow_pb2.ConnectionOutcome, f.outcome),
+    "interface": lambda f: f.interface.name,
+}
+
+
+class FlowCounters:
+    """flows / packets / bytes per label tuple, bounded and expiring. Thread-safe."""
+
+    def __init__(self, labels: Sequence[str], max_series: int, ttl_s: float):
+        self.labels = list(labels)
+        self._readers = [LABELS[n] for n in labels]
+        self.max_series = max_series
+        self.ttl_ns = int(ttl_s * 1e9)
+        self._lock = threading.Lock()
+        # label values -> [flows, packets, bytes, last update (monotonic ns)]
+        self._series: dict[tuple[str, ...], list[int]] = {}
+        self._drops: dict[str, list[int]] = {}  # drop reason -> [packets, bytes, last update]
+        self.overflow_key = tuple(OVERFLOW for _ in labels)
+        self.skipped = 0  # flows this consumer fell too far behind to read
+        # Source IPs seen leaving a pod veth on this node (-> last seen), for agents without
+        # metadata; they expire with the series TTL.
+        self._local_ips: dict[str, int] = {}
+
+    def counts(self, flow: flow_pb2.Flow) -> bool:
+        """Whether this record is the one counted for its packets (agent.wire.counting)."""
+        return counts_once(flow, self._local_ips)
+
+    def _learn_local_pods(self, flows: list[flow_pb2.Flow], now: int) -> None:
+        local = self._local_ips
+        for flow in flows:
+            ip = veth_sender(flow)
+            if ip:
+                local[ip] = now
+
+    def add(self, flows: list[flow_pb2.Flow]) -> None:
+        now = time.monotonic_ns()
+        readers = self._readers
+        with self._lock:
+            series = self._series
+            self._learn_local_pods(flows, now)  # first: the sender's record may come later in the batch
+            for flow in flows:
+                if flow.verdict == flow_pb2.DROPPED:
+                    drop = self._drops.setdefault(flow.drop_reason or "UNKNOWN", [0, 0, 0])
+                    drop[0] += flow.packets
+                    drop[1] += flow.bytes
+                    drop[2] = now
+                if not self.counts(flow):
+                    continue
+                key = tuple(read(flow) for read in readers)
+                entry = series.get(key)
+                if entry is None:
+                    if len(series) >= self.max_series:
+                        self._expire(now)
+                    if len(series) >= self.max_series:
+                        key = self.overflow_key
+                        entry = series.get(key)
+                    if entry is None:
+                        entry = series[key] = [0, 0, 0, 0]
+                entry[0] += 1
+                entry[1] += flow.packets
+                entry[2] += flow.bytes
+                entry[3] = now
+
+    def _expire(self, now: int) -> None:
+        cutoff = now - self.ttl_ns
+        for key in [k for k, v in self._series.items() if v[3] < cutoff]:
+            del self._series[key]
+        for key in [k for k, v in self._drops.items() if v[2] < cutoff]:
+            del self._drops[key]
+        for ip in [ip for ip, seen in self._local_ips.items() if seen < cutoff]:
+            del self._local_ips[ip]
+
+    def snapshot(self) -> tuple[dict[tuple[str, ...], list[int]], dict[str, list[int]]]:
+        with self._lock:
+            self._expire(time.monotonic_ns())
+            return ({k: list(v) for k, v in self._series.items()},
+                    {k: list(v) for k, v in self._drops.items()})
+
+
+class _Collector:
+    """Builds every metric family at scrape time from FlowCounters and AgentStats."""
+
+    def __init__(self, counters: FlowCounters, stats: AgentStats, store):
+        self.counters = counters
+        self.stats = stats
+        self.store = store
+
+    def describe(self):
+        return []  # no fixed set: avoids prometheus_client calling collect() at registration
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        labels = self.counters.labels
+        series, drops = self.counters.snapshot()
+        flows = CounterMetricFamily("podflow_flows", "Flow records counted (one observation point "
+                                    "per packet)", labels=labels)
+        packets = CounterMetricFamily("podflow_packets", "Packets in counted flow records",
+                                      labels=labels)
+        bytes_ = CounterMetricFamily("podflow_bytes", "Bytes (frame length at the hook) in "
+                                     "counted flow records", labels=labels)
+        for key, (n_flows, n_packets, n_bytes, _) in series.items():
+            flows.add_metric(list(key), n_flows)
+            packets.add_metric(list(key), n_packets)
+            bytes_.add_metric(list(key), n_bytes)
+        yield flows
+        yield packets
+        yield bytes_
+
+        drop_packets = CounterMetricFamily("podflow_drops", "Dropped packets by kernel drop reason",
+                                           labels=["reason"])
+        for reason, (n_packets, _, _) in sorted(drops.items()):
+            drop_packets.add_metric([reason], n_packets)
+        yield drop_packets
+
+        lost = CounterMetricFamily("podflow_lost_events", "Events lost, by pipeline stage",
+                                   labels=["stage"])
+        for stage, span in sorted(self.stats.snapshot_lost().items()):
+            lost.add_metric([_enum_name(observer_pb2.LostStage, stage)], span.count)
+        yield lost
+        yield CounterMetricFamily("podflow_metrics_skipped_flows", "Flows the metrics consumer "
+                                  "fell too far behind to count", value=self.counters.skipped)
+
+        errors = CounterMetricFamily("podflow_datapath_errors", "Kernel-side datapath error "
+                                     "counters, by reason", labels=["reason"])
+        for reason, count in sorted(self.stats.snapshot_datapath_errors().items()):
+            errors.add_metric([reason], count)
+        yield errors
+
+        interfaces = self.stats.snapshot_interfaces()
+        yield GaugeMetricFamily("podflow_interfaces_traced", "Interfaces with podflow programs "
+                                "attached", value=len(interfaces))
+        yield GaugeMetricFamily("podflow_exporter_failing", "1 while the flow log cannot be "
+                                "written (see ServerStatus.exporter_error)",
+                                value=1 if self.stats.exporter_error else 0)
+        yield GaugeMetricFamily("podflow_metadata_stale", "1 while the Kubernetes metadata "
+                                "source is unreachable and the last known state is served",
+                                value=1 if self.stats.metadata_stale else 0)
+        if self.store is not None:
+            yield GaugeMetricFamily("podflow_store_flows", "Flows held in the flow store",
+                                    value=len(self.store))
+
+
+class MetricsServer(Stage):
+    """Serves /metrics over HTTP and feeds FlowCounters from a store subscription."""
+
+    def __init__(self, config: MetricsSection, store, stats: AgentStats):
+        self.host, self.port = config.host_port
+        self.store = store
+        self.stats = stats
+        self.counters = FlowCounters(config.labels, config.max_series, config.series_ttl_s)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._httpd = None
+        self._subscription = None
+
+    def start(self) -> None:
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.exposition import start_http_server
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(self.counters, self.stats, self.store))
+        try:
+            self._httpd, _ = start_http_server(self.port, addr=self.host, registry=registry)
+        except OSError as exc:
+            raise ConfigError(f"--metrics {self.host}:{self.port}: cannot listen: {exc.strerror}") from exc
+        self.port = self._httpd.server_address[1]
+        if self.store is not None:
+            self._subscription = self.store.subscribe(queue_size=self.store.capacity)
+            self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        sub = self._subscription
+        while not self._stop.is_set():
+            flows, lost = sub.next_batch(timeout_s=0.5, max_flows=4096)
+            if lost is not None:
+                self.counters.skipped += lost.count
+            if flows:
+                self.counters.add(flows)
+        sub.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._subscription is not None:
+            self._subscription.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+    def ready_info(self) -> dict:
+        """Where a local client reaches the endpoint (a wildcard address -> loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return {"metrics": f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"}

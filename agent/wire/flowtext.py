@@ -1,0 +1,156 @@
+"""How a flow is written as text, in one place: the words, arrows, verdicts and times of
+`podflow observe` (agent.client.printer lays them out as a table or compact lines), the TUI's
+Flows view and detail pane, the demo's summary, and the `summary` line the agent puts in
+every record (agent.datapath.decode, agent.annotate.drops).
+
+Where the copies used to disagree, the choices are: an ASCII arrow `->` (a terminal in any
+locale shows it, grep and copy-paste keep it); the verdict as its enum name with the drop
+reason in parentheses, `DROPPED (NETFILTER_DROP)`, `FORWARDED`; a pod as `namespace/pod`, any
+other end as its address, marked `(world)` or `(node NAME)`; a Service as `ns/name:port ->
+ns/backend-pod:port` (the ports where a column has room); ICMP as `type 8 code 0`; times in
+UTC (agent.wire.timefmt), as in the flow logs.
+"""
+
+from __future__ import annotations
+
+from podflow_api.v1 import flow_pb2
+
+ARROW = "->"
+PROTO_NAMES = {"tcp": "TCP", "udp": "UDP", "sctp": "SCTP", "icmpv4": "ICMPv4",
+               "icmpv6": "ICMPv6"}
+TCP_FLAG_NAMES = tuple(f.name for f in flow_pb2.TCPFlags.DESCRIPTOR.fields)  # FIN, SYN, ...
+_PORTED = ("tcp", "udp", "sctp")
+_ICMP = ("icmpv4", "icmpv6")
+_DIRECTIONS = {flow_pb2.FROM_POD: "from-pod", flow_pb2.TO_POD: "to-pod"}
+_VERDICTS = {flow_pb2.FORWARDED: "FORWARDED", flow_pb2.DROPPED: "DROPPED"}
+
+
+def host_port(host: str, port: int | None) -> str:
+    """'10.0.0.1:80', '[fd00::1]:80', or the host alone without a port."""
+    if port is None:
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def ports(flow: flow_pb2.Flow) -> tuple[int | None, int | None]:
+    """(source port, destination port) of TCP/UDP/SCTP, else (None, None)."""
+    which = flow.l4.WhichOneof("protocol")
+    if which in _PORTED:
+        l4 = getattr(flow.l4, which)
+        return l4.source_port, l4.destination_port
+    return None, None
+
+
+def pod_name(namespace: str, pod: str) -> str:
+    return f"{namespace}/{pod}" if namespace else pod
+
+
+def endpoint_text(ep: flow_pb2.Endpoint, ip: str, port: int | None = None) -> str:
+    """'ns/pod[:port]' for a pod; the address otherwise, with '(node NAME)' for a node's
+    own address and '(world)' for one outside the cluster."""
+    if ep.pod_name:
+        return host_port(pod_name(ep.namespace, ep.pod_name), port)
+    text = host_port(ip or "?", port)
+    if ep.kind == flow_pb2.NODE and ep.node_name:
+        text += f" (node {ep.node_name})"
+    elif ep.kind == flow_pb2.WORLD:
+        text += " (world)"
+    return text
+
+
+def service_text(flow: flow_pb2.Flow, with_ports: bool = True) -> str:
+    """'ns/name:port -> ns/backend-pod:port' (ports left out with `with_ports=False`), the
+    backend's address when it is not a pod, '-> (no endpoints)' when the Service had none;
+    '' for a flow to no Service."""
+    svc = flow.service
+    if not svc.name:
+        return ""
+    text = pod_name(svc.namespace, svc.name)
+    if with_ports and svc.port:
+        text += f":{svc.port}"
+    be = flow.backend
+    port = (be.port or None) if with_ports else None
+    if be.pod_name:
+        text += f" {ARROW} {host_port(pod_name(be.namespace, be.pod_name), port)}"
+    elif be.ip:
+        text += f" {ARROW} {host_port(be.ip, port)}"
+    elif svc.no_endpoints:
+        text += f" {ARROW} (no endpoints)"
+    return text
+
+
+def proto_text(flow: flow_pb2.Flow) -> str:
+    """TCP, UDP, SCTP, ICMPv4, ICMPv6, or IP for anything else."""
+    return PROTO_NAMES.get(flow.l4.WhichOneof("protocol") or "", "IP")
+
+
+def icmp_text(flow: flow_pb2.Flow) -> str:
+    """'type 8 code 0' for ICMP, else ''."""
+    which = flow.l4.WhichOneof("protocol")
+    if which in _ICMP:
+        icmp = getattr(flow.l4, which)
+        return f"type {icmp.type} code {icmp.code}"
+    return ""
+
+
+def ports_text(flow: flow_pb2.Flow) -> str:
+    """'TCP 40000 -> 80', 'ICMPv4 type 8 code 0', 'IP': protocol and ports in one cell."""
+    sport, dport = ports(flow)
+    if sport is not None:
+        return f"{proto_text(flow)} {sport} {ARROW} {dport}"
+    icmp = icmp_text(flow)
+    return f"{proto_text(flow)} {icmp}" if icmp else proto_text(flow)
+
+
+def tcp_flags_text(flags) -> str:
+    """'SYN,ACK' (a TCPFlags message)."""
+    return ",".join(n for n in TCP_FLAG_NAMES if getattr(flags, n))
+
+
+def flags_text(flow: flow_pb2.Flow) -> str:
+    """TCP flags ('SYN,ACK') or ICMP type and code; '' otherwise."""
+    if flow.l4.WhichOneof("protocol") == "tcp":
+        return tcp_flags_text(flow.l4.tcp.flags)
+    return icmp_text(flow)
+
+
+def verdict_text(flow: flow_pb2.Flow) -> str:
+    """'FORWARDED', 'DROPPED (NETFILTER_DROP)' ('DROPPED' without a reason), '' unknown."""
+    text = _VERDICTS.get(flow.verdict, "")
+    if flow.verdict == flow_pb2.DROPPED and flow.drop_reason:
+        text += f" ({flow.drop_reason})"
+    return text
+
+
+def direction_text(flow: flow_pb2.Flow) -> str:
+    """'from-pod' or 'to-pod' (the pod's point of view), '' unknown."""
+    return _DIRECTIONS.get(flow.traffic_direction, "")
+
+
+def dns_text(flow: flow_pb2.Flow) -> str:
+    """'DNS api.example.com NXDOMAIN' for a flow that carried a DNS message, else ''."""
+    dns = flow.dns
+    if not dns.query:
+        return ""
+    return f"DNS {dns.query}" + (f" {dns.rcode}" if dns.rcode else "")
+
+
+def summary(flow: flow_pb2.Flow, proto_label: str | None = None) -> str:
+    """The record's one-line `summary` from its addresses: 'TCP 10.0.0.1:4242 ->
+    10.96.0.10:80 SYN', 'UDP 10.0.0.1 -> 10.0.0.2 fragment', 'ICMPv4 a -> b type 8 code 0'
+    (a drop's record puts its verdict_text in front). `proto_label` names a protocol the flow
+    has no field for ('IP proto 47')."""
+    name = proto_label or proto_text(flow)
+    src, dst = flow.ip.source, flow.ip.destination
+    sport, dport = ports(flow)
+    if flow.ip.fragment:
+        text = f"{name} {src} {ARROW} {dst} fragment"
+    elif sport is not None:
+        text = f"{name} {host_port(src, sport)} {ARROW} {host_port(dst, dport)}"
+        flags = flags_text(flow)
+        if flags:
+            text += f" {flags}"
+    else:
+        icmp = icmp_text(flow)
+        text = f"{name} {src} {ARROW} {dst}" + (f" {icmp}" if icmp else "")
+    return text
