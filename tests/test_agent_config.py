@@ -50,7 +50,7 @@ def test_the_flag_defaults_are_the_field_defaults(monkeypatch):
 
 def test_help_shows_each_default_where_it_says_so():
     text = "\n".join(a.help or "" for a in _parser()._actions)
-    for needle in ("(default: 5)", "(default: 15)", "(default: 65536)", "(default: 4M)",
+    for needle in ("(default: 5)", "(default: 262144)", "(default: 65536)", "(default: 4M)",
                    "(default: 512)", "(default 65535)", "(default 8192)", "default 64",
                    "(default :4245,", "(default 2000)", "(default 600)",
                    "(default source_namespace,destination_namespace,service,verdict;"):

@@ -3,8 +3,10 @@ to pod veths and bridges as they come and go, and turn the kernel's counters int
 
 This is the ONLY module that imports bcc. The reader thread never blocks the kernel: the
 programs write ring-buffer events without wakeups (BPF_RB_NO_WAKEUP) and the reader
-consumes them on a timer, sweeps the flow map with batch syscalls about once a second, and
-hands decoded Flow batches to the agent's pipeline (agent/main.py).
+consumes them on a timer; about once a second it drains the inactive half of the flow map
+with batch syscalls (no program writes it: exact) and flips the halves (bpf/maps.h), and
+the flow table (flowtable.py) turns what it read into records for the agent's pipeline
+(agent/main.py).
 
 Around it, each in its own module: the environment checks (environment.py), raw bpf(2)
 calls (bpfsys.py), TC/tcx attachment (tc.py), which interfaces to trace (interfaces.py),
@@ -29,10 +31,13 @@ from typing import TYPE_CHECKING
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+import numpy as np
+
 from agent.datapath import abi, bpfsys, decode, interfaces, tc
 from agent.datapath.environment import check_environment
 from agent.datapath.extension import DatapathExtension, EventHandler
-from agent.datapath.tracker import FlowRecord, FlowTracker
+from agent.datapath.flowtable import Emitted, FlowTable
+from agent.datapath.tracker import FlowRecord
 from agent.errors import AttachError, DatapathError
 from agent.stage import Stage
 from agent.stats import AgentStats
@@ -47,6 +52,24 @@ BPF_DIR = Path(os.environ.get("PODFLOW_BPF_DIR") or Path(__file__).resolve().par
 PROG_INGRESS = "podflow_ingress"  # also the TC filter names (agent/datapath/tc.py NAME_PREFIX)
 PROG_EGRESS = "podflow_egress"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+NEW_EVENT_WINDOW_S = 0.1  # the new-flow event budget is spent per window (bpf/maps.h)
+# Packets timed this long before a flip may still be counted into the half that becomes
+# active (the program reads the selector, then the clock): margin for "every packet before
+# the flip was drained".
+FLIP_MARGIN_NS = 2_000_000
+
+
+def _u32(value: int) -> bytes:
+    return value.to_bytes(4, "little")
+
+
+# struct pf_flow_event (abi.FlowEvent) as a numpy record, to read events in bulk.
+_EVENT_DTYPE = np.dtype({"names": ["kind", "key", "pkt_len", "ts_ns", "tcp_flags"],
+                         "formats": ["u1", ("u1", abi.KEY_SIZE), "<u4", "<u8", "<u4"],
+                         "offsets": [abi.FlowEvent.hdr.offset, abi.FlowEvent.key.offset,
+                                     abi.FlowEvent.pkt_len.offset, abi.FlowEvent.ts_ns.offset,
+                                     abi.FlowEvent.tcp_flags.offset],
+                         "itemsize": ctypes.sizeof(abi.FlowEvent)})
 
 
 def expand_includes(path: Path, _stack: tuple[Path, ...] = ()) -> str:
@@ -86,10 +109,15 @@ class Datapath(Stage):
         self.pipeline = pipeline
         self.extensions = list(extensions)
         self.clock = decode.KtimeClock.now()
-        self.tracker = FlowTracker(int(config.active_timeout_s * 1e9),
-                                   int(config.idle_timeout_s * 1e9))
+        self.table = FlowTable(int(config.active_timeout_s * 1e9),
+                               int(config.idle_timeout_s * 1e9), max_flows=config.max_flows)
         self._bpf = None
-        self._flow_map_fd = -1
+        self._half_fds: tuple[int, int] = (-1, -1)  # flows_a, flows_b
+        self._maps_fd = -1   # flow_maps: the halves as a map-in-map
+        self._sel_fd = -1    # flow_sel: which half the programs write
+        self._active = 0
+        self._flipped_ns = 0  # monotonic time of the last flip: drained up to it next sweep
+        self._new_events: list[bytes] = []
         self._progs: dict[str, tuple[int, str]] = {}
         self._ipr: IPRoute | None = None
         self._lock = threading.Lock()  # interface set and netlink socket
@@ -162,15 +190,19 @@ class Datapath(Stage):
     def _load(self) -> None:
         from bcc import BPF  # the only bcc import in podflow
 
+        per_window = round(self.config.new_flow_events * NEW_EVENT_WINDOW_S)
+        if self.config.new_flow_events and not per_window:
+            per_window = 1
         cflags = [f"-I{BPF_DIR}",
                   f"-DPODFLOW_FLOW_MAP_SIZE={self.config.flow_map_size}",
-                  f"-DPODFLOW_RINGBUF_PAGES={self.config.ringbuf_bytes // PAGE_SIZE}"]
+                  f"-DPODFLOW_RINGBUF_PAGES={self.config.ringbuf_bytes // PAGE_SIZE}",
+                  f"-DPODFLOW_NEW_EVENTS_PER_WINDOW={per_window}",
+                  f"-DPODFLOW_NEW_EVENT_WINDOW_NS={int(NEW_EVENT_WINDOW_S * 1e9)}ULL"]
         for ext in self.extensions:
             cflags.extend(ext.cflags())
             self._error_names.update(ext.error_names())
             self._handlers.update(ext.event_handlers())
         self._handlers[abi.EVENT_FLOW_NEW] = Datapath._on_flow_event
-        self._handlers[abi.EVENT_FLOW_MAP_FULL] = Datapath._on_flow_event
         source = expand_includes(BPF_DIR / "podflow.c")
         try:
             self._bpf = BPF(text=source, cflags=cflags)
@@ -182,7 +214,14 @@ class Datapath(Stage):
             raise DatapathError(f"cannot compile or load bpf/podflow.c: {exc} (kernel headers "
                                 f"at /lib/modules/{platform.release()}/build; see the "
                                 "compiler output above)") from exc
-        self._flow_map_fd = self._bpf["flows"].map_fd
+        self._half_fds = (self._bpf["flows_a"].map_fd, self._bpf["flows_b"].map_fd)
+        self._maps_fd = self._bpf["flow_maps"].map_fd
+        self._sel_fd = self._bpf["flow_sel"].map_fd
+        for slot, fd in enumerate(self._half_fds):
+            bpfsys.update_elem(self._maps_fd, _u32(slot), _u32(fd))
+        bpfsys.update_elem(self._sel_fd, _u32(0), _u32(0))
+        self._active = 0
+        self._flipped_ns = time.monotonic_ns()
         self._bpf["events"].open_ring_buffer(self._on_event)
         for ext in self.extensions:
             ext.attach(self._bpf)
@@ -292,26 +331,40 @@ class Datapath(Stage):
             self._pending.extend(flows)
         return 0
 
-    def _on_flow_event(self, raw: bytes) -> list | None:
-        ev = abi.FlowEvent.from_buffer_copy(raw[:ctypes.sizeof(abi.FlowEvent)])
-        key = bytes(ev.key)
-        if ev.hdr.kind == abi.EVENT_FLOW_MAP_FULL:
-            self.tracker.on_map_full(key, ev.pkt_len, ev.ts_ns, ev.tcp_flags)
-            return None
-        record = self.tracker.on_new(key, ev.pkt_len, ev.ts_ns, ev.tcp_flags)
-        return [self._decode(record)] if record is not None else None
+    def _on_flow_event(self, raw: bytes) -> None:
+        self._new_events.append(raw[:ctypes.sizeof(abi.FlowEvent)])
 
-    def _decode(self, record: FlowRecord):
-        ifindex = int.from_bytes(record.key[:4], "little")
-        self.records_emitted += 1
-        return decode.decode_record(record, self._known.get(ifindex), self.node_name,
-                                    self.clock)
+    def _announce(self) -> None:
+        """New-flow events read since the last call -> fast first records."""
+        if not self._new_events:
+            return
+        raw, self._new_events = b"".join(self._new_events), []
+        events = np.frombuffer(raw, dtype=_EVENT_DTYPE)
+        keys = events["key"].view(np.uint8).reshape(len(events), abi.KEY_SIZE)
+        self._emit(self.table.announce(keys, events["pkt_len"], events["ts_ns"],
+                                       events["tcp_flags"]))
+
+    def _emit(self, emitted: Emitted) -> None:
+        """Flow-table output -> decoded records for the pipeline."""
+        if not len(emitted):
+            return
+        wall = time.time_ns()
+        for i, key in enumerate(emitted.keys):
+            raw_key = key.tobytes()
+            record = FlowRecord(raw_key, int(emitted.packets[i]), int(emitted.bytes[i]),
+                                int(emitted.first_ns[i]), int(emitted.last_ns[i]),
+                                int(emitted.tcp_flags[i]), bool(emitted.flow_end[i]))
+            self.records_emitted += 1
+            ifindex = int.from_bytes(raw_key[:4], "little")
+            self._pending.append(decode.decode_record(record, self._known.get(ifindex),
+                                                      self.node_name, self.clock, wall))
 
     def _read_loop(self) -> None:
         next_sweep = time.monotonic()
         while True:
             stopping = self._stop.is_set()
             self._bpf.ring_buffer_consume()
+            self._announce()
             now = time.monotonic()
             if stopping:
                 self._final_sweep()
@@ -338,25 +391,41 @@ class Datapath(Stage):
             log.exception("pipeline failed on a batch of %d flows", len(batch))
             self.stats.add_lost(observer_pb2.AGENT_QUEUE, len(batch))
 
+    def _drain(self, half: int) -> None:
+        keys, values = bpfsys.drain_map(self._half_fds[half], self.config.flow_map_size)
+        self.table.ingest(keys, values)
+
+    def _flip(self) -> int:
+        """Make the other half active and wait until no program runs on the old one (the
+        map-in-map update returns after every program in flight finished). Returns the
+        monotonic time of the flip: every packet timed before it is in the old half."""
+        flipped = time.monotonic_ns()
+        self._active ^= 1
+        bpfsys.update_elem(self._sel_fd, _u32(0), _u32(self._active))
+        bpfsys.update_elem(self._maps_fd, _u32(0), _u32(self._half_fds[0]))  # synchronize
+        return flipped
+
     def _sweep(self) -> None:
+        """Drain the half the programs stopped writing at the previous flip, flip, and send
+        what the flow table says is due."""
+        self._drain(self._active ^ 1)
+        complete_until = self._flipped_ns - FLIP_MARGIN_NS
+        self._flipped_ns = self._flip()
         now_ns = time.monotonic_ns()
-        entries = bpfsys.read_flow_map(self._flow_map_fd, self.config.flow_map_size)
-        result = self.tracker.sweep(entries, now_ns)
-        records = result.records
-        for key in result.idle_keys:
-            value = bpfsys.lookup_and_delete(self._flow_map_fd, key)
-            record = self.tracker.end(key, value, now_ns)
-            if record is not None:
-                records.append(record)
-        self._pending.extend(self._decode(r) for r in records)
+        self._emit(self.table.step(now_ns, complete_until))
         self._sweep_extensions(now_ns, final=False)
         self._update_counters()
 
     def _final_sweep(self) -> None:
+        """At stop, after detaching: both halves drained (after a flip, so no program still
+        runs on either), every flow ended."""
+        self._drain(self._active ^ 1)
+        self._flipped_ns = self._flip()
+        self._bpf.ring_buffer_consume()
+        self._announce()
+        self._drain(self._active ^ 1)
         now_ns = time.monotonic_ns()
-        entries = bpfsys.read_flow_map(self._flow_map_fd, self.config.flow_map_size)
-        records = self.tracker.flush(entries, now_ns)
-        self._pending.extend(self._decode(r) for r in records)
+        self._emit(self.table.step(now_ns, now_ns, final=True))
         self._sweep_extensions(now_ns, final=True)
         self._update_counters()
 
@@ -379,11 +448,20 @@ class Datapath(Stage):
         return out
 
     def _update_counters(self) -> None:
+        """Packets the flow map could not count are lost (KERNEL_FLOW_MAP, one event per
+        packet); new-flow events not sent are not: those flows are announced by the sweep."""
         counts = self.kernel_errors()
-        lost_new = counts[abi.ERR_RINGBUF_FULL_NEW] - self._last_errors[abi.ERR_RINGBUF_FULL_NEW]
-        lost_full = (counts[abi.ERR_RINGBUF_FULL_MAP_FULL]
-                     - self._last_errors[abi.ERR_RINGBUF_FULL_MAP_FULL])
-        self.stats.add_lost(observer_pb2.KERNEL_RING_BUFFER, lost_new)
-        self.stats.add_lost(observer_pb2.KERNEL_FLOW_MAP, lost_full)
+        last = self._last_errors
+        lost = sum(counts[i] - last[i] for i in (abi.ERR_MAP_FULL, abi.ERR_MAP_UPDATE))
+        self.stats.add_lost(observer_pb2.KERNEL_FLOW_MAP, lost)
         self._last_errors = counts
-        self.stats.set_datapath_errors(abi.error_counts(counts, self._error_names))
+        named = abi.error_counts(counts, self._error_names)
+        if counts[abi.ERR_MAP_FULL]:
+            named["flow_map_full_bytes"] = self._map_full_bytes()
+        if self.table.ended_early:
+            named["flows_ended_early"] = self.table.ended_early
+        self.stats.set_datapath_errors(named)
+
+    def _map_full_bytes(self) -> int:
+        table = self._bpf["map_full_bytes"]
+        return int(table.sum(table.Key(0)).value)
