@@ -41,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=config.agent.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stats = AgentStats(node_name=config.agent.node_name, version=__version__)
+    from agent.datapath import memory  # noqa: PLC0415 (libc calls: only for the agent)
+
+    memory.fixed_mmap_threshold()
     started: list[Stage] = []  # in start order, stopped in reverse
     try:
         for stage in build_stages(config, stats):
@@ -77,6 +80,7 @@ def build_stages(config: agent_config.AgentConfig, stats: AgentStats) -> list[St
     """Every stage the configuration turns on, in start order (the datapath last: nothing
     flows before its consumers run). Building reads files and kernel BTF, starts nothing."""
     from agent.annotate.stage import Annotator
+    from agent.datapath.batch import FlowBatch
     from agent.datapath.loader import Datapath
     from agent.enrich.stage import Enricher
     from agent.export.flowlog import FlowLogExporter
@@ -90,11 +94,17 @@ def build_stages(config: agent_config.AgentConfig, stats: AgentStats) -> list[St
     enricher = Enricher.from_config(config.metadata, stats,
                                     flow_idle_timeout_s=config.datapath.idle_timeout_s)
 
-    def pipeline(flows: list) -> None:
-        """Called by the datapath's reader thread with each batch of decoded flows."""
-        annotator.annotate(flows)
-        enricher.enrich(flows)
-        store.extend(flows)
+    def pipeline(records) -> None:
+        """Called by the datapath's reader thread with each batch of records (a FlowBatch of
+        columns), or a list of Flow objects (drop records)."""
+        if isinstance(records, FlowBatch):
+            annotator.annotate_batch(records)
+            enricher.enrich_batch(records)
+            store.extend_batch(records)
+        else:
+            annotator.annotate(records)
+            enricher.enrich(records)
+            store.extend(records)
 
     stages: list[Stage] = [enricher]
     if config.observer.enabled:

@@ -16,11 +16,13 @@ from podflow_api.v1 import flow_pb2, observer_pb2
 
 @dataclass
 class LostSpan:
-    """How many events one stage lost, and over which wall-clock span (ns)."""
+    """How many events one stage lost (and the packets they held, where known), and over
+    which wall-clock span (ns)."""
 
     count: int = 0
     first_ns: int = 0
     last_ns: int = 0
+    packets: int = 0
 
 
 @dataclass
@@ -41,14 +43,17 @@ class AgentStats:
     metadata_error: str = ""
     exporter_error: str = ""
 
-    def add_lost(self, stage: int, count: int, when_ns: int | None = None) -> None:
-        """Count `count` events lost at `stage` (an observer_pb2.LostStage value)."""
+    def add_lost(self, stage: int, count: int, when_ns: int | None = None,
+                 packets: int = 0) -> None:
+        """Count `count` events lost at `stage` (an observer_pb2.LostStage value), holding
+        `packets` packets (0: unknown; at the kernel's flow map an event is a packet)."""
         if count <= 0:
             return
         now = when_ns or time.time_ns()
         with self._lock:
             span = self._lost.setdefault(stage, LostSpan(first_ns=now))
             span.count += count
+            span.packets += packets
             span.last_ns = now
 
     def set_datapath_errors(self, errors: dict[str, int]) -> None:
@@ -74,7 +79,8 @@ class AgentStats:
 
     def snapshot_lost(self) -> dict[int, LostSpan]:
         with self._lock:
-            return {k: LostSpan(v.count, v.first_ns, v.last_ns) for k, v in self._lost.items()}
+            return {k: LostSpan(v.count, v.first_ns, v.last_ns, v.packets)
+                    for k, v in self._lost.items()}
 
     def snapshot_datapath_errors(self) -> dict[str, int]:
         with self._lock:
@@ -88,5 +94,5 @@ class AgentStats:
         return time.time_ns() - self.started_ns
 
     def lost_counts(self) -> list[observer_pb2.LostCount]:
-        return [observer_pb2.LostCount(stage=stage, count=span.count)
+        return [observer_pb2.LostCount(stage=stage, count=span.count, packets=span.packets)
                 for stage, span in sorted(self.snapshot_lost().items())]

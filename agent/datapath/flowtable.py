@@ -148,9 +148,13 @@ class FlowTable:
         self.busy_since_ns = 0      # complete_until of the previous step: "the latest interval"
         self.ended_early = 0        # flows ended because the table was full
         self.collisions = 0         # drained entries whose hash matched another key
+        # Flows announced since the last drain, joined to the table with the next one: the
+        # fast path runs ten times a second and must not move the whole table each time.
+        self._announced: list[tuple[np.ndarray, np.ndarray, dict]] = []
+        self._announced_h: set[int] = set()
 
     def __len__(self) -> int:
-        return len(self.key)
+        return len(self.key) + len(self._announced_h)
 
     # -- lookups ----------------------------------------------------------------------------
 
@@ -203,21 +207,45 @@ class FlowTable:
         h, first = np.unique(h, return_index=True)  # one event per key (a CPU race)
         keys, pkt_len, ts_ns = keys[first], pkt_len[first].astype(_U64), ts_ns[first].astype(_U64)
         flags = tcp_flags[first].astype(np.uint8)
-        new = self._find(h, keys) < 0
+        pending = self._announced_h
+        new = (self._find(h, keys) < 0) & np.fromiter((x not in pending for x in h.tolist()),
+                                                      bool, len(h))
         if not new.any():
             return Emitted.empty()
         keys, h, pkt_len, ts_ns, flags = keys[new], h[new], pkt_len[new], ts_ns[new], flags[new]
         one = np.ones(len(h), _U64)
-        self._insert(keys, h, {"first_ns": ts_ns, "last_ns": ts_ns, "flags": flags,
-                               "packets": one, "reported": True, "ann_first_ns": ts_ns,
-                               "ann_packets": one, "ann_bytes": pkt_len})
         rev = self._reverse_state(keys)
+        ok = pairable(keys)
+        if ok.any():  # both sides announced together (a quick answer)
+            rh = key_hash(reverse_keys(keys))
+            at = np.searchsorted(h, rh).clip(0, len(h) - 1)
+            both = ok & (h[at] == rh)
+            rev[0][both] = 1
+            rev[1][both] |= flags[at[both]]
+            rev[2][both] = ts_ns[at[both]]
+        self._announced.append((keys, h, {
+            "first_ns": ts_ns, "last_ns": ts_ns, "flags": flags, "packets": one,
+            "reported": True, "ann_first_ns": ts_ns, "ann_packets": one, "ann_bytes": pkt_len}))
+        pending.update(h.tolist())
         return Emitted(keys, one, pkt_len, ts_ns, ts_ns, flags, np.zeros(len(h), bool),
                        np.zeros(len(h), bool), one, *rev)
+
+    def _join_announced(self) -> None:
+        """The flows announced since the last drain join the table (one insert)."""
+        if not self._announced:
+            return
+        parts, self._announced = self._announced, []
+        self._announced_h.clear()
+        keys = np.concatenate([p[0] for p in parts])
+        h = np.concatenate([p[1] for p in parts])
+        values = {name: np.concatenate([np.broadcast_to(p[2][name], len(p[1])) for p in parts])
+                  for name in parts[0][2]}
+        self._insert(keys, h, values)
 
     def ingest(self, keys: np.ndarray, values: np.ndarray) -> None:
         """Entries drained from one half of the flow map (each key once): their packets join
         the flows' held packets. `values`: structured array (bpfsys.VALUE_DTYPE)."""
+        self._join_announced()
         if not len(keys):
             return
         keys = np.ascontiguousarray(keys, np.uint8)
@@ -260,6 +288,7 @@ class FlowTable:
         """The records and end notices due now. `complete_until_ns`: every packet timed
         before it has been ingested (the flip that started the interval not yet drained).
         `final`: end every flow (the agent stops; every half was drained)."""
+        self._join_announced()
         c = self.cols
         if not len(self.key):
             self.busy_since_ns = complete_until_ns

@@ -33,11 +33,11 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 import numpy as np
 
-from agent.datapath import abi, bpfsys, decode, interfaces, tc
+from agent.datapath import abi, bpfsys, decode, interfaces, memory, tc
 from agent.datapath.environment import check_environment
 from agent.datapath.extension import DatapathExtension, EventHandler
+from agent.datapath.batch import FlowBatch
 from agent.datapath.flowtable import Emitted, FlowTable
-from agent.datapath.tracker import FlowRecord
 from agent.errors import AttachError, DatapathError
 from agent.stage import Stage
 from agent.stats import AgentStats
@@ -97,8 +97,9 @@ def expand_includes(path: Path, _stack: tuple[Path, ...] = ()) -> str:
 class Datapath(Stage):
     """Loads the programs, keeps the traced interface set current, runs the reader.
 
-    `pipeline` receives every batch of decoded flows on the reader thread; `extensions` are
-    the features compiled in with the programs (agent/datapath/extension.py)."""
+    `pipeline` receives, on the reader thread, every FlowBatch of records (batch.py) and
+    every list of Flow objects the extensions made (drop records); `extensions` are the
+    features compiled in with the programs (agent/datapath/extension.py)."""
 
     def __init__(self, config: DatapathSection, stats: AgentStats,
                  pipeline: Callable[[list], None],
@@ -127,7 +128,9 @@ class Datapath(Stage):
         self._use_tcx = config.attach_mode in ("tcx", "auto")
         self._handlers: dict[int, EventHandler] = {}
         self._error_names: dict[int, str] = {}
-        self._pending: list = []
+        self._pending: list = []  # Flow objects of extensions (drop records)
+        self._batches: list[FlowBatch] = []
+        self._trim_at = False
         self._last_errors: list[int] = [0] * abi.ERR_MAX
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
@@ -225,6 +228,7 @@ class Datapath(Stage):
         self._bpf["events"].open_ring_buffer(self._on_event)
         for ext in self.extensions:
             ext.attach(self._bpf)
+        memory.release_compiler()  # the compiler is not needed again
 
     # -- interfaces -----------------------------------------------------------------------
 
@@ -345,19 +349,12 @@ class Datapath(Stage):
                                        events["tcp_flags"]))
 
     def _emit(self, emitted: Emitted) -> None:
-        """Flow-table output -> decoded records for the pipeline."""
+        """Flow-table output -> a batch of records for the pipeline."""
         if not len(emitted):
             return
-        wall = time.time_ns()
-        for i, key in enumerate(emitted.keys):
-            raw_key = key.tobytes()
-            record = FlowRecord(raw_key, int(emitted.packets[i]), int(emitted.bytes[i]),
-                                int(emitted.first_ns[i]), int(emitted.last_ns[i]),
-                                int(emitted.tcp_flags[i]), bool(emitted.flow_end[i]))
-            self.records_emitted += 1
-            ifindex = int.from_bytes(raw_key[:4], "little")
-            self._pending.append(decode.decode_record(record, self._known.get(ifindex),
-                                                      self.node_name, self.clock, wall))
+        self.records_emitted += len(emitted)
+        self._batches.append(FlowBatch.from_emitted(emitted, self.clock, time.time_ns(),
+                                                    self.node_name, self._known))
 
     def _read_loop(self) -> None:
         next_sweep = time.monotonic()
@@ -377,19 +374,27 @@ class Datapath(Stage):
             self._flush()
             if stopping:
                 return
+            if self._trim_at:
+                self._trim_at = False
+                memory.trim()
             self._stop.wait(self.config.poll_interval_s)
 
     def _flush(self) -> None:
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        try:
-            self.pipeline(batch)
-        # The reader is the boundary between the kernel and every later stage: a bug in one
-        # of them must cost that batch (counted and logged), not stop all flow accounting.
-        except Exception:  # noqa: BLE001
-            log.exception("pipeline failed on a batch of %d flows", len(batch))
-            self.stats.add_lost(observer_pb2.AGENT_QUEUE, len(batch))
+        """Hand what was read to the pipeline: batches of records (FlowBatch) and the Flow
+        objects extensions made (drop records)."""
+        work: list = self._batches
+        if self._pending:
+            work.append(self._pending)
+        self._batches, self._pending = [], []
+        for batch in work:
+            try:
+                self.pipeline(batch)
+            # The reader is the boundary between the kernel and every later stage: a bug in
+            # one of them must cost that batch (counted and logged), not stop all accounting.
+            except Exception:  # noqa: BLE001
+                log.exception("pipeline failed on a batch of %d records", len(batch))
+                packets = batch.packets.sum() if isinstance(batch, FlowBatch) else 0
+                self.stats.add_lost(observer_pb2.AGENT_QUEUE, len(batch), packets=int(packets))
 
     def _drain(self, half: int) -> None:
         keys, values = bpfsys.drain_map(self._half_fds[half], self.config.flow_map_size)
@@ -415,6 +420,7 @@ class Datapath(Stage):
         self._emit(self.table.step(now_ns, complete_until))
         self._sweep_extensions(now_ns, final=False)
         self._update_counters()
+        self._trim_at = True  # after this sweep's batches went through the pipeline
 
     def _final_sweep(self) -> None:
         """At stop, after detaching: both halves drained (after a flip, so no program still
@@ -453,7 +459,7 @@ class Datapath(Stage):
         counts = self.kernel_errors()
         last = self._last_errors
         lost = sum(counts[i] - last[i] for i in (abi.ERR_MAP_FULL, abi.ERR_MAP_UPDATE))
-        self.stats.add_lost(observer_pb2.KERNEL_FLOW_MAP, lost)
+        self.stats.add_lost(observer_pb2.KERNEL_FLOW_MAP, lost, packets=lost)
         self._last_errors = counts
         named = abi.error_counts(counts, self._error_names)
         if counts[abi.ERR_MAP_FULL]:

@@ -8,6 +8,10 @@ goes to one series whose labels all read "__overflow__"), and series not updated
 Agent health (lost events by stage, datapath errors, exporter and metadata state, traced
 interfaces) is read from AgentStats at scrape time, so it matches ServerStatus.
 
+Records kept as columns (the datapath's batches) are counted a batch at a time: the labels
+and the count-once rule are read once per identity (and outcome) of the batch, the packets
+and bytes summed with numpy; end notices count nothing.
+
 Double counting: the same packet may be recorded on a pod veth, on a bridge, and on the
 peer pod's veth, on this node and on another. Flow metrics count one record per packet by
 the rule the TUI's views follow (agent.wire.counting.counts_once), so summing a family over
@@ -25,6 +29,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from agent.datapath.batch import FlowBatch
 from agent.errors import ConfigError
 from agent.stage import Stage
 from agent.stats import AgentStats
@@ -57,6 +64,9 @@ def _enum_name(enum_type, number: int) -> str:
 
 def _protocol(flow: flow_pb2.Flow) -> str:
     return flow.l4.WhichOneof("protocol") or ""
+
+
+_L4_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmpv4", 58: "icmpv6"}
 
 
 # label name -> how to read it from a flow
@@ -133,6 +143,55 @@ class FlowCounters:
                 entry[0] += 1
                 entry[1] += flow.packets
                 entry[2] += flow.bytes
+                entry[3] = now
+
+    def add_batch(self, batch: FlowBatch, lo: int, hi: int) -> None:
+        """Records [lo, hi) of a batch of columns, end notices left out."""
+        keep = np.flatnonzero(~batch.update[lo:hi]) + lo
+        if not len(keep):
+            return
+        with_outcome = "outcome" in self.labels
+        ident = batch.ident[keep].astype(np.int64)
+        groups = ident * 256 + batch.outcome[keep] if with_outcome else ident
+        uniq, inverse = np.unique(groups, return_inverse=True)
+        inverse = inverse.ravel()
+        flows = np.bincount(inverse, minlength=len(uniq))
+        packets = np.bincount(inverse, weights=batch.packets[keep], minlength=len(uniq))
+        nbytes = np.bincount(inverse, weights=batch.bytes[keep], minlength=len(uniq))
+        protos = np.zeros(len(batch.idents), np.int64)
+        protos[batch.ident] = batch.proto
+        now = time.monotonic_ns()
+        readers = self._readers
+        with self._lock:
+            series = self._series
+            reps = []
+            for group in uniq.tolist():
+                ident_no, outcome = divmod(group, 256) if with_outcome else (group, 0)
+                rep = flow_pb2.Flow()
+                rep.CopyFrom(batch.idents[ident_no].flow)
+                name = _L4_PROTOCOLS.get(int(protos[ident_no]))
+                if name:
+                    getattr(rep.l4, name).SetInParent()
+                rep.outcome = outcome
+                reps.append(rep)
+            self._learn_local_pods(reps, now)
+            for rep, n_flows, n_packets, n_bytes in zip(reps, flows.tolist(), packets.tolist(),
+                                                        nbytes.tolist()):
+                if not self.counts(rep):
+                    continue
+                key = tuple(read(rep) for read in readers)
+                entry = series.get(key)
+                if entry is None:
+                    if len(series) >= self.max_series:
+                        self._expire(now)
+                    if len(series) >= self.max_series:
+                        key = self.overflow_key
+                        entry = series.get(key)
+                    if entry is None:
+                        entry = series[key] = [0, 0, 0, 0]
+                entry[0] += n_flows
+                entry[1] += int(n_packets)
+                entry[2] += int(n_bytes)
                 entry[3] = now
 
     def _expire(self, now: int) -> None:
@@ -247,11 +306,14 @@ class MetricsServer(Stage):
     def _run(self) -> None:
         sub = self._subscription
         while not self._stop.is_set():
-            flows, lost = sub.next_batch(timeout_s=0.5, max_flows=4096)
+            segments, lost = sub.next_segments(timeout_s=0.5, max_flows=16384)
             if lost is not None:
                 self.counters.skipped += lost.count
-            if flows:
-                self.counters.add(flows)
+            for batch, lo, hi in segments:
+                if isinstance(batch, FlowBatch):
+                    self.counters.add_batch(batch, lo, hi)
+                else:
+                    self.counters.add([batch.flow(i) for i in range(lo, hi)])
         sub.close()
 
     def stop(self) -> None:
