@@ -11,11 +11,11 @@ import time
 import grpc
 import psutil
 import pytest
-from conftest import InProcessAgent
+from tests.observer.agents import InProcessAgent
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from observer_flows import make_flow
+from tests.observer.observer_flows import make_flow
 
 from agent.client import stream as client
 from agent.errors import ConfigError

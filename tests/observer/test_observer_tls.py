@@ -9,7 +9,7 @@ import os
 
 import grpc
 import pytest
-from conftest import InProcessAgent
+from tests.observer.agents import InProcessAgent
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec

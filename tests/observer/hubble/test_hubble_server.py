@@ -11,7 +11,7 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from observer_flows import make_flow
+from tests.observer.observer_flows import make_flow
 
 from agent.config import StoreSection
 from agent.flowstore import FlowStore
