@@ -19,7 +19,6 @@ to the terminal."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import ssl
@@ -34,6 +33,7 @@ import pytest
 
 from agent.lab import Lab
 from tests.enrich.fakeapi import FakeAPIServer
+from tests.in_netns import call_in_netns
 from podman_helpers import (CACHE_DIR, TEST_PREFIX, TEST_REPO, Kubelet, PodmanRun, build_image,
                             daemonset_run, podman, release_image, rendered_daemonset)
 
@@ -70,31 +70,6 @@ def image():
             print(f"\npodflow image figures: {json.dumps(FIGURES)}")
 
 
-def _in_netns(netns: str, fn):
-    """Call `fn` in a thread that joined `netns`: sockets it creates live there (setns
-    changes the network namespace of the calling thread only)."""
-    result: dict = {}
-
-    def target():
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
-                raise OSError(ctypes.get_errno(), f"setns({netns})")
-            result["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001  handed to the caller's thread
-            result["error"] = exc
-        finally:
-            os.close(fd)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 def _api_certificate(directory: Path, ip: str) -> Path:
     """A self-signed certificate for `ip`: the API server's, and the CA in the token mount."""
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
@@ -124,7 +99,7 @@ def cluster(tmp_path_factory):
         context.load_cert_chain(cert, work / "apiserver.key")
         api = FakeAPIServer(bookmark_interval_s=1.0, host=node.ip, ssl_context=context)
         api.port = API_PORT
-        _in_netns(node.netns, api.start)
+        call_in_netns(node.netns, api.start)
         try:
             for obj in lab.metadata()["items"]:
                 api.create(obj)
