@@ -111,7 +111,7 @@ BAD = [
     (["--metadata", "/nonexistent.json"], "--metadata /nonexistent.json: not `kubernetes`"),
     (["--metadata", "/nonexistent.json", "--context", "c"], "--kubeconfig/--context need"),
     (["--flow-log-allow", "{nope"], "--flow-log-allow: not a FlowFilter"),
-    (["--flow-log-fields", "source,colour"], "--flow-log-fields: not a field of Flow: colour"),
+    (["--flow-log-fields", "source,colour"], "--flow-log-fields: 'colour' is not a field path of Flow"),
     (["--flow-log-aggregate", "soon"], "--flow-log-aggregate: expected an interval"),
     (["--flow-log-queue-size", "0"], "--flow-log-queue-size"),
     (["--flow-log-not"], "--flow-log-not must be followed by a filter flag"),
