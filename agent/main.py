@@ -1,7 +1,7 @@
 """`podflow agent`: wires the node agent's stages together and runs them until a signal.
 
     datapath (kernel maps, ring buffer) -> annotate (outcomes, DNS) -> enrich (Kubernetes,
-    conntrack) -> flow store -> gRPC Observer / flow log exporter / metrics
+    conntrack) -> flow store -> gRPC Observer, Hubble API / flow log exporter / metrics
 
 The flags and their checks live in agent/config (one section per stage); this module reads
 them once, hands each stage its section, connects the stages, starts them in data-flow order
@@ -109,6 +109,7 @@ def build_stages(config: agent_config.AgentConfig, stats: AgentStats) -> list[St
     from agent.export.flowlog import FlowLogExporter
     from agent.export.metrics import MetricsServer
     from agent.flowstore import FlowStore
+    from agent.observer.hubble.server import from_config as hubble_server
     from agent.observer.server import ObserverServer
 
     store = FlowStore(config.store, stats)
@@ -125,6 +126,9 @@ def build_stages(config: agent_config.AgentConfig, stats: AgentStats) -> list[St
     stages: list[Stage] = [enricher]
     if config.observer.enabled:
         stages.append(ObserverServer(config.observer, store, stats))
+    hubble = hubble_server(config.hubble, config.observer, store, stats, enricher.state)
+    if hubble is not None:
+        stages.append(hubble)
     if config.flow_log.path:
         stages.append(FlowLogExporter(config.flow_log, store, stats))
     if config.metrics.address:
