@@ -11,6 +11,7 @@ links returning TCX_PASS or a redirect). Exact counts on real veths:
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -26,7 +27,7 @@ FRAME = 14 + 20 + 8 + PAYLOAD
 
 
 def _setup(lab_factory, lab_id: str):
-    lab = lab_factory(lab_id)
+    lab = lab_factory(f"{lab_id}{os.getpid() % 10000}")  # unique to this test process
     node = lab.add_node("node-a", kind="bridge", pod_cidr="10.244.1.0/24")
     client = node.add_pod("shop", "client-1")
     server = node.add_pod("shop", "server-1")

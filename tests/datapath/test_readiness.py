@@ -6,6 +6,7 @@ thread ends). Real agents and real datapaths, each inside a lab node's network n
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -45,7 +46,7 @@ def _broken_bpf_dir(tmp_path):
 
 
 def _node(lab_factory, lab_id: str):
-    lab = lab_factory(lab_id)
+    lab = lab_factory(f"{lab_id}{os.getpid() % 10000}")  # unique to this test process
     node = lab.add_node("node-a", kind="bridge", pod_cidr="10.244.1.0/24")
     node.add_pod("shop", "client-1")
     return lab, node

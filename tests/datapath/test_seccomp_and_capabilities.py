@@ -9,6 +9,7 @@ profiles."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -39,7 +40,7 @@ def _launch(node, tmp_path, prefix: list[str], *args: str) -> AgentHandle:
 
 
 def _node(lab_factory, lab_id: str):
-    lab = lab_factory(lab_id)
+    lab = lab_factory(f"{lab_id}{os.getpid() % 10000}")  # unique to this test process
     node = lab.add_node("node-a", kind="bridge", pod_cidr="10.244.1.0/24")
     return node, node.add_pod("shop", "client-1"), node.add_pod("shop", "server-1")
 
