@@ -100,6 +100,23 @@ def server_credentials(config: ObserverSection) -> grpc.ServerCredentials | None
                                        require_client_auth=ca_pem is not None)
 
 
+def report_datapath_health(servicer: health.HealthServicer, services, state: str,
+                           stats: AgentStats) -> None:
+    """The one readiness rule of both APIs (podflow's and Hubble's): SERVING only while the
+    datapath traces (programs attached, reader running), NOT_SERVING while it starts and
+    again if it fails, so a probe never calls an agent ready that counts nothing."""
+    serving = state == DATAPATH_TRACING
+    for service in services:
+        servicer.set(service, health_pb2.HealthCheckResponse.SERVING if serving
+                     else health_pb2.HealthCheckResponse.NOT_SERVING)
+    if serving:
+        log.info("gRPC health of %s: SERVING (the datapath is tracing)",
+                 ", ".join(repr(s) for s in services))
+    elif state == DATAPATH_FAILED:
+        log.warning("gRPC health of %s: NOT_SERVING (the datapath failed: %s)",
+                    ", ".join(repr(s) for s in services), stats.datapath_error)
+
+
 class ObserverServer(Stage):
     """The agent stage: binds, serves, stops. The PEM files of --tls-* are read here, once,
     so an unreadable one fails before any stage starts."""
@@ -153,16 +170,8 @@ class ObserverServer(Stage):
             self._start_health_server(self.health_listen)
 
     def _datapath_state_changed(self, state: str) -> None:
-        if self._stopping:
-            return  # enter_graceful_shutdown said NOT_SERVING for good
-        serving = state == DATAPATH_TRACING
-        self.health.set("", health_pb2.HealthCheckResponse.SERVING if serving
-                        else health_pb2.HealthCheckResponse.NOT_SERVING)
-        if serving:
-            log.info("gRPC health: SERVING (the datapath is tracing)")
-        elif state == DATAPATH_FAILED:
-            log.warning("gRPC health: NOT_SERVING (the datapath failed: %s)",
-                        self.stats.datapath_error)
+        if not self._stopping:  # enter_graceful_shutdown said NOT_SERVING for good
+            report_datapath_health(self.health, ("",), state, self.stats)
 
     def _start_health_server(self, listen: ListenAddress) -> None:
         """A second, plaintext server sharing the health state and serving nothing else:
