@@ -110,11 +110,11 @@ def report_datapath_health(servicer: health.HealthServicer, services, state: str
         servicer.set(service, health_pb2.HealthCheckResponse.SERVING if serving
                      else health_pb2.HealthCheckResponse.NOT_SERVING)
     if serving:
-        log.info("gRPC health of %s: SERVING (the datapath is tracing)",
+        log.info("gRPC health: SERVING (the datapath is tracing) for %s",
                  ", ".join(repr(s) for s in services))
     elif state == DATAPATH_FAILED:
-        log.warning("gRPC health of %s: NOT_SERVING (the datapath failed: %s)",
-                    ", ".join(repr(s) for s in services), stats.datapath_error)
+        log.warning("gRPC health: NOT_SERVING (the datapath failed: %s) for %s",
+                    stats.datapath_error, ", ".join(repr(s) for s in services))
 
 
 class ObserverServer(Stage):
