@@ -88,7 +88,12 @@ def wire_pod(pod: Pod) -> None:
 
 
 def unwire_pod(pod: Pod) -> None:
-    """Delete the pod's namespace (its veth pair goes with it) and its node's route."""
+    """Delete the pod's veth pair, its namespace and its node's route. The host side is
+    deleted first and explicitly: a veth pair does go with its namespace, but the kernel
+    tears a namespace down asynchronously, so the node would still list the veth for a
+    moment (an agent, or a test, would see a pod that is gone)."""
+    run_tool(["ip", "-n", pod.node.netns, "link", "del", pod.host_ifname], check=False,
+             quiet=True)
     delete_netns(pod.netns)
     if pod.node.kind == "routed":
         run_tool(["ip", "-n", pod.node.netns, "route", "del", f"{pod.ip}/32"], check=False,
