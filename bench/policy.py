@@ -27,7 +27,7 @@ from agent.policy.cluster import ClusterStatePolicyView
 from agent.policy.evaluate import PolicyEvaluator
 from agent.policy.finding import join
 from agent.policy.flows import connection_of, judge, seen_of
-from agent.policy.model import load_policies
+from agent.policy.load import load_policies
 from agent.stats import AgentStats
 from bench.enrich import BATCH, build_state, cluster_objects, make_flows
 from podflow_api.v1 import flow_pb2

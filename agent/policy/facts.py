@@ -17,8 +17,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from agent.policy.evaluate import Connection
 from agent.policy.flows import connection_of
+from agent.policy.verdict import Connection
 from agent.policy.view import ContainerPort, PodInfo, StaticCluster
 from podflow_api.v1 import flow_pb2
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from agent.policy.evaluate import ConnectionVerdict
+from agent.policy.verdict import ConnectionVerdict
 
 
 class Seen(enum.IntEnum):

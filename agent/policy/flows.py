@@ -7,8 +7,9 @@ The pipeline stage calls `connection_of` and `seen_of` per record, evaluates the
 
 from __future__ import annotations
 
-from agent.policy.evaluate import Connection, ConnectionVerdict, PolicyEvaluator
+from agent.policy.evaluate import PolicyEvaluator
 from agent.policy.finding import Finding, Seen, join
+from agent.policy.verdict import Connection, ConnectionVerdict
 from podflow_api.v1 import flow_pb2
 
 _PROTOCOLS = {"tcp": "TCP", "udp": "UDP", "sctp": "SCTP", "icmpv4": "ICMP", "icmpv6": "ICMPv6"}
