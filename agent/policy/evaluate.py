@@ -75,15 +75,21 @@ class PolicyEvaluator:
 
     # ---- writers ----
 
-    def _rebuild(self) -> None:
+    def _rebuild(self, warm: Iterable[str] = ()) -> None:
+        snap = Snapshot(tuple(self._policies.values()), self._max_cached)
+        generation = self._cluster.generation
+        for ip in warm:   # before the swap: no evaluation sees a half-learnt snapshot
+            self._end(snap, ip, generation)
         self.generation += 1
-        self._snap = Snapshot(tuple(self._policies.values()), self._max_cached)
+        self._snap = snap
 
-    def replace(self, policies: Iterable[NetworkPolicy]) -> None:
-        """The full current set (a relist, a reloaded file)."""
+    def replace(self, policies: Iterable[NetworkPolicy], warm: Iterable[str] = ()) -> None:
+        """The full current set (a relist, a reloaded file). The addresses in `warm` (every
+        pod's, say) are learnt by the new compiled set before it replaces the old one, so
+        the thread that evaluates never pays for them (see `warm`)."""
         with self._lock:
             self._policies = {p.key: p for p in policies}
-            self._rebuild()
+            self._rebuild(warm)
 
     def upsert(self, policy: NetworkPolicy) -> None:
         with self._lock:
@@ -165,7 +171,8 @@ class PolicyEvaluator:
 
     def warm(self, ips: Iterable[str]) -> None:
         """Learn what these addresses are ahead of their first connection (agent start, a
-        relist): the address table is what a first evaluation spends most of its time on."""
+        relist): the address table is what a first evaluation spends most of its time on.
+        Call it from the thread that evaluates (or use `replace(..., warm=)`)."""
         snap = self._snap
         generation = self._cluster.generation
         for ip in ips:
