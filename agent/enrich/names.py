@@ -10,7 +10,7 @@ and the one seen at the backend's veth (client -> backend, after DNAT) both carr
 is the Service address is described as the backend pod that really answered.
 
 Which side opened a connection (`is_reply`) is read from conntrack or the Service side when
-there is one, else guessed (see `_guess_reply`); records that are replies say so.
+there is one, else guessed (see `guess_reply`); records that are replies say so.
 
 NetworkPolicy verdicts are judged here, by a ConnectionJudge the policy stage hands over,
 because only here are the connection's orientation, its backend after DNAT and the 5-tuple
@@ -21,6 +21,7 @@ one gets it with the names it already merges (bench/enrich.py measures the cost)
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Protocol
 
 from agent.enrich.conntrack import Match, Tuple5
@@ -34,6 +35,7 @@ _NO_PORTS = {"icmpv4": "ICMP", "icmpv6": "ICMPv6"}
 _ICMP_ANSWERS = {"icmpv4": frozenset((0, 3, 11, 12, 14, 16, 18)),
                  "icmpv6": frozenset((1, 2, 3, 4, 129))}
 EPHEMERAL_PORT_FIRST = 32768   # Linux's default ip_local_port_range starts here
+WELL_KNOWN_PORT_END = 1024     # below: ports of services, never picked for a client
 
 
 class ConnectionJudge(Protocol):
@@ -41,19 +43,17 @@ class ConnectionJudge(Protocol):
     verdict of a connection and, per record, what the record shows of it."""
 
     def judge(self, client_ip: str, server_ip: str, server_port: int, protocol: str,
-              reply: bool) -> tuple[bytes, object] | None:
+              reply: bool) -> tuple[bytes, Callable[[flow_pb2.Flow], None]] | None:
         """A serialized Flow holding the verdict (merged into every record of the 5-tuple)
-        and a token for `finding`; None when there is no verdict to give."""
-
-    def finding(self, flow: flow_pb2.Flow, token: object) -> None:
-        """Set what this record shows of the connection's verdict (policy.enforcement)."""
+        and the finder each of those records is passed to (it sets what the record shows
+        of the verdict); None when there is no verdict to give."""
 
 
-def _guess_reply(which: str, l4, sport: int, dport: int) -> bool:
-    """Whether a record without conntrack or Service knowledge is a reply: ICMP answers;
+def guess_reply(which: str, l4, sport: int, dport: int) -> bool:
+    """Whether a record without conntrack or Service knowledge is a reply: ICMP answers are;
     a TCP record of only the opening SYN is not; otherwise the server is the side whose port
-    is not ephemeral when the other's is, else the lower port (a guess: two services calling
-    each other's high ports can fool it)."""
+    is not ephemeral when the other's is, or a well-known port (< 1024) facing another one;
+    anything else is taken for a request. A guess: a client bound to a low port fools it."""
     if which in _ICMP_ANSWERS:
         return l4.type in _ICMP_ANSWERS[which]
     if which == "tcp" and l4.flags.SYN and not l4.flags.ACK:
@@ -61,7 +61,7 @@ def _guess_reply(which: str, l4, sport: int, dport: int) -> bool:
     src_ephemeral, dst_ephemeral = sport >= EPHEMERAL_PORT_FIRST, dport >= EPHEMERAL_PORT_FIRST
     if src_ephemeral != dst_ephemeral:
         return dst_ephemeral
-    return sport < dport
+    return sport < WELL_KNOWN_PORT_END <= dport
 
 
 def _is_host(peer: Peer) -> bool:
@@ -105,7 +105,7 @@ class FlowEnricher:
         self._judge = judge if state is not None else None
         self._service_ip_peers: dict[str, Peer] = {}
         # 5-tuple -> (state generation, conntrack Match or None, the names and the policy
-        # verdict as a serialized Flow, the judge's token or None): a few hundred bytes
+        # verdict as a serialized Flow, the judge's finder or None): a few hundred bytes
         # each, so 16,384 of them stay around 6 MiB.
         self._results: dict[tuple, tuple[int, Match | None, bytes, object]] = {}
         self._max_results = max_results
@@ -149,8 +149,9 @@ class FlowEnricher:
         cached = self._results.get(key)
         if cached is not None and cached[0] == generation and cached[1] is match:
             flow.MergeFromString(cached[2])
-            if cached[3] is not None:
-                self._judge.finding(flow, cached[3])
+            finder = cached[3]
+            if finder is not None:
+                finder(flow)
             return
         names = flow_pb2.Flow()
         if match is not None:
@@ -158,12 +159,12 @@ class FlowEnricher:
         reply, server_ip, server_port = self._name(names, state, match, proto_num, proto, src,
                                                    sport, dst, dport)
         if reply is None:
-            reply = _guess_reply(which, l4 if proto_num else getattr(l4_msg, which, None),
+            reply = guess_reply(which, l4 if proto_num else getattr(l4_msg, which, None),
                                  sport, dport) if which else False
         if reply:
             names.is_reply = True
         blob = names.SerializeToString()
-        token = None
+        finder = None
         if self._judge is not None and which and not ip.fragment:
             client_ip = dst if reply else src
             if not server_ip:
@@ -172,16 +173,16 @@ class FlowEnricher:
                                        proto or _NO_PORTS.get(which, which), reply)
             if judged is not None:
                 blob += judged[0]
-                token = judged[1]
+                finder = judged[1]
         flow.MergeFromString(blob)
-        if token is not None:
-            self._judge.finding(flow, token)
+        if finder is not None:
+            finder(flow)
         results = self._results
         if len(results) >= self._max_results:
             # Forget the oldest quarter (dicts keep insertion order).
             for old in list(itertools.islice(results, self._max_results // 4)):
                 del results[old]
-        results[key] = (generation, match, blob, token)
+        results[key] = (generation, match, blob, finder)
 
     def _name(self, flow: flow_pb2.Flow, state: ClusterState, match: Match | None,
               proto_num: int, proto: str, src: str, sport: int, dst: str, dport: int

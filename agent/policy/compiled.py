@@ -185,6 +185,7 @@ class Snapshot:
     def reset(self) -> None:
         self.ends: dict[tuple, _End] = {}
         self.verdicts: dict[tuple, ConnectionVerdict] = {}
+        self.derived: dict[tuple, object] = {}   # PolicyEvaluator.evaluate_derived's
         self.direction_verdicts: dict[tuple, DirectionVerdict] = {}
         self.ip_ends: dict[str, tuple] = {}
 

@@ -47,7 +47,7 @@ The compiled policy set and its caches (how a verdict is found quickly): agent/p
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from agent.policy.compiled import REL_NONE, REL_OWN_NODE, REL_SELF, Snapshot
 from agent.policy.model import NetworkPolicy
@@ -63,9 +63,14 @@ class PolicyEvaluator:
     old set or the new one, never half of each."""
 
     def __init__(self, cluster: PolicyCluster, policies: Iterable[NetworkPolicy] = (),
-                 max_cached: int = 65536) -> None:
+                 max_cached: int = 65536,
+                 derive: Callable[[ConnectionVerdict], object] | None = None) -> None:
         self._cluster = cluster
         self._max_cached = max_cached
+        self._derive = derive
+        # id(verdict) -> (verdict, derive(verdict)): verdicts are shared between keys, so a
+        # derived value is made once per distinct verdict, not once per key.
+        self._derived: dict[int, tuple[ConnectionVerdict, object]] = {}
         self._lock = threading.Lock()
         self._policies: dict[tuple[str, str], NetworkPolicy] = {}
         for policy in policies:
@@ -140,6 +145,56 @@ class PolicyEvaluator:
     def evaluate(self, src_ip: str, dst_ip: str, dst_port: int, protocol: str) -> ConnectionVerdict:
         """The verdict of a connection in its original orientation, with dst after DNAT."""
         snap = self._snap
+        key, src, dst, dst_port, rel = self._key(snap, src_ip, dst_ip, dst_port, protocol)
+        verdict = snap.verdicts.get(key)
+        if verdict is None:
+            verdict = snap.judge(key, src, dst, dst_port, protocol, rel)
+        return verdict
+
+    def evaluate_derived(self, src_ip: str, dst_ip: str, dst_port: int, protocol: str):
+        """`derive(verdict)` of the connection's verdict (the constructor's `derive`), made
+        once per distinct verdict of the current policies and cached beside it: what the
+        agent writes into records (agent/policy/judge.py) costs one lookup."""
+        # _key, inlined: this runs once per new connection on the agent's hot path.
+        snap = self._snap
+        generation = self._cluster.generation
+        ip_ends = snap.ip_ends
+        src_entry = ip_ends.get(src_ip)
+        if src_entry is None or src_entry[0] != generation:
+            src_entry = self._end(snap, src_ip, generation)
+        dst_entry = ip_ends.get(dst_ip)
+        if dst_entry is None or dst_entry[0] != generation:
+            dst_entry = self._end(snap, dst_ip, generation)
+        src, dst = src_entry[1], dst_entry[1]
+        if protocol not in WITH_PORTS:
+            dst_port = 0
+        src_pod = src_entry[2]
+        if src_pod is not None:
+            rel = REL_SELF if src_pod == dst_entry[2] else REL_NONE
+        elif src_entry[3] and dst_entry[2] is not None and src_entry[3] == dst_entry[3]:
+            rel = REL_OWN_NODE
+        else:
+            rel = REL_NONE
+        key = (src.out_id, dst.hits & src.out_mask, dst.in_id, src.hits & dst.in_mask,
+               dst_port, protocol,
+               dst.cports_key if src.out_named or dst.in_named else -1, rel)
+        derived = snap.derived.get(key)
+        if derived is None:
+            verdict = snap.verdicts.get(key)
+            if verdict is None:
+                verdict = snap.judge(key, src, dst, dst_port, protocol, rel)
+            derived = self._derived.get(id(verdict))
+            if derived is None or derived[0] is not verdict:
+                if len(self._derived) >= self._max_cached:
+                    self._derived.clear()
+                derived = self._derived[id(verdict)] = (verdict, self._derive(verdict))
+            if len(snap.derived) >= snap.max_cached:
+                snap.derived.clear()
+            derived = snap.derived[key] = derived[1]
+        return derived
+
+    def _key(self, snap: Snapshot, src_ip: str, dst_ip: str, dst_port: int, protocol: str):
+        """The verdict cache's key of a connection, its two identities, port and relation."""
         generation = self._cluster.generation
         ip_ends = snap.ip_ends
         src_entry = ip_ends.get(src_ip)
@@ -164,10 +219,7 @@ class PolicyEvaluator:
         key = (src.out_id, dst.hits & src.out_mask, dst.in_id, src.hits & dst.in_mask,
                dst_port, protocol,
                dst.cports_key if src.out_named or dst.in_named else -1, rel)
-        verdict = snap.verdicts.get(key)
-        if verdict is None:
-            verdict = snap.judge(key, src, dst, dst_port, protocol, rel)
-        return verdict
+        return key, src, dst, dst_port, rel
 
     def warm(self, ips: Iterable[str]) -> None:
         """Learn what these addresses are ahead of their first connection (agent start, a

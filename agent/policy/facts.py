@@ -17,6 +17,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from agent.enrich.names import guess_reply
 from agent.policy.flows import connection_of
 from agent.policy.verdict import Connection
 from agent.policy.view import ContainerPort, PodInfo, StaticCluster
@@ -156,7 +157,8 @@ def cluster_of_facts(facts: Iterable[ConnectionFact]) -> StaticCluster:
 
 # ---- from flow records ---------------------------------------------------------------------
 
-def _endpoint(ip: str, ep: flow_pb2.Endpoint) -> Endpoint:
+def endpoint_of(ip: str, ep: flow_pb2.Endpoint) -> Endpoint:
+    """An Endpoint from a record's (or the cache's) flow_pb2.Endpoint for address `ip`."""
     labels = tuple(sorted(tuple(pair.split("=", 1)) if "=" in pair else (pair, "")
                           for pair in ep.labels))
     if ep.kind == flow_pb2.POD:
@@ -181,20 +183,27 @@ def facts_from_flows(flows: Iterable[flow_pb2.Flow]) -> list[ConnectionFact]:
     connection is a connection a policy must account for)."""
     shapes: dict[tuple, list] = {}    # shape -> [fact, connection keys, last seen]
     for flow in flows:
-        conn = connection_of(flow)
+        which = flow.l4.WhichOneof("protocol")
+        ports = getattr(flow.l4, which) if which in ("tcp", "udp", "sctp") else None
+        reply = flow.is_reply
+        if not reply and which and not flow.HasField("policy"):
+            # Recorded by an agent that did not orient its records (older, or without
+            # policy): the same guess enrichment makes when nothing else says.
+            reply = guess_reply(which, getattr(flow.l4, which),
+                                ports.source_port if ports else 0,
+                                ports.destination_port if ports else 0)
+        conn = connection_of(flow, reply)
         if conn is None:
             continue
         ip = flow.ip
-        which = flow.l4.WhichOneof("protocol")
-        ports = getattr(flow.l4, which) if which in ("tcp", "udp", "sctp") else None
-        if flow.is_reply:
+        if reply:
             client_ip, client_port = ip.destination, ports.destination_port if ports else 0
             client_ep, server_ep = flow.destination, flow.source
         else:
             client_ip, client_port = ip.source, ports.source_port if ports else 0
             client_ep, server_ep = flow.source, flow.destination
-        src = _endpoint(client_ip, client_ep)
-        dst = _endpoint(conn.dst_ip, server_ep)
+        src = endpoint_of(client_ip, client_ep)
+        dst = endpoint_of(conn.dst_ip, server_ep)
         if server_ep.kind == flow_pb2.SERVICE_IP:
             dst = Endpoint(ip=conn.dst_ip)
         service = None

@@ -30,9 +30,11 @@ class PolicyFeed:
     `object()`: agent.enrich.k8s.objects.NetworkPolicyObject)."""
 
     def __init__(self, evaluator: PolicyEvaluator,
-                 addresses: Callable[[], Iterable[str]] = tuple) -> None:
+                 addresses: Callable[[], Iterable[str]] = tuple,
+                 on_listed: Callable[[], None] = lambda: None) -> None:
         self._evaluator = evaluator
         self._addresses = addresses
+        self._on_listed = on_listed
         self.problems: dict[tuple[str, str], str] = {}   # key -> what is wrong, named
         self._reported: dict[tuple[str, str], object] = {}  # key -> record last warned of
         self.events = 0
@@ -46,6 +48,7 @@ class PolicyFeed:
                 self._forget(gone)
             # Every pod's address, learnt by the new set before it is swapped in.
             self._evaluator.replace(policies, warm=self._addresses())
+            self._on_listed()
             log.info("NetworkPolicies: %d evaluated, %d unreadable", len(policies),
                      len(self.problems))
         elif event == "DELETED":

@@ -19,12 +19,13 @@ _WITH_PORTS = ("tcp", "udp", "sctp")
 _DEFINED = frozenset(("TCP", "UDP", "SCTP"))   # the protocols NetworkPolicy defines
 # Outcomes only an answer from the destination can produce. REFUSED is not one: an RST may
 # come from a policy engine that rejects (iptables REJECT --reject-with tcp-reset).
-_ANSWERED = frozenset((flow_pb2.ESTABLISHED, flow_pb2.RESET, flow_pb2.CLOSED))
+ANSWERED = frozenset((flow_pb2.ESTABLISHED, flow_pb2.RESET, flow_pb2.CLOSED))
 # Plain ints: attribute access on the protobuf enum wrapper is slow on the hot path.
 _DROPPED, _TO_POD, _POD_VETH = flow_pb2.DROPPED, flow_pb2.TO_POD, flow_pb2.POD_VETH
 
 
-def _oriented(flow: flow_pb2.Flow) -> tuple[str, str, int, str, bool] | None:
+def _oriented(flow: flow_pb2.Flow, reply: bool | None = None
+              ) -> tuple[str, str, int, str, bool] | None:
     """(client IP, server IP after DNAT, server port after DNAT, protocol, is_reply): the
     fields read once, in the order that stops earliest for records without a connection
     (protobuf field reads dominate this stage's cost)."""
@@ -39,7 +40,8 @@ def _oriented(flow: flow_pb2.Flow) -> tuple[str, str, int, str, bool] | None:
     dst = ip.destination
     if not dst:
         return None
-    reply = flow.is_reply
+    if reply is None:
+        reply = flow.is_reply
     if which in _WITH_PORTS:
         ports = getattr(l4, which)
         if reply:
@@ -57,11 +59,12 @@ def _oriented(flow: flow_pb2.Flow) -> tuple[str, str, int, str, bool] | None:
     return src, dst, dport, _PROTOCOLS[which], reply
 
 
-def connection_of(flow: flow_pb2.Flow) -> Connection | None:
+def connection_of(flow: flow_pb2.Flow, reply: bool | None = None) -> Connection | None:
     """The connection of a record: reply records turned around, the Service side replaced
     by the backend that answered (flow.backend, filled by enrichment). None for records
-    without an IP header or a known L4 protocol, and for non-first fragments (no ports)."""
-    oriented = _oriented(flow)
+    without an IP header or a known L4 protocol, and for non-first fragments (no ports).
+    `reply` overrides the record's is_reply."""
+    oriented = _oriented(flow, reply)
     if oriented is None:
         return None
     return Connection(*oriented[:4])
@@ -75,7 +78,7 @@ def seen_in(flow: flow_pb2.Flow, reply: bool | None) -> tuple[Seen, str]:
     # Ordered for the common record (forwarded, leaving its pod): three field reads.
     if flow.verdict == _DROPPED:
         return Seen.DROPPED, flow.drop_reason
-    if flow.outcome in _ANSWERED:
+    if flow.outcome in ANSWERED:
         return _DELIVERED
     if flow.observation_point == _POD_VETH:
         if reply is None:

@@ -18,7 +18,7 @@ from agent.enrich.k8s.state import ClusterState
 from agent.policy.cluster import ClusterStatePolicyView
 from agent.policy.evaluate import PolicyEvaluator
 from agent.policy.feed import PolicyFeed
-from agent.policy.judge import RecordJudge
+from agent.policy.judge import RecordJudge, derive
 from agent.stage import Stage
 from agent.stats import AgentStats
 
@@ -36,10 +36,11 @@ class PolicyStage(Stage):
     def __init__(self, state: ClusterState, stats: AgentStats, max_cached: int = 65536) -> None:
         self._state = state
         self._stats = stats
-        self.evaluator = PolicyEvaluator(ClusterStatePolicyView(state), max_cached=max_cached)
-        self.feed = PolicyFeed(self.evaluator, addresses=lambda: list(state.pod_by_ip))
-        self.judge = RecordJudge(self.evaluator, known=lambda: state.listed(KIND),
-                                 max_verdicts=max_cached)
+        self.evaluator = PolicyEvaluator(ClusterStatePolicyView(state), max_cached=max_cached,
+                                         derive=derive)
+        self.judge = RecordJudge(self.evaluator)
+        self.feed = PolicyFeed(self.evaluator, addresses=lambda: list(state.pod_by_ip),
+                               on_listed=self._listed)
         self._subscribed = False
 
     def start(self) -> None:
@@ -49,6 +50,10 @@ class PolicyStage(Stage):
         if not self._state.listed(KIND):
             log.info("NetworkPolicies not listed yet: records carry no policy verdict until "
                      "they are")
+
+    def _listed(self) -> None:
+        """The NetworkPolicies are known (listed once): records get verdicts from now on."""
+        self.judge.known = True
 
     def stop(self) -> None:
         """Nothing to release: the cache stops with the enrich stage."""

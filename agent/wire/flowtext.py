@@ -240,3 +240,15 @@ def policy_text(flow: flow_pb2.Flow) -> str:
     elif finding == flow_pb2.POLICY_DROPPED_OTHERWISE:
         parts.append(f"allowed but dropped ({flow.drop_reason or 'reason unknown'})")
     return "; ".join(parts) or "not applicable (no pod end)"
+
+
+def policy_short(flow: flow_pb2.Flow) -> str:
+    """'policy denied by data/db-in (not-enforced)', 'policy allowed by shop/cart-in': a
+    record's verdict where a policy decided it, for one-line outputs; '' otherwise."""
+    word = policy_verdict_word(flow)
+    if word not in ("allowed", "denied"):
+        return ""
+    names = ", ".join(policy_names(flow))
+    text = f"policy {word}" + (f" by {names}" if names else "")
+    finding = policy_finding_word(flow)
+    return f"{text} ({finding})" if finding else text

@@ -224,3 +224,29 @@ def test_off_without_metadata_or_when_asked():
     assert PolicyStage.from_config(PolicySection(), None, AgentStats("n", "t")) is None
     assert PolicyStage.from_config(PolicySection(enabled=False), ClusterState(),
                                    AgentStats("n", "t")) is None
+
+
+def test_the_judges_specialized_findings_say_what_seen_in_and_enforcement_of_say():
+    """agent/policy/judge.py specializes flows.seen_in + finding.enforcement_of per case for
+    speed; every case, on records of every kind, must give their answer."""
+    from agent.policy.finding import enforcement_of
+    from agent.policy.flows import seen_in
+    from agent.policy.judge import _FINDERS
+
+    records = []
+    for direction in (F.FROM_POD, F.TO_POD):
+        for point in (F.POD_VETH, F.BRIDGE, F.HOST_STACK):
+            for outcome in (F.OUTCOME_UNKNOWN, F.ESTABLISHED, F.REFUSED, F.RESET, F.UNANSWERED):
+                records.append(record("10.0.0.1", 1, "10.0.0.2", 2, direction=direction,
+                                      point=point, outcome=outcome))
+    for reason in ("NETFILTER_DROP", "NO_SOCKET", "", "OVS_DROP_LAST_ACTION", "TC_INGRESS"):
+        records.append(record("10.0.0.1", 1, "10.0.0.2", 2, point=F.HOST_STACK,
+                              verdict=F.DROPPED, drop_reason=reason))
+    for index, find in enumerate(_FINDERS):
+        denied, defined, reply = bool(index & 4), bool(index & 2), bool(index & 1)
+        for f in records:
+            got = F.Flow()
+            got.CopyFrom(f)
+            find(got)
+            want = enforcement_of(denied, *seen_in(f, reply), defined)
+            assert got.policy.enforcement == want, (index, f)

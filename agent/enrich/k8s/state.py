@@ -357,5 +357,16 @@ class ClusterState:
     def get(self, kind: str, namespace: str, name: str):
         return self._objects[kind].get((namespace, name))
 
+    def objects(self, kind: str) -> list:
+        """Every cached object of `kind` (a copy)."""
+        with self._lock:
+            return list(self._objects[kind].values())
+
+    def service_backends(self, namespace: str, name: str) -> list[str]:
+        """The addresses of a Service's ready endpoints, from its EndpointSlices."""
+        with self._lock:
+            slices = list(self._slices_by_service.get((namespace, name), {}).values())
+        return [ip for sl in slices for ep in sl.endpoints if ep.ready for ip in ep.addresses]
+
     def count(self, kind: str) -> int:
         return len(self._objects[kind])
