@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from agent.client.channel import TLSOptions, add_tls_arguments
 from agent.client.merge import MergedFlows
@@ -29,12 +30,46 @@ from agent.errors import ConfigError, MetadataError, PolicyError, RequestRejecte
 from agent.policy.advise import advise
 from agent.policy.facts import ConnectionFact, facts_from_flows
 from agent.policy.load import load_policy_file
-from agent.policy.metadata import ClusterInfo, load_cluster, require_policies
+from agent.policy.metadata import ClusterInfo, list_policies, load_cluster, require_policies
 from agent.policy.whatif import what_if
+from agent.wire.flowtext import rule_text
 from agent.wire.logformat import FlowLogReader
 from agent.wire.timefmt import parse_time, timestamp, ts_ns
 from podflow_api.v1 import flow_pb2, observer_pb2
 
+
+# -- the policies themselves, for the TUI's Policies view ---------------------------------------
+
+@dataclass(frozen=True)
+class PolicyCatalog:
+    """Every NetworkPolicy of the cluster and its rules (flowtext.rule_text), so a screen can
+    list policies no traffic touched and rules nothing used. Plain data (it crosses into the
+    TUI's engine process)."""
+
+    source: str
+    rules: dict[str, tuple[str, ...]] = field(default_factory=dict)   # "ns/name" -> rules
+    problems: tuple[str, ...] = ()     # objects that could not be read, each named
+    error: str = ""                    # why the policies could not be read at all
+
+
+def load_catalog(source: str, kubeconfig: str | None = None,
+                 context: str | None = None) -> PolicyCatalog:
+    """The cluster's NetworkPolicies from --metadata kubernetes|FILE (for kubernetes, one
+    list of networkpolicies: that is all the RBAC it needs); never raises: what went wrong
+    is in `error`."""
+    try:
+        loaded = list_policies(source, kubeconfig=kubeconfig, context=context)
+    except (ConfigError, MetadataError) as exc:
+        return PolicyCatalog(source, error=str(exc))
+    rules = {}
+    for policy in loaded.policies:
+        rules[policy.ref] = tuple(
+            [rule_text(policy.ref, "ingress", i) for i in range(len(policy.ingress))]
+            + [rule_text(policy.ref, "egress", i) for i in range(len(policy.egress))])
+    return PolicyCatalog(source, rules, tuple(str(p) for p in loaded.problems))
+
+
+# -- the command ---------------------------------------------------------------------------------
 
 def _sources(parser: argparse.ArgumentParser) -> None:
     flows = parser.add_argument_group("where the connections come from (any mix, at least one)")

@@ -55,6 +55,14 @@ from agent.policy.verdict import WITH_PORTS, Connection, ConnectionVerdict
 from agent.policy.view import PolicyCluster, namespace_labels_with_name
 
 
+def _parts(end) -> tuple:
+    """What a verdict's cache key reads of an identity, kept in its address entry:
+    6 out_id, 7 out_mask, 8 out_named, 9 in_id, 10 in_mask, 11 in_named, 12 hits,
+    13 cports_key (agent/policy/compiled.py)."""
+    return (end.out_id, end.out_mask, end.out_named, end.in_id, end.in_mask, end.in_named,
+            end.hits, end.cports_key)
+
+
 class PolicyEvaluator:
     """Evaluates connections against the current NetworkPolicies of a PolicyCluster.
 
@@ -116,9 +124,10 @@ class PolicyEvaluator:
 
     def _end(self, snap: Snapshot, ip: str, generation) -> tuple:
         """(generation, identity, pod key or None, node name or "", PodInfo, namespace
-        labels) of an address. An entry from an older cluster generation is checked, not
-        dropped: the same PodInfo object (views reuse it while the pod is unchanged) with
-        the same namespace labels keeps its identity, so pod churn elsewhere costs little."""
+        labels, then the identity's key parts: see _E_*) of an address. An entry from an
+        older cluster generation is checked, not dropped: the same PodInfo object (views
+        reuse it while the pod is unchanged) with the same namespace labels keeps its
+        identity, so pod churn elsewhere costs little."""
         cluster = self._cluster
         old = snap.ip_ends.get(ip)
         pod = cluster.pod_at(ip)
@@ -128,7 +137,7 @@ class PolicyEvaluator:
                 entry = (generation,) + old[1:]
             else:
                 end = snap.pod_end(pod, snap.ipsig(ip), ns_labels)
-                entry = (generation, end, pod.key, pod.node_name, pod, ns_labels)
+                entry = (generation, end, pod.key, pod.node_name, pod, ns_labels) + _parts(end)
         else:
             node = cluster.node_at(ip)
             if node is None and pod is not None:
@@ -136,7 +145,8 @@ class PolicyEvaluator:
             if old is not None and old[4] is pod and old[2] is None and old[3] == (node or ""):
                 entry = (generation,) + old[1:]
             else:
-                entry = (generation, snap.other_end(snap.ipsig(ip)), None, node or "", pod, None)
+                end = snap.other_end(snap.ipsig(ip))
+                entry = (generation, end, None, node or "", pod, None) + _parts(end)
         if len(snap.ip_ends) >= snap.max_cached and ip not in snap.ip_ends:
             snap.ip_ends.clear()
         snap.ip_ends[ip] = entry
@@ -175,9 +185,10 @@ class PolicyEvaluator:
             rel = REL_OWN_NODE
         else:
             rel = REL_NONE
-        key = (src.out_id, dst.hits & src.out_mask, dst.in_id, src.hits & dst.in_mask,
-               dst_port, protocol,
-               dst.cports_key if src.out_named or dst.in_named else -1, rel)
+        # From the entries alone (not the identities): the fewest memory reads.
+        key = (src_entry[6], dst_entry[12] & src_entry[7], dst_entry[9],
+               src_entry[12] & dst_entry[10], dst_port, protocol,
+               dst_entry[13] if src_entry[8] or dst_entry[11] else -1, rel)
         derived = snap.derived.get(key)
         if derived is None:
             verdict = snap.verdicts.get(key)

@@ -89,8 +89,10 @@ def load_policies(source, default_namespace: str = "default", strict: bool = Tru
     return LoadResult(policies=tuple(policies), problems=tuple(problems), skipped=skipped)
 
 
-def load_policy_file(path: str, default_namespace: str = "default") -> LoadResult:
-    """load_policies on a file; an unreadable file raises PolicyError naming it."""
+def load_policy_file(path: str, default_namespace: str = "default",
+                     strict: bool = True) -> LoadResult:
+    """load_policies on a file; an unreadable file raises PolicyError naming it. `strict`
+    False for objects a cluster stored (a `kubectl get -o json` file)."""
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -101,6 +103,6 @@ def load_policy_file(path: str, default_namespace: str = "default") -> LoadResul
     except UnicodeDecodeError as exc:
         raise PolicyError(path, "", f"not UTF-8 text: {exc}") from exc
     try:
-        return load_policies(text, default_namespace=default_namespace)
+        return load_policies(text, default_namespace=default_namespace, strict=strict)
     except PolicyError as exc:
         raise PolicyError(f"{path}: {exc.obj}", exc.path, exc.message) from exc

@@ -9,13 +9,17 @@ connection went to (advise selects them all, not only the one that answered).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
+
+import urllib3
 
 from agent.enrich.k8s.filesource import FileSource
 from agent.enrich.k8s.state import ClusterState
 from agent.errors import MetadataError, PolicyError
 from agent.policy.cluster import ClusterStatePolicyView
 from agent.policy.facts import ConnectionFact, Endpoint, endpoint_of
+from agent.policy.load import LoadResult, load_policies, load_policy_file
 from agent.policy.model import NetworkPolicy
 from agent.policy.parse import parse_policy
 from agent.policy.view import PolicyCluster
@@ -99,3 +103,37 @@ def require_policies(info: ClusterInfo) -> None:
         raise MetadataError(f"--metadata {info.source}: the current NetworkPolicies could not "
                             "be listed (" + "; ".join(info.warnings) + "); use --metadata none "
                             "to compare with no policies at all")
+
+
+def list_policies(source: str, kubeconfig: str | None = None, context: str | None = None
+                  ) -> LoadResult:
+    """Only the NetworkPolicies of --metadata kubernetes|FILE (what a screen listing them
+    needs: one list call, and only `list networkpolicies` of RBAC). MetadataError names
+    what could not be read; malformed objects are the result's problems."""
+    if source != "kubernetes":
+        try:
+            return load_policy_file(source, strict=False)
+        except PolicyError as exc:
+            raise MetadataError(f"--metadata {exc}") from exc
+    from kubernetes import client  # noqa: PLC0415 (the kubernetes client: only when asked)
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
+    from agent.enrich.k8s.kubesource import (RESOURCES, load_api_client,  # noqa: PLC0415
+                                             rbac_message)
+
+    spec = next(r for r in RESOURCES if r.kind == KIND)
+    api_client = load_api_client(kubeconfig, context)
+    try:
+        resp = getattr(getattr(client, spec.api)(api_client), spec.list_method)(
+            _preload_content=False, _request_timeout=(5, 30))
+        body = json.loads(resp.data)
+    except ApiException as exc:
+        if exc.status == 403:
+            raise MetadataError(rbac_message("list", spec.resource)) from exc
+        raise MetadataError(f"API server answered {exc.status} {exc.reason}") from exc
+    except (urllib3.exceptions.HTTPError, ValueError) as exc:
+        raise MetadataError(f"API server unreachable: {exc}") from exc
+    finally:
+        api_client.close()
+    items = [dict(item, kind=KIND) for item in body.get("items") or []]
+    return load_policies(items, strict=False)

@@ -201,6 +201,27 @@ def policy_names(flow: flow_pb2.Flow) -> tuple[str, ...]:
     return tuple(names)
 
 
+def rule_text(policy: str, direction: str, index: int) -> str:
+    """'shop/allow-web ingress[0]': one rule of one policy, as every screen names it."""
+    return f"{policy} {direction}[{index}]"
+
+
+def policy_rules(flow: flow_pb2.Flow) -> tuple[str, ...]:
+    """The rules (rule_text) that allowed the record's connection, egress first."""
+    policy = flow.policy
+    return (tuple(rule_text(r.policy, "egress", r.index) for r in policy.egress.rules)
+            + tuple(rule_text(r.policy, "ingress", r.index) for r in policy.ingress.rules))
+
+
+def denying_policies(flow: flow_pb2.Flow) -> tuple[str, ...]:
+    """The policies that deny the record's connection (either direction)."""
+    out: list[str] = []
+    for side in (flow.policy.egress, flow.policy.ingress):
+        if side.verdict == _DENIED:
+            out += [p for p in side.policies if p not in out]
+    return tuple(out)
+
+
 _REASONS = {flow_pb2.POLICY_ALLOW_OWN_NODE: "from its own node",
             flow_pb2.POLICY_ALLOW_SELF: "to itself"}
 
@@ -211,7 +232,7 @@ def _direction_text(name: str, side: flow_pb2.DirectionPolicy) -> str:
         why = _REASONS.get(side.reason)
         if why is not None:
             return f"{name} allowed ({why})"
-        rules = ", ".join(f"{r.policy} {name}[{r.index}]" for r in side.rules)
+        rules = ", ".join(rule_text(r.policy, name, r.index) for r in side.rules)
         return f"{name} allowed by {rules or ', '.join(side.policies)}"
     if verdict == _DENIED:
         text = f"{name} DENIED by {', '.join(side.policies)}"
