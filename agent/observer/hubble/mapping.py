@@ -12,8 +12,12 @@ How each Hubble field is filled (one podflow record -> one Hubble flow):
   mapped twice (two clients) has one uuid and `hubble observe --uuid` finds it again.
 - verdict: FORWARDED / DROPPED. drop_reason_desc: the kernel's skb_drop_reason mapped to the
   nearest Cilium reason (KERNEL_DROP_REASONS); NETFILTER_DROP of pod traffic is
-  POLICY_DENIED (that is how a NetworkPolicy drops with iptables/nftables CNIs). The kernel's
-  own name stays in extensions.drop_reason and in the Summary.
+  POLICY_DENIED (that is how a NetworkPolicy drops with iptables/nftables CNIs), and any
+  drop podflow's policy verdict calls enforced is POLICY_DENIED, one it calls "allowed but
+  dropped" is not. The kernel's own name stays in extensions.drop_reason and the Summary.
+- egress_allowed_by / ingress_allowed_by / egress_denied_by / ingress_denied_by: the
+  NetworkPolicies of podflow's verdict (flow.policy, agent/policy), as Policy messages
+  (`policy_fields`).
 - is_reply: always set (see `is_reply`); traffic_direction: Hubble's meaning, the direction
   of the CONNECTION relative to the pod it was seen at: EGRESS = the pod opened it. podflow's
   FROM_POD/TO_POD is per packet, so a reply leaving a pod is INGRESS.
@@ -345,11 +349,50 @@ def policy_shaped(flow: pf.Flow) -> bool:
 
 
 def drop_reason(flow: pf.Flow) -> int:
-    """The Cilium drop reason nearest to the record's kernel reason (DropReason value)."""
+    """The Cilium drop reason nearest to the record's kernel reason (DropReason value). A
+    policy verdict settles whether a drop was a policy's: podflow calls it enforced, or
+    "allowed but dropped" (something else did it)."""
+    enforcement = flow.policy.enforcement
+    if enforcement == pf.POLICY_ENFORCED:
+        return hb.POLICY_DENIED
     name = flow.drop_reason
+    if enforcement == pf.POLICY_DROPPED_OTHERWISE:
+        return KERNEL_DROP_REASONS.get(name, hb.DROP_REASON_UNKNOWN)
     if name == "NETFILTER_DROP":
         return hb.POLICY_DENIED if policy_shaped(flow) else hb.DROP_REASON_UNKNOWN
     return KERNEL_DROP_REASONS.get(name, hb.DROP_REASON_UNKNOWN)
+
+
+_POLICY_FIELDS = ((pf.POLICY_ALLOWED, "egress", "egress_allowed_by"),
+                  (pf.POLICY_ALLOWED, "ingress", "ingress_allowed_by"),
+                  (pf.POLICY_DENIED, "egress", "egress_denied_by"),
+                  (pf.POLICY_DENIED, "ingress", "ingress_denied_by"))
+
+
+def hubble_policy(ref: str) -> hb.Policy:
+    """A NetworkPolicy ("namespace/name") as Hubble's Policy message, labelled the way Cilium
+    labels the rules it derives from a NetworkPolicy."""
+    namespace, _, name = ref.partition("/")
+    return hb.Policy(name=name, namespace=namespace, kind="NetworkPolicy", labels=[
+        "k8s:io.cilium.k8s.policy.derived-from=NetworkPolicy",
+        f"k8s:io.cilium.k8s.policy.name={name}",
+        f"k8s:io.cilium.k8s.policy.namespace={namespace}"])
+
+
+def policy_fields(flow: pf.Flow) -> dict[str, bytes]:
+    """The encoded *_allowed_by / *_denied_by fields of a record's policy verdict, by field
+    name; {} without one."""
+    out: dict[str, bytes] = {}
+    if not flow.HasField("policy"):
+        return out
+    policy = flow.policy
+    for verdict, side, name in _POLICY_FIELDS:
+        direction = getattr(policy, side)
+        if direction.verdict == verdict and direction.policies:
+            tag = _field(name)
+            out[name] = b"".join(_ld(tag, hubble_policy(ref).SerializeToString())
+                                 for ref in direction.policies)
+    return out
 
 
 def _is_l7(flow: pf.Flow, reply: bool, direction: int) -> bool:
@@ -751,6 +794,7 @@ def _masked(message_class, payload: bytes, subpaths: tuple[str, ...]) -> bytes:
 
 
 _STATIC_MESSAGES = ("interface", "source", "destination", "service", "backend", "translation",
+                    "policy",
                     "dns")
 
 
@@ -815,6 +859,7 @@ class HubbleMapper:
         """The fields that do not change from one interval of a flow to the next (all but
         time, uuid, counts and outcome), cached by what they are made of."""
         key = (flow.node_name, flow.verdict, flow.drop_reason, flow.drop_reason_code,
+               flow.policy.enforcement,
                flow.observation_point, flow.traffic_direction, flow.category, flow.is_reply,
                flow.ip.SerializeToString(), flow.l4.SerializeToString(),
                *[getattr(flow, name).SerializeToString() if flow.HasField(name) else None
@@ -881,6 +926,7 @@ class HubbleMapper:
                 out["Type"] = _uint(_T_TYPE, hb.L3_L4)
                 out["event_type"] = _ld(_T_EVENT_TYPE, b"\x08" + _varint(EVENT_TRACE) +
                                         _uint(b"\x10", code))
+        out.update(policy_fields(flow))
         return _Static(parts=out, joined=b"".join(out.values()),
                        summary=_dns_summary(flow.dns) if l7 else _l4_summary(flow),
                        extensions=_static_extensions(flow))
