@@ -2,7 +2,7 @@
 
     datapath (kernel maps, ring buffer) -> annotate (outcomes, DNS) -> enrich (Kubernetes,
     conntrack; NetworkPolicy verdicts judged inside it by the policy stage) -> flow store ->
-    gRPC Observer / flow log exporter / metrics
+    gRPC Observer, Hubble API / flow log exporter / metrics
 
 The flags and their checks live in agent/config (one section per stage); this module reads
 them once, hands each stage its section, connects the stages, starts them in data-flow order
@@ -83,6 +83,7 @@ def build_stages(config: agent_config.AgentConfig, stats: AgentStats) -> list[St
     from agent.export.flowlog import FlowLogExporter
     from agent.export.metrics import MetricsServer
     from agent.flowstore import FlowStore
+    from agent.observer.hubble.server import from_config as hubble_server
     from agent.observer.server import ObserverServer
     from agent.policy.stage import PolicyStage
 
@@ -103,6 +104,9 @@ def build_stages(config: agent_config.AgentConfig, stats: AgentStats) -> list[St
     stages: list[Stage] = [enricher] + ([policy] if policy is not None else [])
     if config.observer.enabled:
         stages.append(ObserverServer(config.observer, store, stats))
+    hubble = hubble_server(config.hubble, config.observer, store, stats, enricher.state)
+    if hubble is not None:
+        stages.append(hubble)
     if config.flow_log.path:
         stages.append(FlowLogExporter(config.flow_log, store, stats))
     if config.metrics.address:

@@ -110,7 +110,7 @@ BAD = [
     (["--metadata", "/nonexistent.json"], "--metadata /nonexistent.json: not `kubernetes`"),
     (["--metadata", "/nonexistent.json", "--context", "c"], "--kubeconfig/--context need"),
     (["--flow-log-allow", "{nope"], "--flow-log-allow: not a FlowFilter"),
-    (["--flow-log-fields", "source,colour"], "--flow-log-fields: not a field of Flow: colour"),
+    (["--flow-log-fields", "source,colour"], "--flow-log-fields: 'colour' is not a field path of Flow"),
     (["--flow-log-aggregate", "soon"], "--flow-log-aggregate: expected an interval"),
     (["--flow-log-queue-size", "0"], "--flow-log-queue-size"),
     (["--flow-log-not"], "--flow-log-not must be followed by a filter flag"),
@@ -156,7 +156,8 @@ def _stages(*argv: str):
 
 def test_default_stages_in_start_order():
     cfg, stages = _stages()
-    assert [type(s).__name__ for s in stages] == ["Enricher", "ObserverServer", "Datapath"]
+    assert [type(s).__name__ for s in stages] == ["Enricher", "ObserverServer", "HubbleServer",
+                                                  "Datapath"]
     assert all(isinstance(s, Stage) for s in stages)
     datapath = stages[-1]
     assert datapath.config is cfg.datapath and stages[1].config is cfg.observer
@@ -164,8 +165,8 @@ def test_default_stages_in_start_order():
 
 
 def test_flags_turn_stages_on_and_off(tmp_path):
-    _cfg, stages = _stages("--listen", "none", "--flow-log", str(tmp_path / "f.jsonl"),
-                           "--metrics", "127.0.0.1:0", "--no-dns")
+    _cfg, stages = _stages("--listen", "none", "--hubble-listen", "", "--flow-log",
+                           str(tmp_path / "f.jsonl"), "--metrics", "127.0.0.1:0", "--no-dns")
     assert [type(s).__name__ for s in stages] == ["Enricher", "FlowLogExporter",
                                                   "MetricsServer", "Datapath"]
     assert stages[-1].extensions == []

@@ -37,6 +37,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "agent.client": BASE + ("agent.version", "agent.policy"),
     "agent.lab": ("agent.errors",),
     "agent.demo": BASE + ("agent.client", "agent.lab", "agent.version"),
+    # Hubble's peer list finds the agent pods by the chart's labels: the names the chart and
+    # its clients agree on (a constants-only module of the client side).
+    "agent.observer.hubble.peer": COMMON + STAGES[:STAGES.index("agent.observer")]
+    + ("agent.client.deploy_names",),
     "agent.main": COMMON + STAGES,  # the composition root of `podflow agent`
     "agent.cli": ("agent.errors",),  # dispatches subcommands by module NAME (importlib)
     "agent": ("agent.version",),  # agent/__init__.py

@@ -114,8 +114,10 @@ class AgentSource:
         while not ended.wait(self.status_poll_s):
             try:
                 status = stub.ServerStatus(observer_pb2.ServerStatusRequest(), timeout=5)
-            except grpc.RpcError:
-                return  # the stream notices too and reports it
+            except (grpc.RpcError, ValueError):
+                # ValueError: the channel was closed under us (the stream ended and its
+                # finish() gave up waiting); the stream notices too and reports it.
+                return
             self.agg.set_status(self.source_id, status)
 
 

@@ -31,3 +31,10 @@ HEALTH_PORT_NAME = "health"
 
 # The headless Service that gives every agent a DNS record.
 HEADLESS_SERVICE = "podflow-agent"
+
+# Hubble's API on every agent (`--hubble-listen`), the Service Hubble Relay reads the agent
+# list from (peer.Peer/Notify), and Relay's own Service (what `hubble observe -P` finds).
+HUBBLE_PORT = 4247
+HUBBLE_PORT_NAME = "hubble"
+HUBBLE_PEER_SERVICE = "hubble-peer"
+HUBBLE_RELAY_SERVICE = "hubble-relay"

@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 
 from agent.config.flags import (Section, as_tuple, at_least, between, check_cidrs,
                                 check_dns_capture_bytes, check_field_paths, check_host_port,
-                                check_interval, check_listen_address, check_metric_labels,
-                                check_ringbuf_bytes, comma_list, default_metadata_source,
-                                default_node_name, flow_filters_json, host_port, metric_labels_help,
-                                option, overflow_help, parse_size, positive, shared, text_or_empty)
+                                check_hubble_peers, check_interval, check_listen_address,
+                                check_metric_labels, check_ringbuf_bytes, comma_list,
+                                default_metadata_source, default_node_name, flow_filters_json,
+                                host_port, metric_labels_help, option, overflow_help, parse_size,
+                                positive, shared, text_or_empty)
 from agent.errors import ConfigError
 from agent.filters import engine as filters
 from agent.filters.flags import add_filter_arguments, filters_from_args
@@ -176,6 +177,31 @@ class ObserverSection(Section):
                                   "certificates are only checked over TLS)")
         elif not self.tls_cert or not self.tls_key:
             raise ConfigError("--tls-cert and --tls-key must be given together")
+
+
+@dataclass(frozen=True)
+class HubbleSection(Section):
+    """agent.observer.hubble: Hubble's API (hubble CLI, Hubble Relay, Hubble UI) on a port of
+    its own, beside podflow's; TLS comes from the Observer's --tls-* flags."""
+
+    GROUP = "Hubble API (hubble CLI, Hubble Relay, Hubble UI)"
+
+    listen: str | None = option(
+        "--hubble-listen", None, metavar="HOST:PORT|unix:PATH", check=check_listen_address,
+        help="where to serve Hubble's API; '' or 'none' turns it off (default: beside "
+             "--listen: a unix socket X.hubble.sock beside X.sock, else port 4247 on "
+             "--listen's host; 4247, not Hubble's 4244, so it runs beside Cilium's Hubble on "
+             "the same node)")
+    tls_server_name: str | None = option(
+        "--hubble-tls-server-name", None, metavar="NAME",
+        help="with --tls-cert: the name Hubble Relay verifies every agent's certificate "
+             "against, sent in Peer/Notify (default: each agent's node name)")
+    peers: tuple[str, ...] = option(
+        "--hubble-peer", (), given=[], action="append", metavar="NAME=ADDRESS", parse=as_tuple,
+        check=check_hubble_peers,
+        help="another agent Hubble Relay should dial (Peer/Notify), e.g. node-b=10.0.0.12:4247 "
+             "or node-b=unix:/run/b.hubble.sock; repeatable. For agents outside Kubernetes; "
+             "in a cluster the agent pods are found by themselves")
 
 
 @dataclass(frozen=True)
@@ -339,6 +365,7 @@ class AgentConfig:
     datapath: DatapathSection = field(default_factory=DatapathSection)
     annotate: AnnotateSection = field(default_factory=AnnotateSection)
     observer: ObserverSection = field(default_factory=ObserverSection)
+    hubble: HubbleSection = field(default_factory=HubbleSection)
     store: StoreSection = field(default_factory=StoreSection)
     metadata: MetadataSection = field(default_factory=MetadataSection)
     policy: PolicySection = field(default_factory=PolicySection)

@@ -206,6 +206,13 @@ def check_listen_address(value: str | None, flag: str) -> None:
         ListenAddress.parse(value, flag)
 
 
+def check_hubble_peers(values: tuple[str, ...], flag: str) -> None:
+    from agent.observer.hubble.peer import parse_static_peer  # noqa: PLC0415 (as above)
+
+    for value in values:
+        parse_static_peer(value)
+
+
 def host_port(text: str, flag: str) -> tuple[str, int]:
     """"HOST:PORT" / ":PORT" / "[v6]:PORT" -> (host, port); no host is every address."""
     host, sep, port = text.rpartition(":")

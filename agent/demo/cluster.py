@@ -128,14 +128,20 @@ def start_agents(c: Cluster, run_dir: str, flow_log_dir: str | None) -> None:
     meta = c.metadata_file = c.lab.write_metadata(os.path.join(run_dir, "metadata.json"))
     log_dir = flow_log_dir or run_dir
     errors: list[LabError] = []
+    # Each agent's Hubble API on a socket, and the others' as its Hubble peers, so one Hubble
+    # Relay pointed at any agent reads them all (README, "Use the Hubble tools").
+    hubble = {n.name: os.path.join(run_dir, f"{n.name}.hubble.sock") for n in c.lab.nodes}
 
     def start(node):
         path = os.path.join(log_dir, f"{node.name}.jsonl")
         c.flow_logs[node.name] = path
+        peers = [f"--hubble-peer={name}=unix:{sock}" for name, sock in hubble.items()
+                 if name != node.name]
         try:
             c.agents.append(node.start_agent("--flow-log", path, "--drop-cidr",
-                                             str(c.lab.cluster_cidr), metadata_file=meta,
-                                             timeout_s=180))
+                                             str(c.lab.cluster_cidr), "--hubble-listen",
+                                             f"unix:{hubble[node.name]}", *peers,
+                                             metadata_file=meta, timeout_s=180))
         except LabError as exc:
             errors.append(exc)
 

@@ -135,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
             return 1
         start_traffic(c)
         for agent in c.agents:
-            say(f"agent {agent.node.name}: {agent.address}, flow log "
+            say(f"agent {agent.node.name}: {agent.address}, Hubble API "
+                f"{agent.ready.get('hubble_listen', 'off')}, flow log "
                 f"{c.flow_logs[agent.node.name]}")
         if args.no_tui:
             return _headless(c, args.duration or 30.0, args.summary_json, say)

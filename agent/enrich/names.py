@@ -92,7 +92,8 @@ def category_of(src: Peer, dst: Peer) -> int:
 
 
 class FlowEnricher:
-    """Fills endpoints, category, service, backend and translation of flows in place.
+    """Fills endpoints, category, service, backend, translation and is_reply (known for
+    Service connections: from conntrack, or which side is the Service) of flows in place.
 
     `state` None (--metadata none): only the translation read from conntrack is filled.
     `conntrack` None (no CAP_NET_ADMIN, --no-conntrack): Services are still named from
@@ -140,6 +141,7 @@ class FlowEnricher:
         if state is None:
             if match is not None:
                 _translate(flow, match)
+                flow.is_reply = match.is_reply
             return
         # The same 5-tuple comes back in every interval and at every observation point:
         # reuse its names (and policy verdict) while the cluster state (policies included)
@@ -231,6 +233,7 @@ class FlowEnricher:
                             backend_ip, backend_port = src, sport
                             client_ip, is_reply = dst, True
 
+        flow.is_reply = is_reply
         backend_peer = state.peer(backend_ip) if backend_ip else None
         if match is not None or svc is not None:
             # The Service address side of the record is described as what answered.

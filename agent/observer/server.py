@@ -128,7 +128,7 @@ class ObserverServer(Stage):
             [OBSERVER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], server)
         listen = self.listen
-        port = _bind(server, listen, "--listen", self.credentials)
+        port = bind_port(server, listen, "--listen", self.credentials)
         if listen.unix_path:
             self.address = f"unix:{listen.unix_path}"
         else:
@@ -151,7 +151,7 @@ class ObserverServer(Stage):
                                                         thread_name_prefix="health"),
                              options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        port = _bind(server, listen, "--health-listen")
+        port = bind_port(server, listen, "--health-listen")
         server.start()
         self._health_server = server
         self.health_address = (f"unix:{listen.unix_path}" if listen.unix_path
@@ -175,14 +175,15 @@ class ObserverServer(Stage):
             self._health_server.stop(0).wait()
             self._health_server = None
         if self.listen.unix_path:
-            _remove_stale_socket(self.listen.unix_path)
+            remove_stale_socket(self.listen.unix_path)
 
 
-def _bind(server: grpc.Server, listen: ListenAddress, flag: str,
+def bind_port(server: grpc.Server, listen: ListenAddress, flag: str,
           credentials: grpc.ServerCredentials | None = None) -> int:
-    """Add the listening port (TLS when credentials are given): the port number bound."""
+    """Add the listening port (TLS when credentials are given): the port number bound.
+    Also the Hubble server's (agent/observer/hubble/server.py)."""
     if listen.unix_path:
-        _remove_stale_socket(listen.unix_path)
+        remove_stale_socket(listen.unix_path)
     try:
         if credentials is not None:
             port = server.add_secure_port(listen.bind, credentials)
@@ -195,7 +196,7 @@ def _bind(server: grpc.Server, listen: ListenAddress, flag: str,
     return port
 
 
-def _remove_stale_socket(path: str) -> None:
+def remove_stale_socket(path: str) -> None:
     """grpc cannot bind over an existing socket file (a previous agent's)."""
     try:
         if stat.S_ISSOCK(os.lstat(path).st_mode):

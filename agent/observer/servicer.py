@@ -11,7 +11,6 @@ worker thread of the server (agent/observer/server.py) and blocks only on its ow
 
 from __future__ import annotations
 
-import threading
 import time
 
 import grpc
@@ -20,15 +19,13 @@ from google.protobuf import field_mask_pb2
 from agent.errors import InvalidRequest
 from agent.flowstore import (FlowStore, Lost, StoredFlow, frame_flow, node_prefix,
                              timestamp_bytes, varint)
+from agent.observer.follow import Followers, read_flows
 from agent.observer.plan import FlowsPlan, plan_request
 from agent.stats import AgentStats
 from agent.wire.timefmt import timestamp
 from podflow_api.v1 import flow_pb2, observer_pb2, observer_pb2_grpc
 
 OBSERVER_SERVICE = observer_pb2.DESCRIPTOR.services_by_name["Observer"].full_name
-FOLLOW_POLL_S = 0.5     # how often a follower with nothing to send checks it is still wanted
-STATS_NOTICE_S = 1.0    # how often a follower is told about loss at other stages
-MAX_BATCH = 2048        # flows taken from the store per wake-up of a follower
 MAX_BATCH_BYTES = 1 << 20  # one GetFlowsBatch message stays under this
 
 
@@ -86,17 +83,11 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         self.store = store
         self.stats = stats
         self.address = address
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._subs: set = set()
+        self.followers = Followers(store)
 
     def shutdown(self) -> None:
         """End every follow stream (server stopping)."""
-        self._stopping.set()
-        with self._lock:
-            subs = list(self._subs)
-        for sub in subs:
-            sub.close()
+        self.followers.shutdown()
 
     # -- GetFlows -------------------------------------------------------------------------
     #
@@ -129,82 +120,22 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     def _stream(self, plan: FlowsPlan, context):
         """Chunks (lists) of StoredFlow-shaped items: history, then live flows."""
         node = self.stats.node_name
-        store = self.store
-        sub = None
-        if plan.follow:
-            sub = store.subscribe(plan.predicate)
-            with self._lock:
-                self._subs.add(sub)
-            # Runs on the client's disconnect even while this thread is blocked sending.
-            context.add_callback(lambda: self._release(sub))
-            end_seq = sub.cursor
-        else:
-            end_seq = store.seq
-        try:
-            want_history = not plan.follow or plan.number or plan.since_ns is not None
-            if want_history and plan.since_ns is not None:
-                gone = store.evicted_since(plan.since_ns)
-                if gone is not None:
-                    yield [notice_item(lost_response(node, gone))]
-            if want_history:
-                flows = store.history_raw(plan.predicate, number=plan.number,
-                                          first=plan.first, since_ns=plan.since_ns,
-                                          until_ns=plan.until_ns, end_seq=end_seq)
-                for i in range(0, len(flows), MAX_BATCH):
-                    yield self._masked(flows[i:i + MAX_BATCH], plan.mask)
-            if sub is not None:
-                yield from self._follow(sub, plan, context, node)
-        finally:
-            if sub is not None:
-                self._release(sub)
+        for chunk in read_flows(
+                self.followers, self.stats, context, plan.predicate, follow=plan.follow,
+                history=not plan.follow or bool(plan.number) or plan.since_ns is not None,
+                number=plan.number, first=plan.first, since_ns=plan.since_ns,
+                until_ns=plan.until_ns):
+            items = self._masked(chunk.flows, plan.mask)
+            if chunk.client_lost is not None:
+                items.insert(0, notice_item(lost_response(node, chunk.client_lost)))
+            items.extend(notice_item(lost_response(node, lost)) for lost in chunk.stage_lost)
+            yield items
 
     def _masked(self, items: list[StoredFlow], mask) -> list[StoredFlow]:
         if mask is None:
             return items
         prefix = node_prefix(self.store.node_name)
         return [mask_flow(item, mask, prefix) for item in items]
-
-    def _release(self, sub) -> None:
-        sub.close()
-        with self._lock:
-            self._subs.discard(sub)
-
-    def _follow(self, sub, plan: FlowsPlan, context, node: str):
-        stats = self.stats
-        baseline = {stage: span.count for stage, span in stats.snapshot_lost().items()}
-        last_check = time.monotonic()
-        until_ns = plan.until_ns
-        while not self._stopping.is_set() and context.is_active():
-            flows, lost = sub.next_raw(FOLLOW_POLL_S, MAX_BATCH)
-            if sub.closed:
-                return
-            if until_ns is not None:
-                flows = [item for item in flows if item[0] <= until_ns]
-            chunk = self._masked(flows, plan.mask)
-            if lost is not None and lost.count:
-                stats.add_lost(observer_pb2.CLIENT_QUEUE, lost.count)
-                chunk.insert(0, notice_item(lost_response(node, lost)))
-            now = time.monotonic()
-            if now - last_check >= STATS_NOTICE_S:
-                last_check = now
-                chunk.extend(notice_item(r) for r in self._stats_notices(node, baseline))
-            if chunk:
-                yield chunk
-            if until_ns is not None and time.time_ns() > until_ns:
-                return
-
-    def _stats_notices(self, node: str, baseline: dict[int, int]):
-        """Loss at other stages (kernel ring buffer, exporter ...) since this client last
-        heard; CLIENT_QUEUE is per client and reported by its own stream."""
-        for stage, span in self.stats.snapshot_lost().items():
-            if stage == observer_pb2.CLIENT_QUEUE:
-                continue
-            before = baseline.get(stage, 0)
-            if span.count > before:
-                baseline[stage] = span.count
-                yield lost_response(node, Lost(stage, span.count - before,
-                                               span.first_ns if not before else 0,
-                                               span.last_ns))
 
     # -- status ---------------------------------------------------------------------------
 

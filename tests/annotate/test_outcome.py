@@ -126,3 +126,39 @@ def test_finished_connections_are_forgotten_after_linger():
     clock.ns += 31_000_000_000
     tracker.annotate([rec(("10.0.0.9", 1), SERVER, "SYN")])
     assert len(tracker) == 1
+
+
+# is_reply as the agent really sets it: the enrich stage knows it for Service connections
+# (conntrack, or which side is the Service address) and leaves it False elsewhere, and the
+# pipeline annotates BEFORE it enriches (agent/main.py), so the tracker sees False on every
+# record of a batch and True only on final records copied from an enriched one. Outcomes
+# must come out the same either way: the opener is the side whose SYN has no ACK, and a
+# reply never makes itself the opener.
+def _service_connection(reply_flags: str, reply_first: bool) -> list:
+    from tests.enrich.test_enrich import CART_VIP, FRONTEND
+
+    client = rec((FRONTEND, 40000), (CART_VIP, 80), "SYN", t=5)
+    answer = rec((CART_VIP, 80), (FRONTEND, 40000), reply_flags, t=5)  # same first_seen second
+    return [answer, client] if reply_first else [client, answer]
+
+
+@pytest.mark.parametrize("reply_flags,expected", [("SYN,ACK", O.ESTABLISHED),
+                                                  ("RST,ACK", O.REFUSED)],
+                         ids=["established", "refused"])
+@pytest.mark.parametrize("order", ["annotate-then-enrich", "enrich-then-annotate"])
+@pytest.mark.parametrize("reply_first", [False, True], ids=["request-first", "reply-first"])
+def test_outcomes_hold_with_is_reply_as_enrich_sets_it(reply_flags, expected, order,
+                                                       reply_first):
+    from agent.enrich.names import FlowEnricher
+    from tests.enrich.test_enrich import cluster, conntrack
+
+    batch = _service_connection(reply_flags, reply_first)
+    enricher = FlowEnricher(cluster(), conntrack())
+    tracker = OutcomeTracker(syn_timeout_s=3, clock=FakeClock())
+    steps = ([tracker.annotate, enricher.enrich] if order == "annotate-then-enrich"
+             else [enricher.enrich, tracker.annotate])
+    for step in steps:
+        step(batch)
+    by_source = {f.ip.source: f for f in batch}
+    assert by_source["10.96.0.12"].is_reply and not by_source["10.244.1.2"].is_reply
+    assert [f.outcome for f in batch] == [expected, expected]

@@ -20,6 +20,8 @@ from kubernetes import client as k8s
 
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "deploy" / "helm" / "podflow"
+# The agents' headless Service, among the chart's others (hubble-peer, hubble-relay ...).
+AGENT_SERVICE = "podflow-agent"
 
 
 def load_script(name: str, path: Path):
@@ -50,9 +52,10 @@ def by_kind(objects: list[dict], kind: str) -> list[dict]:
     return [o for o in objects if o["kind"] == kind]
 
 
-def one(objects: list[dict], kind: str) -> dict:
-    found = by_kind(objects, kind)
-    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
+    """The one object of `kind` (named `name`, where a kind has several)."""
+    found = [o for o in by_kind(objects, kind) if name is None or o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
     return found[0]
 
 

@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.client import deploy_names as deploy_defaults
-from deploy_helpers import VALUE_SETS, agent_container, one, render
+from deploy_helpers import AGENT_SERVICE, VALUE_SETS, agent_container, one, render
 
 
 def parse_agent_args(container: dict) -> argparse.Namespace:
@@ -71,7 +71,7 @@ def test_args_parse_and_ports_match_the_flags(values_name):
     else:
         assert args.metrics is None and "metrics" not in ports
     service_ports = {p["name"]: (p["port"], p["targetPort"])
-                     for p in one(objects, "Service")["spec"]["ports"]}
+                     for p in one(objects, "Service", AGENT_SERVICE)["spec"]["ports"]}
     assert service_ports["grpc"] == (ports["grpc"], "grpc")
     if "metrics" in ports:
         assert service_ports["metrics"] == (ports["metrics"], "metrics")
@@ -162,5 +162,5 @@ def test_tui_discovery_finds_these_pods():
     assert ports[tui.cli.GRPC_PORT_NAME] == tui.cli.GRPC_PORT
     assert ports[deploy_defaults.METRICS_PORT_NAME] == deploy_defaults.METRICS_PORT
     assert deploy_defaults.AGENT_LABELS.items() <= pod_labels.items()
-    svc = one(objects, "Service")
+    svc = one(objects, "Service", AGENT_SERVICE)
     assert svc["metadata"]["name"] == deploy_defaults.HEADLESS_SERVICE

@@ -7,7 +7,7 @@ from __future__ import annotations
 import helm_python as helm
 import pytest
 
-from deploy_helpers import (CERT_MANAGER_USAGES, CHART_DIR, VALUE_SETS, by_kind, one, render,
+from deploy_helpers import (AGENT_SERVICE, CERT_MANAGER_USAGES, CHART_DIR, VALUE_SETS, by_kind, one, render,
                             strict_problems)
 
 
@@ -37,7 +37,7 @@ def test_strict_check_catches_an_unknown_field():
 
 
 def test_strict_check_catches_a_wrong_type():
-    svc = one(render(), "Service")
+    svc = one(render(), "Service", AGENT_SERVICE)
     svc["spec"]["ports"][0]["port"] = "4245"
     assert strict_problems(svc) == ["Service/podflow-agent.spec.ports[0].port: expected int, got '4245'"]
 
@@ -87,7 +87,7 @@ def test_cert_manager_without_issuer_fails_with_the_value_name():
 def test_service_monitor_scrapes_the_metrics_port_of_the_service():
     objects = render(VALUE_SETS["service-monitor"])
     monitor = one(objects, "ServiceMonitor")
-    svc = one(objects, "Service")
+    svc = one(objects, "Service", AGENT_SERVICE)
     assert monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
     assert "metrics" in [p["name"] for p in svc["spec"]["ports"]]
@@ -131,7 +131,7 @@ def test_defaults_run_everywhere_and_update_one_node_at_a_time():
 
 def test_service_is_headless_and_selects_the_agents():
     objects = render()
-    svc = one(objects, "Service")
+    svc = one(objects, "Service", AGENT_SERVICE)
     ds = one(objects, "DaemonSet")
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["selector"] == ds["spec"]["selector"]["matchLabels"]

@@ -130,6 +130,31 @@ def test_enrich(record, category, service, backend, pods, translation):
         assert (t.original_ip, t.original_port, t.translated_ip, t.translated_port) == translation
 
 
+# Records whose packets answer the connection: the Service (conntrack or the Service address)
+# says which side the server is; for other connections it is guessed from the ports (a
+# well-known or non-ephemeral port answering an ephemeral one: names.guess_reply).
+REPLIES = {"backend-veth-reply", "client-veth-reply-from-clusterip", "nodeport-reply",
+           "headless-reply", "world-reply-to-pod"}
+
+
+@pytest.mark.parametrize("record,name", [pytest.param(c[1], c[0], id=c[0]) for c in CASES])
+def test_is_reply_is_set_where_known_or_guessed(record, name):
+    record = flow_pb2.Flow.FromString(record.SerializeToString())
+    enricher = FlowEnricher(cluster(), conntrack())
+    enricher.enrich([record])
+    assert record.is_reply == (name in REPLIES)
+    again = flow_pb2.Flow.FromString(record.SerializeToString())
+    again.ClearField("is_reply")
+    enricher.enrich([again])  # the cached names carry it too
+    assert again.is_reply == record.is_reply
+
+
+def test_without_metadata_is_reply_comes_from_conntrack():
+    reply, request = flow(CART1, 8080, FRONTEND, 40000), flow(FRONTEND, 40000, CART_VIP, 80)
+    FlowEnricher(None, conntrack()).enrich([reply, request])
+    assert reply.is_reply and not request.is_reply
+
+
 def test_no_endpoints_is_flagged_and_names_the_service_address():
     record = flow(FRONTEND, 40001, EMPTY_VIP, 80)
     FlowEnricher(cluster(), conntrack()).enrich([record])

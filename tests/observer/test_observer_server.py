@@ -173,7 +173,7 @@ def test_disconnect_frees_the_subscriber_at_once(agent):
     holder["call"].cancel()
     assert wait_until(lambda: agent.store.num_subscribers == 0, timeout_s=2)
     assert time.monotonic() - t < 1.0
-    assert not agent.server.servicer._subs
+    assert not len(agent.server.servicer.followers)
 
 
 def test_stop_ends_follow_streams():
@@ -349,6 +349,6 @@ def test_stuck_client_that_disconnects_is_freed():
                 a.store.extend(template)
             stuck.cancel()
             assert wait_until(lambda: a.store.num_subscribers == 0, timeout_s=2)
-            assert not a.server.servicer._subs
+            assert not len(a.server.servicer.followers)
     finally:
         a.stop()

@@ -354,6 +354,11 @@ class ClusterState:
     def has_endpoints(self, svc: Service) -> bool:
         return self.ready_endpoints.get(svc.key, 0) > 0
 
+    def objects_of(self, kind: str) -> list:
+        """The objects of `kind` held now (a copy), e.g. for the Hubble peer list."""
+        with self._lock:
+            return list(self._objects[kind].values())
+
     def get(self, kind: str, namespace: str, name: str):
         return self._objects[kind].get((namespace, name))
 

@@ -8,7 +8,7 @@ from observer_flows import make_flow
 
 from agent.observer.hubble import filters
 from agent.observer.hubble.filters import HubbleFilterError, compile_filters
-from agent.observer.hubble.mapping import to_hubble
+from agent.observer.hubble.mapper import to_hubble
 from podflow_hubble.flow import flow_pb2 as hb
 
 

@@ -1,4 +1,4 @@
-"""podflow record -> Hubble flow, field by field (agent/observer/hubble/mapping.py)."""
+"""podflow record -> Hubble flow, field by field (agent/observer/hubble/mapping.py rules, written by mapper.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 from observer_flows import customize, make_flow
 
-from agent.observer.hubble import mapping
-from agent.observer.hubble.mapping import to_hubble
+from agent.observer.hubble import encode, mapping
+from agent.observer.hubble.mapper import HubbleMapper, to_hubble
 from podflow_api.v1 import flow_pb2 as pf
 from podflow_hubble.flow import flow_pb2 as hb
 
@@ -386,7 +386,7 @@ CLI_DEFAULT_MASK = ["time", "verdict", "ethernet", "IP", "l4", "source.identity"
 def test_response_bytes_are_a_get_flows_response():
     from podflow_hubble.observer import observer_pb2
 
-    mapper = mapping.HubbleMapper("1.2.3")
+    mapper = HubbleMapper("1.2.3")
     flow = record()
     response = observer_pb2.GetFlowsResponse.FromString(mapper.response_bytes(flow))
     assert response.WhichOneof("response_types") == "flow"
@@ -400,9 +400,9 @@ def test_response_bytes_are_a_get_flows_response():
 def test_a_field_mask_keeps_what_protobufs_own_mask_keeps(flow):
     from google.protobuf import field_mask_pb2
 
-    mask = mapping.FlowMask(CLI_DEFAULT_MASK)
+    mask = encode.FlowMask(CLI_DEFAULT_MASK)
     assert mask.ignored == ["ethernet", "ip_trace_id"]  # fields podflow never sends
-    got = hb.Flow.FromString(mapping.HubbleMapper().flow_bytes(flow, mask))
+    got = hb.Flow.FromString(HubbleMapper().flow_bytes(flow, mask))
     expected = hb.Flow()
     known = [p for p in CLI_DEFAULT_MASK if p not in mask.ignored]
     field_mask_pb2.FieldMask(paths=known).MergeMessage(to_hubble(flow), expected)
@@ -411,7 +411,7 @@ def test_a_field_mask_keeps_what_protobufs_own_mask_keeps(flow):
 
 
 def test_cached_parts_never_leak_between_records():
-    mapper = mapping.HubbleMapper()
+    mapper = HubbleMapper()
     first, second = record(packets=1), record(packets=5, outcome=pf.RESET)
     for _ in range(2):
         a, b = mapper.to_hubble(first), mapper.to_hubble(second)
@@ -427,14 +427,49 @@ def test_times_are_written_as_protobuf_json_writes_them():
 
     for nanos in (0, 5_000_000, 5_000, 5, 999_999_999):
         ts = timestamp_pb2.Timestamp(seconds=1_796_000_000, nanos=nanos)
-        assert mapping.rfc3339(ts) == ts.ToJsonString()
+        assert encode.rfc3339(ts) == ts.ToJsonString()
 
 
 def test_a_mask_on_a_sub_field_of_any_message():
     flow = record()
-    mask = mapping.FlowMask(["IP.source", "l4", "source.labels", "source"])
-    got = hb.Flow.FromString(mapping.HubbleMapper().flow_bytes(flow, mask))
+    mask = encode.FlowMask(["IP.source", "l4", "source.labels", "source"])
+    got = hb.Flow.FromString(HubbleMapper().flow_bytes(flow, mask))
     assert got.IP.source == "10.244.1.3" and not got.IP.destination
     assert got.l4.TCP.destination_port == 8080
     assert got.source.pod_name  # "source" as a whole wins over "source.labels"
     assert not got.HasField("destination") and not got.Summary
+
+
+@pytest.mark.parametrize("podflow,hubble", [
+    (pf.TCP, hb.TCP), (pf.UDP, hb.UDP), (pf.SCTP, hb.SCTP), (pf.ICMPv4, hb.ICMPv4),
+    (pf.ICMPv6, hb.ICMPv6), (pf.TCPFlags, hb.TCPFlags)], ids=lambda m: m.DESCRIPTOR.name)
+def test_podflows_l4_messages_are_hubbles_on_the_wire(podflow, hubble):
+    """The encoder copies these messages' bytes as they are (encode.py, _l4_bytes)."""
+    ours = [(f.number, f.type) for f in podflow.DESCRIPTOR.fields]
+    theirs = [(f.number, f.type) for f in hubble.DESCRIPTOR.fields if f.name != "NS"]
+    assert ours == theirs
+
+
+def test_podflows_ip_is_hubbles_but_for_fragment():
+    ours = {f.number: f.type for f in pf.IP.DESCRIPTOR.fields}
+    theirs = {f.number: f.type for f in hb.IP.DESCRIPTOR.fields}
+    assert {n: t for n, t in ours.items() if n != 4} == theirs  # 4: fragment, Hubble's encrypted
+    assert [pf.IPV4, pf.IPV6] == [hb.IPv4, hb.IPv6]
+    from google.protobuf import unknown_fields
+
+    fragment = record()
+    fragment.ip.fragment = True
+    out = to_hubble(fragment)
+    assert (out.IP.source, out.IP.ipVersion) == ("10.244.1.3", hb.IPv4)
+    assert len(unknown_fields.UnknownFieldSet(out.IP)) == 0  # no field 4: not "encrypted"
+
+
+def test_caches_keep_what_is_still_asked_for_and_stay_bounded():
+    cache = encode._Bounded(2)
+    for key in "abc":
+        cache.put(key, key.upper())
+    assert cache.get("a") == "A"          # in the older generation: found, moved back
+    cache.put("d", "D")                   # turnover: b (not asked for since) is forgotten
+    assert (cache.get("a"), cache.get("b"), cache.get("c"), cache.get("d")) == \
+        ("A", None, "C", "D")
+    assert len(cache) <= 4

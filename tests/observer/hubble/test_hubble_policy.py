@@ -3,7 +3,7 @@ lists (Cilium's field numbers) and POLICY_DENIED where podflow calls a drop enfo
 
 from __future__ import annotations
 
-from agent.observer.hubble.mapping import HubbleMapper, to_hubble
+from agent.observer.hubble.mapper import HubbleMapper, to_hubble
 from podflow_api.v1 import flow_pb2 as pf
 from podflow_hubble.flow import flow_pb2 as hb
 
