@@ -154,18 +154,18 @@ class PolicyEvaluator:
 
     def evaluate(self, src_ip: str, dst_ip: str, dst_port: int, protocol: str) -> ConnectionVerdict:
         """The verdict of a connection in its original orientation, with dst after DNAT."""
-        snap = self._snap
-        key, src, dst, dst_port, rel = self._key(snap, src_ip, dst_ip, dst_port, protocol)
-        verdict = snap.verdicts.get(key)
-        if verdict is None:
-            verdict = snap.judge(key, src, dst, dst_port, protocol, rel)
-        return verdict
+        return self.lookup(src_ip, dst_ip, dst_port, protocol, False)
 
     def evaluate_derived(self, src_ip: str, dst_ip: str, dst_port: int, protocol: str):
         """`derive(verdict)` of the connection's verdict (the constructor's `derive`), made
         once per distinct verdict of the current policies and cached beside it: what the
         agent writes into records (agent/policy/judge.py) costs one lookup."""
-        # _key, inlined: this runs once per new connection on the agent's hot path.
+        return self.lookup(src_ip, dst_ip, dst_port, protocol, True)
+
+    def lookup(self, src_ip: str, dst_ip: str, dst_port: int, protocol: str, derived: bool):
+        """evaluate (derived False) or evaluate_derived (True), without the extra call: this
+        runs once per new connection on the agent's hot path (agent/policy/judge.py), so it
+        reads as little as it can."""
         snap = self._snap
         generation = self._cluster.generation
         ip_ends = snap.ip_ends
@@ -175,7 +175,6 @@ class PolicyEvaluator:
         dst_entry = ip_ends.get(dst_ip)
         if dst_entry is None or dst_entry[0] != generation:
             dst_entry = self._end(snap, dst_ip, generation)
-        src, dst = src_entry[1], dst_entry[1]
         if protocol not in WITH_PORTS:
             dst_port = 0
         src_pod = src_entry[2]
@@ -185,52 +184,30 @@ class PolicyEvaluator:
             rel = REL_OWN_NODE
         else:
             rel = REL_NONE
-        # From the entries alone (not the identities): the fewest memory reads.
+        # The verdict depends on no more than this (compiled.py): both directions' rule sets,
+        # which of their peers the other end matches, port, protocol, container ports when a
+        # rule names a port, the relation; read from the address entries, not the identities.
         key = (src_entry[6], dst_entry[12] & src_entry[7], dst_entry[9],
                src_entry[12] & dst_entry[10], dst_port, protocol,
                dst_entry[13] if src_entry[8] or dst_entry[11] else -1, rel)
-        derived = snap.derived.get(key)
-        if derived is None:
-            verdict = snap.verdicts.get(key)
-            if verdict is None:
-                verdict = snap.judge(key, src, dst, dst_port, protocol, rel)
-            derived = self._derived.get(id(verdict))
-            if derived is None or derived[0] is not verdict:
-                if len(self._derived) >= self._max_cached:
-                    self._derived.clear()
-                derived = self._derived[id(verdict)] = (verdict, self._derive(verdict))
-            if len(snap.derived) >= snap.max_cached:
-                snap.derived.clear()
-            derived = snap.derived[key] = derived[1]
-        return derived
-
-    def _key(self, snap: Snapshot, src_ip: str, dst_ip: str, dst_port: int, protocol: str):
-        """The verdict cache's key of a connection, its two identities, port and relation."""
-        generation = self._cluster.generation
-        ip_ends = snap.ip_ends
-        src_entry = ip_ends.get(src_ip)
-        if src_entry is None or src_entry[0] != generation:
-            src_entry = self._end(snap, src_ip, generation)
-        dst_entry = ip_ends.get(dst_ip)
-        if dst_entry is None or dst_entry[0] != generation:
-            dst_entry = self._end(snap, dst_ip, generation)
-        src, dst = src_entry[1], dst_entry[1]
-        if protocol not in WITH_PORTS:
-            dst_port = 0
-        src_pod = src_entry[2]
-        if src_pod is not None:
-            rel = REL_SELF if src_pod == dst_entry[2] else REL_NONE
-        elif src_entry[3] and dst_entry[2] is not None and src_entry[3] == dst_entry[3]:
-            rel = REL_OWN_NODE
-        else:
-            rel = REL_NONE
-        # The verdict depends on no more than this (see above): both directions' rule sets,
-        # which of their peers the other end matches, port, protocol, container ports when
-        # a rule names a port, the relation.
-        key = (src.out_id, dst.hits & src.out_mask, dst.in_id, src.hits & dst.in_mask,
-               dst_port, protocol,
-               dst.cports_key if src.out_named or dst.in_named else -1, rel)
-        return key, src, dst, dst_port, rel
+        if derived:
+            found = snap.derived.get(key)
+            if found is not None:
+                return found
+        verdict = snap.verdicts.get(key)
+        if verdict is None:
+            verdict = snap.judge(key, src_entry[1], dst_entry[1], dst_port, protocol, rel)
+        if not derived:
+            return verdict
+        entry = self._derived.get(id(verdict))
+        if entry is None or entry[0] is not verdict:
+            if len(self._derived) >= self._max_cached:
+                self._derived.clear()
+            entry = self._derived[id(verdict)] = (verdict, self._derive(verdict))
+        if len(snap.derived) >= snap.max_cached:
+            snap.derived.clear()
+        snap.derived[key] = entry[1]
+        return entry[1]
 
     def warm(self, ips: Iterable[str]) -> None:
         """Learn what these addresses are ahead of their first connection (agent start, a

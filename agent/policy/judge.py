@@ -79,12 +79,12 @@ class RecordJudge:
     turns true once the NetworkPolicies are listed (PolicyFeed sets it)."""
 
     def __init__(self, evaluator: PolicyEvaluator, known: bool = False) -> None:
-        self._evaluate = evaluator.evaluate_derived
+        self._lookup = evaluator.lookup
         self.known = known
 
     def judge(self, client_ip: str, server_ip: str, server_port: int, protocol: str,
               reply: bool) -> tuple[bytes, Finder] | None:
         if not self.known:
             return None
-        wire, denied = self._evaluate(client_ip, server_ip, server_port, protocol)
+        wire, denied = self._lookup(client_ip, server_ip, server_port, protocol, True)
         return wire, _FINDERS[denied + (2 if protocol in _DEFINED else 0) + reply]

@@ -17,6 +17,7 @@ from agent.errors import FilterError, PodflowError
 from agent.filters.engine import compile_filters
 from agent.filters.flags import add_filter_arguments, filters_from_args
 from podflow_api.v1 import flow_pb2 as F
+from tests.policy.verdicts import with_verdict
 from tui import filterexpr
 from tui.filterexpr import parse_filter
 from tui.flowkey import flow_key
@@ -52,17 +53,6 @@ def _flow(src: str, dst: str, proto: str = "tcp", sport: int = 0, dport: int = 0
     return f
 
 
-def _policy(f: F.Flow, egress: tuple = (), ingress: tuple = (),
-            enforcement: int = F.POLICY_ENFORCEMENT_UNDECIDED) -> F.Flow:
-    """The flow with a NetworkPolicy verdict: each side (verdict, policies...)."""
-    for side, spec in ((f.policy.egress, egress), (f.policy.ingress, ingress)):
-        if spec:
-            side.verdict = spec[0]
-            side.policies.extend(spec[1:])
-    f.policy.enforcement = enforcement
-    return f
-
-
 CART = "shop/cart-5c7b9-x2 Deployment/cart"
 REDIS = "shop/redis-0 StatefulSet/redis"
 FRONTEND = "shop/frontend-7d9f8-ab Deployment/frontend"
@@ -84,17 +74,17 @@ FLOWS = {
                            outcome=F.IN_PROGRESS),
 }
 # NetworkPolicy verdicts (agent/policy fills them on the agent)
-_policy(FLOWS["cart>redis"], (F.POLICY_ALLOWED, "shop/cart-egress"),
+with_verdict(FLOWS["cart>redis"], (F.POLICY_ALLOWED, "shop/cart-egress"),
         (F.POLICY_ALLOWED, "shop/redis-from-cart"), F.POLICY_ALLOWED_DELIVERED)
-_policy(FLOWS["redis>cart"], (F.POLICY_ALLOWED, "shop/cart-egress"),
+with_verdict(FLOWS["redis>cart"], (F.POLICY_ALLOWED, "shop/cart-egress"),
         (F.POLICY_ALLOWED, "shop/redis-from-cart"), F.POLICY_ALLOWED_DELIVERED)
-_policy(FLOWS["frontend>dns"], (F.POLICY_DENIED, "shop/default-deny"),
+with_verdict(FLOWS["frontend>dns"], (F.POLICY_DENIED, "shop/default-deny"),
         (F.POLICY_NOT_ISOLATED,), F.POLICY_ENFORCED)
-_policy(FLOWS["world>nginx"], (F.POLICY_NOT_APPLICABLE,), (F.POLICY_NOT_ISOLATED,))
-_policy(FLOWS["node>metrics"], (F.POLICY_NOT_APPLICABLE,),
+with_verdict(FLOWS["world>nginx"], (F.POLICY_NOT_APPLICABLE,), (F.POLICY_NOT_ISOLATED,))
+with_verdict(FLOWS["node>metrics"], (F.POLICY_NOT_APPLICABLE,),
         (F.POLICY_DENIED, "kube-system/metrics-in", "kube-system/default-deny"),
         F.POLICY_NOT_ENFORCED)
-_policy(FLOWS["frontend>cart"], (F.POLICY_ALLOWED, "shop/cart-egress"),
+with_verdict(FLOWS["frontend>cart"], (F.POLICY_ALLOWED, "shop/cart-egress"),
         (F.POLICY_NOT_ISOLATED,), F.POLICY_DROPPED_OTHERWISE)
 
 # (id, `/` expression, observe flags, the records both select)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from agent.observer.hubble.mapper import HubbleMapper, to_hubble
 from podflow_api.v1 import flow_pb2 as pf
 from podflow_hubble.flow import flow_pb2 as hb
+from tests.policy.verdicts import with_verdict
 
 
 def record(verdict=pf.FORWARDED, drop_reason="", enforcement=pf.POLICY_ENFORCEMENT_UNDECIDED,
@@ -16,11 +17,7 @@ def record(verdict=pf.FORWARDED, drop_reason="", enforcement=pf.POLICY_ENFORCEME
     f.l4.tcp.source_port, f.l4.tcp.destination_port = 40000, 5432
     for ep, ns, pod in ((f.source, "shop", "frontend-1"), (f.destination, "data", "db-0")):
         ep.kind, ep.namespace, ep.pod_name = pf.POD, ns, pod
-    for side, spec in ((f.policy.egress, egress), (f.policy.ingress, ingress)):
-        side.verdict = spec[0]
-        side.policies.extend(spec[1:])
-    f.policy.enforcement = enforcement
-    return f
+    return with_verdict(f, egress, ingress, enforcement)
 
 
 def names(policies) -> list[tuple[str, str, str]]:
