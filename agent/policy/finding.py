@@ -18,7 +18,10 @@ agent/policy/flows.py reads that from flow records.
     either   in flight   UNDECIDED             nothing yet says whether it got through
 
 A denied connection dropped for a reason no policy engine gives (NO_SOCKET, QDISC_DROP, a
-TCP state error ...) is DROPPED_OTHERWISE too: that drop says nothing about enforcement.
+TCP state error ...) is DROPPED_OTHERWISE too: that drop says nothing about enforcement. An
+allowed connection dropped with NETFILTER_DROP was dropped by something no NetworkPolicy
+asked for: a host firewall, or a policy of a kind podflow does not read (Calico's
+GlobalNetworkPolicy, CiliumNetworkPolicy).
 The reasons a policy engine gives: NETFILTER_DROP (iptables/nftables CNIs, kube-router,
 Calico iptables), TC_INGRESS/TC_EGRESS (eBPF CNIs that shoot the packet in TC), OVS_DROP_*
 (OVS-based CNIs), and NOT_SPECIFIED / none (older kernels report no reason).

@@ -12,9 +12,9 @@ How each Hubble field is filled (one podflow record -> one Hubble flow):
   mapped twice (two clients) has one uuid and `hubble observe --uuid` finds it again.
 - verdict: FORWARDED / DROPPED. drop_reason_desc: the kernel's skb_drop_reason mapped to the
   nearest Cilium reason (KERNEL_DROP_REASONS); NETFILTER_DROP of pod traffic is
-  POLICY_DENIED (that is how a NetworkPolicy drops with iptables/nftables CNIs), and any
-  drop podflow's policy verdict calls enforced is POLICY_DENIED, one it calls "allowed but
-  dropped" is not. The kernel's own name stays in extensions.drop_reason and the Summary.
+  POLICY_DENIED (that is how a NetworkPolicy drops with iptables/nftables CNIs), and so is
+  any drop podflow's policy verdict calls enforced. The kernel's own name stays in
+  extensions.drop_reason and the Summary.
 - egress_allowed_by / ingress_allowed_by / egress_denied_by / ingress_denied_by: the
   NetworkPolicies of podflow's verdict (flow.policy, agent/policy), as Policy messages
   (`policy_fields`).
@@ -347,14 +347,12 @@ def policy_shaped(flow: pf.Flow) -> bool:
 
 def drop_reason(flow: pf.Flow) -> int:
     """The Cilium drop reason nearest to the record's kernel reason (DropReason value). A
-    policy verdict settles whether a drop was a policy's: podflow calls it enforced, or
-    "allowed but dropped" (something else did it)."""
-    enforcement = flow.policy.enforcement
-    if enforcement == pf.POLICY_ENFORCED:
+    drop podflow's verdict calls enforced is a policy's whatever the kernel's reason; one of
+    traffic no NetworkPolicy denies keeps the guess below: a netfilter drop of pod traffic may
+    still be a policy podflow does not read (Calico's or Cilium's own kinds)."""
+    if flow.policy.enforcement == pf.POLICY_ENFORCED:
         return hb.POLICY_DENIED
     name = flow.drop_reason
-    if enforcement == pf.POLICY_DROPPED_OTHERWISE:
-        return KERNEL_DROP_REASONS.get(name, hb.DROP_REASON_UNKNOWN)
     if name == "NETFILTER_DROP":
         return hb.POLICY_DENIED if policy_shaped(flow) else hb.DROP_REASON_UNKNOWN
     return KERNEL_DROP_REASONS.get(name, hb.DROP_REASON_UNKNOWN)
