@@ -22,8 +22,9 @@ test: setup
 demo: setup
 	$(VENV)/bin/podflow demo
 
-# Every benchmark, one after the other (each prints its own table; about 8 minutes).
-BENCHES := datapath observer filters enrich exporter drops tui demo
+# Every benchmark, one after the other (each prints its own table; about 15 minutes, of which
+# churn takes 6-7: three rates x 60 s plus the agent's drain).
+BENCHES := datapath observer filters enrich exporter drops tui demo churn
 bench: setup
 	@for b in $(BENCHES); do echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 

@@ -41,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=config.agent.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not config.agent.log_netlink:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_quiet_netlink)
     stats = AgentStats(node_name=config.agent.node_name, version=__version__)
     started: list[Stage] = []  # in start order, stopped in reverse
     try:
@@ -68,10 +71,34 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, on_hup)
     log.info("podflow agent %s running on node %s", __version__, config.agent.node_name)
     while not stopping.wait(1.0):
-        pass
+        failure = _failure(started)
+        if failure:
+            log.error("%s; stopping", failure)
+            print(f"podflow agent: {failure}", file=sys.stderr)
+            _stop_all(started)
+            return 2
     log.info("stopping")
     _stop_all(started)
     return 0
+
+
+def _failure(started: list[Stage]) -> str | None:
+    """The first running stage that says the agent cannot go on (Stage.failure)."""
+    for stage in started:
+        failure = stage.failure()
+        if failure:
+            return failure
+    return None
+
+
+def _quiet_netlink(record: logging.LogRecord) -> bool:
+    """pyroute2 logs every netlink message it sends and receives at debug (and the asyncio
+    loops it runs say which selector they use): ~95% of a debug log, unasked. Kept from
+    warning up; --log-netlink shows all. A filter on the handler, not a logger level:
+    pyroute2 resets its logger's level when it is imported."""
+    if record.levelno >= logging.WARNING:
+        return True
+    return not record.name.startswith(("pyroute2", "asyncio"))
 
 
 def build_stages(config: agent_config.AgentConfig, stats: AgentStats) -> list[Stage]:

@@ -14,6 +14,7 @@ import gc
 import threading
 import time
 
+from rich.markup import escape
 from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -88,6 +89,9 @@ class PodflowApp(App):
         self.flt = parse_filter(config.initial_filter)
         self.paused = False
         self.note = ""
+        # source id -> why it is not streaming (NodeLost), newest last: the status bar shows
+        # the newest, so a port-forward's refusal is on screen, not only in the Nodes view
+        self.unreachable: dict[str, str] = {}
         self.snapshot: Snapshot | None = None
         # The newest snapshot not drawn yet. Only one SnapshotBuilt is ever waiting in the
         # app's queue: a snapshot that arrives while one waits replaces it, so a slow
@@ -181,13 +185,18 @@ class PodflowApp(App):
             self._draw_view()
         self._show_status()
 
-    def on_node_connected(self, _message: NodeConnected) -> None:
+    def on_node_connected(self, message: NodeConnected) -> None:
+        self.unreachable.pop(message.source_id, None)
         self._show_status()
 
     def on_node_lost(self, message: NodeLost) -> None:
+        self.unreachable.pop(message.source_id, None)
+        if message.reason:
+            self.unreachable[message.source_id] = message.reason
         self._show_status()
 
     def on_node_gone(self, message: NodeGone) -> None:
+        self.unreachable.pop(message.source_id, None)
         self._show_status()
 
     def on_detail_fetched(self, message: DetailFetched) -> None:
@@ -225,8 +234,13 @@ class PodflowApp(App):
         if not bars or not self.is_running:
             return
         summary = self.snapshot.summary if self.snapshot is not None else Summary(0, 0, 0, 0, 0)
-        bars.first().show(summary, self.paused, self.flt.text, VIEWS[self.current_view],
-                          self.note)
+        note = self.note
+        if self.unreachable:
+            reason = escape(list(self.unreachable.values())[-1])
+            more = len(self.unreachable) - 1
+            lost = f"[b red]{reason}[/]" + (f" (+{more} more: 4 Nodes)" if more else "")
+            note = f"{lost} │ {note}" if note else lost
+        bars.first().show(summary, self.paused, self.flt.text, VIEWS[self.current_view], note)
 
     def _focus_view(self) -> None:
         self.set_focus(None)  # keys go to the app's bindings (see on_mount)

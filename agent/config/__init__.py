@@ -54,6 +54,10 @@ class AgentSection(Section):
         "--node-name", default_factory=default_node_name,
         help="name this agent reports for its node (default: $NODE_NAME or hostname)")
     log_level: str = option("--log-level", "info", choices=("debug", "info", "warning", "error"))
+    log_netlink: bool = option(
+        "--log-netlink", False, action="store_true",
+        help="with --log-level debug, also log pyroute2's netlink messages (most of a debug "
+             "log otherwise; off by default: pyroute2 logs warnings and errors only)")
     ready_file: str | None = option(
         "--ready-file", None, metavar="PATH",
         help="write a JSON object here once every stage runs (addresses, interfaces); used by "
@@ -240,6 +244,12 @@ class MetadataSection(Section):
     use_conntrack: bool = option(
         "--no-conntrack", True, dest="conntrack", action="store_false",
         help="do not read Service address translations from the kernel's connection tracking")
+    rbac_wait_s: float = option(
+        "--rbac-wait", 120.0, type=float, metavar="SECONDS", check=at_least(0),
+        help="with --metadata kubernetes, when the API server refuses (403) a resource the "
+             "names need at start, as it does while it is starting and has not loaded its "
+             "RBAC yet: keep retrying with backoff this long, reporting 'waiting for RBAC', "
+             "before exiting 2 (0: exit at once; default: {default})")
 
     def check(self) -> None:
         if self.source in ("none", "kubernetes"):

@@ -30,12 +30,14 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.datapath import abi, bpfsys, decode, interfaces, tc
-from agent.datapath.environment import check_environment
+from agent.datapath.environment import (check_environment, explain_refusal,
+                                        probe_perf_event_open)
 from agent.datapath.extension import DatapathExtension, EventHandler
 from agent.datapath.tracker import FlowRecord, FlowTracker
 from agent.errors import AttachError, DatapathError
 from agent.stage import Stage
-from agent.stats import AgentStats
+from agent.stats import (DATAPATH_FAILED, DATAPATH_STARTING, DATAPATH_STOPPING,
+                         DATAPATH_TRACING, AgentStats)
 from podflow_api.v1 import observer_pb2
 
 if TYPE_CHECKING:
@@ -47,6 +49,7 @@ BPF_DIR = Path(os.environ.get("PODFLOW_BPF_DIR") or Path(__file__).resolve().par
 PROG_INGRESS = "podflow_ingress"  # also the TC filter names (agent/datapath/tc.py NAME_PREFIX)
 PROG_EGRESS = "podflow_egress"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+TC_CHECK_S = 5.0  # how often tc-mode interfaces are checked for foreign filters ahead of ours
 
 
 def expand_includes(path: Path, _stack: tuple[Path, ...] = ()) -> str:
@@ -91,6 +94,9 @@ class Datapath(Stage):
         self._bpf = None
         self._flow_map_fd = -1
         self._progs: dict[str, tuple[int, str]] = {}
+        self._prog_ids: dict[str, int] = {}
+        self._attached_extensions: list[DatapathExtension] = []
+        self._next_tc_check = 0.0
         self._ipr: IPRoute | None = None
         self._lock = threading.Lock()  # interface set and netlink socket
         self._attached: dict[int, tc.Attachment] = {}
@@ -109,12 +115,17 @@ class Datapath(Stage):
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        check_environment()
+        """Check the node, load, attach, start the reader; the datapath is TRACING once this
+        returns (gRPC health SERVING), FAILED when it raises."""
+        self.stats.set_datapath_state(DATAPATH_STARTING)
         try:
+            check_environment()
             self._start()
-        except BaseException:
+        except BaseException as exc:
             self.stop()  # release whatever was loaded or attached before the failure
+            self.stats.set_datapath_state(DATAPATH_FAILED, str(exc) or type(exc).__name__)
             raise
+        self.stats.set_datapath_state(DATAPATH_TRACING)
 
     def _start(self) -> None:
         self._load()
@@ -122,11 +133,11 @@ class Datapath(Stage):
         removed = self._remove_all_leftovers()
         if removed:
             log.info("removed %d podflow filter(s) left by a previous agent", removed)
-        self._watcher = interfaces.LinkWatcher(self.reconcile)
+        self._watcher = interfaces.LinkWatcher(self.reconcile, on_tick=self.check_chains)
         self._watcher.start()  # subscribe before the first read: no event falls in between
         self.reconcile()
         self._warn_unmatched_globs()
-        self._reader = threading.Thread(target=self._read_loop, name="podflow-reader",
+        self._reader = threading.Thread(target=self._run_reader, name="podflow-reader",
                                         daemon=True)
         self._reader.start()
         log.info("datapath tracing %s", ", ".join(self.traced_names()) or "no interface yet")
@@ -134,6 +145,8 @@ class Datapath(Stage):
     def stop(self) -> None:
         """Detach everything first (no new packets), then emit final records for what is
         left in the map, then unload."""
+        if self.stats.datapath_state == DATAPATH_TRACING:
+            self.stats.set_datapath_state(DATAPATH_STOPPING)
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
@@ -145,8 +158,9 @@ class Datapath(Stage):
             self._reader.join(timeout=30)
             self._reader = None
         if self._bpf is not None:
-            for ext in self.extensions:
+            for ext in self._attached_extensions:  # not one that failed to attach
                 ext.detach(self._bpf)
+            self._attached_extensions = []
             self._bpf.cleanup()
             self._bpf = None
         if self._ipr is not None:
@@ -177,15 +191,33 @@ class Datapath(Stage):
             for direction, name in (("ingress", PROG_INGRESS), ("egress", PROG_EGRESS)):
                 fn = self._bpf.load_func(name, BPF.SCHED_CLS)
                 self._progs[direction] = (fn.fd, name)
+                self._prog_ids[direction] = bpfsys.prog_id(fn.fd)
         # bcc raises plain Exception for compile and verifier failures
         except Exception as exc:  # noqa: BLE001
-            raise DatapathError(f"cannot compile or load bpf/podflow.c: {exc} (kernel headers "
-                                f"at /lib/modules/{platform.release()}/build; see the "
-                                "compiler output above)") from exc
+            raise DatapathError(f"cannot compile or load bpf/podflow.c: {exc} "
+                                f"({_why_load_failed(exc)})") from exc
         self._flow_map_fd = self._bpf["flows"].map_fd
         self._bpf["events"].open_ring_buffer(self._on_event)
         for ext in self.extensions:
+            self._attach_extension(ext)
+
+    def _attach_extension(self, ext: DatapathExtension) -> None:
+        """Attach one extension; an optional one (the drop tracer) that cannot attach is
+        switched off with a warning and a counted `<name>_disabled`, and never detached."""
+        try:
             ext.attach(self._bpf)
+        # bcc raises plain Exception (e.g. a tracepoint perf_event_open() refused)
+        except Exception as exc:  # noqa: BLE001
+            if not ext.optional:
+                raise DatapathError(f"cannot attach {ext.name}: {exc}") from exc
+            reason = str(exc)
+            err = probe_perf_event_open()
+            if err:
+                reason = f"{reason}: {explain_refusal('perf_event_open', 'CAP_PERFMON', err)}"
+            log.warning("%s are off, flows are traced without them: %s", ext.name, reason)
+            self.stats.add_error(f"{ext.name}_disabled")
+            return
+        self._attached_extensions.append(ext)
 
     # -- interfaces -----------------------------------------------------------------------
 
@@ -223,6 +255,7 @@ class Datapath(Stage):
                     tc.release(attachment)
                     del self._attached[ifindex]
                     self.stats.set_interface(ifindex, None)
+                    self.stats.set_interface_notes(attachment.ifname, {})
                     log.info("released %s (deleted)", attachment.ifname)
                 elif ifindex not in wanted:
                     self._detach(attachment)
@@ -231,6 +264,7 @@ class Datapath(Stage):
                 if current is not None:
                     if current.ifname != info.name:  # renamed (CNIs create, then rename)
                         log.info("%s is now %s", current.ifname, info.name)
+                        self.stats.set_interface_notes(current.ifname, {})
                         current.ifname = info.name
                         self._known[ifindex] = info
                         self.stats.set_interface(ifindex, info.name)
@@ -247,6 +281,51 @@ class Datapath(Stage):
                 self.attach_errors.pop(info.name, None)
                 self.stats.set_interface(ifindex, info.name)
                 log.info("tracing %s (%s, ifindex %d)", info.name, info.kind.value, ifindex)
+                self._note_chain(self._attached[ifindex])
+
+    # -- who runs before us ---------------------------------------------------------------
+
+    def _note_chain(self, attachment: tc.Attachment) -> None:
+        """tc mode: what runs before our filters on this interface and may end the chain,
+        in the log (when it changes) and in ServerStatus.interface_notes. (tcx links are at
+        the head: nothing runs before them; check_chains keeps it so.)"""
+        if attachment.mode != "tc":
+            return
+        try:
+            notes = tc.chain_notes(self._ipr, attachment)
+        except NetlinkError as exc:
+            log.warning("cannot list the filters of %s: %s", attachment.ifname, exc)
+            return
+        self._set_notes(attachment, notes)
+
+    def _set_notes(self, attachment: tc.Attachment, notes: dict[str, str]) -> None:
+        before = {n.hook: n.note for n in self.stats.snapshot_notes()
+                  if n.interface == attachment.ifname}
+        if notes == before:
+            return
+        for hook, note in sorted(notes.items()):
+            if before.get(hook) != note:
+                log.warning("%s %s: %s", attachment.ifname, hook, note)
+        self.stats.set_interface_notes(attachment.ifname, notes)
+
+    def check_chains(self) -> None:
+        """Called about once a second (the link watcher's tick): tcx links go back to the
+        head of a chain a program was put before them in (BPF_PROG_QUERY's revision says
+        when a chain changed: one syscall per hook); tc filters are checked every
+        TC_CHECK_S for foreign filters that run first."""
+        now = time.monotonic()
+        check_tc = now >= self._next_tc_check
+        if check_tc:
+            self._next_tc_check = now + TC_CHECK_S
+        with self._lock:
+            if self._ipr is None:
+                return
+            progs = {d: (self._progs[d][0], self._prog_ids[d]) for d in self._progs}
+            for attachment in list(self._attached.values()):
+                if attachment.mode == "tcx":
+                    self._set_notes(attachment, tc.keep_first(attachment, progs, now))
+                elif check_tc:
+                    self._note_chain(attachment)
 
     def _attach(self, ifindex: int, ifname: str) -> tc.Attachment:
         if self._use_tcx:
@@ -306,6 +385,18 @@ class Datapath(Stage):
         self.records_emitted += 1
         return decode.decode_record(record, self._known.get(ifindex), self.node_name,
                                     self.clock)
+
+    def _run_reader(self) -> None:
+        """The reader thread: when it ends other than by stop(), nothing is counted any
+        more, and readiness says so (FAILED: gRPC health NOT_SERVING)."""
+        try:
+            self._read_loop()
+        except Exception as exc:  # noqa: BLE001  the thread's last resort: reported, not hidden
+            log.exception("the datapath reader stopped")
+            self.stats.set_datapath_state(DATAPATH_FAILED, f"the reader stopped: {exc!r}")
+            return
+        if not self._stop.is_set():
+            self.stats.set_datapath_state(DATAPATH_FAILED, "the reader stopped")
 
     def _read_loop(self) -> None:
         next_sweep = time.monotonic()
@@ -387,3 +478,15 @@ class Datapath(Stage):
         self.stats.add_lost(observer_pb2.KERNEL_FLOW_MAP, lost_full)
         self._last_errors = counts
         self.stats.set_datapath_errors(abi.error_counts(counts, self._error_names))
+
+
+def _why_load_failed(exc: Exception) -> str:
+    """What to look at when bcc could not compile or load the program: bpf() itself refused
+    (seccomp, a security module) is not a headers problem."""
+    err = bpfsys.probe_map_create()
+    if err:
+        return explain_refusal("bpf", "CAP_BPF", err)
+    if "compile" in str(exc).lower():
+        return (f"kernel headers at /lib/modules/{platform.release()}/build; see the compiler "
+                "output above")
+    return "the kernel refused it: see the verifier output above"

@@ -63,6 +63,11 @@ class Enricher(Stage):
             self._conntrack.stop()
             self._conntrack = None
 
+    def failure(self) -> str | None:
+        """The metadata source's verdict (the Kubernetes watch gives up waiting for RBAC)."""
+        failure = getattr(self._source, "failure", None)
+        return failure() if failure is not None else None
+
     def enrich(self, flows: list) -> None:
         self._enricher.enrich(flows)
 
@@ -86,6 +91,7 @@ class Enricher(Stage):
 
             return cls(stats, "kubernetes", state,
                        KubeSource(state, stats, kubeconfig=config.kubeconfig,
-                                  context=config.context), **options)
+                                  context=config.context, rbac_wait_s=config.rbac_wait_s),
+                       **options)
         return cls(stats, f"file:{config.source}", state,
                    FileSource(config.source, state, stats), **options)

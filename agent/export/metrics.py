@@ -263,6 +263,12 @@ class _Collector:
         interfaces = self.stats.snapshot_interfaces()
         yield GaugeMetricFamily("podflow_interfaces_traced", "Interfaces with podflow programs "
                                 "attached", value=len(interfaces))
+        yield GaugeMetricFamily("podflow_datapath_tracing", "1 while the programs are attached "
+                                "and the reader runs (what gRPC health SERVING means)",
+                                value=1 if self.stats.datapath_state == "tracing" else 0)
+        yield GaugeMetricFamily("podflow_interface_notes", "Hooks of traced interfaces where "
+                                "something runs first and may end the chain (see podflow "
+                                "status)", value=len(self.stats.snapshot_notes()))
         yield GaugeMetricFamily("podflow_exporter_failing", "1 while the flow log cannot be "
                                 "written (see ServerStatus.exporter_error)",
                                 value=1 if self.stats.exporter_error else 0)

@@ -164,7 +164,12 @@ def test_agent_health_from_stats(serve, stats):
     stats.set_datapath_errors({"parse_error": 3})
     stats.exporter_error = "cannot write /x: No space left on device"
     stats.metadata_stale = True
+    stats.set_interface_notes("veth1", {"egress": "foreign cls_bpf filter 'x' runs first"})
+    assert scrape(server)["podflow_datapath_tracing"] == {(): 0}
+    stats.set_datapath_state("tracing")
     got = scrape(server)
+    assert got["podflow_datapath_tracing"] == {(): 1}
+    assert got["podflow_interface_notes"] == {(): 1}
     assert got["podflow_lost_events"] == {(("stage", "EXPORTER_WRITE"),): 5,
                                           (("stage", "KERNEL_RING_BUFFER"),): 2}
     assert got["podflow_interfaces_traced"] == {(): 2}

@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from observer_flows import make_flow
+from tests.observer.observer_flows import make_flow
 
 from agent.config import StoreSection
 from agent.errors import ConfigError
@@ -107,17 +107,29 @@ def test_close_wakes_reader_and_unsubscribes():
 
 
 def test_extend_does_not_wait_for_readers():
-    store = filled(0, capacity=10_000, client_queue_size=100)
-    subs = [store.subscribe() for _ in range(50)]  # none of them ever reads
+    """extend() does no per-subscriber work: with 50 subscribers that never read it costs
+    what it costs with none. Compared side by side (the best of alternating rounds), not
+    against a fixed time, so a busy machine does not fail it."""
     batch = [make_flow(i) for i in range(1000)]
-    t = time.perf_counter()
-    for _ in range(20):
-        store.extend(batch)
-    per_flow_us = (time.perf_counter() - t) / 20_000 * 1e6
-    assert per_flow_us < 20, per_flow_us  # O(batch): no per-subscriber work
-    assert len(store) == 10_000
-    for s in subs:
-        s.close()
+
+    def best_of(subscribers: int) -> float:
+        store = filled(0, capacity=10_000, client_queue_size=100)
+        subs = [store.subscribe() for _ in range(subscribers)]
+        times = []
+        for _ in range(10):
+            t = time.perf_counter()
+            store.extend(batch)
+            times.append(time.perf_counter() - t)
+        assert len(store) == 10_000
+        for s in subs:
+            s.close()
+        return min(times)
+
+    alone, followed = [], []
+    for _ in range(3):
+        alone.append(best_of(0))
+        followed.append(best_of(50))
+    assert min(followed) < 2 * min(alone), (min(followed), min(alone))
 
 
 def test_flows_per_second():

@@ -185,7 +185,7 @@ class LostCount(_message.Message):
     def __init__(self, stage: _Optional[_Union[LostStage, str]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ServerStatusResponse(_message.Message):
-    __slots__ = ("num_flows", "max_flows", "seen_flows", "lost", "uptime_ns", "node_name", "version", "interfaces", "flows_per_second", "datapath_errors", "metadata_source", "metadata_stale", "metadata_error", "exporter_error")
+    __slots__ = ("num_flows", "max_flows", "seen_flows", "lost", "uptime_ns", "node_name", "version", "interfaces", "flows_per_second", "datapath_errors", "metadata_source", "metadata_stale", "metadata_error", "exporter_error", "datapath_state", "datapath_error", "interface_notes")
     class DatapathErrorsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +207,9 @@ class ServerStatusResponse(_message.Message):
     METADATA_STALE_FIELD_NUMBER: _ClassVar[int]
     METADATA_ERROR_FIELD_NUMBER: _ClassVar[int]
     EXPORTER_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DATAPATH_STATE_FIELD_NUMBER: _ClassVar[int]
+    DATAPATH_ERROR_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_NOTES_FIELD_NUMBER: _ClassVar[int]
     num_flows: int
     max_flows: int
     seen_flows: int
@@ -221,7 +224,20 @@ class ServerStatusResponse(_message.Message):
     metadata_stale: bool
     metadata_error: str
     exporter_error: str
-    def __init__(self, num_flows: _Optional[int] = ..., max_flows: _Optional[int] = ..., seen_flows: _Optional[int] = ..., lost: _Optional[_Iterable[_Union[LostCount, _Mapping]]] = ..., uptime_ns: _Optional[int] = ..., node_name: _Optional[str] = ..., version: _Optional[str] = ..., interfaces: _Optional[_Iterable[_Union[_flow_pb2.Interface, _Mapping]]] = ..., flows_per_second: _Optional[float] = ..., datapath_errors: _Optional[_Mapping[str, int]] = ..., metadata_source: _Optional[str] = ..., metadata_stale: _Optional[bool] = ..., metadata_error: _Optional[str] = ..., exporter_error: _Optional[str] = ...) -> None: ...
+    datapath_state: str
+    datapath_error: str
+    interface_notes: _containers.RepeatedCompositeFieldContainer[InterfaceNote]
+    def __init__(self, num_flows: _Optional[int] = ..., max_flows: _Optional[int] = ..., seen_flows: _Optional[int] = ..., lost: _Optional[_Iterable[_Union[LostCount, _Mapping]]] = ..., uptime_ns: _Optional[int] = ..., node_name: _Optional[str] = ..., version: _Optional[str] = ..., interfaces: _Optional[_Iterable[_Union[_flow_pb2.Interface, _Mapping]]] = ..., flows_per_second: _Optional[float] = ..., datapath_errors: _Optional[_Mapping[str, int]] = ..., metadata_source: _Optional[str] = ..., metadata_stale: _Optional[bool] = ..., metadata_error: _Optional[str] = ..., exporter_error: _Optional[str] = ..., datapath_state: _Optional[str] = ..., datapath_error: _Optional[str] = ..., interface_notes: _Optional[_Iterable[_Union[InterfaceNote, _Mapping]]] = ...) -> None: ...
+
+class InterfaceNote(_message.Message):
+    __slots__ = ("interface", "hook", "note")
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    HOOK_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    interface: str
+    hook: str
+    note: str
+    def __init__(self, interface: _Optional[str] = ..., hook: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class GetNodesRequest(_message.Message):
     __slots__ = ()
