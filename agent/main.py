@@ -1,7 +1,8 @@
 """`podflow agent`: wires the node agent's stages together and runs them until a signal.
 
     datapath (kernel maps, ring buffer) -> annotate (outcomes, DNS) -> enrich (Kubernetes,
-    conntrack) -> flow store -> gRPC Observer, Hubble API / flow log exporter / metrics
+    conntrack; NetworkPolicy verdicts judged inside it by the policy stage) -> flow store ->
+    gRPC Observer, Hubble API / flow log exporter / metrics
 
 The flags and their checks live in agent/config (one section per stage); this module reads
 them once, hands each stage its section, connects the stages, starts them in data-flow order
@@ -111,11 +112,15 @@ def build_stages(config: agent_config.AgentConfig, stats: AgentStats) -> list[St
     from agent.flowstore import FlowStore
     from agent.observer.hubble.server import from_config as hubble_server
     from agent.observer.server import ObserverServer
+    from agent.policy.stage import PolicyStage
 
     store = FlowStore(config.store, stats)
     annotator = Annotator(config.annotate, stats)
     enricher = Enricher.from_config(config.metadata, stats,
                                     flow_idle_timeout_s=config.datapath.idle_timeout_s)
+    policy = PolicyStage.from_config(config.policy, enricher.state, stats)
+    if policy is not None:
+        enricher.use_judge(policy.judge)   # verdicts are judged where names are found
 
     def pipeline(flows: list) -> None:
         """Called by the datapath's reader thread with each batch of decoded flows."""
@@ -123,7 +128,7 @@ def build_stages(config: agent_config.AgentConfig, stats: AgentStats) -> list[St
         enricher.enrich(flows)
         store.extend(flows)
 
-    stages: list[Stage] = [enricher]
+    stages: list[Stage] = [enricher] + ([policy] if policy is not None else [])
     if config.observer.enabled:
         stages.append(ObserverServer(config.observer, store, stats))
     hubble = hubble_server(config.hubble, config.observer, store, stats, enricher.state)

@@ -29,6 +29,7 @@ from tui.flows_view import FlowsView
 from tui.messages import (DetailFetched, EngineFailed, ExportFinished, NodeConnected, NodeGone,
                           NodeLost, SnapshotBuilt)
 from tui.nodes_view import NodesView
+from tui.policies_view import PoliciesView
 from tui.services_view import ServicesView
 from tui.snapshot import Snapshot, ViewState
 from tui.status_bar import StatusBar
@@ -40,7 +41,8 @@ __all__ = ["AppConfig", "KubernetesOptions", "PodflowApp", "create_app"]
 # update comes first instead of queuing behind a redraw of the whole table.
 KEY_QUIET_S = 0.15
 
-VIEWS = {"flows": "Flows", "top": "Top", "services": "Services", "nodes": "Nodes"}
+VIEWS = {"flows": "Flows", "top": "Top", "services": "Services", "nodes": "Nodes",
+         "policies": "Policies"}
 _EVENTS = {"connected": NodeConnected, "lost": NodeLost, "gone": NodeGone}
 
 
@@ -55,6 +57,7 @@ class PodflowApp(App):
         Binding("2", "view('top')", "Top"),
         Binding("3", "view('services')", "Services"),
         Binding("4", "view('nodes')", "Nodes"),
+        Binding("5", "view('policies')", "Policies"),
         Binding("slash", "open_filter", "Filter"),
         Binding("space", "pause", "Pause/Live"),
         Binding("d", "detail", "Detail"),
@@ -110,6 +113,7 @@ class PodflowApp(App):
             yield TopView(id="top")
             yield ServicesView(id="services")
             yield NodesView(id="nodes")
+            yield PoliciesView(id="policies")
         yield FilterLine(id="filter-line")
         yield StatusBar(id="status-bar")
         yield Footer()

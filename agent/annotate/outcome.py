@@ -88,6 +88,11 @@ class _Conn:
     outcome: int = _OUTCOME_UNKNOWN
 
 
+# The Flow fields the enrich stage (and the policy verdict within it) fills.
+_ENRICHED = ("source", "destination", "category", "service", "backend", "translation",
+             "policy")
+
+
 class OutcomeTracker:
     """Outcome state per connection, bounded: the oldest connection is forgotten first
     (`evicted` counts them) and finished ones are forgotten `linger_s` after their end."""
@@ -221,6 +226,11 @@ class OutcomeTracker:
     def _final_record(last: flow_pb2.Flow, outcome: int) -> flow_pb2.Flow:
         record = flow_pb2.Flow()
         record.CopyFrom(last)
+        # `last` went through the whole pipeline; this copy goes through it again, and
+        # enrichment merges what it knows into a record: drop what it filled, or its
+        # repeated fields (labels, policies) would be doubled.
+        for name in _ENRICHED:
+            record.ClearField(name)
         record.packets = 0
         record.bytes = 0
         record.outcome = outcome

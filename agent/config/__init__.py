@@ -3,7 +3,7 @@ fields carry the defaults, the help and the checks of the `podflow agent` flags.
 
     config = AgentConfig.from_args(namespace)
     config.agent  config.datapath  config.annotate  config.observer  config.store
-    config.metadata  config.flow_log  config.metrics
+    config.metadata  config.policy  config.flow_log  config.metrics
 
 Why: a flag's default used to be written where the flag was added and again wherever a stage
 read it (`getattr(args, "idle_timeout", 15.0)`, four times). Here each flag is declared once,
@@ -232,7 +232,8 @@ class MetadataSection(Section):
         "--metadata", default_factory=default_metadata_source, metavar="kubernetes|none|FILE",
         help="where pod, Service and node names come from: the Kubernetes API (list+watch), "
              "`none`, or a FILE with the JSON/YAML printed by `kubectl get "
-             "pods,services,endpointslices,nodes -A -o json`, reloaded when it changes "
+             "pods,services,endpointslices,nodes,namespaces,networkpolicies -A -o json`, "
+             "reloaded when it changes "
              "(default: kubernetes inside a cluster, else none)")
     kubeconfig: str | None = option(
         "--kubeconfig", None, metavar="PATH",
@@ -259,6 +260,23 @@ class MetadataSection(Section):
         if not os.path.isfile(self.source):
             raise ConfigError(f"--metadata {self.source}: not `kubernetes`, `none` or an "
                               "existing file")
+
+
+@dataclass(frozen=True)
+class PolicySection(Section):
+    """agent.policy: a NetworkPolicy verdict on every record (needs metadata)."""
+
+    GROUP = "NetworkPolicy (which policy allowed or denied each connection)"
+
+    enabled: bool = option(
+        "--policy", True, action=argparse.BooleanOptionalAction,
+        help="judge every connection by the cluster's NetworkPolicies (networking.k8s.io/v1) "
+             "and say whether the CNI enforced the verdict; needs --metadata kubernetes or a "
+             "FILE (default: on)")
+    max_cached: int = option(
+        "--policy-cache-size", 65536, type=int, metavar="N", check=at_least(1024),
+        help="verdicts, identities and addresses each cache holds before it starts over "
+             "(default: {default})")
 
 
 _FLOW_LOG = "flow-log-"
@@ -360,6 +378,7 @@ class AgentConfig:
     hubble: HubbleSection = field(default_factory=HubbleSection)
     store: StoreSection = field(default_factory=StoreSection)
     metadata: MetadataSection = field(default_factory=MetadataSection)
+    policy: PolicySection = field(default_factory=PolicySection)
     flow_log: FlowLogSection = field(default_factory=FlowLogSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from agent.enrich.conntrack import Conntrack, open_conntrack
 from agent.enrich.k8s.filesource import FileSource
 from agent.enrich.k8s.state import ClusterState
-from agent.enrich.names import FlowEnricher
+from agent.enrich.names import ConnectionJudge, FlowEnricher
 from agent.errors import PodflowError
 from agent.stage import Stage
 from agent.stats import AgentStats
@@ -36,12 +36,19 @@ class Enricher(Stage):
         self._use_conntrack = use_conntrack
         self._conntrack_grace_s = conntrack_grace_s
         self._conntrack: Conntrack | None = None
+        self._judge: ConnectionJudge | None = None
         self._enricher = FlowEnricher(state, None)
+
+    def use_judge(self, judge: ConnectionJudge) -> None:
+        """Give every new connection a NetworkPolicy verdict from `judge` (the policy stage,
+        built after this one: stages never import later ones, main.py connects them)."""
+        self._judge = judge
+        self._enricher = FlowEnricher(self.state, self._conntrack, judge=judge)
 
     def start(self) -> None:
         if self._use_conntrack:
             self._conntrack = open_conntrack(event_grace_s=self._conntrack_grace_s)
-        self._enricher = FlowEnricher(self.state, self._conntrack)
+        self._enricher = FlowEnricher(self.state, self._conntrack, judge=self._judge)
         if self._source is not None:
             try:
                 self._source.start()

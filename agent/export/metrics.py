@@ -29,6 +29,7 @@ from agent.errors import ConfigError
 from agent.stage import Stage
 from agent.stats import AgentStats
 from agent.wire.counting import counts_once, veth_sender
+from agent.wire.flowtext import denying_policies, policy_finding_word, policy_names
 from podflow_api.v1 import flow_pb2, observer_pb2
 
 if TYPE_CHECKING:
@@ -89,6 +90,10 @@ class FlowCounters:
         # label values -> [flows, packets, bytes, last update (monotonic ns)]
         self._series: dict[tuple[str, ...], list[int]] = {}
         self._drops: dict[str, list[int]] = {}  # drop reason -> [packets, bytes, last update]
+        # (policy, verdict or finding) -> [records, last update]: NetworkPolicy verdicts of
+        # counted records, and every record that showed a finding (bounded like the rest).
+        self._policy: dict[tuple[str, str], list[int]] = {}
+        self._findings: dict[tuple[str, str], list[int]] = {}
         self.overflow_key = tuple(OVERFLOW for _ in labels)
         self.skipped = 0  # flows this consumer fell too far behind to read
         # Source IPs seen leaving a pod veth on this node (-> last seen), for agents without
@@ -118,7 +123,10 @@ class FlowCounters:
                     drop[0] += flow.packets
                     drop[1] += flow.bytes
                     drop[2] = now
-                if not self.counts(flow):
+                counted = self.counts(flow)
+                if flow.HasField("policy"):
+                    self._add_policy(flow, counted, now)
+                if not counted:
                     continue
                 key = tuple(read(flow) for read in readers)
                 entry = series.get(key)
@@ -135,8 +143,37 @@ class FlowCounters:
                 entry[2] += flow.bytes
                 entry[3] = now
 
+    def _add_policy(self, flow: flow_pb2.Flow, counted: bool, now: int) -> None:
+        """Per policy the record names: its verdict (a counted record: one per packet, as
+        the flow families), and what the record showed (enforced, not-enforced: the
+        denying policies; dropped-otherwise: the allowing ones), every record that shows it."""
+        denying = denying_policies(flow)
+        finding = policy_finding_word(flow)
+        for name in policy_names(flow):
+            denied = name in denying
+            if counted:
+                self._bump(self._policy, (name, "denied" if denied else "allowed"), now)
+            if finding and denied == (finding != "dropped-otherwise"):
+                self._bump(self._findings, (name, finding), now)
+
+    def _bump(self, family: dict, key: tuple[str, str], now: int) -> None:
+        entry = family.get(key)
+        if entry is None:
+            if len(self._policy) + len(self._findings) >= self.max_series:
+                self._expire(now)
+            if len(self._policy) + len(self._findings) >= self.max_series:
+                key = (OVERFLOW, OVERFLOW)
+                entry = family.get(key)
+            if entry is None:
+                entry = family[key] = [0, 0]
+        entry[0] += 1
+        entry[1] = now
+
     def _expire(self, now: int) -> None:
         cutoff = now - self.ttl_ns
+        for family in (self._policy, self._findings):
+            for key in [k for k, v in family.items() if v[1] < cutoff]:
+                del family[key]
         for key in [k for k, v in self._series.items() if v[3] < cutoff]:
             del self._series[key]
         for key in [k for k, v in self._drops.items() if v[2] < cutoff]:
@@ -149,6 +186,12 @@ class FlowCounters:
             self._expire(time.monotonic_ns())
             return ({k: list(v) for k, v in self._series.items()},
                     {k: list(v) for k, v in self._drops.items()})
+
+    def policy_snapshot(self) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+        """(policy, verdict) -> counted records; (policy, finding) -> records."""
+        with self._lock:
+            return ({k: v[0] for k, v in self._policy.items()},
+                    {k: v[0] for k, v in self._findings.items()})
 
 
 class _Collector:
@@ -180,6 +223,22 @@ class _Collector:
         yield flows
         yield packets
         yield bytes_
+
+        verdicts, findings = self.counters.policy_snapshot()
+        family = CounterMetricFamily(
+            "podflow_policy_verdicts", "Flow records (counted as podflow_flows: one per packet) "
+            "whose connection a NetworkPolicy allowed or denied", labels=["policy", "verdict"])
+        for (name, verdict), count in sorted(verdicts.items()):
+            family.add_metric([name, verdict], count)
+        yield family
+        family = CounterMetricFamily(
+            "podflow_policy_findings", "Flow records showing what became of a NetworkPolicy "
+            "verdict: enforced (denied and dropped), not-enforced (denied but delivered: the "
+            "CNI does not enforce the policy), dropped-otherwise (allowed but dropped)",
+            labels=["policy", "finding"])
+        for (name, finding), count in sorted(findings.items()):
+            family.add_metric([name, finding], count)
+        yield family
 
         drop_packets = CounterMetricFamily("podflow_drops", "Dropped packets by kernel drop reason",
                                            labels=["reason"])

@@ -39,6 +39,9 @@ class Pod(InNetns):
     host_network: bool = False
     uid: str = ""
     resource_version: int = 0
+    # (name, port, protocol) the metadata declares as container ports: what a
+    # NetworkPolicy's named port resolves to.
+    container_ports: list[tuple[str, int, str]] = field(default_factory=list)
 
     @property
     def key(self) -> str:

@@ -57,6 +57,8 @@ RESOURCES = (
     Resource("Namespace", "namespaces", "CoreV1Api", "list_namespace", False),
     Resource("ReplicaSet", "replicasets.apps", "AppsV1Api", "list_replica_set_for_all_namespaces", False),
     Resource("Job", "jobs.batch", "BatchV1Api", "list_job_for_all_namespaces", False),
+    Resource("NetworkPolicy", "networkpolicies.networking.k8s.io", "NetworkingV1Api",
+             "list_network_policy_for_all_namespaces", False),
 )
 
 
@@ -234,6 +236,15 @@ def _short(exc: Exception) -> str:
     return str(reason or exc)
 
 
+# What an optional resource that cannot be read costs (the warning says it).
+_WITHOUT = {
+    "Namespace": "namespaceSelectors of NetworkPolicies see only kubernetes.io/metadata.name",
+    "ReplicaSet": "workloads are named without ReplicaSet (Deployments by pod-template-hash)",
+    "Job": "workloads are named without Job (a CronJob's pods name their Job)",
+    "NetworkPolicy": "NetworkPolicy verdicts are not evaluated (flows carry none)",
+}
+
+
 class _Health:
     """Folds the reflectors' states into AgentStats.metadata_stale / metadata_error."""
 
@@ -262,7 +273,8 @@ class _Health:
         """A problem that leaves the metadata usable (an optional resource is forbidden)."""
         with self._lock:
             if self._warnings.get(reflector.spec.resource) != message:
-                log.warning("%s; workloads are named without %s", message, reflector.spec.kind)
+                log.warning("%s; %s", message, _WITHOUT.get(reflector.spec.kind,
+                                                            f"going on without {reflector.spec.kind}"))
             self._warnings[reflector.spec.resource] = message
             self._publish()
 

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from podflow_api.v1 import flow_pb2 as podflow__api_dot_v1_dot_flow__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpodflow_api/v1/observer.proto\x12\npodflow.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19podflow_api/v1/flow.proto\"\xa1\x06\n\nFlowFilter\x12\x11\n\tsource_ip\x18\x01 \x03(\t\x12\x16\n\x0e\x64\x65stination_ip\x18\x02 \x03(\t\x12\x12\n\nsource_pod\x18\x03 \x03(\t\x12\x17\n\x0f\x64\x65stination_pod\x18\x04 \x03(\t\x12\x18\n\x10source_namespace\x18\x05 \x03(\t\x12\x1d\n\x15\x64\x65stination_namespace\x18\x06 \x03(\t\x12\x14\n\x0csource_label\x18\x07 \x03(\t\x12\x19\n\x11\x64\x65stination_label\x18\x08 \x03(\t\x12\x16\n\x0esource_service\x18\t \x03(\t\x12\x1b\n\x13\x64\x65stination_service\x18\n \x03(\t\x12\x17\n\x0fsource_workload\x18\x0b \x03(\t\x12\x1c\n\x14\x64\x65stination_workload\x18\x0c \x03(\t\x12\x13\n\x0bsource_port\x18\r \x03(\t\x12\x18\n\x10\x64\x65stination_port\x18\x0e \x03(\t\x12\x10\n\x08protocol\x18\x0f \x03(\t\x12\x11\n\ttcp_flags\x18\x10 \x03(\t\x12$\n\x07verdict\x18\x11 \x03(\x0e\x32\x13.podflow.v1.Verdict\x12\x37\n\x11traffic_direction\x18\x12 \x03(\x0e\x32\x1c.podflow.v1.TrafficDirection\x12\x37\n\x11observation_point\x18\x13 \x03(\x0e\x32\x1c.podflow.v1.ObservationPoint\x12\x11\n\tinterface\x18\x14 \x03(\t\x12\x11\n\tnode_name\x18\x15 \x03(\t\x12)\n\nip_version\x18\x16 \x03(\x0e\x32\x15.podflow.v1.IPVersion\x12*\n\x08\x63\x61tegory\x18\x17 \x03(\x0e\x32\x18.podflow.v1.FlowCategory\x12\x13\n\x0b\x64rop_reason\x18\x18 \x03(\t\x12.\n\x07outcome\x18\x19 \x03(\x0e\x32\x1d.podflow.v1.ConnectionOutcome\x12\x11\n\tdns_query\x18\x1a \x03(\t\x12\x0f\n\x07service\x18\x1b \x03(\t\x12\x13\n\x0bserver_port\x18\x1c \x03(\t\"\x9b\x02\n\x0fGetFlowsRequest\x12\x0e\n\x06number\x18\x01 \x01(\x04\x12\r\n\x05\x66irst\x18\x02 \x01(\x08\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\tallowlist\x18\x06 \x03(\x0b\x32\x16.podflow.v1.FlowFilter\x12(\n\x08\x64\x65nylist\x18\x07 \x03(\x0b\x32\x16.podflow.v1.FlowFilter\x12.\n\nfield_mask\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\xa0\x01\n\nLostEvents\x12$\n\x05stage\x18\x01 \x01(\x0e\x32\x15.podflow.v1.LostStage\x12\x17\n\x0fnum_events_lost\x18\x02 \x01(\x04\x12)\n\x05\x66irst\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x04last\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\\\n\x0fNodeStatusEvent\x12$\n\x05state\x18\x01 \x01(\x0e\x32\x15.podflow.v1.NodeState\x12\x12\n\nnode_names\x18\x02 \x03(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xe6\x01\n\x10GetFlowsResponse\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x04\x66low\x18\x03 \x01(\x0b\x32\x10.podflow.v1.FlowH\x00\x12-\n\x0blost_events\x18\x04 \x01(\x0b\x32\x16.podflow.v1.LostEventsH\x00\x12\x32\n\x0bnode_status\x18\x05 \x01(\x0b\x32\x1b.podflow.v1.NodeStatusEventH\x00\x42\x10\n\x0eresponse_types\"@\n\rGetFlowsBatch\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.podflow.v1.GetFlowsResponse\"\x15\n\x13ServerStatusRequest\"@\n\tLostCount\x12$\n\x05stage\x18\x01 \x01(\x0e\x32\x15.podflow.v1.LostStage\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\xbc\x04\n\x14ServerStatusResponse\x12\x11\n\tnum_flows\x18\x01 \x01(\x04\x12\x11\n\tmax_flows\x18\x02 \x01(\x04\x12\x12\n\nseen_flows\x18\x03 \x01(\x04\x12#\n\x04lost\x18\x04 \x03(\x0b\x32\x15.podflow.v1.LostCount\x12\x11\n\tuptime_ns\x18\x05 \x01(\x04\x12\x11\n\tnode_name\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\x12)\n\ninterfaces\x18\x08 \x03(\x0b\x32\x15.podflow.v1.Interface\x12\x18\n\x10\x66lows_per_second\x18\t \x01(\x01\x12M\n\x0f\x64\x61tapath_errors\x18\n \x03(\x0b\x32\x34.podflow.v1.ServerStatusResponse.DatapathErrorsEntry\x12\x17\n\x0fmetadata_source\x18\x0b \x01(\t\x12\x16\n\x0emetadata_stale\x18\x0c \x01(\x08\x12\x16\n\x0emetadata_error\x18\r \x01(\t\x12\x16\n\x0e\x65xporter_error\x18\x0e \x01(\t\x12\x16\n\x0e\x64\x61tapath_state\x18\x0f \x01(\t\x12\x16\n\x0e\x64\x61tapath_error\x18\x10 \x01(\t\x12\x32\n\x0finterface_notes\x18\x11 \x03(\x0b\x32\x19.podflow.v1.InterfaceNote\x1a\x35\n\x13\x44\x61tapathErrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\">\n\rInterfaceNote\x12\x11\n\tinterface\x18\x01 \x01(\t\x12\x0c\n\x04hook\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\"\x11\n\x0fGetNodesRequest\"\xa9\x01\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12$\n\x05state\x18\x04 \x01(\x0e\x32\x15.podflow.v1.NodeState\x12\x11\n\tuptime_ns\x18\x05 \x01(\x04\x12\x11\n\tnum_flows\x18\x06 \x01(\x04\x12\x11\n\tmax_flows\x18\x07 \x01(\x04\x12\x12\n\nseen_flows\x18\x08 \x01(\x04\"3\n\x10GetNodesResponse\x12\x1f\n\x05nodes\x18\x01 \x03(\x0b\x32\x10.podflow.v1.Node*\xc7\x01\n\tLostStage\x12\x16\n\x12LOST_STAGE_UNKNOWN\x10\x00\x12\x16\n\x12KERNEL_RING_BUFFER\x10\x01\x12\x13\n\x0fKERNEL_FLOW_MAP\x10\x02\x12\x0f\n\x0b\x41GENT_QUEUE\x10\x03\x12\x10\n\x0c\x43LIENT_QUEUE\x10\x04\x12\x12\n\x0e\x45XPORTER_QUEUE\x10\x05\x12\x12\n\x0e\x45XPORTER_WRITE\x10\x06\x12\x13\n\x0fKERNEL_DROP_MAP\x10\x07\x12\x15\n\x11STORE_OVERWRITTEN\x10\x08*s\n\tNodeState\x12\x16\n\x12NODE_STATE_UNKNOWN\x10\x00\x12\x12\n\x0eNODE_CONNECTED\x10\x01\x12\x14\n\x10NODE_UNAVAILABLE\x10\x02\x12\x15\n\x11NODE_RECONNECTING\x10\x03\x12\r\n\tNODE_GONE\x10\x04\x32\xba\x02\n\x08Observer\x12G\n\x08GetFlows\x12\x1b.podflow.v1.GetFlowsRequest\x1a\x1c.podflow.v1.GetFlowsResponse0\x01\x12K\n\x0fGetFlowsBatched\x12\x1b.podflow.v1.GetFlowsRequest\x1a\x19.podflow.v1.GetFlowsBatch0\x01\x12Q\n\x0cServerStatus\x12\x1f.podflow.v1.ServerStatusRequest\x1a .podflow.v1.ServerStatusResponse\x12\x45\n\x08GetNodes\x12\x1b.podflow.v1.GetNodesRequest\x1a\x1c.podflow.v1.GetNodesResponseB-Z+github.com/podflow/podflow/api/v1;podflowv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpodflow_api/v1/observer.proto\x12\npodflow.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19podflow_api/v1/flow.proto\"\xc9\x06\n\nFlowFilter\x12\x11\n\tsource_ip\x18\x01 \x03(\t\x12\x16\n\x0e\x64\x65stination_ip\x18\x02 \x03(\t\x12\x12\n\nsource_pod\x18\x03 \x03(\t\x12\x17\n\x0f\x64\x65stination_pod\x18\x04 \x03(\t\x12\x18\n\x10source_namespace\x18\x05 \x03(\t\x12\x1d\n\x15\x64\x65stination_namespace\x18\x06 \x03(\t\x12\x14\n\x0csource_label\x18\x07 \x03(\t\x12\x19\n\x11\x64\x65stination_label\x18\x08 \x03(\t\x12\x16\n\x0esource_service\x18\t \x03(\t\x12\x1b\n\x13\x64\x65stination_service\x18\n \x03(\t\x12\x17\n\x0fsource_workload\x18\x0b \x03(\t\x12\x1c\n\x14\x64\x65stination_workload\x18\x0c \x03(\t\x12\x13\n\x0bsource_port\x18\r \x03(\t\x12\x18\n\x10\x64\x65stination_port\x18\x0e \x03(\t\x12\x10\n\x08protocol\x18\x0f \x03(\t\x12\x11\n\ttcp_flags\x18\x10 \x03(\t\x12$\n\x07verdict\x18\x11 \x03(\x0e\x32\x13.podflow.v1.Verdict\x12\x37\n\x11traffic_direction\x18\x12 \x03(\x0e\x32\x1c.podflow.v1.TrafficDirection\x12\x37\n\x11observation_point\x18\x13 \x03(\x0e\x32\x1c.podflow.v1.ObservationPoint\x12\x11\n\tinterface\x18\x14 \x03(\t\x12\x11\n\tnode_name\x18\x15 \x03(\t\x12)\n\nip_version\x18\x16 \x03(\x0e\x32\x15.podflow.v1.IPVersion\x12*\n\x08\x63\x61tegory\x18\x17 \x03(\x0e\x32\x18.podflow.v1.FlowCategory\x12\x13\n\x0b\x64rop_reason\x18\x18 \x03(\t\x12.\n\x07outcome\x18\x19 \x03(\x0e\x32\x1d.podflow.v1.ConnectionOutcome\x12\x11\n\tdns_query\x18\x1a \x03(\t\x12\x0f\n\x07service\x18\x1b \x03(\t\x12\x13\n\x0bserver_port\x18\x1c \x03(\t\x12\x16\n\x0epolicy_verdict\x18\x1d \x03(\t\x12\x0e\n\x06policy\x18\x1e \x03(\t\"\x9b\x02\n\x0fGetFlowsRequest\x12\x0e\n\x06number\x18\x01 \x01(\x04\x12\r\n\x05\x66irst\x18\x02 \x01(\x08\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\tallowlist\x18\x06 \x03(\x0b\x32\x16.podflow.v1.FlowFilter\x12(\n\x08\x64\x65nylist\x18\x07 \x03(\x0b\x32\x16.podflow.v1.FlowFilter\x12.\n\nfield_mask\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\xa0\x01\n\nLostEvents\x12$\n\x05stage\x18\x01 \x01(\x0e\x32\x15.podflow.v1.LostStage\x12\x17\n\x0fnum_events_lost\x18\x02 \x01(\x04\x12)\n\x05\x66irst\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x04last\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\\\n\x0fNodeStatusEvent\x12$\n\x05state\x18\x01 \x01(\x0e\x32\x15.podflow.v1.NodeState\x12\x12\n\nnode_names\x18\x02 \x03(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xe6\x01\n\x10GetFlowsResponse\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x04\x66low\x18\x03 \x01(\x0b\x32\x10.podflow.v1.FlowH\x00\x12-\n\x0blost_events\x18\x04 \x01(\x0b\x32\x16.podflow.v1.LostEventsH\x00\x12\x32\n\x0bnode_status\x18\x05 \x01(\x0b\x32\x1b.podflow.v1.NodeStatusEventH\x00\x42\x10\n\x0eresponse_types\"@\n\rGetFlowsBatch\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.podflow.v1.GetFlowsResponse\"\x15\n\x13ServerStatusRequest\"@\n\tLostCount\x12$\n\x05stage\x18\x01 \x01(\x0e\x32\x15.podflow.v1.LostStage\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\xbc\x04\n\x14ServerStatusResponse\x12\x11\n\tnum_flows\x18\x01 \x01(\x04\x12\x11\n\tmax_flows\x18\x02 \x01(\x04\x12\x12\n\nseen_flows\x18\x03 \x01(\x04\x12#\n\x04lost\x18\x04 \x03(\x0b\x32\x15.podflow.v1.LostCount\x12\x11\n\tuptime_ns\x18\x05 \x01(\x04\x12\x11\n\tnode_name\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\x12)\n\ninterfaces\x18\x08 \x03(\x0b\x32\x15.podflow.v1.Interface\x12\x18\n\x10\x66lows_per_second\x18\t \x01(\x01\x12M\n\x0f\x64\x61tapath_errors\x18\n \x03(\x0b\x32\x34.podflow.v1.ServerStatusResponse.DatapathErrorsEntry\x12\x17\n\x0fmetadata_source\x18\x0b \x01(\t\x12\x16\n\x0emetadata_stale\x18\x0c \x01(\x08\x12\x16\n\x0emetadata_error\x18\r \x01(\t\x12\x16\n\x0e\x65xporter_error\x18\x0e \x01(\t\x12\x16\n\x0e\x64\x61tapath_state\x18\x0f \x01(\t\x12\x16\n\x0e\x64\x61tapath_error\x18\x10 \x01(\t\x12\x32\n\x0finterface_notes\x18\x11 \x03(\x0b\x32\x19.podflow.v1.InterfaceNote\x1a\x35\n\x13\x44\x61tapathErrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\">\n\rInterfaceNote\x12\x11\n\tinterface\x18\x01 \x01(\t\x12\x0c\n\x04hook\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\"\x11\n\x0fGetNodesRequest\"\xa9\x01\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12$\n\x05state\x18\x04 \x01(\x0e\x32\x15.podflow.v1.NodeState\x12\x11\n\tuptime_ns\x18\x05 \x01(\x04\x12\x11\n\tnum_flows\x18\x06 \x01(\x04\x12\x11\n\tmax_flows\x18\x07 \x01(\x04\x12\x12\n\nseen_flows\x18\x08 \x01(\x04\"3\n\x10GetNodesResponse\x12\x1f\n\x05nodes\x18\x01 \x03(\x0b\x32\x10.podflow.v1.Node*\xc7\x01\n\tLostStage\x12\x16\n\x12LOST_STAGE_UNKNOWN\x10\x00\x12\x16\n\x12KERNEL_RING_BUFFER\x10\x01\x12\x13\n\x0fKERNEL_FLOW_MAP\x10\x02\x12\x0f\n\x0b\x41GENT_QUEUE\x10\x03\x12\x10\n\x0c\x43LIENT_QUEUE\x10\x04\x12\x12\n\x0e\x45XPORTER_QUEUE\x10\x05\x12\x12\n\x0e\x45XPORTER_WRITE\x10\x06\x12\x13\n\x0fKERNEL_DROP_MAP\x10\x07\x12\x15\n\x11STORE_OVERWRITTEN\x10\x08*s\n\tNodeState\x12\x16\n\x12NODE_STATE_UNKNOWN\x10\x00\x12\x12\n\x0eNODE_CONNECTED\x10\x01\x12\x14\n\x10NODE_UNAVAILABLE\x10\x02\x12\x15\n\x11NODE_RECONNECTING\x10\x03\x12\r\n\tNODE_GONE\x10\x04\x32\xba\x02\n\x08Observer\x12G\n\x08GetFlows\x12\x1b.podflow.v1.GetFlowsRequest\x1a\x1c.podflow.v1.GetFlowsResponse0\x01\x12K\n\x0fGetFlowsBatched\x12\x1b.podflow.v1.GetFlowsRequest\x1a\x19.podflow.v1.GetFlowsBatch0\x01\x12Q\n\x0cServerStatus\x12\x1f.podflow.v1.ServerStatusRequest\x1a .podflow.v1.ServerStatusResponse\x12\x45\n\x08GetNodes\x12\x1b.podflow.v1.GetNodesRequest\x1a\x1c.podflow.v1.GetNodesResponseB-Z+github.com/podflow/podflow/api/v1;podflowv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,38 +37,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z+github.com/podflow/podflow/api/v1;podflowv1'
   _globals['_SERVERSTATUSRESPONSE_DATAPATHERRORSENTRY']._loaded_options = None
   _globals['_SERVERSTATUSRESPONSE_DATAPATHERRORSENTRY']._serialized_options = b'8\001'
-  _globals['_LOSTSTAGE']._serialized_start=2758
-  _globals['_LOSTSTAGE']._serialized_end=2957
-  _globals['_NODESTATE']._serialized_start=2959
-  _globals['_NODESTATE']._serialized_end=3074
+  _globals['_LOSTSTAGE']._serialized_start=2798
+  _globals['_LOSTSTAGE']._serialized_end=2997
+  _globals['_NODESTATE']._serialized_start=2999
+  _globals['_NODESTATE']._serialized_end=3114
   _globals['_FLOWFILTER']._serialized_start=140
-  _globals['_FLOWFILTER']._serialized_end=941
-  _globals['_GETFLOWSREQUEST']._serialized_start=944
-  _globals['_GETFLOWSREQUEST']._serialized_end=1227
-  _globals['_LOSTEVENTS']._serialized_start=1230
-  _globals['_LOSTEVENTS']._serialized_end=1390
-  _globals['_NODESTATUSEVENT']._serialized_start=1392
-  _globals['_NODESTATUSEVENT']._serialized_end=1484
-  _globals['_GETFLOWSRESPONSE']._serialized_start=1487
-  _globals['_GETFLOWSRESPONSE']._serialized_end=1717
-  _globals['_GETFLOWSBATCH']._serialized_start=1719
-  _globals['_GETFLOWSBATCH']._serialized_end=1783
-  _globals['_SERVERSTATUSREQUEST']._serialized_start=1785
-  _globals['_SERVERSTATUSREQUEST']._serialized_end=1806
-  _globals['_LOSTCOUNT']._serialized_start=1808
-  _globals['_LOSTCOUNT']._serialized_end=1872
-  _globals['_SERVERSTATUSRESPONSE']._serialized_start=1875
-  _globals['_SERVERSTATUSRESPONSE']._serialized_end=2447
-  _globals['_SERVERSTATUSRESPONSE_DATAPATHERRORSENTRY']._serialized_start=2394
-  _globals['_SERVERSTATUSRESPONSE_DATAPATHERRORSENTRY']._serialized_end=2447
-  _globals['_INTERFACENOTE']._serialized_start=2449
-  _globals['_INTERFACENOTE']._serialized_end=2511
-  _globals['_GETNODESREQUEST']._serialized_start=2513
-  _globals['_GETNODESREQUEST']._serialized_end=2530
-  _globals['_NODE']._serialized_start=2533
-  _globals['_NODE']._serialized_end=2702
-  _globals['_GETNODESRESPONSE']._serialized_start=2704
-  _globals['_GETNODESRESPONSE']._serialized_end=2755
-  _globals['_OBSERVER']._serialized_start=3077
-  _globals['_OBSERVER']._serialized_end=3391
+  _globals['_FLOWFILTER']._serialized_end=981
+  _globals['_GETFLOWSREQUEST']._serialized_start=984
+  _globals['_GETFLOWSREQUEST']._serialized_end=1267
+  _globals['_LOSTEVENTS']._serialized_start=1270
+  _globals['_LOSTEVENTS']._serialized_end=1430
+  _globals['_NODESTATUSEVENT']._serialized_start=1432
+  _globals['_NODESTATUSEVENT']._serialized_end=1524
+  _globals['_GETFLOWSRESPONSE']._serialized_start=1527
+  _globals['_GETFLOWSRESPONSE']._serialized_end=1757
+  _globals['_GETFLOWSBATCH']._serialized_start=1759
+  _globals['_GETFLOWSBATCH']._serialized_end=1823
+  _globals['_SERVERSTATUSREQUEST']._serialized_start=1825
+  _globals['_SERVERSTATUSREQUEST']._serialized_end=1846
+  _globals['_LOSTCOUNT']._serialized_start=1848
+  _globals['_LOSTCOUNT']._serialized_end=1912
+  _globals['_SERVERSTATUSRESPONSE']._serialized_start=1915
+  _globals['_SERVERSTATUSRESPONSE']._serialized_end=2487
+  _globals['_SERVERSTATUSRESPONSE_DATAPATHERRORSENTRY']._serialized_start=2434
+  _globals['_SERVERSTATUSRESPONSE_DATAPATHERRORSENTRY']._serialized_end=2487
+  _globals['_INTERFACENOTE']._serialized_start=2489
+  _globals['_INTERFACENOTE']._serialized_end=2551
+  _globals['_GETNODESREQUEST']._serialized_start=2553
+  _globals['_GETNODESREQUEST']._serialized_end=2570
+  _globals['_NODE']._serialized_start=2573
+  _globals['_NODE']._serialized_end=2742
+  _globals['_GETNODESRESPONSE']._serialized_start=2744
+  _globals['_GETNODESRESPONSE']._serialized_end=2795
+  _globals['_OBSERVER']._serialized_start=3117
+  _globals['_OBSERVER']._serialized_end=3431
 # @@protoc_insertion_point(module_scope)

@@ -47,7 +47,7 @@ NODE_RECONNECTING: NodeState
 NODE_GONE: NodeState
 
 class FlowFilter(_message.Message):
-    __slots__ = ("source_ip", "destination_ip", "source_pod", "destination_pod", "source_namespace", "destination_namespace", "source_label", "destination_label", "source_service", "destination_service", "source_workload", "destination_workload", "source_port", "destination_port", "protocol", "tcp_flags", "verdict", "traffic_direction", "observation_point", "interface", "node_name", "ip_version", "category", "drop_reason", "outcome", "dns_query", "service", "server_port")
+    __slots__ = ("source_ip", "destination_ip", "source_pod", "destination_pod", "source_namespace", "destination_namespace", "source_label", "destination_label", "source_service", "destination_service", "source_workload", "destination_workload", "source_port", "destination_port", "protocol", "tcp_flags", "verdict", "traffic_direction", "observation_point", "interface", "node_name", "ip_version", "category", "drop_reason", "outcome", "dns_query", "service", "server_port", "policy_verdict", "policy")
     SOURCE_IP_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_IP_FIELD_NUMBER: _ClassVar[int]
     SOURCE_POD_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,8 @@ class FlowFilter(_message.Message):
     DNS_QUERY_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     SERVER_PORT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERDICT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     source_ip: _containers.RepeatedScalarFieldContainer[str]
     destination_ip: _containers.RepeatedScalarFieldContainer[str]
     source_pod: _containers.RepeatedScalarFieldContainer[str]
@@ -104,7 +106,9 @@ class FlowFilter(_message.Message):
     dns_query: _containers.RepeatedScalarFieldContainer[str]
     service: _containers.RepeatedScalarFieldContainer[str]
     server_port: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, source_ip: _Optional[_Iterable[str]] = ..., destination_ip: _Optional[_Iterable[str]] = ..., source_pod: _Optional[_Iterable[str]] = ..., destination_pod: _Optional[_Iterable[str]] = ..., source_namespace: _Optional[_Iterable[str]] = ..., destination_namespace: _Optional[_Iterable[str]] = ..., source_label: _Optional[_Iterable[str]] = ..., destination_label: _Optional[_Iterable[str]] = ..., source_service: _Optional[_Iterable[str]] = ..., destination_service: _Optional[_Iterable[str]] = ..., source_workload: _Optional[_Iterable[str]] = ..., destination_workload: _Optional[_Iterable[str]] = ..., source_port: _Optional[_Iterable[str]] = ..., destination_port: _Optional[_Iterable[str]] = ..., protocol: _Optional[_Iterable[str]] = ..., tcp_flags: _Optional[_Iterable[str]] = ..., verdict: _Optional[_Iterable[_Union[_flow_pb2.Verdict, str]]] = ..., traffic_direction: _Optional[_Iterable[_Union[_flow_pb2.TrafficDirection, str]]] = ..., observation_point: _Optional[_Iterable[_Union[_flow_pb2.ObservationPoint, str]]] = ..., interface: _Optional[_Iterable[str]] = ..., node_name: _Optional[_Iterable[str]] = ..., ip_version: _Optional[_Iterable[_Union[_flow_pb2.IPVersion, str]]] = ..., category: _Optional[_Iterable[_Union[_flow_pb2.FlowCategory, str]]] = ..., drop_reason: _Optional[_Iterable[str]] = ..., outcome: _Optional[_Iterable[_Union[_flow_pb2.ConnectionOutcome, str]]] = ..., dns_query: _Optional[_Iterable[str]] = ..., service: _Optional[_Iterable[str]] = ..., server_port: _Optional[_Iterable[str]] = ...) -> None: ...
+    policy_verdict: _containers.RepeatedScalarFieldContainer[str]
+    policy: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, source_ip: _Optional[_Iterable[str]] = ..., destination_ip: _Optional[_Iterable[str]] = ..., source_pod: _Optional[_Iterable[str]] = ..., destination_pod: _Optional[_Iterable[str]] = ..., source_namespace: _Optional[_Iterable[str]] = ..., destination_namespace: _Optional[_Iterable[str]] = ..., source_label: _Optional[_Iterable[str]] = ..., destination_label: _Optional[_Iterable[str]] = ..., source_service: _Optional[_Iterable[str]] = ..., destination_service: _Optional[_Iterable[str]] = ..., source_workload: _Optional[_Iterable[str]] = ..., destination_workload: _Optional[_Iterable[str]] = ..., source_port: _Optional[_Iterable[str]] = ..., destination_port: _Optional[_Iterable[str]] = ..., protocol: _Optional[_Iterable[str]] = ..., tcp_flags: _Optional[_Iterable[str]] = ..., verdict: _Optional[_Iterable[_Union[_flow_pb2.Verdict, str]]] = ..., traffic_direction: _Optional[_Iterable[_Union[_flow_pb2.TrafficDirection, str]]] = ..., observation_point: _Optional[_Iterable[_Union[_flow_pb2.ObservationPoint, str]]] = ..., interface: _Optional[_Iterable[str]] = ..., node_name: _Optional[_Iterable[str]] = ..., ip_version: _Optional[_Iterable[_Union[_flow_pb2.IPVersion, str]]] = ..., category: _Optional[_Iterable[_Union[_flow_pb2.FlowCategory, str]]] = ..., drop_reason: _Optional[_Iterable[str]] = ..., outcome: _Optional[_Iterable[_Union[_flow_pb2.ConnectionOutcome, str]]] = ..., dns_query: _Optional[_Iterable[str]] = ..., service: _Optional[_Iterable[str]] = ..., server_port: _Optional[_Iterable[str]] = ..., policy_verdict: _Optional[_Iterable[str]] = ..., policy: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetFlowsRequest(_message.Message):
     __slots__ = ("number", "first", "follow", "since", "until", "allowlist", "denylist", "field_mask")
