@@ -112,6 +112,62 @@ BASE_RECIPE = hashlib.sha256((SLIM_DPKG_EXCLUDES + SLIM_APT_CONF + "2").encode()
 BASE_LABEL = "org.podflow.test-base-recipe"
 
 
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def _cgroup_mounts(mountinfo: str) -> list[tuple[str, str, str, str]]:
+    """(mount point, fs type, source, super options) of the cgroup tree in a mountinfo text:
+    the tmpfs holding a v1 hierarchy, each cgroup/cgroup2 hierarchy."""
+    out = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        sep = fields.index("-")
+        point, fstype, source, opts = fields[4], fields[sep + 1], fields[sep + 2], fields[sep + 3]
+        if point == CGROUP_ROOT or point.startswith(CGROUP_ROOT + "/"):
+            if fstype in ("tmpfs", "cgroup", "cgroup2"):
+                out.append((point, fstype, source, opts))
+    return out
+
+
+@contextlib.contextmanager
+def cgroups_for_runc():
+    """runc needs the cgroup tree mounted. A machine booted normally has it (systemd or the
+    init mounts it); a chroot made of non-recursive bind mounts (../shared/tools'
+    fresh-machine check) does not, and runc then fails with "no cgroup mount found in
+    mountinfo". Only then: mount the same hierarchies init has (a cgroup v1 hierarchy mounted
+    twice with the same options is the same hierarchy; cgroup2 as Debian 12 boots when init
+    has none), and unmount them afterwards. Refused where the mount would propagate back to
+    the host (a shared /sys)."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        own = fh.read()
+    if any(fstype in ("cgroup", "cgroup2") for _, fstype, _, _ in _cgroup_mounts(own)):
+        yield []
+        return
+    sys_line = next((line for line in own.splitlines() if line.split()[4] == "/sys"), "")
+    if "shared:" in sys_line:
+        raise PodmanError("no cgroup tree is mounted here and /sys is a shared mount: mounting "
+                          "one would propagate to the host; mount it before the tests")
+    try:
+        with open("/proc/1/mountinfo", encoding="utf-8") as fh:
+            wanted = _cgroup_mounts(fh.read())
+    except OSError:
+        wanted = []
+    if not any(fstype in ("cgroup", "cgroup2") for _, fstype, _, _ in wanted):
+        wanted = [(CGROUP_ROOT, "cgroup2", "cgroup2", "rw")]
+    made: list[str] = []
+    try:
+        for point, fstype, source, opts in wanted:
+            os.makedirs(point, exist_ok=True)
+            options = ",".join(o for o in opts.split(",") if o not in ("rw", "ro"))
+            subprocess.run(["mount", "-t", fstype, *(["-o", options] if options else []),
+                            source, point], check=True, capture_output=True, timeout=30)
+            made.append(point)
+        yield made
+    finally:
+        for point in reversed(made):
+            subprocess.run(["umount", point], check=False, capture_output=True, timeout=30)
+
+
 class PodmanError(AssertionError):
     """A podman step failed; the message has the command and its output. An AssertionError
     so that, as root, a machine that cannot build fails the test instead of skipping it."""

@@ -38,7 +38,8 @@ from agent.lab import Lab
 from tests.enrich.fakeapi import FakeAPIServer
 from tests.in_netns import call_in_netns
 from podman_helpers import (CACHE_DIR, TEST_PREFIX, TEST_REPO, Kubelet, PodmanRun, build_image,
-                            daemonset_run, podman, release_image, rendered_daemonset)
+                            cgroups_for_runc, daemonset_run, podman, release_image,
+                            rendered_daemonset)
 
 pytestmark = pytest.mark.root
 
@@ -53,6 +54,14 @@ CAP_BITS = {"NET_ADMIN": 12, "SYS_ADMIN": 21, "SYS_RESOURCE": 24, "PERFMON": 38,
 
 
 # ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module", autouse=True)
+def runc_cgroups():
+    """The cgroup tree runc needs, mounted for this module only where it is missing (a chroot
+    without it: podman_helpers.cgroups_for_runc)."""
+    with cgroups_for_runc() as made:
+        yield made
+
 
 @pytest.fixture(scope="module")
 def image():
