@@ -108,7 +108,7 @@ Apt::AutoRemove::SuggestsImportant "false";
 """
 
 # A label on the base naming its recipe: a base made by an older recipe is made again.
-BASE_RECIPE = hashlib.sha256((SLIM_DPKG_EXCLUDES + SLIM_APT_CONF + "2").encode()).hexdigest()[:12]
+BASE_RECIPE = hashlib.sha256((SLIM_DPKG_EXCLUDES + SLIM_APT_CONF + "3").encode()).hexdigest()[:12]
 BASE_LABEL = "org.podflow.test-base-recipe"
 
 
@@ -287,6 +287,11 @@ def _slim_and_trust(rootfs: Path) -> None:
     local.mkdir(parents=True, exist_ok=True)
     for cert in Path("/usr/local/share/ca-certificates").glob("*.crt"):
         shutil.copy2(cert, local / cert.name)
+    # The host's whole bundle too, as a local certificate: a build stage that installs
+    # ca-certificates rebuilds the bundle from Mozilla's set plus these files, and a host
+    # whose proxy CA is only in its bundle (a fresh root with the bundle copied in) would
+    # otherwise lose it there. update-ca-certificates appends a local file whole.
+    shutil.copy2("/etc/ssl/certs/ca-certificates.crt", local / "podflow-test-host-bundle.crt")
     (rootfs / "etc/ssl/certs").mkdir(parents=True, exist_ok=True)
     shutil.copy2("/etc/ssl/certs/ca-certificates.crt", rootfs / "etc/ssl/certs/ca-certificates.crt")
 
