@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("agent.main", "run the node agent (eBPF datapath, gRPC Observer, flow log)"),
     "observe": ("agent.client.observe", "print flows from one or more agents"),
     "status": ("agent.client.status", "print an agent's ServerStatus"),
+    "policy": ("agent.client.policy", "NetworkPolicies advised from observed traffic (advise) "
+                                      "and what a change would deny (what-if)"),
     "tui": ("tui.cli", "open the terminal UI over every agent"),
     "demo": ("agent.demo.command", "build a two-node cluster from namespaces and show it live"),
 }

@@ -88,3 +88,16 @@ class ConntrackError(MetadataError, OSError):
 class InvalidRequest(PodflowError, ValueError):
     """A GetFlowsRequest that cannot be served; the message names the field (the Observer
     answers INVALID_ARGUMENT with it)."""
+
+
+# -- NetworkPolicy (agent/policy) --------------------------------------------------------------
+
+class PolicyError(PodflowError, ValueError):
+    """One NetworkPolicy (or document) is malformed: names the object and the field. A
+    ValueError too: a bad value in a file the user wrote."""
+
+    def __init__(self, obj: str, path: str, message: str) -> None:
+        self.obj = obj          # "NetworkPolicy ns/name", or "document 3" when it has no name
+        self.path = path        # e.g. "spec.ingress[0].ports[1].port"; "" for the whole object
+        self.message = message
+        super().__init__(f"{obj}: {path}: {message}" if path else f"{obj}: {message}")

@@ -1,7 +1,8 @@
 """`podflow agent`: wires the node agent's stages together and runs them until a signal.
 
     datapath (kernel maps, ring buffer) -> annotate (outcomes, DNS) -> enrich (Kubernetes,
-    conntrack) -> flow store -> gRPC Observer, Hubble API / flow log exporter / metrics
+    conntrack; NetworkPolicy verdicts judged inside it by the policy stage) -> flow store ->
+    gRPC Observer, Hubble API / flow log exporter / metrics
 
 The flags and their checks live in agent/config (one section per stage); this module reads
 them once, hands each stage its section, connects the stages, starts them in data-flow order
@@ -40,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=config.agent.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not config.agent.log_netlink:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_quiet_netlink)
     stats = AgentStats(node_name=config.agent.node_name, version=__version__)
     from agent.datapath import memory  # noqa: PLC0415 (libc calls: only for the agent)
 
@@ -70,10 +74,34 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, on_hup)
     log.info("podflow agent %s running on node %s", __version__, config.agent.node_name)
     while not stopping.wait(1.0):
-        pass
+        failure = _failure(started)
+        if failure:
+            log.error("%s; stopping", failure)
+            print(f"podflow agent: {failure}", file=sys.stderr)
+            _stop_all(started)
+            return 2
     log.info("stopping")
     _stop_all(started)
     return 0
+
+
+def _failure(started: list[Stage]) -> str | None:
+    """The first running stage that says the agent cannot go on (Stage.failure)."""
+    for stage in started:
+        failure = stage.failure()
+        if failure:
+            return failure
+    return None
+
+
+def _quiet_netlink(record: logging.LogRecord) -> bool:
+    """pyroute2 logs every netlink message it sends and receives at debug (and the asyncio
+    loops it runs say which selector they use): ~95% of a debug log, unasked. Kept from
+    warning up; --log-netlink shows all. A filter on the handler, not a logger level:
+    pyroute2 resets its logger's level when it is imported."""
+    if record.levelno >= logging.WARNING:
+        return True
+    return not record.name.startswith(("pyroute2", "asyncio"))
 
 
 def build_stages(config: agent_config.AgentConfig, stats: AgentStats) -> list[Stage]:
@@ -88,11 +116,15 @@ def build_stages(config: agent_config.AgentConfig, stats: AgentStats) -> list[St
     from agent.flowstore import FlowStore
     from agent.observer.hubble.server import from_config as hubble_server
     from agent.observer.server import ObserverServer
+    from agent.policy.stage import PolicyStage
 
     store = FlowStore(config.store, stats)
     annotator = Annotator(config.annotate, stats)
     enricher = Enricher.from_config(config.metadata, stats,
                                     flow_idle_timeout_s=config.datapath.idle_timeout_s)
+    policy = PolicyStage.from_config(config.policy, enricher.state, stats)
+    if policy is not None:
+        enricher.use_judge(policy.judge)   # verdicts are judged where names are found
 
     def pipeline(records) -> None:
         """Called by the datapath's reader thread with each batch of records (a FlowBatch of
@@ -106,7 +138,7 @@ def build_stages(config: agent_config.AgentConfig, stats: AgentStats) -> list[St
             enricher.enrich(records)
             store.extend(records)
 
-    stages: list[Stage] = [enricher]
+    stages: list[Stage] = [enricher] + ([policy] if policy is not None else [])
     if config.observer.enabled:
         stages.append(ObserverServer(config.observer, store, stats))
     hubble = hubble_server(config.hubble, config.observer, store, stats, enricher.state)

@@ -1,5 +1,6 @@
-"""Counters the whole agent shares: what was lost where, datapath errors, interfaces traced,
-metadata and exporter health.
+"""Counters the whole agent shares: what was lost where, datapath errors, interfaces traced
+(and what limits what podflow sees on them), whether the datapath is tracing, metadata and
+exporter health.
 
 Every stage that can lose or fail reports here, so ServerStatus, in-band lost-events notices,
 the flow log and Prometheus metrics all tell the same story from one place.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from podflow_api.v1 import flow_pb2, observer_pb2
@@ -25,6 +27,23 @@ class LostSpan:
     packets: int = 0
 
 
+# The datapath's life, as readiness sees it: only TRACING means "flows are being counted".
+DATAPATH_STARTING = "starting"   # loading and attaching
+DATAPATH_TRACING = "tracing"     # programs attached, reader running
+DATAPATH_FAILED = "failed"       # could not start, or its reader stopped: nothing is counted
+DATAPATH_STOPPING = "stopping"
+
+
+@dataclass(frozen=True)
+class InterfaceNote:
+    """Something on one hook of a traced interface that limits what podflow sees there (a
+    foreign filter that runs first and may end the chain), or that podflow did about it."""
+
+    interface: str
+    hook: str   # "ingress" or "egress"
+    note: str
+
+
 @dataclass
 class AgentStats:
     """Thread-safe shared counters. Writers call the `add_*`/`set_*` methods; readers
@@ -38,6 +57,10 @@ class AgentStats:
     _datapath_errors: dict[str, int] = field(default_factory=dict, repr=False)
     _agent_errors: dict[str, int] = field(default_factory=dict, repr=False)  # add_error()
     _interfaces: dict[int, str] = field(default_factory=dict, repr=False)
+    _notes: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+    _datapath_state: str = DATAPATH_STARTING
+    datapath_error: str = ""
+    _state_listeners: list = field(default_factory=list, repr=False)
     metadata_source: str = "none"
     metadata_stale: bool = False
     metadata_error: str = ""
@@ -76,6 +99,40 @@ class AgentStats:
                 self._interfaces.pop(ifindex, None)
             else:
                 self._interfaces[ifindex] = name
+
+    def set_interface_notes(self, interface: str, notes: dict[str, str]) -> None:
+        """Replace the notes of one interface ({hook: note}; empty: none any more)."""
+        with self._lock:
+            for key in [k for k in self._notes if k[0] == interface]:
+                del self._notes[key]
+            for hook, note in notes.items():
+                self._notes[(interface, hook)] = note
+
+    def snapshot_notes(self) -> list[InterfaceNote]:
+        with self._lock:
+            return [InterfaceNote(i, h, n) for (i, h), n in sorted(self._notes.items())]
+
+    @property
+    def datapath_state(self) -> str:
+        return self._datapath_state
+
+    def set_datapath_state(self, state: str, error: str = "") -> None:
+        """The datapath moved to `state` (DATAPATH_*); listeners (gRPC health) hear of it
+        at once, on the caller's thread."""
+        with self._lock:
+            changed = state != self._datapath_state or error != self.datapath_error
+            self._datapath_state, self.datapath_error = state, error
+            listeners = list(self._state_listeners)
+        if changed:
+            for listener in listeners:
+                listener(state)
+
+    def on_datapath_state(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(state)` now and at every change of the datapath's state."""
+        with self._lock:
+            self._state_listeners.append(listener)
+            state = self._datapath_state
+        listener(state)
 
     def snapshot_lost(self) -> dict[int, LostSpan]:
         with self._lock:

@@ -1,14 +1,17 @@
 """Enrichment cost: flows/s through the pipeline with and without enrichment (same run, same
-records), memory of the cluster cache for 10,000 pods and 2,000 Services, a netlink
-conntrack lookup's round trip, and the time from a pod's creation on the (fake) API server
-to its flows being named.
+records), and with the NetworkPolicy verdict judged inside it for 500 policies (the policy
+stage's budget: at most 20% of enrichment's throughput), memory of the cluster cache for
+10,000 pods and 2,000 Services, a netlink conntrack lookup's round trip, and the time from a
+pod's creation on the (fake) API server to its flows being named.
 
     .venv/bin/python -m bench.enrich [--pods 10000] [--services 2000] [--flows 100000]
+                                     [--policies 500]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
 import os
 import random
@@ -141,26 +144,52 @@ def paired(flows: list[flow_pb2.Flow]) -> list[flow_pb2.Flow]:
     return out
 
 
+def with_policies(state: ClusterState, count: int, apps: int):
+    """The policy stage over `state` with `count` NetworkPolicies of bench.policy's mix (and
+    its namespaces), as a running agent has it: subscribed, every pod's address learnt."""
+    from agent.policy.stage import PolicyStage
+    from bench.policy import namespaces, policy_manifests
+
+    state.replace("Namespace", namespaces())
+    state.replace("NetworkPolicy", policy_manifests(count, apps))
+    stage = PolicyStage(state, AgentStats("bench", "bench"))
+    stage.start()
+    assert not stage.feed.problems, stage.feed.problems
+    return stage
+
+
 def bench_throughput(state: ClusterState, args) -> list[tuple[str, str]]:
     ct = Conntrack()
     # The event listener has been running (and lost nothing) since before these flows began.
     ct._listening_since_ns = time.time_ns() - 60_000_000_000
     unique = make_flows(args.flows, args.pods, args.services, ct)
     pairs = paired(unique)
+    policy = with_policies(state, args.policies, args.pods // 5) if args.policies else None
     for ip in list(state.pod_by_ip):  # endpoints built once, as in a running agent
         state.peer(ip)
     rows = []
     n = len(unique)
     for label, flows in (("every record a new 5-tuple", unique),
                          ("records in veth+bridge pairs", pairs)):
-        base, enriched = [], []
-        for _ in range(3):  # interleaved, medians: the machine is shared
+        base, enriched, judged = [], [], []
+        for _ in range(args.rounds):  # interleaved, medians: the machine is shared
             base.append(run_pipeline(flows, None))
             enriched.append(run_pipeline(flows, FlowEnricher(state, ct)))
+            if policy is not None:
+                judged.append(run_pipeline(flows, FlowEnricher(state, ct, judge=policy.judge)))
         b, e = statistics.median(base), statistics.median(enriched)
         rows.append((f"{label}: without / with enrichment",
                      f"{n / b:,.0f} / {n / e:,.0f} flows/s of CPU, "
                      f"{(e - b) / n * 1e6:.2f} us CPU per flow"))
+        if policy is not None:
+            # Each round's two runs are neighbours in time: the ratio of a pair is less
+            # disturbed by the machine's other tenants than the ratio of two medians.
+            p = statistics.median(judged)
+            ratio = statistics.median(x / y for x, y in zip(enriched, judged))
+            rows.append((f"{label}: enrichment + NetworkPolicy ({args.policies} policies)",
+                         f"{n / p:,.0f} flows/s of CPU, {(p - e) / n * 1e6:.2f} us CPU per flow "
+                         f"more; {ratio:.2f} of enrichment's throughput (median of the rounds' "
+                         f"ratios; budget >= 0.80)"))
     sample = unique[:1000]
     copies = [flow_pb2.Flow() for _ in sample]
     for c, fl in zip(copies, sample):
@@ -168,6 +197,16 @@ def bench_throughput(state: ClusterState, args) -> list[tuple[str, str]]:
     FlowEnricher(state, ct).enrich(copies)
     named = sum(1 for fl in copies if fl.service.name or fl.destination.pod_name)
     rows.append(("records named (sample of 1,000; ~10% go to the world)", f"{named}"))
+    if policy is not None:
+        from agent.wire.flowtext import policy_verdict_word
+
+        judged_copies = [flow_pb2.Flow() for _ in sample]
+        for c, fl in zip(judged_copies, sample):
+            c.CopyFrom(fl)
+        FlowEnricher(state, ct, judge=policy.judge).enrich(judged_copies)
+        words = collections.Counter(map(policy_verdict_word, judged_copies))
+        rows.append(("policy verdicts (same sample)",
+                     ", ".join(f"{w} {c}" for w, c in words.most_common())))
     return rows
 
 
@@ -251,6 +290,10 @@ def main() -> None:
     parser.add_argument("--services", type=int, default=2_000)
     parser.add_argument("--flows", type=int, default=100_000)
     parser.add_argument("--latency-samples", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved rounds of the throughput rows (medians are shown)")
+    parser.add_argument("--policies", type=int, default=500,
+                        help="NetworkPolicies for the policy row (0: no policy row)")
     args = parser.parse_args()
     rows, state = bench_memory(args)
     rows += bench_throughput(state, args)

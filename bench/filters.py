@@ -14,11 +14,8 @@ ports and protocols. Best of `--repeat` runs, nanoseconds per record.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "observer"))
 
 # (name, allowlist, denylist) as FlowFilter keyword arguments: what `observe` flags send
 ENGINE_CASES = [
@@ -45,7 +42,7 @@ TUI_CASES = ["ns=shop", "pod=cart-*", "port=8000-8100", "proto=tcp,udp", "verdic
 
 
 def _flows(n: int):
-    from observer_flows import make_flow
+    from tests.observer.observer_flows import make_flow
 
     namespaces = ("shop", "web", "db", "kube-system", "batch")
     pods = ("cart-5c7b9d8f4-abcde", "frontend-7d9f8c6b5-x2x4z", "redis-0", "coredns-1",

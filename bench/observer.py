@@ -29,7 +29,6 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "observer"))
 
 STORE = 65535
 HISTORY_UNBATCHED = 10_000  # flows read one per message (podflow's GetFlows, Hubble's)
@@ -55,7 +54,7 @@ def _rss_mib() -> float:
 def serve(listen: str) -> None:
     """Commands on stdin, one JSON answer per line on stdout."""
     _pin(0)
-    from observer_flows import make_flow
+    from tests.observer.observer_flows import make_flow
 
     from agent.config import ObserverSection, StoreSection
     from agent.flowstore import FlowStore

@@ -44,8 +44,9 @@ from podflow_api.v1 import flow_pb2, observer_pb2
 
 from tui.filterexpr import FlowFilter
 from tui.flowkey import PIVOTS, FlowKey, flow_key, pivot_label
-from tui.records import (LIVE_KINDS, STAGE_NAMES, BackendShare, Entry, NodeInfo, ServiceRow,
-                         Summary, TopRow)
+from tui.policy_rows import policy_rows
+from tui.records import (LIVE_KINDS, STAGE_NAMES, BackendShare, Entry, NodeInfo, PolicyRow,
+                         ServiceRow, Summary, TopRow)
 
 __all__ = ["Aggregator", "BackendShare", "Entry", "NodeInfo", "ServiceRow", "Summary",
            "TopRow", "PIVOTS", "SORTS"]
@@ -85,6 +86,7 @@ class Aggregator:
         self._failures: dict[FlowKey, list[int]] = {}       # key -> [no_endpoints, refused, unanswered]
         self._failed_conns: OrderedDict = OrderedDict()     # connections already counted
         self.flows_seen = 0
+        self.policy_catalog = None                         # PolicyCatalog, when given
         self.latest_ns = 0
         self.version = 0                                   # bumps when anything changed
 
@@ -417,6 +419,17 @@ class Aggregator:
             out.append(ServiceRow(name, p, b, f, shares, fails[0], fails[1], fails[2]))
         out.sort(key=lambda r: (-r.bytes, r.name))
         return out
+
+    def set_policy_catalog(self, catalog) -> None:
+        """The cluster's NetworkPolicies (agent.client.policy.PolicyCatalog), for the
+        Policies view's unused rules and untouched policies."""
+        with self._lock:
+            self.policy_catalog = catalog
+            self.version += 1
+
+    def policies(self, flt: FlowFilter) -> list[PolicyRow]:
+        with self._lock:
+            return policy_rows(self._totals.items(), flt, self.policy_catalog)
 
     def nodes(self) -> list[NodeInfo]:
         with self._lock:

@@ -14,6 +14,7 @@ import gc
 import threading
 import time
 
+from rich.markup import escape
 from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -28,6 +29,7 @@ from tui.flows_view import FlowsView
 from tui.messages import (DetailFetched, EngineFailed, ExportFinished, NodeConnected, NodeGone,
                           NodeLost, SnapshotBuilt)
 from tui.nodes_view import NodesView
+from tui.policies_view import PoliciesView
 from tui.services_view import ServicesView
 from tui.snapshot import Snapshot, ViewState
 from tui.status_bar import StatusBar
@@ -39,7 +41,8 @@ __all__ = ["AppConfig", "KubernetesOptions", "PodflowApp", "create_app"]
 # update comes first instead of queuing behind a redraw of the whole table.
 KEY_QUIET_S = 0.15
 
-VIEWS = {"flows": "Flows", "top": "Top", "services": "Services", "nodes": "Nodes"}
+VIEWS = {"flows": "Flows", "top": "Top", "services": "Services", "nodes": "Nodes",
+         "policies": "Policies"}
 _EVENTS = {"connected": NodeConnected, "lost": NodeLost, "gone": NodeGone}
 
 
@@ -54,6 +57,7 @@ class PodflowApp(App):
         Binding("2", "view('top')", "Top"),
         Binding("3", "view('services')", "Services"),
         Binding("4", "view('nodes')", "Nodes"),
+        Binding("5", "view('policies')", "Policies"),
         Binding("slash", "open_filter", "Filter"),
         Binding("space", "pause", "Pause/Live"),
         Binding("d", "detail", "Detail"),
@@ -85,6 +89,9 @@ class PodflowApp(App):
         self.flt = parse_filter(config.initial_filter)
         self.paused = False
         self.note = ""
+        # source id -> why it is not streaming (NodeLost), newest last: the status bar shows
+        # the newest, so a port-forward's refusal is on screen, not only in the Nodes view
+        self.unreachable: dict[str, str] = {}
         self.snapshot: Snapshot | None = None
         # The newest snapshot not drawn yet. Only one SnapshotBuilt is ever waiting in the
         # app's queue: a snapshot that arrives while one waits replaces it, so a slow
@@ -106,6 +113,7 @@ class PodflowApp(App):
             yield TopView(id="top")
             yield ServicesView(id="services")
             yield NodesView(id="nodes")
+            yield PoliciesView(id="policies")
         yield FilterLine(id="filter-line")
         yield StatusBar(id="status-bar")
         yield Footer()
@@ -177,13 +185,18 @@ class PodflowApp(App):
             self._draw_view()
         self._show_status()
 
-    def on_node_connected(self, _message: NodeConnected) -> None:
+    def on_node_connected(self, message: NodeConnected) -> None:
+        self.unreachable.pop(message.source_id, None)
         self._show_status()
 
     def on_node_lost(self, message: NodeLost) -> None:
+        self.unreachable.pop(message.source_id, None)
+        if message.reason:
+            self.unreachable[message.source_id] = message.reason
         self._show_status()
 
     def on_node_gone(self, message: NodeGone) -> None:
+        self.unreachable.pop(message.source_id, None)
         self._show_status()
 
     def on_detail_fetched(self, message: DetailFetched) -> None:
@@ -221,8 +234,13 @@ class PodflowApp(App):
         if not bars or not self.is_running:
             return
         summary = self.snapshot.summary if self.snapshot is not None else Summary(0, 0, 0, 0, 0)
-        bars.first().show(summary, self.paused, self.flt.text, VIEWS[self.current_view],
-                          self.note)
+        note = self.note
+        if self.unreachable:
+            reason = escape(list(self.unreachable.values())[-1])
+            more = len(self.unreachable) - 1
+            lost = f"[b red]{reason}[/]" + (f" (+{more} more: 4 Nodes)" if more else "")
+            note = f"{lost} │ {note}" if note else lost
+        bars.first().show(summary, self.paused, self.flt.text, VIEWS[self.current_view], note)
 
     def _focus_view(self) -> None:
         self.set_focus(None)  # keys go to the app's bindings (see on_mount)

@@ -33,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help=f"namespace of the agent pods (default {NAMESPACE})")
     src.add_argument("--selector", default=AGENT_LABEL_SELECTOR,
                      help=f"label selector of the agent pods (default {AGENT_LABEL_SELECTOR})")
+    parser.add_argument("--metadata", metavar="kubernetes|FILE|none",
+                        help="the cluster's NetworkPolicies for the Policies view (5): the "
+                             "Kubernetes API (needs `list networkpolicies` at cluster scope), "
+                             "a FILE as `kubectl get networkpolicies -A -o json` or the agents' "
+                             "metadata file, or none (default: kubernetes with --kubernetes, "
+                             "else none)")
     parser.add_argument("--history", type=int, default=1000, metavar="N",
                         help="flows asked from each agent's history on connect (default 1000)")
     parser.add_argument("--max-flows", type=int, default=10_000, metavar="N",
@@ -75,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
         if not os.path.isfile(path):
             print(f"podflow tui: --file: no such file {path}", file=sys.stderr)
             return 2
+    metadata = args.metadata or ("kubernetes" if args.kubernetes else "none")
+    if metadata not in ("kubernetes", "none") and not os.path.isfile(metadata):
+        print(f"podflow tui: --metadata {metadata}: not `kubernetes`, `none` or an existing "
+              "file", file=sys.stderr)
+        return 2
     k8s = None
     if args.kubernetes:
         k8s = KubernetesOptions(context=args.context, kubeconfig=args.kubeconfig,
@@ -84,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
                                history=args.history, max_flows=args.max_flows,
                                export_dir=args.export_dir, initial_filter=args.filter,
                                tls=tls if tls.enabled else None, engine="process",
-                               ctrl_c_quits=args.ctrl_c_quits))
+                               ctrl_c_quits=args.ctrl_c_quits,
+                               metadata=None if metadata == "none" else metadata))
     app.run()
     return 0

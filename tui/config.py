@@ -35,3 +35,7 @@ class AppConfig:
     tls: object = None           # agent.client.channel.TLSOptions for agents, or None
     engine: str = "thread"       # "process": streams and aggregation in a child process
     ctrl_c_quits: bool = False   # Ctrl-C quits too (Textual's default only hints at ctrl+q)
+    # The cluster's NetworkPolicies for the Policies view (unused rules, untouched policies):
+    # "kubernetes", a metadata FILE, or None; read again every policy_refresh_s.
+    metadata: str | None = None
+    policy_refresh_s: float = 30.0

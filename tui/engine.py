@@ -35,6 +35,7 @@ from tui.export import write_export
 from tui.filterexpr import FilterError, parse_filter
 from tui.format import flow_detail
 from tui.snapshot import ViewState, build_snapshot
+from tui.policy_source import PolicyCatalogSource
 from tui.sources import AgentSource, FileSource, KubernetesDiscovery
 
 log = logging.getLogger("podflow.tui.engine")
@@ -70,6 +71,11 @@ class EngineCore:
                                             tls=config.tls, status_poll_s=config.status_poll_s))
         for path in config.files:
             self.sources.append(FileSource(path, self.agg, notify=notify))
+        if config.metadata:
+            k = config.kubernetes
+            self.sources.append(PolicyCatalogSource(
+                self.agg, config.metadata, kubeconfig=k.kubeconfig if k else None,
+                context=k.context if k else None, refresh_s=config.policy_refresh_s))
         if config.kubernetes is not None:
             k = config.kubernetes
             self.sources.append(KubernetesDiscovery(

@@ -118,15 +118,26 @@ def _node(values: list[str], path: str) -> KeyCheck:
     return lambda k: match(k.node)
 
 
+def _policy_verdict(values: list[str], path: str) -> KeyCheck:
+    match = vocab.policy_verdict_matcher(values, path)
+    return lambda k: match(k.policy, k.policy_finding)
+
+
+def _policy(values: list[str], path: str) -> KeyCheck:
+    match = vocab.policy_matcher(values, path)
+    return lambda k: match(k.policies)
+
+
 _SIDED = {"namespace": _namespace, "pod": _pod, "workload": _workload}
 _TERMS: dict[str, Callable[[list[str], str], KeyCheck]] = {
     **{f"{side}{word}": functools.partial(build, side)
        for word, build in _SIDED.items() for side in _SIDES},
     "service": _service, "port": _port, "protocol": _protocol, "verdict": _verdict,
-    "outcome": _outcome, "node": _node,
+    "outcome": _outcome, "node": _node, "policy-verdict": _policy_verdict, "policy": _policy,
 }
 assert set(_TERMS) <= set(vocab.SPELLINGS), "a `/` word is an observe flag of the same name"
 KEYS = ("ns", "pod", "workload", "svc", "port", "proto", "verdict", "outcome", "node",
+        "policy", "policy-verdict",
         "from-ns", "to-ns", "from-pod", "to-pod", "from-workload", "to-workload")
 
 

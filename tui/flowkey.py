@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from agent.wire.flowtext import pod_name
+from agent.wire.flowtext import (denying_policies, pod_name, policy_finding_word, policy_names,
+                                 policy_rules, policy_verdict_word)
 from podflow_api.v1 import flow_pb2
 
 PIVOTS = ("namespace", "workload", "pod", "service", "port", "verdict", "node")
@@ -38,6 +39,14 @@ class FlowKey(NamedTuple):
     outcome: str        # established, refused, unanswered ... ("outcome_unknown" when unknown)
     no_endpoints: bool  # the Service had no ready backend
     local_is_src: bool  # the pod at the observation point is the source (else the destination)
+    # NetworkPolicy (agent.wire.flowtext's words): the verdict, what was seen of it, the
+    # policies it names ("ns/name"), those that deny it, and the rules that allowed it
+    # ("ns/name egress[0]").
+    policy: str = "unknown"
+    policy_finding: str = ""
+    policies: tuple[str, ...] = ()
+    policies_denying: tuple[str, ...] = ()
+    policy_rules: tuple[str, ...] = ()
 
 
 def endpoint_label(ns: str, pod: str, kind_label: str = "") -> str:
@@ -93,9 +102,15 @@ def flow_key(flow: flow_pb2.Flow) -> FlowKey:
         local_is_src = True
     else:
         local_is_src = _is_pod(src) or not _is_pod(dst)
-    return FlowKey(flow.node_name, src.namespace, src_pod, src_wl, dst.namespace, dst_pod,
-                   dst_wl, svc, backend, port, proto, _VERDICTS.get(flow.verdict, "unknown"),
-                   _OUTCOMES.get(flow.outcome, "outcome_unknown"), no_endpoints, local_is_src)
+    key = FlowKey(flow.node_name, src.namespace, src_pod, src_wl, dst.namespace, dst_pod,
+                  dst_wl, svc, backend, port, proto, _VERDICTS.get(flow.verdict, "unknown"),
+                  _OUTCOMES.get(flow.outcome, "outcome_unknown"), no_endpoints, local_is_src)
+    if flow.HasField("policy"):
+        key = key._replace(policy=policy_verdict_word(flow),
+                           policy_finding=policy_finding_word(flow),
+                           policies=policy_names(flow), policies_denying=denying_policies(flow),
+                           policy_rules=policy_rules(flow))
+    return key
 
 
 def pivot_label(key: FlowKey, pivot: str) -> str:

@@ -57,8 +57,12 @@ def flow_row(entry: Entry) -> tuple:
 
 
 def flow_detail(flow: flow_pb2.Flow) -> str:
-    """Every set field of a record, one `path: value` per line."""
+    """Every set field of a record, one `path: value` per line; first, in words, the
+    NetworkPolicy verdict when the record carries one."""
     lines: list[str] = []
+    policy = flowtext.policy_text(flow)
+    if policy:
+        lines.append(f"NetworkPolicy: {policy}")
     _walk(flow, "", lines)
     return "\n".join(lines)
 
@@ -71,6 +75,9 @@ def _walk(msg, prefix: str, lines: list[str]) -> None:
             lines.append(f"{path}: {long_time(ts_ns(value))}")
         elif field.message_type is not None and not field.is_repeated:
             _walk(value, f"{path}.", lines)
+        elif field.message_type is not None:
+            for index, item in enumerate(value):
+                _walk(item, f"{path}[{index}].", lines)
         elif field.is_repeated:
             lines.append(f"{path}: {', '.join(str(v) for v in value)}")
         elif field.enum_type is not None:

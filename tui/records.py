@@ -109,3 +109,23 @@ class Summary:
     flows_seen: int
     flows_kept: int
     backlog: int = 0   # responses fed but not yet taken in (the inbox)
+
+
+@dataclass
+class PolicyRow:
+    """One NetworkPolicy in the Policies view: connections (flows, counted once) its rules
+    allowed, connections it denied and what became of those, and its rules nothing used
+    (None when its rules are unknown: the TUI was not given --metadata)."""
+
+    name: str
+    allowed: int = 0
+    denied: int = 0
+    denied_dropped: int = 0        # enforced
+    denied_delivered: int = 0      # NOT enforced by the CNI
+    allowed_dropped: int = 0       # dropped for another reason (the kernel's)
+    rules: int | None = None
+    unused_rules: list[str] | None = None
+
+    @property
+    def not_enforced(self) -> bool:
+        return self.denied_delivered > 0

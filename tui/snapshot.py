@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tui.aggregator import Aggregator, NodeInfo, ServiceRow, Summary, TopRow
+from tui.records import PolicyRow
 from tui.filterexpr import FlowFilter
 from tui.format import flow_row
 
@@ -68,6 +69,9 @@ class Snapshot:
     rate_s: int = 5
     services: list[ServiceRow] = field(default_factory=list)
     nodes: list[NodeRow] = field(default_factory=list)
+    policies: list[PolicyRow] = field(default_factory=list)
+    policy_source: str = ""      # where the cluster's policies came from ("" unknown)
+    policy_error: str = ""       # why they could not be read
 
 
 def build_snapshot(agg: Aggregator, state: ViewState, flt: FlowFilter,
@@ -84,4 +88,7 @@ def build_snapshot(agg: Aggregator, state: ViewState, flt: FlowFilter,
         state=state, version=agg.version, summary=agg.summary(), flows=flows,
         top=agg.top(flt, state.pivot, state.sort, limit=TOP_ROWS, spark_s=TREND_S),
         total_series=agg.total_rate_series(flt, spark_s=TOTAL_SERIES_S), rate_s=agg.rate_s,
-        services=agg.services(flt), nodes=[NodeRow.of(n) for n in agg.nodes()])
+        services=agg.services(flt), nodes=[NodeRow.of(n) for n in agg.nodes()],
+        policies=agg.policies(flt),
+        policy_source=getattr(agg.policy_catalog, "source", ""),
+        policy_error=getattr(agg.policy_catalog, "error", ""))

@@ -8,13 +8,22 @@ observe` uses): a lost agent is retried with exponential backoff and jitter and 
 the last flow received, while the others keep streaming. State changes are also told to the
 app through `notify(event, source_id, message)` so the status bar changes at once instead of
 at the next refresh. Files are read with the flow-log reader (agent.wire.logformat).
+
+Through a port-forward, a failure gRPC sees is the local proxy's (`failed to connect to all
+addresses; ... 127.0.0.1:42151: Connection reset by peer`); the reason is the API server's,
+given to the proxy: a refused upgrade (403: RBAC), `error dialing backend: ...` (the kubelet
+cannot be reached), or a message on the port's error channel (nothing listens in the pod).
+PortForwardProxy keeps the last one, and the agent's source shows it instead.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import socket
 import threading
+from http import HTTPStatus
 from typing import Callable
 
 import grpc
@@ -44,11 +53,16 @@ class AgentSource:
     def __init__(self, address: str, aggregator: Aggregator, *, history: int = 1000,
                  notify: Notify = _no_notify, kind: str = "agent", source_id: str | None = None,
                  label: str = "", tls: TLSOptions | None = None, status_poll_s: float = STATUS_POLL_S,
-                 backoff_max_s: float = BACKOFF_MAX_S):
+                 backoff_max_s: float = BACKOFF_MAX_S,
+                 why_unreachable: Callable[[], str] | None = None):
+        """`why_unreachable()`: the reason a failed connection has beyond what gRPC says
+        (a port-forward's API server answer), or "" when there is none."""
         self.address = address
         self.source_id = source_id or address
+        self.label = label
         self.agg = aggregator
         self.notify = notify
+        self._why_unreachable = why_unreachable
         self.status_poll_s = status_poll_s
         self._node_name = ""
         self.stream = AgentStream(address, observer_pb2.GetFlowsRequest(follow=True,
@@ -83,13 +97,16 @@ class AgentSource:
         if st.state == "connected":
             self.agg.set_state(sid, "connected")
             self.notify("connected", sid, self._node_name)
-        elif st.state == "reconnecting":
-            self.agg.set_state(sid, "reconnecting", st.message)
+            return
+        reason = self._why_unreachable() if self._why_unreachable is not None else ""
+        message = reason or st.message
+        if st.state == "reconnecting":
+            self.agg.set_state(sid, "reconnecting", message)
         elif st.retry_in_s:
             self.agg.set_state(sid, "unavailable",
-                               f"{st.message}; retrying in {st.retry_in_s:.1f}s",
+                               f"{message}; retrying in {st.retry_in_s:.1f}s",
                                retry_in_s=st.retry_in_s)
-            self.notify("lost", sid, st.message)
+            self.notify("lost", sid, f"{self.label}: {message}" if self.label else message)
 
     def _on_connect(self, channel: grpc.Channel) -> Callable[[], None]:
         """Before the stream: the agent's ServerStatus (its node name, lost events,
@@ -180,12 +197,17 @@ class PortForwardProxy:
     server's port-forward to the pod's gRPC port, like `kubectl port-forward`. gRPC then
     talks to 127.0.0.1:PORT as if the agent were local.
 
-    `connect()` returns a socket-like object for one new forwarded connection (for the
-    kubernetes client: `portforward(...).socket(port)`)."""
+    `connect()` returns (socket-like object, error()) for one new forwarded connection (for
+    the kubernetes client: `pf = portforward(...)`, `(pf.socket(port), lambda:
+    pf.error(port))`); error() is what the API server said on the port's error channel, or
+    None. `failure` is the API server's reason for the last forward that failed ("" after one
+    that worked), for AgentSource to show instead of gRPC's view of the local end."""
 
-    def __init__(self, connect: Callable[[], object], name: str):
+    def __init__(self, connect: Callable[[], tuple[object, Callable[[], str | None]]],
+                 name: str):
         self._connect = connect
         self.name = name
+        self.failure = ""
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -216,17 +238,58 @@ class PortForwardProxy:
             except OSError:
                 return
             try:
-                remote = self._connect()
+                remote, error = self._connect()
             except Exception as exc:  # noqa: BLE001  the kubernetes client raises many kinds
-                log.warning("port-forward to %s failed: %s", self.name, exc)
+                # Said before the local end closes: gRPC's failure comes after it.
+                self.failure = f"port-forward: {portforward_reason(exc)}"
+                log.warning("port-forward to %s failed: %s", self.name, self.failure)
                 local.close()
                 continue
-            for a, b in ((local, remote), (remote, local)):
-                threading.Thread(target=_pipe, args=(a, b), daemon=True,
-                                 name=f"tui-pf-pipe-{self.name}").start()
+            self.failure = ""
+
+            def ended(error=error) -> None:
+                """The pod's end closed: an error channel message says why."""
+                reason = error()
+                if reason:
+                    self.failure = f"port-forward: {reason.strip()}"
+                    log.warning("port-forward to %s: %s", self.name, reason.strip())
+
+            threading.Thread(target=_pipe, args=(local, remote), daemon=True,
+                             name=f"tui-pf-pipe-{self.name}").start()
+            threading.Thread(target=_pipe, args=(remote, local, ended), daemon=True,
+                             name=f"tui-pf-pipe-{self.name}").start()
 
 
-def _pipe(src, dst) -> None:
+def portforward_reason(exc: Exception) -> str:
+    """What the API server answered a port-forward upgrade with, from the kubernetes
+    client's exception (it wraps websocket-client's, whose message carries the status line,
+    the headers and the body: a Status object whose `message` is the reason), e.g.
+    `403 Forbidden: pods "a" is forbidden: User "alice" cannot create resource
+    "pods/portforward" ...` or `500 Internal Server Error: error dialing backend: ...`."""
+    cause = exc.__cause__ or exc.__context__
+    status = getattr(cause, "status_code", None)
+    body = getattr(cause, "resp_body", None)
+    text = str(getattr(exc, "reason", "") or exc)
+    if status is None:
+        match = re.search(r"Handshake status (\d+)", text)
+        status = int(match.group(1)) if match else None
+        match = re.search(r"-\+-\+- b?'(\{.*\})'\s*$", text, re.S)
+        body = match.group(1) if match else None
+    if status is None:
+        return text
+    message = ""
+    if body:
+        try:
+            raw = body.decode() if isinstance(body, bytes) else str(body)
+            message = json.loads(raw).get("message", "")
+        except (ValueError, AttributeError):
+            message = ""
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+    head = f"{status} {phrase}".strip()
+    return f"{head}: {message}" if message else head
+
+
+def _pipe(src, dst, on_eof: Callable[[], None] | None = None) -> None:
     try:
         while True:
             data = src.recv(65536)
@@ -236,6 +299,8 @@ def _pipe(src, dst) -> None:
     except OSError:
         pass
     finally:
+        if on_eof is not None:
+            on_eof()
         for s in (src, dst):
             try:
                 s.shutdown(socket.SHUT_RDWR)
@@ -310,7 +375,7 @@ class KubernetesDiscovery:
             from kubernetes.stream import portforward
             pf = portforward(api.connect_get_namespaced_pod_portforward, name, self.namespace,
                              ports=str(port))
-            return pf.socket(port)
+            return pf.socket(port), lambda: pf.error(port)
         return connect
 
     def sync_once(self) -> None:
@@ -340,7 +405,8 @@ class KubernetesDiscovery:
             source = AgentSource(proxy.address, self.agg, history=self.history,
                                  notify=self.notify, kind="kubernetes", tls=self.tls,
                                  source_id=f"pod:{self.namespace}/{name}",
-                                 label=pod.spec.node_name or "")
+                                 label=pod.spec.node_name or "",
+                                 why_unreachable=lambda proxy=proxy: proxy.failure)
             self._agents[name] = (source, proxy)
             source.start()
         for name in [n for n in self._agents if n not in running]:

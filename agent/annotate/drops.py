@@ -269,6 +269,8 @@ class DropExtension(DatapathExtension):
     the program, attaches it to skb:kfree_skb, decodes its events and sweeps its map."""
 
     TRACEPOINT = b"skb:kfree_skb"
+    name = "drops"
+    optional = True  # flows are traced without drop reasons when the tracepoint is refused
 
     ROUTES_EVERY_NS = 5_000_000_000
 

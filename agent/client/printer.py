@@ -65,6 +65,9 @@ def format_compact(flow: flow_pb2.Flow) -> str:
     line += f" {c['packets']} pkts {c['bytes']} B"
     if c["flags"]:
         line += f" {c['flags']}"
+    policy = flowtext.policy_short(flow)
+    if policy:
+        line += f" {policy}"
     return line
 
 

@@ -48,8 +48,14 @@ def format_status(address: str, st: observer_pb2.ServerStatusResponse) -> str:
     if errors:
         lines.append("  datapath errors: " + ", ".join(f"{k}={v}"
                                                        for k, v in sorted(errors.items())))
+    if st.datapath_state:  # older agents do not say
+        state = st.datapath_state.upper() if st.datapath_state == "failed" else st.datapath_state
+        lines.append(f"  datapath: {state}" + (f": {st.datapath_error}"
+                                                 if st.datapath_error else ""))
     ifaces = ", ".join(i.name for i in st.interfaces) or "none"
     lines.append(f"  interfaces ({len(st.interfaces)}): {ifaces}")
+    for note in st.interface_notes:
+        lines.append(f"  NOTE {note.interface} {note.hook}: {note.note}")
     meta = st.metadata_source or "none"
     if st.metadata_stale:
         meta += " (STALE: source unreachable, serving last known state)"

@@ -239,10 +239,11 @@ class AgentStream:
                 in_outage = True
                 yield self._notice(observer_pb2.NODE_UNAVAILABLE, f"{message}; retrying")
             attempt += 1
-            # Resume after the newest flow instead of repeating the history asked for.
-            request.number = 0
-            request.first = False
+            # Resume after the newest flow instead of repeating the history asked for (when
+            # nothing came yet, the history asked for is still what is wanted).
             if self.resume_ns:
+                request.number = 0
+                request.first = False
                 set_ts(request.since, self.resume_ns + 1)
             if self._closed.wait(delay_s):
                 return

@@ -3,7 +3,7 @@ fields carry the defaults, the help and the checks of the `podflow agent` flags.
 
     config = AgentConfig.from_args(namespace)
     config.agent  config.datapath  config.annotate  config.observer  config.store
-    config.metadata  config.flow_log  config.metrics
+    config.metadata  config.policy  config.flow_log  config.metrics
 
 Why: a flag's default used to be written where the flag was added and again wherever a stage
 read it (`getattr(args, "idle_timeout", 15.0)`, four times). Here each flag is declared once,
@@ -54,6 +54,10 @@ class AgentSection(Section):
         "--node-name", default_factory=default_node_name,
         help="name this agent reports for its node (default: $NODE_NAME or hostname)")
     log_level: str = option("--log-level", "info", choices=("debug", "info", "warning", "error"))
+    log_netlink: bool = option(
+        "--log-netlink", False, action="store_true",
+        help="with --log-level debug, also log pyroute2's netlink messages (most of a debug "
+             "log otherwise; off by default: pyroute2 logs warnings and errors only)")
     ready_file: str | None = option(
         "--ready-file", None, metavar="PATH",
         help="write a JSON object here once every stage runs (addresses, interfaces); used by "
@@ -238,7 +242,8 @@ class MetadataSection(Section):
         "--metadata", default_factory=default_metadata_source, metavar="kubernetes|none|FILE",
         help="where pod, Service and node names come from: the Kubernetes API (list+watch), "
              "`none`, or a FILE with the JSON/YAML printed by `kubectl get "
-             "pods,services,endpointslices,nodes -A -o json`, reloaded when it changes "
+             "pods,services,endpointslices,nodes,namespaces,networkpolicies -A -o json`, "
+             "reloaded when it changes "
              "(default: kubernetes inside a cluster, else none)")
     kubeconfig: str | None = option(
         "--kubeconfig", None, metavar="PATH",
@@ -249,6 +254,12 @@ class MetadataSection(Section):
     use_conntrack: bool = option(
         "--no-conntrack", True, dest="conntrack", action="store_false",
         help="do not read Service address translations from the kernel's connection tracking")
+    rbac_wait_s: float = option(
+        "--rbac-wait", 120.0, type=float, metavar="SECONDS", check=at_least(0),
+        help="with --metadata kubernetes, when the API server refuses (403) a resource the "
+             "names need at start, as it does while it is starting and has not loaded its "
+             "RBAC yet: keep retrying with backoff this long, reporting 'waiting for RBAC', "
+             "before exiting 2 (0: exit at once; default: {default})")
 
     def check(self) -> None:
         if self.source in ("none", "kubernetes"):
@@ -259,6 +270,23 @@ class MetadataSection(Section):
         if not os.path.isfile(self.source):
             raise ConfigError(f"--metadata {self.source}: not `kubernetes`, `none` or an "
                               "existing file")
+
+
+@dataclass(frozen=True)
+class PolicySection(Section):
+    """agent.policy: a NetworkPolicy verdict on every record (needs metadata)."""
+
+    GROUP = "NetworkPolicy (which policy allowed or denied each connection)"
+
+    enabled: bool = option(
+        "--policy", True, action=argparse.BooleanOptionalAction,
+        help="judge every connection by the cluster's NetworkPolicies (networking.k8s.io/v1) "
+             "and say whether the CNI enforced the verdict; needs --metadata kubernetes or a "
+             "FILE (default: on)")
+    max_cached: int = option(
+        "--policy-cache-size", 65536, type=int, metavar="N", check=at_least(1024),
+        help="verdicts, identities and addresses each cache holds before it starts over "
+             "(default: {default})")
 
 
 _FLOW_LOG = "flow-log-"
@@ -360,6 +388,7 @@ class AgentConfig:
     hubble: HubbleSection = field(default_factory=HubbleSection)
     store: StoreSection = field(default_factory=StoreSection)
     metadata: MetadataSection = field(default_factory=MetadataSection)
+    policy: PolicySection = field(default_factory=PolicySection)
     flow_log: FlowLogSection = field(default_factory=FlowLogSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
 

@@ -3,8 +3,8 @@ what the flow store holds, so no stage makes an object per record.
 
 Per record: the kernel key (interface, hook, addresses, ports), packets, bytes, first and
 last seen, TCP flags, flow_end, whether it is an end notice (`update`), the connection's
-two sides for the outcome judge, and the columns later stages fill: `outcome` (annotate)
-and `ident` (enrich). What records share is held once: an Ident per identity (interface,
+two sides for the outcome judge, and the columns later stages fill: `outcome` (annotate),
+`ident` and `enforcement` (enrich). What records share is held once: an Ident per identity (interface,
 direction, addresses and the names enrichment finds for them) with its renderings made once
 (agent/wire/recordcols.py), and `groups`: the identities the datapath knows before
 enrichment, one per (interface, hook, protocol, addresses).
@@ -110,6 +110,9 @@ class FlowBatch:
         self.sport = keys[:, 40:42].copy().view("<u2").ravel() if n else np.zeros(0, np.uint16)
         self.dport = keys[:, 42:44].copy().view("<u2").ravel() if n else np.zeros(0, np.uint16)
         self.outcome = np.zeros(n, np.uint8)
+        # what each record shows of its connection's NetworkPolicy verdict (enrich: the
+        # policy judge's finding), Policy.enforcement; 0: unset
+        self.enforcement = np.zeros(n, np.uint8)
         self.extras: dict[int, bytes] = {}  # record -> serialized Flow fields (e.g. dns)
         # group -> (names of the source, names of the destination): DNS names a pod looked
         # its peer up by (annotate), for enrichment to put on the endpoints

@@ -7,10 +7,13 @@
   program writes any more, read and emptied in a few syscalls;
 - lookup_and_delete: BPF_MAP_LOOKUP_AND_DELETE_ELEM, so an idle entry's final counters and its
   removal are one atomic step;
-- update_elem / lookup_elem / percpu_sum: single elements (the flow-map selector, map-in-map
-  slots, per-CPU counters);
-- link_create / prog_ids / prog_name: tcx links (BPF_LINK_CREATE) and what is attached where
-  (BPF_PROG_QUERY), for agent/datapath/tc.py.
+- update_elem / lookup_elem / percpu_u64_array: single elements (the flow-map selector,
+  map-in-map slots, per-CPU counters);
+- link_create / query_tcx / prog_name / prog_id / link_id: tcx links (BPF_LINK_CREATE, at
+  the head of the chain) and what is attached where, in which order, at which revision
+  (BPF_PROG_QUERY), for agent/datapath/tc.py;
+- probe_map_create: whether bpf() itself is allowed here (agent/datapath/environment.py
+  tells a seccomp refusal from a missing capability with it).
 
 Only file descriptors and bytes cross this module's edge; loading programs stays with bcc
 (agent/datapath/loader.py). The attr structs follow union bpf_attr in <linux/bpf.h>.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,6 +33,7 @@ from agent.errors import DatapathError
 
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361,
             "s390x": 351}.get(platform.machine(), 321)  # __NR_bpf
+BPF_MAP_CREATE = 0
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_QUERY = 16
@@ -38,7 +43,11 @@ BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25
 BPF_LINK_CREATE = 28
+BPF_LINK_DETACH = 34
 TCX_ATTACH_TYPES = {"ingress": 46, "egress": 47}  # BPF_TCX_INGRESS, BPF_TCX_EGRESS
+# BPF_F_BEFORE without a relative program or link: the new link goes first in the chain.
+BPF_F_BEFORE = 1 << 3
+BPF_MAP_TYPE_ARRAY = 2
 _ENOENT = 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -71,6 +80,12 @@ class _ProgQueryAttr(ctypes.Structure):
                 ("_pad", ctypes.c_uint32), ("prog_attach_flags", ctypes.c_uint64),
                 ("link_ids", ctypes.c_uint64), ("link_attach_flags", ctypes.c_uint64),
                 ("revision", ctypes.c_uint64)]
+
+
+class _MapCreateAttr(ctypes.Structure):
+    _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
+                ("map_flags", ctypes.c_uint32)]
 
 
 class _InfoAttr(ctypes.Structure):
@@ -223,33 +238,90 @@ def lookup_and_delete(map_fd: int, key: bytes) -> tuple | None:
 # tcx links and attached programs
 
 
-def link_create(prog_fd: int, ifindex: int, direction: str) -> int:
-    """A tcx link of `prog_fd` on one hook ("ingress"/"egress") of an interface, appended
-    after the programs already there: its file descriptor (the link lives as long as it is
-    open). OSError with the kernel's errno when it cannot be created."""
+def link_create(prog_fd: int, ifindex: int, direction: str, first: bool = False) -> int:
+    """A tcx link of `prog_fd` on one hook ("ingress"/"egress") of an interface: its file
+    descriptor (the link lives as long as it is open). Appended after the programs already
+    there, or with `first` put at the head of the chain (BPF_F_BEFORE, no relative). OSError
+    with the kernel's errno when it cannot be created."""
     attr = _LinkCreateAttr(prog_fd=prog_fd, target_ifindex=ifindex,
-                           attach_type=TCX_ATTACH_TYPES[direction])
+                           attach_type=TCX_ATTACH_TYPES[direction],
+                           flags=BPF_F_BEFORE if first else 0)
     rc = bpf(BPF_LINK_CREATE, attr)
     if rc < 0:
         raise OSError(-rc, os.strerror(-rc))
     return rc
 
 
-def prog_ids(ifindex: int, direction: str, max_progs: int = 64) -> list[int]:
-    """Ids of the programs attached with tcx to one hook of an interface (in the current
-    network namespace), in run order."""
+def link_detach(link_fd: int) -> None:
+    """Detach a link now (BPF_LINK_DETACH), whoever else holds it; the fd stays to close."""
+    rc = bpf(BPF_LINK_DETACH, ctypes.c_uint32(link_fd))
+    if rc < 0:
+        raise OSError(-rc, os.strerror(-rc))
+
+
+@dataclass(frozen=True)
+class TcxChain:
+    """What runs on one tcx hook, in run order, and the hook's revision (the kernel bumps
+    it at every attach, detach or replace: an unchanged revision means an unchanged chain)."""
+
+    prog_ids: tuple[int, ...]
+    link_ids: tuple[int, ...]  # 0 for a program attached without a link
+    revision: int
+
+
+def query_tcx(ifindex: int, direction: str, max_progs: int = 64) -> TcxChain:
+    """The tcx chain of one hook of an interface (in the current network namespace)."""
     ids = (ctypes.c_uint32 * max_progs)()
+    links = (ctypes.c_uint32 * max_progs)()
     attr = _ProgQueryAttr(target_ifindex=ifindex, attach_type=TCX_ATTACH_TYPES[direction],
-                          prog_ids=ctypes.addressof(ids), count=max_progs)
+                          prog_ids=ctypes.addressof(ids), link_ids=ctypes.addressof(links),
+                          count=max_progs)
     rc = bpf(BPF_PROG_QUERY, attr)
     if rc < 0:
         raise OSError(-rc, f"querying tcx programs: {os.strerror(-rc)}")
-    return list(ids[:attr.count])
+    n = min(attr.count, max_progs)
+    return TcxChain(tuple(ids[:n]), tuple(links[:n]), attr.revision)
 
 
-def prog_name(prog_id: int) -> str | None:
+def prog_ids(ifindex: int, direction: str, max_progs: int = 64) -> list[int]:
+    """Ids of the programs attached with tcx to one hook of an interface (in the current
+    network namespace), in run order."""
+    return list(query_tcx(ifindex, direction, max_progs).prog_ids)
+
+
+def _object_id(fd: int) -> int:
+    """The id of a program or link from its file descriptor: bpf_prog_info.id and
+    bpf_link_info.id both follow a u32 type field."""
+    info = (ctypes.c_uint8 * 64)()
+    attr = _InfoAttr(bpf_fd=fd, info_len=64, info=ctypes.addressof(info))
+    rc = bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    if rc < 0:
+        raise OSError(-rc, f"reading a bpf object's id: {os.strerror(-rc)}")
+    return int.from_bytes(bytes(info[4:8]), "little")
+
+
+def prog_id(prog_fd: int) -> int:
+    return _object_id(prog_fd)
+
+
+def link_id(link_fd: int) -> int:
+    return _object_id(link_fd)
+
+
+def probe_map_create() -> int:
+    """Create (and close) a one-entry array map: 0 when bpf() works here, else the errno
+    (EPERM: a seccomp filter, a missing capability or an LSM refused it)."""
+    attr = _MapCreateAttr(map_type=BPF_MAP_TYPE_ARRAY, key_size=4, value_size=4, max_entries=1)
+    rc = bpf(BPF_MAP_CREATE, attr)
+    if rc < 0:
+        return -rc
+    os.close(rc)
+    return 0
+
+
+def prog_name(program_id: int) -> str | None:
     """A loaded program's name (bpf_prog_info.name), or None when it is gone."""
-    fd = bpf(BPF_PROG_GET_FD_BY_ID, ctypes.c_uint32(prog_id))
+    fd = bpf(BPF_PROG_GET_FD_BY_ID, ctypes.c_uint32(program_id))
     if fd < 0:
         return None
     try:

@@ -18,7 +18,9 @@ An extension contributes (every method has a default that contributes nothing):
                       next pipeline batch. `datapath.interface(ifindex)`, `datapath.clock`,
                       `datapath.node_name` and `datapath.stats` help decoding;
   - attach(bpf) / detach(bpf): after load / before unload, with the bcc BPF object (e.g.
-                      bpf.attach_tracepoint(...)); the only place an extension sees bcc;
+                      bpf.attach_tracepoint(...)); the only place an extension sees bcc.
+                      detach() only follows an attach() that returned; an `optional`
+                      extension whose attach() raises is switched off (see the class);
   - sweep(datapath, now_ns, final) -> list[Flow]: with every flow-map sweep (final: the
                       last one, at stop), for extensions with maps of their own (drop.h).
 """
@@ -35,6 +37,14 @@ EventHandler = Callable[["Datapath", bytes], "list | None"]
 
 class DatapathExtension:
     """Base of the Python half of a datapath feature; see the module docstring."""
+
+    # What the feature is called in the log and in its `<name>_disabled` counter.
+    name = "extension"
+    # True: a feature the agent can run without. When attach() fails (the drop tracer's
+    # perf_event_open() refused by a seccomp profile), the datapath logs why, counts
+    # `<name>_disabled` in ServerStatus.datapath_errors and goes on tracing flows; detach()
+    # is then never called. False: the failure stops the agent.
+    optional = False
 
     def cflags(self) -> list[str]:
         return []

@@ -18,6 +18,7 @@ import logging
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -104,7 +105,9 @@ def select_interfaces(links: list[Link], uplinks: set[int], include: Sequence[st
 
 
 class LinkWatcher:
-    """Calls `on_change()` (from its own thread) after netlink link or route events.
+    """Calls `on_change()` (from its own thread) after netlink link or route events, and
+    `on_tick()` about every `tick_s` (for what sends no netlink event: another tool's tcx
+    link put before ours).
 
     It does not parse the messages: any change triggers a re-read of the links, which is
     cheap and can never miss a transition (a veth created in the node namespace, then its
@@ -112,8 +115,11 @@ class LinkWatcher:
     the callback runs once `settle_s` after the last event of a burst.
     """
 
-    def __init__(self, on_change: Callable[[], None], settle_s: float = 0.05):
+    def __init__(self, on_change: Callable[[], None], settle_s: float = 0.05,
+                 on_tick: Callable[[], None] | None = None, tick_s: float = 1.0):
         self._on_change = on_change
+        self._on_tick = on_tick
+        self._tick_s = tick_s
         self._settle_s = settle_s
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         self._sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))
@@ -142,8 +148,12 @@ class LinkWatcher:
                 return True
 
     def _run(self) -> None:
+        next_tick = time.monotonic() + self._tick_s
         while not self._stop.is_set():
             ready, _, _ = select.select([self._sock], [], [], 0.2)
+            if self._on_tick is not None and time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + self._tick_s
+                self._call(self._on_tick)
             if not ready or not self._drain():
                 continue
             # coalesce a burst
@@ -151,7 +161,11 @@ class LinkWatcher:
                 self._drain()
             if self._stop.is_set():
                 return
-            try:
-                self._on_change()
-            except (PodflowError, NetlinkError, OSError) as exc:
-                log.error("reacting to a link change: %s", exc)
+            self._call(self._on_change)
+
+    @staticmethod
+    def _call(callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except (PodflowError, NetlinkError, OSError) as exc:
+            log.error("watching links and hooks: %s", exc)

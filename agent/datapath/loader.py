@@ -1,17 +1,16 @@
 """The agent's datapath stage: compile and load the eBPF programs (bpf/podflow.c), attach them
 to pod veths and bridges as they come and go, and turn the kernel's counters into records.
 
-This is the ONLY module that imports bcc. The reader thread never blocks the kernel: the
-programs write ring-buffer events without wakeups (BPF_RB_NO_WAKEUP) and the reader
-consumes them on a timer; about once a second it drains the inactive half of the flow map
-with batch syscalls (no program writes it: exact) and flips the halves (bpf/maps.h), and
-the flow table (flowtable.py) turns what it read into records for the agent's pipeline
-(agent/main.py).
+This is the ONLY module that imports bcc. It loads, attaches and owns the kernel objects; the
+reader thread (reader.py) turns the ring buffer and the two halves of the flow map into
+batches of records for the agent's pipeline (agent/main.py).
 
 Around it, each in its own module: the environment checks (environment.py), raw bpf(2)
 calls (bpfsys.py), TC/tcx attachment (tc.py), which interfaces to trace (interfaces.py),
-the struct mirrors of bpf/types.h (abi.py), counters -> interval records (tracker.py),
-records -> Flow (decode.py), and features with kernel code of their own (extension.py).
+the struct mirrors of bpf/types.h (abi.py), the reader (reader.py), the flow table between
+records (flowtable.py), records as columns (batch.py), memory given back (memory.py),
+records -> Flow one at a time (decode.py, the drop records' way), and features with kernel
+code of their own (extension.py).
 """
 
 from __future__ import annotations
@@ -31,17 +30,15 @@ from typing import TYPE_CHECKING
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-import numpy as np
-
 from agent.datapath import abi, bpfsys, decode, interfaces, memory, tc
-from agent.datapath.environment import check_environment
+from agent.datapath.environment import (check_environment, explain_refusal,
+                                        probe_perf_event_open)
 from agent.datapath.extension import DatapathExtension, EventHandler
-from agent.datapath.batch import FlowBatch
-from agent.datapath.flowtable import Emitted, FlowTable
+from agent.datapath.reader import FlowMaps, FlowReader
 from agent.errors import AttachError, DatapathError
 from agent.stage import Stage
-from agent.stats import AgentStats
-from podflow_api.v1 import observer_pb2
+from agent.stats import (DATAPATH_FAILED, DATAPATH_STARTING, DATAPATH_STOPPING,
+                         DATAPATH_TRACING, AgentStats)
 
 if TYPE_CHECKING:
     from agent.config import DatapathSection
@@ -52,24 +49,8 @@ BPF_DIR = Path(os.environ.get("PODFLOW_BPF_DIR") or Path(__file__).resolve().par
 PROG_INGRESS = "podflow_ingress"  # also the TC filter names (agent/datapath/tc.py NAME_PREFIX)
 PROG_EGRESS = "podflow_egress"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+TC_CHECK_S = 5.0  # how often tc-mode interfaces are checked for foreign filters ahead of ours
 NEW_EVENT_WINDOW_S = 0.1  # the new-flow event budget is spent per window (bpf/maps.h)
-# Packets timed this long before a flip may still be counted into the half that becomes
-# active (the program reads the selector, then the clock): margin for "every packet before
-# the flip was drained".
-FLIP_MARGIN_NS = 2_000_000
-
-
-def _u32(value: int) -> bytes:
-    return value.to_bytes(4, "little")
-
-
-# struct pf_flow_event (abi.FlowEvent) as a numpy record, to read events in bulk.
-_EVENT_DTYPE = np.dtype({"names": ["kind", "key", "pkt_len", "ts_ns", "tcp_flags"],
-                         "formats": ["u1", ("u1", abi.KEY_SIZE), "<u4", "<u8", "<u4"],
-                         "offsets": [abi.FlowEvent.hdr.offset, abi.FlowEvent.key.offset,
-                                     abi.FlowEvent.pkt_len.offset, abi.FlowEvent.ts_ns.offset,
-                                     abi.FlowEvent.tcp_flags.offset],
-                         "itemsize": ctypes.sizeof(abi.FlowEvent)})
 
 
 def expand_includes(path: Path, _stack: tuple[Path, ...] = ()) -> str:
@@ -102,7 +83,7 @@ class Datapath(Stage):
     features compiled in with the programs (agent/datapath/extension.py)."""
 
     def __init__(self, config: DatapathSection, stats: AgentStats,
-                 pipeline: Callable[[list], None],
+                 pipeline: Callable[[object], None],
                  extensions: Sequence[DatapathExtension] = ()):
         self.config = config
         self.stats = stats
@@ -110,16 +91,12 @@ class Datapath(Stage):
         self.pipeline = pipeline
         self.extensions = list(extensions)
         self.clock = decode.KtimeClock.now()
-        self.table = FlowTable(int(config.active_timeout_s * 1e9),
-                               int(config.idle_timeout_s * 1e9), max_flows=config.max_flows)
         self._bpf = None
-        self._half_fds: tuple[int, int] = (-1, -1)  # flows_a, flows_b
-        self._maps_fd = -1   # flow_maps: the halves as a map-in-map
-        self._sel_fd = -1    # flow_sel: which half the programs write
-        self._active = 0
-        self._flipped_ns = 0  # monotonic time of the last flip: drained up to it next sweep
-        self._new_events: list[bytes] = []
+        self.reader: FlowReader | None = None
         self._progs: dict[str, tuple[int, str]] = {}
+        self._prog_ids: dict[str, int] = {}
+        self._attached_extensions: list[DatapathExtension] = []
+        self._next_tc_check = 0.0
         self._ipr: IPRoute | None = None
         self._lock = threading.Lock()  # interface set and netlink socket
         self._attached: dict[int, tc.Attachment] = {}
@@ -128,24 +105,24 @@ class Datapath(Stage):
         self._use_tcx = config.attach_mode in ("tcx", "auto")
         self._handlers: dict[int, EventHandler] = {}
         self._error_names: dict[int, str] = {}
-        self._pending: list = []  # Flow objects of extensions (drop records)
-        self._batches: list[FlowBatch] = []
-        self._trim_at = False
-        self._last_errors: list[int] = [0] * abi.ERR_MAX
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
         self._watcher: interfaces.LinkWatcher | None = None
-        self.records_emitted = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        check_environment()
+        """Check the node, load, attach, start the reader; the datapath is TRACING once this
+        returns (gRPC health SERVING), FAILED when it raises."""
+        self.stats.set_datapath_state(DATAPATH_STARTING)
         try:
+            check_environment()
             self._start()
-        except BaseException:
+        except BaseException as exc:
             self.stop()  # release whatever was loaded or attached before the failure
+            self.stats.set_datapath_state(DATAPATH_FAILED, str(exc) or type(exc).__name__)
             raise
+        self.stats.set_datapath_state(DATAPATH_TRACING)
 
     def _start(self) -> None:
         self._load()
@@ -153,11 +130,11 @@ class Datapath(Stage):
         removed = self._remove_all_leftovers()
         if removed:
             log.info("removed %d podflow filter(s) left by a previous agent", removed)
-        self._watcher = interfaces.LinkWatcher(self.reconcile)
+        self._watcher = interfaces.LinkWatcher(self.reconcile, on_tick=self.check_chains)
         self._watcher.start()  # subscribe before the first read: no event falls in between
         self.reconcile()
         self._warn_unmatched_globs()
-        self._reader = threading.Thread(target=self._read_loop, name="podflow-reader",
+        self._reader = threading.Thread(target=self._run_reader, name="podflow-reader",
                                         daemon=True)
         self._reader.start()
         log.info("datapath tracing %s", ", ".join(self.traced_names()) or "no interface yet")
@@ -165,6 +142,8 @@ class Datapath(Stage):
     def stop(self) -> None:
         """Detach everything first (no new packets), then emit final records for what is
         left in the map, then unload."""
+        if self.stats.datapath_state == DATAPATH_TRACING:
+            self.stats.set_datapath_state(DATAPATH_STOPPING)
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
@@ -176,8 +155,9 @@ class Datapath(Stage):
             self._reader.join(timeout=30)
             self._reader = None
         if self._bpf is not None:
-            for ext in self.extensions:
+            for ext in self._attached_extensions:  # not one that failed to attach
                 ext.detach(self._bpf)
+            self._attached_extensions = []
             self._bpf.cleanup()
             self._bpf = None
         if self._ipr is not None:
@@ -205,30 +185,50 @@ class Datapath(Stage):
             cflags.extend(ext.cflags())
             self._error_names.update(ext.error_names())
             self._handlers.update(ext.event_handlers())
-        self._handlers[abi.EVENT_FLOW_NEW] = Datapath._on_flow_event
         source = expand_includes(BPF_DIR / "podflow.c")
         try:
             self._bpf = BPF(text=source, cflags=cflags)
             for direction, name in (("ingress", PROG_INGRESS), ("egress", PROG_EGRESS)):
                 fn = self._bpf.load_func(name, BPF.SCHED_CLS)
                 self._progs[direction] = (fn.fd, name)
+                self._prog_ids[direction] = bpfsys.prog_id(fn.fd)
         # bcc raises plain Exception for compile and verifier failures
         except Exception as exc:  # noqa: BLE001
-            raise DatapathError(f"cannot compile or load bpf/podflow.c: {exc} (kernel headers "
-                                f"at /lib/modules/{platform.release()}/build; see the "
-                                "compiler output above)") from exc
-        self._half_fds = (self._bpf["flows_a"].map_fd, self._bpf["flows_b"].map_fd)
-        self._maps_fd = self._bpf["flow_maps"].map_fd
-        self._sel_fd = self._bpf["flow_sel"].map_fd
-        for slot, fd in enumerate(self._half_fds):
-            bpfsys.update_elem(self._maps_fd, _u32(slot), _u32(fd))
-        bpfsys.update_elem(self._sel_fd, _u32(0), _u32(0))
-        self._active = 0
-        self._flipped_ns = time.monotonic_ns()
-        self._bpf["events"].open_ring_buffer(self._on_event)
+            raise DatapathError(f"cannot compile or load bpf/podflow.c: {exc} "
+                                f"({_why_load_failed(exc)})") from exc
+        bpf = self._bpf
+        maps = FlowMaps((bpf["flows_a"].map_fd, bpf["flows_b"].map_fd),
+                        bpf["flow_maps"].map_fd, bpf["flow_sel"].map_fd,
+                        self.config.flow_map_size)
+        self.reader = FlowReader(self.config, self.stats, self.pipeline, maps, self._known,
+                                 self.clock, consume_ring=bpf.ring_buffer_consume,
+                                 sweep_extensions=self._sweep_extensions,
+                                 kernel_errors=self.kernel_errors,
+                                 map_full_bytes=self._map_full_bytes,
+                                 error_names=self._error_names)
+        self._handlers[abi.EVENT_FLOW_NEW] = lambda _dp, raw: self.reader.on_flow_event(raw)
+        bpf["events"].open_ring_buffer(self._on_event)
         for ext in self.extensions:
-            ext.attach(self._bpf)
+            self._attach_extension(ext)
         memory.release_compiler()  # the compiler is not needed again
+
+    def _attach_extension(self, ext: DatapathExtension) -> None:
+        """Attach one extension; an optional one (the drop tracer) that cannot attach is
+        switched off with a warning and a counted `<name>_disabled`, and never detached."""
+        try:
+            ext.attach(self._bpf)
+        # bcc raises plain Exception (e.g. a tracepoint perf_event_open() refused)
+        except Exception as exc:  # noqa: BLE001
+            if not ext.optional:
+                raise DatapathError(f"cannot attach {ext.name}: {exc}") from exc
+            reason = str(exc)
+            err = probe_perf_event_open()
+            if err:
+                reason = f"{reason}: {explain_refusal('perf_event_open', 'CAP_PERFMON', err)}"
+            log.warning("%s are off, flows are traced without them: %s", ext.name, reason)
+            self.stats.add_error(f"{ext.name}_disabled")
+            return
+        self._attached_extensions.append(ext)
 
     # -- interfaces -----------------------------------------------------------------------
 
@@ -266,6 +266,7 @@ class Datapath(Stage):
                     tc.release(attachment)
                     del self._attached[ifindex]
                     self.stats.set_interface(ifindex, None)
+                    self.stats.set_interface_notes(attachment.ifname, {})
                     log.info("released %s (deleted)", attachment.ifname)
                 elif ifindex not in wanted:
                     self._detach(attachment)
@@ -274,6 +275,7 @@ class Datapath(Stage):
                 if current is not None:
                     if current.ifname != info.name:  # renamed (CNIs create, then rename)
                         log.info("%s is now %s", current.ifname, info.name)
+                        self.stats.set_interface_notes(current.ifname, {})
                         current.ifname = info.name
                         self._known[ifindex] = info
                         self.stats.set_interface(ifindex, info.name)
@@ -290,6 +292,51 @@ class Datapath(Stage):
                 self.attach_errors.pop(info.name, None)
                 self.stats.set_interface(ifindex, info.name)
                 log.info("tracing %s (%s, ifindex %d)", info.name, info.kind.value, ifindex)
+                self._note_chain(self._attached[ifindex])
+
+    # -- who runs before us ---------------------------------------------------------------
+
+    def _note_chain(self, attachment: tc.Attachment) -> None:
+        """tc mode: what runs before our filters on this interface and may end the chain,
+        in the log (when it changes) and in ServerStatus.interface_notes. (tcx links are at
+        the head: nothing runs before them; check_chains keeps it so.)"""
+        if attachment.mode != "tc":
+            return
+        try:
+            notes = tc.chain_notes(self._ipr, attachment)
+        except NetlinkError as exc:
+            log.warning("cannot list the filters of %s: %s", attachment.ifname, exc)
+            return
+        self._set_notes(attachment, notes)
+
+    def _set_notes(self, attachment: tc.Attachment, notes: dict[str, str]) -> None:
+        before = {n.hook: n.note for n in self.stats.snapshot_notes()
+                  if n.interface == attachment.ifname}
+        if notes == before:
+            return
+        for hook, note in sorted(notes.items()):
+            if before.get(hook) != note:
+                log.warning("%s %s: %s", attachment.ifname, hook, note)
+        self.stats.set_interface_notes(attachment.ifname, notes)
+
+    def check_chains(self) -> None:
+        """Called about once a second (the link watcher's tick): tcx links go back to the
+        head of a chain a program was put before them in (BPF_PROG_QUERY's revision says
+        when a chain changed: one syscall per hook); tc filters are checked every
+        TC_CHECK_S for foreign filters that run first."""
+        now = time.monotonic()
+        check_tc = now >= self._next_tc_check
+        if check_tc:
+            self._next_tc_check = now + TC_CHECK_S
+        with self._lock:
+            if self._ipr is None:
+                return
+            progs = {d: (self._progs[d][0], self._prog_ids[d]) for d in self._progs}
+            for attachment in list(self._attached.values()):
+                if attachment.mode == "tcx":
+                    self._set_notes(attachment, tc.keep_first(attachment, progs, now))
+                elif check_tc:
+                    self._note_chain(attachment)
 
     def _attach(self, ifindex: int, ifname: str) -> tc.Attachment:
         if self._use_tcx:
@@ -332,113 +379,31 @@ class Datapath(Stage):
             return 0
         flows = handler(self, raw)
         if flows:
-            self._pending.extend(flows)
+            self.reader.add_flows(flows)
         return 0
 
-    def _on_flow_event(self, raw: bytes) -> None:
-        self._new_events.append(raw[:ctypes.sizeof(abi.FlowEvent)])
-
-    def _announce(self) -> None:
-        """New-flow events read since the last call -> fast first records."""
-        if not self._new_events:
+    def _run_reader(self) -> None:
+        """The reader thread: when it ends other than by stop(), nothing is counted any
+        more, and readiness says so (FAILED: gRPC health NOT_SERVING)."""
+        try:
+            self.reader.run(self._stop)
+        except Exception as exc:  # noqa: BLE001  the thread's last resort: reported, not hidden
+            log.exception("the datapath reader stopped")
+            self.stats.set_datapath_state(DATAPATH_FAILED, f"the reader stopped: {exc!r}")
             return
-        raw, self._new_events = b"".join(self._new_events), []
-        events = np.frombuffer(raw, dtype=_EVENT_DTYPE)
-        keys = events["key"].view(np.uint8).reshape(len(events), abi.KEY_SIZE)
-        self._emit(self.table.announce(keys, events["pkt_len"], events["ts_ns"],
-                                       events["tcp_flags"]))
+        if not self._stop.is_set():
+            self.stats.set_datapath_state(DATAPATH_FAILED, "the reader stopped")
 
-    def _emit(self, emitted: Emitted) -> None:
-        """Flow-table output -> a batch of records for the pipeline."""
-        if not len(emitted):
-            return
-        self.records_emitted += len(emitted)
-        self._batches.append(FlowBatch.from_emitted(emitted, self.clock, time.time_ns(),
-                                                    self.node_name, self._known))
+    @property
+    def records_emitted(self) -> int:
+        return self.reader.records_emitted if self.reader is not None else 0
 
-    def _read_loop(self) -> None:
-        next_sweep = time.monotonic()
-        while True:
-            stopping = self._stop.is_set()
-            self._bpf.ring_buffer_consume()
-            self._announce()
-            now = time.monotonic()
-            if stopping:
-                self._final_sweep()
-            elif now >= next_sweep:
-                try:
-                    self._sweep()
-                except DatapathError as exc:
-                    log.error("%s", exc)
-                next_sweep = now + self.config.sweep_interval_s
-            self._flush()
-            if stopping:
-                return
-            if self._trim_at:
-                self._trim_at = False
-                memory.trim()
-            self._stop.wait(self.config.poll_interval_s)
-
-    def _flush(self) -> None:
-        """Hand what was read to the pipeline: batches of records (FlowBatch) and the Flow
-        objects extensions made (drop records)."""
-        work: list = self._batches
-        if self._pending:
-            work.append(self._pending)
-        self._batches, self._pending = [], []
-        for batch in work:
-            try:
-                self.pipeline(batch)
-            # The reader is the boundary between the kernel and every later stage: a bug in
-            # one of them must cost that batch (counted and logged), not stop all accounting.
-            except Exception:  # noqa: BLE001
-                log.exception("pipeline failed on a batch of %d records", len(batch))
-                packets = batch.packets.sum() if isinstance(batch, FlowBatch) else 0
-                self.stats.add_lost(observer_pb2.AGENT_QUEUE, len(batch), packets=int(packets))
-
-    def _drain(self, half: int) -> None:
-        keys, values = bpfsys.drain_map(self._half_fds[half], self.config.flow_map_size)
-        self.table.ingest(keys, values)
-
-    def _flip(self) -> int:
-        """Make the other half active and wait until no program runs on the old one (the
-        map-in-map update returns after every program in flight finished). Returns the
-        monotonic time of the flip: every packet timed before it is in the old half."""
-        flipped = time.monotonic_ns()
-        self._active ^= 1
-        bpfsys.update_elem(self._sel_fd, _u32(0), _u32(self._active))
-        bpfsys.update_elem(self._maps_fd, _u32(0), _u32(self._half_fds[0]))  # synchronize
-        return flipped
-
-    def _sweep(self) -> None:
-        """Drain the half the programs stopped writing at the previous flip, flip, and send
-        what the flow table says is due."""
-        self._drain(self._active ^ 1)
-        complete_until = self._flipped_ns - FLIP_MARGIN_NS
-        self._flipped_ns = self._flip()
-        now_ns = time.monotonic_ns()
-        self._emit(self.table.step(now_ns, complete_until))
-        self._sweep_extensions(now_ns, final=False)
-        self._update_counters()
-        self._trim_at = True  # after this sweep's batches went through the pipeline
-
-    def _final_sweep(self) -> None:
-        """At stop, after detaching: both halves drained (after a flip, so no program still
-        runs on either), every flow ended."""
-        self._drain(self._active ^ 1)
-        self._flipped_ns = self._flip()
-        self._bpf.ring_buffer_consume()
-        self._announce()
-        self._drain(self._active ^ 1)
-        now_ns = time.monotonic_ns()
-        self._emit(self.table.step(now_ns, now_ns, final=True))
-        self._sweep_extensions(now_ns, final=True)
-        self._update_counters()
-
-    def _sweep_extensions(self, now_ns: int, final: bool) -> None:
+    def _sweep_extensions(self, now_ns: int, final: bool) -> list:
         """Extensions with maps of their own (drop.h) sweep them with the flow map."""
-        for ext in self.extensions:
-            self._pending.extend(ext.sweep(self, now_ns, final) or ())
+        out: list = []
+        for ext in self._attached_extensions:
+            out.extend(ext.sweep(self, now_ns, final) or ())
+        return out
 
     def kernel_errors(self) -> list[int]:
         """The per-reason counters, summed over CPUs."""
@@ -453,21 +418,18 @@ class Datapath(Stage):
             out[info.name if info else str(k.value)] = int(sum(v))
         return out
 
-    def _update_counters(self) -> None:
-        """Packets the flow map could not count are lost (KERNEL_FLOW_MAP, one event per
-        packet); new-flow events not sent are not: those flows are announced by the sweep."""
-        counts = self.kernel_errors()
-        last = self._last_errors
-        lost = sum(counts[i] - last[i] for i in (abi.ERR_MAP_FULL, abi.ERR_MAP_UPDATE))
-        self.stats.add_lost(observer_pb2.KERNEL_FLOW_MAP, lost, packets=lost)
-        self._last_errors = counts
-        named = abi.error_counts(counts, self._error_names)
-        if counts[abi.ERR_MAP_FULL]:
-            named["flow_map_full_bytes"] = self._map_full_bytes()
-        if self.table.ended_early:
-            named["flows_ended_early"] = self.table.ended_early
-        self.stats.set_datapath_errors(named)
-
     def _map_full_bytes(self) -> int:
         table = self._bpf["map_full_bytes"]
         return int(table.sum(table.Key(0)).value)
+
+
+def _why_load_failed(exc: Exception) -> str:
+    """What to look at when bcc could not compile or load the program: bpf() itself refused
+    (seccomp, a security module) is not a headers problem."""
+    err = bpfsys.probe_map_create()
+    if err:
+        return explain_refusal("bpf", "CAP_BPF", err)
+    if "compile" in str(exc).lower():
+        return (f"kernel headers at /lib/modules/{platform.release()}/build; see the compiler "
+                "output above")
+    return "the kernel refused it: see the verifier output above"

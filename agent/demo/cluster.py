@@ -1,5 +1,6 @@
 """The demo cluster's shape: which nodes, namespaces, pods, Services, DNS, outside hosts and
-blocked pair `podflow demo` builds on the lab, and one agent per node on it.
+NetworkPolicies (one enforced, one not) `podflow demo` builds on the lab, and one agent per
+node on it.
 
 Kept in one place with the roles (`Cluster.pods["frontend"]`, ...) so the traffic plan, the
 summary's expectations, the tests and the benchmark all name the same pods.
@@ -18,6 +19,26 @@ NODE_PORT = 30080
 APP_PORT, DB_PORT, WORLD_PORT = 8080, 5432, 443
 
 
+def _in(namespace: str, **labels: str) -> dict:
+    """A peer: pods with `labels` in the namespace of that name."""
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "podSelector": {"matchLabels": labels}}
+
+
+DB_POLICY = {
+    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+    "metadata": {"name": "db-ingress", "namespace": "data"},
+    "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
+             "ingress": [{"from": [_in("shop", tier="backend"), _in("batch")],
+                          "ports": [{"port": "postgres"}]}]}}
+PROBER_POLICY = {
+    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+    "metadata": {"name": "prober-egress", "namespace": "monitoring",
+                 "annotations": {"podflow.lab/enforced": "false"}},
+    "spec": {"podSelector": {"matchLabels": {"app": "prober"}}, "policyTypes": ["Egress"],
+             "egress": [{"to": [_in("web", app="storefront")], "ports": [{"port": APP_PORT}]}]}}
+
+
 @dataclass
 class Cluster:
     """What the demo built, by role, so traffic, the summary and the tests agree."""
@@ -32,6 +53,7 @@ class Cluster:
     agents: list = field(default_factory=list)
     flow_logs: dict[str, str] = field(default_factory=dict)
     traffic: list = field(default_factory=list)                   # (name, Popen)
+    metadata_file: str = ""                                       # what the agents read
 
 
 def pod_name(deployment: str, n: int) -> str:
@@ -51,22 +73,23 @@ def build_cluster(lab: Lab, nodes: int, pods_per_node: int) -> Cluster:
                               pod_cidr=f"10.244.{i + 1}.0/24") for i, name in enumerate(names)]
     a, b = node_objs[0], node_objs[1 % nodes]
 
-    def pod(role, node, ns, deploy, labels, n=0, kind="Deployment"):
+    def pod(role, node, ns, deploy, labels, n=0, kind="Deployment", ports=None):
         name = pod_name(deploy, n) if kind == "Deployment" else (
             f"{deploy}-{n}" if kind == "StatefulSet" else f"{deploy}-{pod_name(deploy, n)[-5:]}")
-        p = node.add_pod(ns, name, labels={**labels}, owner=(kind, deploy))
+        p = node.add_pod(ns, name, labels={**labels}, owner=(kind, deploy), ports=ports)
         c.pods[role] = p
         return p
 
     lab.add_dns_server(node=a, cluster_ip=DNS_IP, pod_name=pod_name("coredns", 0))
     c.pods["dns"] = lab.dns.pod
-    frontend = pod("frontend", a, "shop", "frontend", {"app": "frontend", "tier": "web"})
+    pod("frontend", a, "shop", "frontend", {"app": "frontend", "tier": "web"})
     pod("checkout", b, "shop", "checkout", {"app": "checkout", "tier": "backend"})
     for i, node in enumerate(node_objs):
         cart = pod(f"cart-{i}", node, "shop", "cart", {"app": "cart", "tier": "backend"}, n=i)
         c.carts.append(cart)
     storefront = pod("storefront", b, "web", "storefront", {"app": "storefront"})
-    db = pod("db", b, "data", "db", {"app": "db"}, kind="StatefulSet")
+    db = pod("db", b, "data", "db", {"app": "db"}, kind="StatefulSet",
+             ports=[("postgres", DB_PORT, "TCP")])
     pod("reporter", a, "batch", "reporter", {"app": "reporter", "job-name": "reporter"},
         kind="Job")
     pod("prober", b, "monitoring", "prober", {"app": "prober"}, kind="DaemonSet")
@@ -91,14 +114,18 @@ def build_cluster(lab: Lab, nodes: int, pods_per_node: int) -> Cluster:
     c.outside = lab.add_outside_host("laptop")
     c.world = lab.add_outside_host("internet")
     c.world.serve(WORLD_PORT, name="internet")
-    # NetworkPolicy-like: the frontend may not talk to the database.
-    lab.add_drop_rule(frontend, db, port=DB_PORT)
+    # NetworkPolicies: the database takes connections from the shop's backends and the
+    # batch jobs only, so the frontend's are dropped (the lab enforces it as a CNI would);
+    # the prober may only check the storefront, but the lab does not enforce that one, so
+    # its checks of a cart pod get through: podflow calls it NOT enforced.
+    lab.add_network_policy(DB_POLICY)
+    lab.add_network_policy(PROBER_POLICY, enforce=False)
     return c
 
 
 def start_agents(c: Cluster, run_dir: str, flow_log_dir: str | None) -> None:
     """One agent per node, in parallel (each compiles its eBPF programs)."""
-    meta = c.lab.write_metadata(os.path.join(run_dir, "metadata.json"))
+    meta = c.metadata_file = c.lab.write_metadata(os.path.join(run_dir, "metadata.json"))
     log_dir = flow_log_dir or run_dir
     errors: list[LabError] = []
     # Each agent's Hubble API on a socket, and the others' as its Hubble peers, so one Hubble

@@ -1,8 +1,8 @@
 """`podflow demo`: a small Kubernetes-shaped cluster on this machine, with podflow on it.
 
 A newcomer sees podflow work in one command, without a cluster: the lab (agent/lab/)
-builds the nodes, pods, Services, DNS and a NetworkPolicy-like drop out of network
-namespaces (agent/demo/cluster.py); one real agent runs inside each node's namespace;
+builds the nodes, pods, Services, DNS and NetworkPolicies (one enforced, one not) out of
+network namespaces (agent/demo/cluster.py); one real agent runs inside each node's namespace;
 steady traffic of every kind flows (agent/demo/traffic.py); and the TUI opens on all agents.
 Headless (`--no-tui`), it prints what the agents saw instead (agent/demo/summary.py), for
 scripts and CI. Everything it made is removed when it ends, on Ctrl-C, or by
@@ -197,7 +197,8 @@ def _with_tui(c: Cluster, duration_s: float | None) -> int:
     """`podflow tui` on every agent, in a child process: if the terminal goes away (SIGHUP) or
     the TUI hangs, this process still ends it and cleans up. Ctrl-C quits it (a plain
     `podflow tui` asks for ctrl+q), so quitting the demo works the way a newcomer expects."""
-    cmd = [sys.executable, "-m", "agent.cli", "tui", "--ctrl-c-quits"]
+    cmd = [sys.executable, "-m", "agent.cli", "tui", "--ctrl-c-quits", "--metadata",
+           c.metadata_file]
     for agent in c.agents:
         cmd += ["--server", agent.address]
     tui = subprocess.Popen(cmd)

@@ -1,5 +1,6 @@
 """What the agents saw, as the headless demo prints it: connections per category, Services
-and the backends that answered, drops with the kernel's reason, DNS names and answers.
+and the backends that answered, drops with the kernel's reason, DNS names and answers, and
+per NetworkPolicy the connections it allowed and denied, enforced or not.
 
 A connection is counted once (its 5-tuple) whatever records and observation points saw it;
 the summary also carries what the demo expects (backends, the blocked pair) and the traffic
@@ -77,6 +78,7 @@ def summarize(c: Cluster, flows_by_node: dict[str, list], traffic: dict | None =
         s["connections"] = len(s.pop("_conns"))
         for be in s["backends"].values():
             be["connections"] = len(be.pop("_conns"))
+    policies = _policy_verdicts(flow for flows in flows_by_node.values() for flow in flows)
     return {
         "nodes": per_node,
         "categories": {k: len(v) for k, v in sorted(categories.items())},
@@ -84,13 +86,53 @@ def summarize(c: Cluster, flows_by_node: dict[str, list], traffic: dict | None =
         "drops": [{"source": k[0], "destination": k[1], "port": k[2], "reason": k[3],
                    "packets": n} for k, n in sorted(drops.items())],
         "dns": [{"query": q, "rcode": r, "records": n} for (q, r), n in sorted(dns.items())],
+        "policies": policies,
         "expected": {
             "cart_backends": sorted(f"{p.namespace}/{p.name}" for p in c.carts),
             "storefront_backends": [f"web/{c.pods['storefront'].name}"],
             "blocked": [f"shop/{c.pods['frontend'].name}", f"data/{c.pods['db'].name}"],
+            "policies": {f"{p.namespace}/{p.name}": "enforced" if p.enforce else "not enforced"
+                         for p in c.lab.policies},
         },
         "traffic": traffic or {},
     }
+
+
+# What became of a policy's connections, from the best evidence any record gave.
+_EVIDENCE = {"enforced": 2, "not-enforced": 2, "dropped-otherwise": 1, "": 0}
+
+
+def _policy_verdicts(flows) -> dict[str, dict[str, int]]:
+    """Per NetworkPolicy the connections (each counted once) its rules allowed and the ones
+    it denied, by what was seen of them: dropped (enforced), delivered (NOT enforced), or
+    nothing yet; and allowed ones something else dropped."""
+    from agent.wire.flowtext import denying_policies, policy_finding_word, policy_names
+
+    seen: dict[tuple, tuple[bool, str]] = {}   # (policy, connection) -> (denied, finding)
+    for f in flows:
+        if not f.HasField("policy"):
+            continue
+        kind = f.l4.WhichOneof("protocol") or "ip"
+        ports = getattr(f.l4, kind) if kind in ("tcp", "udp", "sctp") else None
+        ends = sorted([(f.ip.source, ports.source_port if ports else 0),
+                       (f.ip.destination, ports.destination_port if ports else 0)])
+        finding = policy_finding_word(f)
+        denying = denying_policies(f)
+        for name in policy_names(f):
+            key = (name, kind, *ends)
+            old = seen.get(key)
+            if old is None or _EVIDENCE[finding] > _EVIDENCE[old[1]]:
+                seen[key] = (name in denying, finding)
+    out: dict[str, dict[str, int]] = {}
+    for (name, *_conn), (denied, finding) in seen.items():
+        row = out.setdefault(name, {"allowed": 0, "allowed_dropped": 0, "denied": 0,
+                                    "denied_dropped": 0, "denied_delivered": 0})
+        row["denied" if denied else "allowed"] += 1
+        if denied and finding in ("enforced", "not-enforced"):
+            row["denied_dropped" if finding == "enforced" else "denied_delivered"] += 1
+        if not denied and finding == "dropped-otherwise":
+            row["allowed_dropped"] += 1
+    return dict(sorted(out.items()))
 
 
 def print_summary(summary: dict, duration_s: float, out=sys.stdout) -> None:
@@ -119,6 +161,20 @@ def print_summary(summary: dict, duration_s: float, out=sys.stdout) -> None:
         w("  (none)\n")
     for d in summary["dns"]:
         w(f"  {d['query']:<40} {d['rcode']:<9} {d['records']:>5,}\n")
+    w("\nNetworkPolicy verdicts (connections):\n")
+    if not summary["policies"]:
+        w("  (none)\n")
+    for name, p in summary["policies"].items():
+        line = f"  {name:<28} allowed {p['allowed']:>5,}"
+        if p["allowed_dropped"]:
+            line += f" (dropped otherwise {p['allowed_dropped']:,})"
+        line += f"  denied {p['denied']:>5,}"
+        if p["denied_dropped"]:
+            line += f": dropped {p['denied_dropped']:,} (enforced)"
+        if p["denied_delivered"]:
+            line += (f": delivered {p['denied_delivered']:,} (NOT ENFORCED: the CNI lets "
+                     "this policy's denied traffic through)")
+        w(line + "\n")
     if summary["traffic"]:
         w("\nTraffic generators (their own count):\n")
         for kind, t in sorted(summary["traffic"].items()):

@@ -24,10 +24,12 @@ import numpy as np
 from agent.datapath.batch import FlowBatch, Ident
 from agent.enrich.conntrack import Match, Tuple5
 from agent.enrich.k8s.state import ClusterState
-from agent.enrich.names import FlowEnricher, _translate
+from agent.enrich.names import (_NO_PORTS, ConnectionJudge, FlowEnricher, _translate,
+                                guess_replies)
 from podflow_api.v1 import flow_pb2
 
 _PROTO_NAMES = {6: "TCP", 17: "UDP", 132: "SCTP"}
+_WHICH = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmpv4", 58: "icmpv6"}  # Layer4 oneof names
 ALL_PORTS = None  # a headless endpoint whose slice lists no ports: every port
 
 
@@ -87,14 +89,17 @@ def _service_ports(ports: np.ndarray, allowed) -> np.ndarray:
 
 
 class BatchEnricher:
-    """Sets `ident`/`idents` of each batch. Not thread-safe: the datapath's thread calls it."""
+    """Sets `ident`/`idents` (and `enforcement`) of each batch. Not thread-safe: the
+    datapath's thread calls it."""
 
-    def __init__(self, state: ClusterState | None, conntrack=None, max_idents: int = 16384):
+    def __init__(self, state: ClusterState | None, conntrack=None, max_idents: int = 16384,
+                 judge: ConnectionJudge | None = None):
         self._state = state
         self._conntrack = conntrack
         self._names = FlowEnricher(state, None)
+        self._judge = judge if state is not None else None
         self._ports: ServicePorts | None = None
-        self._idents: dict[tuple, Ident] = {}
+        self._idents: dict[tuple, tuple[Ident, object]] = {}  # key -> (Ident, finder)
         self._max_idents = max_idents
 
     def enrich(self, batch: FlowBatch) -> None:
@@ -108,16 +113,25 @@ class BatchEnricher:
             self._ports = ServicePorts(state)
         node = batch.node_name
         idents: list[Ident] = []
+        finders: list = []
         positions: dict[int, int] = {}   # id(Ident) -> its index in `idents`
         ident = np.zeros(len(batch), np.int32)
 
-        def index_of(found: Ident) -> int:
-            pos = positions.get(id(found))
+        def index_of(found: tuple) -> int:
+            pos = positions.get(id(found[0]))
             if pos is None:
-                pos = positions[id(found)] = len(idents)
-                idents.append(found)
+                pos = positions[id(found[0])] = len(idents)
+                idents.append(found[0])
+                finders.append(found[1])
             return pos
 
+        # Which side opened the connection, where nothing better says (the policy verdict
+        # and is_reply depend on it), and the server's port the verdict is judged for.
+        replies = guess_replies(batch.proto, batch.sport, batch.dport, batch.tcp_flags)
+        with_ports = np.isin(batch.proto, list(_PROTO_NAMES))  # ICMP: no server port
+        server_ports = (np.where(replies & with_ports, batch.sport,
+                                 np.where(with_ports, batch.dport, 0)).astype(np.int64)
+                        if self._judge is not None else np.zeros(len(batch), np.int64))
         by_group = np.argsort(batch.group, kind="stable")
         bounds = np.searchsorted(batch.group[by_group], np.arange(len(batch.groups) + 1))
         for g, group in enumerate(batch.groups):
@@ -128,13 +142,20 @@ class BatchEnricher:
             base = (group, node, names, generation)
             proto = _PROTO_NAMES.get(group.proto)
             if proto is None or self._involved(group, proto) is False:
-                ident[rows] = index_of(self._ident(base, group, node, names, 0, 0, None))
+                # Names depend on the addresses only; the side and the server port remain.
+                sides = replies[rows].astype(np.int64) * 65536 + server_ports[rows]
+                kinds, inverse = np.unique(sides, return_inverse=True)
+                picks = [index_of(self._ident(base, group, node, names, 0, 0, None,
+                                              bool(k >> 16), k & 0xFFFF))
+                         for k in kinds.tolist()]
+                ident[rows] = np.array(picks, np.int32)[inverse.ravel()]
                 continue
             svc_sport = _service_ports(batch.sport[rows], self._at(group.source, proto))
             svc_dport = _service_ports(batch.dport[rows], self._at(group.destination, proto))
-            for row, sp, dp, sport, dport in zip(rows.tolist(), svc_sport.tolist(),
-                                                 svc_dport.tolist(), batch.sport[rows].tolist(),
-                                                 batch.dport[rows].tolist()):
+            for row, sp, dp, sport, dport, reply, server_port in zip(
+                    rows.tolist(), svc_sport.tolist(), svc_dport.tolist(),
+                    batch.sport[rows].tolist(), batch.dport[rows].tolist(),
+                    replies[rows].tolist(), server_ports[rows].tolist()):
                 match = None
                 if (sp or dp) and self._conntrack is not None:
                     opening = group.proto == 6 and bool(batch.tcp_flags[row] & 0x02)
@@ -145,8 +166,32 @@ class BatchEnricher:
                         int(batch.first_ns[row]), opening, query=state is not None)
                 if match is None and state is None:
                     sp = dp = 0  # nothing else depends on the ports
-                ident[row] = index_of(self._ident(base, group, node, names, sp, dp, match))
+                ident[row] = index_of(self._ident(base, group, node, names, sp, dp, match,
+                                                  reply, server_port))
         batch.set_idents(ident, idents)
+        if self._judge is not None:
+            self._enforcement(batch, finders)
+
+    @staticmethod
+    def _enforcement(batch: FlowBatch, finders: list) -> None:
+        """What each record shows of its connection's verdict (the judge's finder), per
+        identity and outcome: the only per-record inputs of a forwarded record."""
+        if not any(finders):
+            return
+        pairs = batch.ident.astype(np.int64) * 256 + batch.outcome
+        kinds, inverse = np.unique(pairs, return_inverse=True)
+        values = np.zeros(len(kinds), np.uint8)
+        for j, kind in enumerate(kinds.tolist()):
+            number, outcome = divmod(kind, 256)
+            finder = finders[number]
+            if finder is None:
+                continue
+            rep = flow_pb2.Flow()
+            rep.CopyFrom(batch.idents[number].flow)
+            rep.outcome = outcome
+            finder(rep)
+            values[j] = rep.policy.enforcement
+        batch.enforcement = values[inverse.ravel()]
 
     def _involved(self, group, proto: str):
         """Whether a Service could be involved in this group's records (None: no metadata,
@@ -160,29 +205,49 @@ class BatchEnricher:
         return self._ports.at(ip, proto) if self._ports is not None else ALL_PORTS
 
     def _ident(self, base: tuple, group, node: str, names, sport: int, dport: int,
-               match: Match | None) -> Ident:
+               match: Match | None, reply_guess: bool, server_port: int) -> tuple:
+        """(Ident, the judge's finder or None) of one identity; as FlowEnricher.enrich_one
+        names a record, with `sport`/`dport` the Service-side ports only."""
         # What of a conntrack answer the names depend on: the client, the address dialed, the
         # backend that answered, the side (not the client's port: one identity per backend).
         answer = None if match is None else (
             match.entry.orig.src, match.entry.orig.dst, match.entry.orig.dport,
             match.entry.reply.src, match.entry.reply.sport, match.is_reply)
-        key = (base, sport, dport, answer)
+        key = (base, sport, dport, answer, reply_guess, server_port)
         found = self._idents.get(key)
         if found is not None:
             return found
         flow = group.base_flow(node)
-        proto_num = group.proto
-        if match is not None:
-            _translate(flow, match)
-            flow.is_reply = match.is_reply
+        finder = None
         state = self._state
-        if state is not None:
+        if state is None:
+            if match is not None:
+                _translate(flow, match)
+                flow.is_reply = match.is_reply
+        else:
+            proto_num = group.proto if group.proto in _PROTO_NAMES else 0
             enriched = flow_pb2.Flow()
             if match is not None:
                 _translate(enriched, match)
-            self._names._name(enriched, state, match, proto_num if proto_num in _PROTO_NAMES
-                              else 0, _PROTO_NAMES.get(proto_num, ""), group.source, sport,
-                              group.destination, dport)
+            reply, server_ip, judged_port = self._names._name(
+                enriched, state, match, proto_num, _PROTO_NAMES.get(group.proto, ""),
+                group.source, sport, group.destination, dport)
+            if reply is None:
+                reply = reply_guess
+            if reply:
+                enriched.is_reply = True
+            which = _WHICH.get(group.proto)
+            if self._judge is not None and which and not group.fragment:
+                client_ip = group.destination if reply else group.source
+                if not server_ip:
+                    server_ip = group.source if reply else group.destination
+                    judged_port = server_port
+                judged = self._judge.judge(client_ip, server_ip, judged_port,
+                                           _PROTO_NAMES.get(group.proto)
+                                           or _NO_PORTS.get(which, which), reply)
+                if judged is not None:
+                    enriched.MergeFromString(judged[0])
+                    finder = judged[1]
             flow.MergeFrom(enriched)
         if names is not None:
             src_names, dst_names = names
@@ -190,11 +255,10 @@ class BatchEnricher:
                 flow.source.names[:] = src_names
             if dst_names:
                 flow.destination.names[:] = dst_names
-        found = Ident(flow)
+        found = (Ident(flow), finder)
         cache = self._idents
         if len(cache) >= self._max_idents:
             for old in list(itertools.islice(cache, self._max_idents // 4)):
                 del cache[old]
         cache[key] = found
         return found
-

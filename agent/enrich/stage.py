@@ -14,7 +14,7 @@ from agent.enrich.batch import BatchEnricher
 from agent.enrich.conntrack import Conntrack, open_conntrack
 from agent.enrich.k8s.filesource import FileSource
 from agent.enrich.k8s.state import ClusterState
-from agent.enrich.names import FlowEnricher
+from agent.enrich.names import ConnectionJudge, FlowEnricher
 from agent.errors import PodflowError
 from agent.stage import Stage
 from agent.stats import AgentStats
@@ -38,14 +38,22 @@ class Enricher(Stage):
         self._use_conntrack = use_conntrack
         self._conntrack_grace_s = conntrack_grace_s
         self._conntrack: Conntrack | None = None
+        self._judge: ConnectionJudge | None = None
         self._enricher = FlowEnricher(state, None)
         self._batch = BatchEnricher(state, None)
+
+    def use_judge(self, judge: ConnectionJudge) -> None:
+        """Give every new connection a NetworkPolicy verdict from `judge` (the policy stage,
+        built after this one: stages never import later ones, main.py connects them)."""
+        self._judge = judge
+        self._enricher = FlowEnricher(self.state, self._conntrack, judge=judge)
+        self._batch = BatchEnricher(self.state, self._conntrack, judge=judge)
 
     def start(self) -> None:
         if self._use_conntrack:
             self._conntrack = open_conntrack(event_grace_s=self._conntrack_grace_s)
-        self._enricher = FlowEnricher(self.state, self._conntrack)
-        self._batch = BatchEnricher(self.state, self._conntrack)
+        self._enricher = FlowEnricher(self.state, self._conntrack, judge=self._judge)
+        self._batch = BatchEnricher(self.state, self._conntrack, judge=self._judge)
         if self._source is not None:
             try:
                 self._source.start()
@@ -59,6 +67,11 @@ class Enricher(Stage):
         if self._conntrack is not None:
             self._conntrack.stop()
             self._conntrack = None
+
+    def failure(self) -> str | None:
+        """The metadata source's verdict (the Kubernetes watch gives up waiting for RBAC)."""
+        failure = getattr(self._source, "failure", None)
+        return failure() if failure is not None else None
 
     def enrich(self, flows: list) -> None:
         """Flow objects (drop records), one by one."""
@@ -88,6 +101,7 @@ class Enricher(Stage):
 
             return cls(stats, "kubernetes", state,
                        KubeSource(state, stats, kubeconfig=config.kubeconfig,
-                                  context=config.context), **options)
+                                  context=config.context, rbac_wait_s=config.rbac_wait_s),
+                       **options)
         return cls(stats, f"file:{config.source}", state,
                    FileSource(config.source, state, stats), **options)

@@ -36,6 +36,7 @@ from agent.errors import ConfigError
 from agent.stage import Stage
 from agent.stats import AgentStats
 from agent.wire.counting import counts_once, veth_sender
+from agent.wire.flowtext import denying_policies, policy_finding_word, policy_names
 from podflow_api.v1 import flow_pb2, observer_pb2
 
 if TYPE_CHECKING:
@@ -99,6 +100,10 @@ class FlowCounters:
         # label values -> [flows, packets, bytes, last update (monotonic ns)]
         self._series: dict[tuple[str, ...], list[int]] = {}
         self._drops: dict[str, list[int]] = {}  # drop reason -> [packets, bytes, last update]
+        # (policy, verdict or finding) -> [records, last update]: NetworkPolicy verdicts of
+        # counted records, and every record that showed a finding (bounded like the rest).
+        self._policy: dict[tuple[str, str], list[int]] = {}
+        self._findings: dict[tuple[str, str], list[int]] = {}
         self.overflow_key = tuple(OVERFLOW for _ in labels)
         self.skipped = 0  # flows this consumer fell too far behind to read
         # Source IPs seen leaving a pod veth on this node (-> last seen), for agents without
@@ -128,7 +133,10 @@ class FlowCounters:
                     drop[0] += flow.packets
                     drop[1] += flow.bytes
                     drop[2] = now
-                if not self.counts(flow):
+                counted = self.counts(flow)
+                if flow.HasField("policy"):
+                    self._add_policy(flow, counted, now)
+                if not counted:
                     continue
                 key = tuple(read(flow) for read in readers)
                 entry = series.get(key)
@@ -150,9 +158,9 @@ class FlowCounters:
         keep = np.flatnonzero(~batch.update[lo:hi]) + lo
         if not len(keep):
             return
-        with_outcome = "outcome" in self.labels
+        # Records of one identity, outcome and policy finding read the same labels.
         ident = batch.ident[keep].astype(np.int64)
-        groups = ident * 256 + batch.outcome[keep] if with_outcome else ident
+        groups = (ident * 256 + batch.outcome[keep]) * 256 + batch.enforcement[keep]
         uniq, inverse = np.unique(groups, return_inverse=True)
         inverse = inverse.ravel()
         flows = np.bincount(inverse, minlength=len(uniq))
@@ -166,18 +174,24 @@ class FlowCounters:
             series = self._series
             reps = []
             for group in uniq.tolist():
-                ident_no, outcome = divmod(group, 256) if with_outcome else (group, 0)
+                rest, enforcement = divmod(group, 256)
+                ident_no, outcome = divmod(rest, 256)
                 rep = flow_pb2.Flow()
                 rep.CopyFrom(batch.idents[ident_no].flow)
                 name = _L4_PROTOCOLS.get(int(protos[ident_no]))
                 if name:
                     getattr(rep.l4, name).SetInParent()
                 rep.outcome = outcome
+                if enforcement:
+                    rep.policy.enforcement = enforcement
                 reps.append(rep)
             self._learn_local_pods(reps, now)
             for rep, n_flows, n_packets, n_bytes in zip(reps, flows.tolist(), packets.tolist(),
                                                         nbytes.tolist()):
-                if not self.counts(rep):
+                counted = self.counts(rep)
+                if rep.HasField("policy"):
+                    self._add_policy(rep, counted, now, n_flows)
+                if not counted:
                     continue
                 key = tuple(read(rep) for read in readers)
                 entry = series.get(key)
@@ -194,8 +208,39 @@ class FlowCounters:
                 entry[2] += int(n_bytes)
                 entry[3] = now
 
+    def _add_policy(self, flow: flow_pb2.Flow, counted: bool, now: int, records: int = 1
+                    ) -> None:
+        """Per policy the record names: its verdict (a counted record: one per packet, as
+        the flow families), and what the record showed (enforced, not-enforced: the
+        denying policies; dropped-otherwise: the allowing ones), every record that shows it.
+        `records`: how many records alike this one counts for."""
+        denying = denying_policies(flow)
+        finding = policy_finding_word(flow)
+        for name in policy_names(flow):
+            denied = name in denying
+            if counted:
+                self._bump(self._policy, (name, "denied" if denied else "allowed"), now, records)
+            if finding and denied == (finding != "dropped-otherwise"):
+                self._bump(self._findings, (name, finding), now, records)
+
+    def _bump(self, family: dict, key: tuple[str, str], now: int, n: int = 1) -> None:
+        entry = family.get(key)
+        if entry is None:
+            if len(self._policy) + len(self._findings) >= self.max_series:
+                self._expire(now)
+            if len(self._policy) + len(self._findings) >= self.max_series:
+                key = (OVERFLOW, OVERFLOW)
+                entry = family.get(key)
+            if entry is None:
+                entry = family[key] = [0, 0]
+        entry[0] += n
+        entry[1] = now
+
     def _expire(self, now: int) -> None:
         cutoff = now - self.ttl_ns
+        for family in (self._policy, self._findings):
+            for key in [k for k, v in family.items() if v[1] < cutoff]:
+                del family[key]
         for key in [k for k, v in self._series.items() if v[3] < cutoff]:
             del self._series[key]
         for key in [k for k, v in self._drops.items() if v[2] < cutoff]:
@@ -208,6 +253,12 @@ class FlowCounters:
             self._expire(time.monotonic_ns())
             return ({k: list(v) for k, v in self._series.items()},
                     {k: list(v) for k, v in self._drops.items()})
+
+    def policy_snapshot(self) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+        """(policy, verdict) -> counted records; (policy, finding) -> records."""
+        with self._lock:
+            return ({k: v[0] for k, v in self._policy.items()},
+                    {k: v[0] for k, v in self._findings.items()})
 
 
 class _Collector:
@@ -240,6 +291,22 @@ class _Collector:
         yield packets
         yield bytes_
 
+        verdicts, findings = self.counters.policy_snapshot()
+        family = CounterMetricFamily(
+            "podflow_policy_verdicts", "Flow records (counted as podflow_flows: one per packet) "
+            "whose connection a NetworkPolicy allowed or denied", labels=["policy", "verdict"])
+        for (name, verdict), count in sorted(verdicts.items()):
+            family.add_metric([name, verdict], count)
+        yield family
+        family = CounterMetricFamily(
+            "podflow_policy_findings", "Flow records showing what became of a NetworkPolicy "
+            "verdict: enforced (denied and dropped), not-enforced (denied but delivered: the "
+            "CNI does not enforce the policy), dropped-otherwise (allowed but dropped)",
+            labels=["policy", "finding"])
+        for (name, finding), count in sorted(findings.items()):
+            family.add_metric([name, finding], count)
+        yield family
+
         drop_packets = CounterMetricFamily("podflow_drops", "Dropped packets by kernel drop reason",
                                            labels=["reason"])
         for reason, (n_packets, _, _) in sorted(drops.items()):
@@ -263,6 +330,12 @@ class _Collector:
         interfaces = self.stats.snapshot_interfaces()
         yield GaugeMetricFamily("podflow_interfaces_traced", "Interfaces with podflow programs "
                                 "attached", value=len(interfaces))
+        yield GaugeMetricFamily("podflow_datapath_tracing", "1 while the programs are attached "
+                                "and the reader runs (what gRPC health SERVING means)",
+                                value=1 if self.stats.datapath_state == "tracing" else 0)
+        yield GaugeMetricFamily("podflow_interface_notes", "Hooks of traced interfaces where "
+                                "something runs first and may end the chain (see podflow "
+                                "status)", value=len(self.stats.snapshot_notes()))
         yield GaugeMetricFamily("podflow_exporter_failing", "1 while the flow log cannot be "
                                 "written (see ServerStatus.exporter_error)",
                                 value=1 if self.stats.exporter_error else 0)

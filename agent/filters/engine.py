@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from agent.filters import vocabulary as vocab
 from agent.filters.labels import parse_label_selector
 from agent.filters.vocabulary import TCP_FLAG_NAMES, FilterError
+from agent.wire.flowtext import policy_finding_word, policy_names, policy_verdict_word
 from podflow_api.v1 import flow_pb2, observer_pb2
 
 __all__ = ["Predicate", "FilterError", "compile_filters", "compile_filter", "TCP_FLAG_NAMES",
@@ -272,6 +273,16 @@ def _dns_query_check(values: list[str], path: str) -> Check:
     return lambda flow: match(flow.dns.query.rstrip("."))
 
 
+def _policy_verdict_check(values: list[str], path: str) -> Check:
+    match = vocab.policy_verdict_matcher(values, path)
+    return lambda flow: match(policy_verdict_word(flow), policy_finding_word(flow))
+
+
+def _policy_check(values: list[str], path: str) -> Check:
+    match = vocab.policy_matcher(values, path)
+    return lambda flow: match(policy_names(flow))
+
+
 _BUILDERS: dict[str, Callable[[list, str], Check]] = {
     "source_ip": _ip_check("source"),
     "destination_ip": _ip_check("destination"),
@@ -301,6 +312,8 @@ _BUILDERS: dict[str, Callable[[list, str], Check]] = {
     "outcome": _enum_check("outcome", vocab.OUTCOME),
     "dns_query": _dns_query_check,
     "service": _service_check,
+    "policy_verdict": _policy_verdict_check,
+    "policy": _policy_check,
 }
 assert set(_BUILDERS) == {f.name for f in observer_pb2.FlowFilter.DESCRIPTOR.fields}, \
     "every FlowFilter field needs a builder"

@@ -18,6 +18,9 @@ How values are written and matched (README, "Filters"):
   request, the source port of a reply), `from-port`/`to-port` a side of the record;
 - protocols: tcp, udp, sctp, icmpv4, icmpv6, icmp (both ICMPs), their IANA numbers and the
   aliases icmp4/icmp6; enums (verdict, direction, outcome ...) by their lower-case names;
+- NetworkPolicy: `policy-verdict` is the verdict (allowed, denied, not-isolated, unknown) or
+  what was seen of it (enforced, not-enforced, dropped-otherwise), as agent.wire.flowtext
+  words a record; `policy` names a policy the verdict names, `[namespace/]name`;
 - values of one word are alternatives, also written `a,b`; a label selector's comma means
   AND and a TCP flag list's comma means "all of these", so those two keep their commas.
 
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 
 from agent.errors import FilterError
 from agent.filters.labels import parse_label_selector
+from agent.wire.flowtext import POLICY_FINDING_WORDS, POLICY_VERDICT_WORDS
 from podflow_api.v1 import flow_pb2
 
 __all__ = ["FilterError", "Word", "WORDS", "SPELLINGS", "TCP_FLAG_NAMES", "PROTOCOLS"]
@@ -324,6 +328,40 @@ CATEGORY = EnumWords(flow_pb2.FlowCategory)
 OUTCOME = EnumWords(flow_pb2.ConnectionOutcome)
 
 
+# -- NetworkPolicy: a verdict word or a finding word (agent.wire.flowtext decides which holds) --
+
+POLICY_VERDICTS = POLICY_VERDICT_WORDS + POLICY_FINDING_WORDS
+
+
+def parse_policy_verdict(text: str, path: str) -> str:
+    """allowed, denied, not-isolated, unknown (the verdict) or enforced, not-enforced,
+    dropped-otherwise (what was seen of it), any case, `_` for `-`."""
+    word = text.strip().lower().replace("_", "-")
+    if word not in POLICY_VERDICTS:
+        raise FilterError(f"{path}: {text.strip()!r} is not one of {', '.join(POLICY_VERDICTS)}")
+    return word
+
+
+def policy_verdict_matcher(values: Iterable[str], path: str) -> Callable[[str, str], bool]:
+    """(verdict word, finding word) of a record -> bool for `policy-verdict` values."""
+    wanted = frozenset(parse_policy_verdict(v, path) for v in values)
+    return lambda verdict, finding: verdict in wanted or finding in wanted
+
+
+def policy_matcher(values: Iterable[str], path: str) -> Callable[[Iterable[str]], bool]:
+    """The policies a record's verdict names ("namespace/name" each) -> bool for `policy`
+    values: '[NAMESPACE/]NAME', globs in either part."""
+    match = service_matcher(values, path)
+
+    def check(names: Iterable[str]) -> bool:
+        for ref in names:
+            ns, _, name = ref.partition("/")
+            if match(ns, name):
+                return True
+        return False
+    return check
+
+
 # -- the words ---------------------------------------------------------------------------------
 
 def _checked(parse: Callable[[str, str], object]) -> Callable[[str, str], str]:
@@ -396,6 +434,12 @@ WORDS: tuple[Word, ...] = (
          "kernel drop reason (glob, any case), e.g. NETFILTER_DROP"),
     Word("dns-query", ("dns_query",), _checked(parse_pattern),
          "DNS query name glob (any case), e.g. '*.shop.svc.*'"),
+    Word("policy-verdict", ("policy_verdict",), parse_policy_verdict,
+         "NetworkPolicy verdict: allowed, denied, not-isolated, unknown; or what was seen of "
+         "it: enforced (denied and dropped), not-enforced (denied but delivered), "
+         "dropped-otherwise (allowed but dropped)"),
+    Word("policy", ("policy",), _checked(parse_ns_name),
+         "a NetworkPolicy that allows or denies the flow: [NAMESPACE/]NAME (globs allowed)"),
 )
 
 

@@ -32,6 +32,7 @@ from agent.lab.metadata import cluster_metadata, object_uid, write_json_atomical
 from agent.lab.netns import delete_netns, list_netns, missing_tools, run_tool
 from agent.lab.nodes import NODE_KINDS, Node, wire_node
 from agent.lab.pods import Pod
+from agent.lab.policies import LabPolicy, check_cidrs, sync_policies
 from agent.lab.services import (Service, ServicePort, common_labels, drop_rule,
                                 kube_proxy_nat, sync_nat)
 from agent.lab.underlay import (UNDERLAY_CIDR, OutsideHost, add_underlay_host,
@@ -64,6 +65,8 @@ class Lab:
         self.outside_hosts: list[OutsideHost] = []
         self.dns: DnsServer | None = None
         self.drop_rules: list[tuple[Node, list[str]]] = []
+        self.policies: list[LabPolicy] = []                 # NetworkPolicies (policies.py)
+        self.namespace_labels: dict[str, dict[str, str]] = {}
         self._processes: list[subprocess.Popen] = []
         self._netns: list[str] = []
         self._pod_seq = 0
@@ -269,6 +272,39 @@ class Lab:
 
     def _sync_iptables(self, node: Node) -> None:
         sync_nat(node.netns, kube_proxy_nat(self.services, str(self.cluster_cidr)))
+        if self.policies:
+            sync_policies(self, node)
+
+    # ---- NetworkPolicy
+
+    def label_namespace(self, namespace: str, **labels: str) -> None:
+        """The Namespace object's labels (namespaceSelectors read them); policies follow."""
+        self.namespace_labels.setdefault(namespace, {}).update(labels)
+        if self.policies:
+            for node in self.nodes:
+                sync_policies(self, node)
+
+    def add_network_policy(self, manifest: dict, enforce: bool = True) -> LabPolicy:
+        """A NetworkPolicy (its manifest, as `kubectl apply` takes it): in the metadata, and
+        enforced in every node's iptables as a CNI would, unless `enforce` is False (a CNI
+        that ignores it: podflow should call it NOT enforced). A policy of the same
+        namespace/name is replaced."""
+        check_cidrs(manifest)
+        policy = LabPolicy(manifest, enforce)
+        self.policies = [p for p in self.policies
+                         if (p.namespace, p.name) != (policy.namespace, policy.name)]
+        self.policies.append(policy)
+        for node in self.nodes:
+            sync_policies(self, node)
+        return policy
+
+    def remove_network_policy(self, namespace: str, name: str) -> None:
+        before = len(self.policies)
+        self.policies = [p for p in self.policies if (p.namespace, p.name) != (namespace, name)]
+        if len(self.policies) == before:
+            raise LabError(f"no NetworkPolicy {namespace}/{name}")
+        for node in self.nodes:
+            sync_policies(self, node)
 
     def add_drop_rule(self, src_pod: Pod, dst_pod: Pod, port: int | None = None,
                       protocol: str = "tcp", node: Node | None = None) -> list[str]:
@@ -309,8 +345,9 @@ class Lab:
     # ---- Kubernetes metadata
 
     def metadata(self) -> dict:
-        """`kubectl get pods,services,endpointslices,nodes -A -o json` for this lab, plus the
-        ReplicaSets that own Deployments' pods (see agent.lab.metadata)."""
+        """`kubectl get pods,services,endpointslices,nodes,namespaces,networkpolicies -A -o
+        json` for this lab, plus the ReplicaSets that own Deployments' pods (see
+        agent.lab.metadata)."""
         return cluster_metadata(self)
 
     def write_metadata(self, path: str) -> str:

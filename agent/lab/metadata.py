@@ -15,6 +15,7 @@ import os
 import uuid
 from typing import TYPE_CHECKING
 
+from agent.lab.policies import network_policy_objects
 from agent.lab.services import short_hash
 
 if TYPE_CHECKING:
@@ -39,14 +40,19 @@ CREATED = "2026-01-01T00:00:00Z"  # every object's creationTimestamp
 
 
 def cluster_metadata(lab: "Lab") -> dict:
-    """`kubectl get pods,services,endpointslices,nodes -A -o json` for this lab, plus the
-    ReplicaSets that own Deployments' pods."""
+    """`kubectl get pods,services,endpointslices,nodes,namespaces,networkpolicies -A -o
+    json` for this lab, plus the ReplicaSets that own Deployments' pods. Every policy the
+    lab knows is listed, the ones it does not enforce too (agent/lab/policies.py)."""
     items: list[dict] = [_node(node) for node in lab.nodes]
     replicasets: dict[tuple[str, str], dict] = {}
     items += [_pod(lab, pod, replicasets) for pod in lab.pods]
     for svc in lab.services:
         items += [_service(svc), _endpoint_slice(lab, svc)]
     items.extend(replicasets.values())
+    items += [_namespace(lab, ns) for ns in sorted(
+        {p.namespace for p in lab.pods} | {s.namespace for s in lab.services}
+        | set(lab.namespace_labels) | {p.namespace for p in lab.policies})]
+    items += network_policy_objects(lab)
     return {"apiVersion": "v1", "kind": "List", "items": items,
             "metadata": {"resourceVersion": ""}}
 
@@ -64,6 +70,15 @@ def _node(node: "Node") -> dict:
                                  {"type": "Hostname", "address": node.name}],
                    "conditions": [{"type": "Ready", "status": "True"}]},
     }
+
+
+def _namespace(lab: "Lab", name: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "uid": lab.uid("Namespace", "", name),
+                         "resourceVersion": "1", "creationTimestamp": CREATED,
+                         "labels": {**lab.namespace_labels.get(name, {}),
+                                    "kubernetes.io/metadata.name": name}},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
 
 
 def _owner_ref(api: str, kind: str, name: str, uid: str) -> dict:
@@ -107,7 +122,9 @@ def _pod(lab: "Lab", pod: "Pod", replicasets: dict[tuple[str, str], dict]) -> di
         "apiVersion": "v1", "kind": "Pod", "metadata": meta,
         "spec": {"nodeName": pod.node.name, "hostNetwork": pod.host_network,
                  "containers": [{"name": pod.name.split("-")[0] or "main",
-                                 "image": "podflow-lab/app:latest"}]},
+                                 "image": "podflow-lab/app:latest",
+                                 "ports": [{"name": n, "containerPort": p, "protocol": proto}
+                                           for n, p, proto in pod.container_ports]}]},
         "status": {"phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}],
                    "hostIP": pod.node.ip, "hostIPs": [{"ip": pod.node.ip}],
                    "conditions": [{"type": "Ready", "status": "True"}]},

@@ -62,14 +62,17 @@ class Node(InNetns):
 
     def add_pod(self, namespace: str, name: str, labels: dict[str, str] | None = None,
                 owner: tuple[str, str] | None = None, ip: str | None = None,
-                host_network: bool = False) -> Pod:
+                host_network: bool = False,
+                ports: list[tuple[str, int, str]] | None = None) -> Pod:
         """Create a pod. `owner` is (kind, name), e.g. ("Deployment", "frontend"): the
-        metadata then carries Pod -> ReplicaSet -> Deployment owner references."""
+        metadata then carries Pod -> ReplicaSet -> Deployment owner references. `ports`:
+        its container ports (name, port, protocol), for NetworkPolicies' named ports."""
         lab = self.lab
         if any(p.namespace == namespace and p.name == name for p in lab.pods):
             raise LabError(f"pod {namespace}/{name} already exists")
         common = dict(lab=lab, node=self, namespace=namespace, name=name,
-                      labels=dict(labels or {}), owner=owner)
+                      labels=dict(labels or {}), owner=owner,
+                      container_ports=[(n, int(p), proto.upper()) for n, p, proto in ports or ()])
         if host_network:
             pod = Pod(**common, ip=self.ip, netns=self.netns, host_ifname=None,
                       host_network=True, uid=lab.uid("Pod", namespace, name),

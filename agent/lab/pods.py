@@ -39,6 +39,9 @@ class Pod(InNetns):
     host_network: bool = False
     uid: str = ""
     resource_version: int = 0
+    # (name, port, protocol) the metadata declares as container ports: what a
+    # NetworkPolicy's named port resolves to.
+    container_ports: list[tuple[str, int, str]] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -88,7 +91,12 @@ def wire_pod(pod: Pod) -> None:
 
 
 def unwire_pod(pod: Pod) -> None:
-    """Delete the pod's namespace (its veth pair goes with it) and its node's route."""
+    """Delete the pod's veth pair, its namespace and its node's route. The host side is
+    deleted first and explicitly: a veth pair does go with its namespace, but the kernel
+    tears a namespace down asynchronously, so the node would still list the veth for a
+    moment (an agent, or a test, would see a pod that is gone)."""
+    run_tool(["ip", "-n", pod.node.netns, "link", "del", pod.host_ifname], check=False,
+             quiet=True)
     delete_netns(pod.netns)
     if pod.node.kind == "routed":
         run_tool(["ip", "-n", pod.node.netns, "route", "del", f"{pod.ip}/32"], check=False,

@@ -4,6 +4,10 @@ for kubelet probes) and server reflection, so standard tools (grpcurl, grpc_heal
 kubelet gRPC probes) work against an agent. What is served is the servicer's
 (agent/observer/servicer.py).
 
+Health means what a readiness probe needs: service "" is SERVING only while the datapath is
+tracing (programs attached, reader running; AgentStats.datapath_state), NOT_SERVING while it
+starts and again if it fails; "podflow.v1.Observer" is SERVING as soon as the API answers.
+
 A synchronous grpc server with a thread pool: each GetFlows stream runs in its own worker
 thread and blocks only on its own client. grpc.aio was measured too: both cost ~110-120 us of
 server CPU per message here (8-9k one-flow messages/s), so what decides throughput is flows
@@ -29,7 +33,7 @@ from agent.errors import ConfigError
 from agent.flowstore import FlowStore
 from agent.observer.servicer import OBSERVER_SERVICE, ObserverServicer, observer_handler
 from agent.stage import Stage
-from agent.stats import AgentStats
+from agent.stats import DATAPATH_FAILED, DATAPATH_TRACING, AgentStats
 
 if TYPE_CHECKING:
     from agent.config import ObserverSection
@@ -96,6 +100,23 @@ def server_credentials(config: ObserverSection) -> grpc.ServerCredentials | None
                                        require_client_auth=ca_pem is not None)
 
 
+def report_datapath_health(servicer: health.HealthServicer, services, state: str,
+                           stats: AgentStats) -> None:
+    """The one readiness rule of both APIs (podflow's and Hubble's): SERVING only while the
+    datapath traces (programs attached, reader running), NOT_SERVING while it starts and
+    again if it fails, so a probe never calls an agent ready that counts nothing."""
+    serving = state == DATAPATH_TRACING
+    for service in services:
+        servicer.set(service, health_pb2.HealthCheckResponse.SERVING if serving
+                     else health_pb2.HealthCheckResponse.NOT_SERVING)
+    if serving:
+        log.info("gRPC health: SERVING (the datapath is tracing) for %s",
+                 ", ".join(repr(s) for s in services))
+    elif state == DATAPATH_FAILED:
+        log.warning("gRPC health: NOT_SERVING (the datapath failed: %s) for %s",
+                    stats.datapath_error, ", ".join(repr(s) for s in services))
+
+
 class ObserverServer(Stage):
     """The agent stage: binds, serves, stops. The PEM files of --tls-* are read here, once,
     so an unreadable one fails before any stage starts."""
@@ -115,6 +136,7 @@ class ObserverServer(Stage):
         self._server: grpc.Server | None = None
         self._health_server: grpc.Server | None = None
         self.health_address = ""
+        self._stopping = False
 
     def start(self) -> None:
         server = grpc.server(
@@ -136,13 +158,20 @@ class ObserverServer(Stage):
             self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.servicer.address = self.address
         server.start()
-        for service in ("", OBSERVER_SERVICE):
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        # The Observer API answers from now on (history, status); the server as a whole
+        # (service "", what the kubelet's probes ask) is SERVING only while the datapath
+        # traces, and NOT_SERVING again if it fails.
+        self.health.set(OBSERVER_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        self.stats.on_datapath_state(self._datapath_state_changed)
         self._server = server
         log.info("Observer API listening on %s%s", self.address,
                  " (TLS)" if self.credentials is not None else "")
         if self.health_listen is not None:
             self._start_health_server(self.health_listen)
+
+    def _datapath_state_changed(self, state: str) -> None:
+        if not self._stopping:  # enter_graceful_shutdown said NOT_SERVING for good
+            report_datapath_health(self.health, ("",), state, self.stats)
 
     def _start_health_server(self, listen: ListenAddress) -> None:
         """A second, plaintext server sharing the health state and serving nothing else:
@@ -167,6 +196,7 @@ class ObserverServer(Stage):
     def stop(self, grace_s: float = 1.0) -> None:
         if self._server is None:
             return
+        self._stopping = True
         self.health.enter_graceful_shutdown()
         self.servicer.shutdown()
         self._server.stop(grace_s).wait()

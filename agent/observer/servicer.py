@@ -149,7 +149,11 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             flows_per_second=store.flows_per_second(),
             datapath_errors=stats.snapshot_datapath_errors(),
             metadata_source=stats.metadata_source, metadata_stale=stats.metadata_stale,
-            metadata_error=stats.metadata_error, exporter_error=stats.exporter_error)
+            metadata_error=stats.metadata_error, exporter_error=stats.exporter_error,
+            datapath_state=stats.datapath_state, datapath_error=stats.datapath_error,
+            interface_notes=[observer_pb2.InterfaceNote(interface=n.interface, hook=n.hook,
+                                                        note=n.note)
+                             for n in stats.snapshot_notes()])
 
     def GetNodes(self, request, context):
         stats = self.stats

@@ -33,9 +33,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agent.policy.facts import NODE, POD, ConnectionFact, Endpoint, host_prefix
-from agent.policy.model import (EGRESS, INGRESS, NAMESPACE_NAME_LABEL, LabelSelector,
-                                NetworkPolicy, Peer, PolicyPort, Rule, ip_block,
-                                selector_from_labels)
+from agent.policy.model import (EGRESS, INGRESS, NAMESPACE_NAME_LABEL, NetworkPolicy, Peer,
+                                PolicyPort, Rule, ip_block)
+from agent.policy.selectors import LabelSelector, selector_from_labels
 from agent.policy.yamlout import Commented, dump_all
 
 # Labels that differ between pods of one workload or between its rollouts.

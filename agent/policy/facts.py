@@ -17,8 +17,9 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from agent.policy.evaluate import Connection
+from agent.enrich.names import guess_reply
 from agent.policy.flows import connection_of
+from agent.policy.verdict import Connection
 from agent.policy.view import ContainerPort, PodInfo, StaticCluster
 from podflow_api.v1 import flow_pb2
 
@@ -156,7 +157,8 @@ def cluster_of_facts(facts: Iterable[ConnectionFact]) -> StaticCluster:
 
 # ---- from flow records ---------------------------------------------------------------------
 
-def _endpoint(ip: str, ep: flow_pb2.Endpoint) -> Endpoint:
+def endpoint_of(ip: str, ep: flow_pb2.Endpoint) -> Endpoint:
+    """An Endpoint from a record's (or the cache's) flow_pb2.Endpoint for address `ip`."""
     labels = tuple(sorted(tuple(pair.split("=", 1)) if "=" in pair else (pair, "")
                           for pair in ep.labels))
     if ep.kind == flow_pb2.POD:
@@ -177,39 +179,57 @@ def _seconds(ts) -> float:
 def facts_from_flows(flows: Iterable[flow_pb2.Flow]) -> list[ConnectionFact]:
     """Connection facts from enriched flow records. Each connection (protocol, client
     address and port, server address and port after DNAT) counts once however many records
-    (intervals, observation points, replies) it has; drop records count too (a denied
-    connection is a connection a policy must account for)."""
-    shapes: dict[tuple, list] = {}    # shape -> [fact, connection keys, last seen]
+    (intervals, observation points, nodes, replies) it has, in one shape: a record that
+    names the Service it went through wins over one that does not (the server's node sees
+    the connection after the client's node translated it, without the Service). Drop
+    records count too (a denied connection is one a policy must account for)."""
+    conns: dict[tuple, list] = {}    # connection -> [fact without counts, last seen]
     for flow in flows:
-        conn = connection_of(flow)
+        which = flow.l4.WhichOneof("protocol")
+        ports = getattr(flow.l4, which) if which in ("tcp", "udp", "sctp") else None
+        reply = flow.is_reply
+        if not reply and which and not flow.HasField("policy"):
+            # Recorded by an agent that did not orient its records (older, or without
+            # policy): the same guess enrichment makes when nothing else says.
+            reply = guess_reply(which, getattr(flow.l4, which),
+                                ports.source_port if ports else 0,
+                                ports.destination_port if ports else 0)
+        conn = connection_of(flow, reply)
         if conn is None:
             continue
         ip = flow.ip
-        which = flow.l4.WhichOneof("protocol")
-        ports = getattr(flow.l4, which) if which in ("tcp", "udp", "sctp") else None
-        if flow.is_reply:
+        if reply:
             client_ip, client_port = ip.destination, ports.destination_port if ports else 0
             client_ep, server_ep = flow.destination, flow.source
         else:
             client_ip, client_port = ip.source, ports.source_port if ports else 0
             client_ep, server_ep = flow.source, flow.destination
-        src = _endpoint(client_ip, client_ep)
-        dst = _endpoint(conn.dst_ip, server_ep)
+        key = (conn.protocol, client_ip, client_port, conn.dst_ip, conn.dst_port)
+        seen = _seconds(flow.last_seen) or _seconds(flow.time)
+        entry = conns.get(key)
+        has_service = flow.HasField("service") and bool(flow.service.name)
+        if entry is not None and (entry[0].service is not None or not has_service):
+            entry[1] = max(entry[1], seen)
+            continue
+        src = endpoint_of(client_ip, client_ep)
+        dst = endpoint_of(conn.dst_ip, server_ep)
         if server_ep.kind == flow_pb2.SERVICE_IP:
             dst = Endpoint(ip=conn.dst_ip)
         service = None
-        if flow.HasField("service") and flow.service.name:
+        if has_service:
             service = ServiceRef(flow.service.namespace, flow.service.name, flow.service.port)
         fact = ConnectionFact(src=src, dst=dst, dst_port=conn.dst_port, protocol=conn.protocol,
                               service=service, count=0)
-        key = (conn.protocol, client_ip, client_port, conn.dst_ip, conn.dst_port)
+        conns[key] = [fact, max(seen, entry[1]) if entry is not None else seen]
+    shapes: dict[tuple, list] = {}   # shape -> [fact, connections, last seen]
+    for fact, last in conns.values():
         entry = shapes.get(fact.shape)
         if entry is None:
-            entry = shapes[fact.shape] = [fact, set(), 0.0]
-        entry[1].add(key)
-        entry[2] = max(entry[2], _seconds(flow.last_seen) or _seconds(flow.time))
-    return [replace(fact, count=len(keys), last_seen_s=last)
-            for fact, keys, last in shapes.values()]
+            shapes[fact.shape] = [fact, 1, last]
+        else:
+            entry[1] += 1
+            entry[2] = max(entry[2], last)
+    return [replace(fact, count=count, last_seen_s=last) for fact, count, last in shapes.values()]
 
 
 def host_prefix(ip: str) -> str:

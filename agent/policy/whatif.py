@@ -14,9 +14,11 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agent.policy.evaluate import ConnectionVerdict, PolicyEvaluator, Verdict
+from agent.errors import PolicyError
+from agent.policy.evaluate import PolicyEvaluator
 from agent.policy.facts import ConnectionFact, cluster_of_facts, merge_facts
-from agent.policy.model import NetworkPolicy, PolicyError
+from agent.policy.model import NetworkPolicy
+from agent.policy.verdict import ConnectionVerdict, Verdict
 from agent.policy.view import LayeredCluster, PolicyCluster
 
 

@@ -154,3 +154,122 @@ def summary(flow: flow_pb2.Flow, proto_label: str | None = None) -> str:
         icmp = icmp_text(flow)
         text = f"{name} {src} {ARROW} {dst}" + (f" {icmp}" if icmp else "")
     return text
+
+
+# -- NetworkPolicy (flow.policy, filled by agent/policy) ----------------------------------------
+#
+# A record's verdict in one word, and what was seen of it in another: the words `observe
+# --policy-verdict`, the TUI's `policy-verdict=`, the metrics' labels and the screens use.
+
+POLICY_VERDICT_WORDS = ("allowed", "denied", "not-isolated", "unknown")
+_FINDINGS = {flow_pb2.POLICY_ENFORCED: "enforced", flow_pb2.POLICY_NOT_ENFORCED: "not-enforced",
+             flow_pb2.POLICY_DROPPED_OTHERWISE: "dropped-otherwise"}
+POLICY_FINDING_WORDS = tuple(_FINDINGS.values())
+_ALLOWED, _DENIED = flow_pb2.POLICY_ALLOWED, flow_pb2.POLICY_DENIED
+_EVALUATED = frozenset((flow_pb2.POLICY_NOT_ISOLATED, flow_pb2.POLICY_ALLOWED,
+                        flow_pb2.POLICY_DENIED, flow_pb2.POLICY_NOT_APPLICABLE))
+
+
+def policy_verdict_word(flow: flow_pb2.Flow) -> str:
+    """The connection's NetworkPolicy verdict: 'denied' (a policy denies it in either
+    direction), 'allowed' (a pod of it is isolated and a policy allows it), 'not-isolated'
+    (no policy selects either pod), 'unknown' (not evaluated)."""
+    policy = flow.policy
+    egress, ingress = policy.egress.verdict, policy.ingress.verdict
+    if egress == _DENIED or ingress == _DENIED:
+        return "denied"
+    if egress == _ALLOWED or ingress == _ALLOWED:
+        return "allowed"
+    if egress in _EVALUATED or ingress in _EVALUATED:
+        return "not-isolated"
+    return "unknown"
+
+
+def policy_finding_word(flow: flow_pb2.Flow) -> str:
+    """What was seen of the verdict: 'enforced' (denied and dropped), 'not-enforced' (denied
+    but delivered: the CNI does not enforce the policy), 'dropped-otherwise' (allowed but
+    dropped: the kernel's reason says by what); '' when nothing to report yet."""
+    return _FINDINGS.get(flow.policy.enforcement, "")
+
+
+def policy_names(flow: flow_pb2.Flow) -> tuple[str, ...]:
+    """Every policy ("namespace/name") the verdict names, egress first: the ones whose rules
+    allow the connection and the ones that isolate a pod and deny it."""
+    policy = flow.policy
+    names = list(policy.egress.policies)
+    names += [p for p in policy.ingress.policies if p not in names]
+    return tuple(names)
+
+
+def rule_text(policy: str, direction: str, index: int) -> str:
+    """'shop/allow-web ingress[0]': one rule of one policy, as every screen names it."""
+    return f"{policy} {direction}[{index}]"
+
+
+def policy_rules(flow: flow_pb2.Flow) -> tuple[str, ...]:
+    """The rules (rule_text) that allowed the record's connection, egress first."""
+    policy = flow.policy
+    return (tuple(rule_text(r.policy, "egress", r.index) for r in policy.egress.rules)
+            + tuple(rule_text(r.policy, "ingress", r.index) for r in policy.ingress.rules))
+
+
+def denying_policies(flow: flow_pb2.Flow) -> tuple[str, ...]:
+    """The policies that deny the record's connection (either direction)."""
+    out: list[str] = []
+    for side in (flow.policy.egress, flow.policy.ingress):
+        if side.verdict == _DENIED:
+            out += [p for p in side.policies if p not in out]
+    return tuple(out)
+
+
+_REASONS = {flow_pb2.POLICY_ALLOW_OWN_NODE: "from its own node",
+            flow_pb2.POLICY_ALLOW_SELF: "to itself"}
+
+
+def _direction_text(name: str, side: flow_pb2.DirectionPolicy) -> str:
+    verdict = side.verdict
+    if verdict == _ALLOWED:
+        why = _REASONS.get(side.reason)
+        if why is not None:
+            return f"{name} allowed ({why})"
+        rules = ", ".join(rule_text(r.policy, name, r.index) for r in side.rules)
+        return f"{name} allowed by {rules or ', '.join(side.policies)}"
+    if verdict == _DENIED:
+        text = f"{name} DENIED by {', '.join(side.policies)}"
+        if side.unresolved_named_ports:
+            text += (f" (named ports {', '.join(side.unresolved_named_ports)} unresolved: "
+                     "container ports unknown)")
+        return text
+    if verdict == flow_pb2.POLICY_NOT_ISOLATED:
+        return f"{name} not isolated"
+    return ""
+
+
+def policy_text(flow: flow_pb2.Flow) -> str:
+    """'egress allowed by shop/allow-dns egress[0]; ingress DENIED by data/db-in: denied and
+    dropped'; '' when the record carries no verdict. Directions where NetworkPolicy does not
+    apply (a world or node end) are left out."""
+    if not flow.HasField("policy"):
+        return ""
+    parts = [t for t in (_direction_text("egress", flow.policy.egress),
+                         _direction_text("ingress", flow.policy.ingress)) if t]
+    finding = flow.policy.enforcement
+    if finding == flow_pb2.POLICY_ENFORCED:
+        parts.append("denied and dropped (enforced)")
+    elif finding == flow_pb2.POLICY_NOT_ENFORCED:
+        parts.append("denied but delivered: the CNI does not enforce it")
+    elif finding == flow_pb2.POLICY_DROPPED_OTHERWISE:
+        parts.append(f"allowed but dropped ({flow.drop_reason or 'reason unknown'})")
+    return "; ".join(parts) or "not applicable (no pod end)"
+
+
+def policy_short(flow: flow_pb2.Flow) -> str:
+    """'policy denied by data/db-in (not-enforced)', 'policy allowed by shop/cart-in': a
+    record's verdict where a policy decided it, for one-line outputs; '' otherwise."""
+    word = policy_verdict_word(flow)
+    if word not in ("allowed", "denied"):
+        return ""
+    names = ", ".join(policy_names(flow))
+    text = f"policy {word}" + (f" by {names}" if names else "")
+    finding = policy_finding_word(flow)
+    return f"{text} ({finding})" if finding else text

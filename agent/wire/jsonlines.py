@@ -9,6 +9,13 @@ whole or not at all: when a write fails (disk full, read-only file system) the f
 truncated back to its last complete line, the lines not written are counted by stage with
 the time span of the records they held, and a `lost_events` record saying so goes into the
 file as soon as it can be written again.
+
+A file deleted while it is open (an operator freeing disk space) is followed the way
+logging.WatchedFileHandler follows one: before each flush the path is stat()ed and compared
+with the open file (st_dev, st_ino); a file deleted, renamed away or replaced is closed and
+the path opened again (a new file, with its header). Lines that still went into a deleted
+file (it was unlinked during the write: fstat's st_nlink is 0 right after it) are lost to
+every reader; they are counted as EXPORTER_WRITE and reported in the new file.
 """
 
 from __future__ import annotations
@@ -90,6 +97,7 @@ class RotatingWriter:
         self._needs_header = True
         self._has_data = False  # lines other than our header in the current file
         self.rotations = 0
+        self.lines_in_current = 0  # of the last write_lines call: lines in the file open now
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -136,12 +144,44 @@ class RotatingWriter:
         self.close()
         self.open()
 
+    def follow_path(self) -> str:
+        """What logging.WatchedFileHandler checks before each record: is the open file still
+        the one at the path? "" when it is (or nothing is open); else the file was "deleted"
+        or "moved" (renamed away, or another file put at the path), and the path is opened
+        again (ExportError when it cannot be). One stat() and one fstat()."""
+        if self._fd is None or self.is_stdout:
+            return ""
+        try:
+            ours = os.fstat(self._fd)
+        except OSError:
+            return ""
+        try:
+            there = os.stat(self.path)
+            if (there.st_dev, there.st_ino) == (ours.st_dev, ours.st_ino):
+                return ""
+        except FileNotFoundError:
+            pass
+        self.close()
+        self.open()
+        return "deleted" if ours.st_nlink == 0 else "moved"
+
+    def current_file_deleted(self) -> bool:
+        """True when the open file has no name any more (unlinked): what is written to it
+        now reaches no reader."""
+        if self._fd is None or self.is_stdout:
+            return False
+        try:
+            return os.fstat(self._fd).st_nlink == 0
+        except OSError:
+            return False
+
     # -- writing ---------------------------------------------------------------------------
 
     def write_lines(self, lines: list[bytes]) -> None:
         """Write every line, rotating between lines when the next one would cross the size
         limit. On failure raises ExportError with `.unwritten` = how many of `lines` were
         not written (the file keeps only complete lines)."""
+        self.lines_in_current = 0
         if not lines:
             return
         done = 0
@@ -153,10 +193,12 @@ class RotatingWriter:
                 chunk, count = self._next_chunk(lines, done)
                 if count == 0:
                     self._rotate()
+                    self.lines_in_current = 0
                     continue
                 self._write_all(chunk)
                 self._has_data = True
                 done += count
+                self.lines_in_current += count
         except ExportError as exc:
             exc.unwritten = len(lines) - done
             raise
@@ -376,10 +418,13 @@ class JsonLinesSink:
 
     def flush(self) -> bool:
         """Write what is pending, lost records first. False when the write failed (what was
-        not written is counted, never retried: the file keeps time order)."""
+        not written is counted, never retried: the file keeps time order). A file deleted
+        or moved since the last flush is followed first (the path opened again)."""
         lost_lines, spans = self._lost_lines()
         if not lost_lines and not self._pending:
             return not self.failing
+        if not self.failing and not self._follow_path():
+            return False
         lines = lost_lines + self._pending
         times = self._times
         self._pending, self._times, self.pending_bytes = [], [], 0
@@ -404,7 +449,44 @@ class JsonLinesSink:
             self.failing = False
             if self._on_recovery is not None:
                 self._on_recovery(self.lost_total)
+        if self.writer.current_file_deleted():
+            self._written_into_deleted_file(times)
         return True
+
+    def _follow_path(self) -> bool:
+        """Before a write: the file at the path must be the one open (WatchedFileHandler's
+        check). False when the path cannot be opened again (reported like a failed write)."""
+        try:
+            what = self.writer.follow_path()
+        except ExportError as exc:
+            self._fail(exc)
+            self._drop_pending(exc)
+            return False
+        if what:
+            log.warning("%s was %s while open; writing to a new %s", self.path, what, self.path)
+        return True
+
+    def _drop_pending(self, exc: ExportError) -> None:
+        """The pending records cannot be written (the path cannot be opened): counted."""
+        times, self._pending, self._times, self.pending_bytes = self._times, [], [], 0
+        if times:
+            now = time.time_ns()
+            stamped = [t or now for t in times]
+            self.count_lost(observer_pb2.EXPORTER_WRITE, len(times), min(stamped), max(stamped))
+
+    def _written_into_deleted_file(self, times: list[int]) -> None:
+        """The file was deleted during the write just made: its records reach no reader.
+        Counted as EXPORTER_WRITE, the path opened again, and the count written there."""
+        records = min(self.writer.lines_in_current, len(times))
+        if records:
+            now = time.time_ns()
+            stamped = [t or now for t in times[len(times) - records:]]
+            self.records_written -= records
+            self.count_lost(observer_pb2.EXPORTER_WRITE, records, min(stamped), max(stamped))
+        log.warning("%s was deleted while being written: %d records written into it are lost; "
+                    "writing to a new %s", self.path, records, self.path)
+        self.writer.close()
+        self.flush()  # the new file, with the lost_events record
 
     def _lost_lines(self) -> tuple[list[bytes], list[tuple[int, _LostSpan]]]:
         if not self.lost_records:

@@ -69,14 +69,17 @@ def compact_json(msg) -> str:
 
 
 class IdentRender:
-    """An identity's Flow (only the fields its records share) and its renderings."""
+    """An identity's Flow (only the fields its records share) and its renderings. The tail
+    comes in variants by the record's policy enforcement (Policy.enforcement, inside the
+    identity's `policy`)."""
 
-    __slots__ = ("flow", "_proto", "_json")
+    __slots__ = ("flow", "_proto", "_json", "_tails")
 
     def __init__(self, flow: flow_pb2.Flow):
         self.flow = flow
         self._proto: tuple[bytes, bytes] | None = None
         self._json: tuple[str, str] | None = None
+        self._tails: dict[tuple[bool, int], bytes | str] = {}
 
     def proto_parts(self) -> tuple[bytes, bytes]:
         """(fields 1..9, fields 16..) serialized."""
@@ -92,6 +95,19 @@ class IdentRender:
             tail = compact_json(_part(self.flow, _L4_AFTER_END, 1 << 29))[1:-1]
             self._json = (head, "," + tail if tail else "")
         return self._json
+
+    def tail(self, enforcement: int, as_json: bool):
+        """The tail of a record whose policy enforcement is `enforcement` (0: none)."""
+        if not enforcement:
+            return self.json_parts()[1] if as_json else self.proto_parts()[1]
+        key = (as_json, enforcement)
+        found = self._tails.get(key)
+        if found is None:
+            part = _part(self.flow, _L4_AFTER_END, 1 << 29)
+            part.policy.enforcement = enforcement
+            found = self._tails[key] = (("," + compact_json(part)[1:-1]) if as_json
+                                        else part.SerializeToString())
+        return found
 
 
 # -- protobuf ------------------------------------------------------------------------------
@@ -118,7 +134,9 @@ def _l4_proto(proto: int, sport: int, dport: int, flags: int) -> bytes:
 
 def record_proto(batch, i: int) -> bytes:
     """Record i of a FlowBatch as a serialized Flow."""
-    head, tail = batch.idents[batch.ident[i]].proto_parts()
+    ident = batch.idents[batch.ident[i]]
+    head, _ = ident.proto_parts()
+    tail = ident.tail(int(batch.enforcement[i]), as_json=False)
     packets, nbytes = int(batch.packets[i]), int(batch.bytes[i])
     parts = [_ts_field(b"\x0a", batch.time_ns), head,
              _l4_proto(int(batch.proto[i]), int(batch.sport[i]), int(batch.dport[i]),
@@ -201,8 +219,9 @@ def json_lines(batch, lo: int = 0, hi: int | None = None, rows=None) -> str:
         fast &= ~np.isin(rows, np.fromiter(batch.extras, np.int64))
     out: list[str] = []
     time_json = '"' + rfc3339_ns(batch.time_ns) + '"'
-    heads = [_l4_head(ident, p) for ident, p in zip(batch.idents, _ident_protos(batch))]
-    tails = [ident.json_parts()[1] for ident in batch.idents]
+    idents = batch.idents
+    heads = [_l4_head(ident, p) for ident, p in zip(idents, _ident_protos(batch))]
+    tails = [ident.json_parts()[1] for ident in idents]
     update = batch.update[rows]
     for template, sel in ((_RECORD, fast & ~update), (_UPDATE, fast & update)):
         chosen = rows[sel]
@@ -225,8 +244,13 @@ def json_lines(batch, lo: int = 0, hi: int | None = None, rows=None) -> str:
         columns += [sec_text[:k], f_ns.tolist(), sec_text[k:], l_ns.tolist()]
         if template is _RECORD:
             columns.append([_END[e] for e in batch.flow_end[chosen].tolist()])
-        columns += [[tails[g] for g in ids],
-                    [_OUTCOME_JSON.get(o, "") for o in batch.outcome[chosen].tolist()]]
+        enforcement = batch.enforcement[chosen]
+        if enforcement.any():  # NetworkPolicy findings: the tail of (identity, finding)
+            columns.append([idents[g].tail(e, True) if e else tails[g]
+                            for g, e in zip(ids, enforcement.tolist())])
+        else:
+            columns.append([tails[g] for g in ids])
+        columns.append([_OUTCOME_JSON.get(o, "") for o in batch.outcome[chosen].tolist()])
         out.extend([template % args for args in zip(*columns)])
     slow = rows[~fast]
     if len(slow):

@@ -58,7 +58,7 @@ class Cluster:
 def cluster(ebpf_ready, tmp_path_factory):
     from agent.lab import Lab
 
-    with Lab("drops") as lab:
+    with Lab(f"drops{os.getpid() % 10000}") as lab:
         a = lab.add_node("node-a", kind="bridge", pod_cidr="10.244.1.0/24")
         b = lab.add_node("node-b", kind="routed", pod_cidr="10.244.2.0/24")
         client = a.add_pod("shop", "frontend-1", labels={"app": "frontend"})

@@ -93,6 +93,29 @@ def test_follow_survives_the_agent_going_away_and_resumes(sockdir):
     assert len(connects) == len(ends) >= 2, "each connection's end is told"
 
 
+def test_an_agent_unreachable_at_first_still_gives_the_history_asked_for(sockdir):
+    """Nothing received yet, nothing to resume after: the retry asks for the history again
+    (a TUI whose port-forward starts working late still shows the agent's recent flows)."""
+    path = os.path.join(sockdir, "late.sock")
+    stream = AgentStream(f"unix:{path}", Req(follow=True, number=2), notices=False,
+                         backoff=Backoff(start_s=0.05, max_s=0.1))
+    got: list = []
+    reader = threading.Thread(target=lambda: got.extend(r for b in stream for r in b),
+                              daemon=True)
+    reader.start()
+    agent = InProcessAgent("node-a", listen=f"unix:{path}")
+    agent.store.extend([make_flow(i) for i in range(5)])
+    try:
+        assert not wait_until(lambda: got, timeout_s=0.3)  # nobody there yet
+        agent.start()
+        assert wait_until(lambda: len(got) == 2, timeout_s=15)
+    finally:
+        stream.close()
+        agent.stop()
+    reader.join(5)
+    assert [r.flow.bytes for r in got] == [103, 104]
+
+
 def test_without_reconnect_an_unreachable_agent_is_one_notice(sockdir):
     address = f"unix:{os.path.join(sockdir, 'nobody.sock')}"
     states = []

@@ -134,9 +134,51 @@ def test_bad_flags_exit_2_with_a_message_naming_the_flag(tmp_path, argv, message
 ALL_CAPS = (1 << 12) | (1 << 38) | (1 << 39)  # NET_ADMIN, PERFMON, BPF
 
 
+NET_ADMIN, SYS_ADMIN, PERFMON, BPF = 1 << 12, 1 << 21, 1 << 38, 1 << 39
+
+
+@pytest.mark.parametrize("caps,missing", [
+    (0, ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]),
+    (NET_ADMIN | PERFMON, ["CAP_BPF"]),
+    (NET_ADMIN | BPF, ["CAP_PERFMON"]),
+    (BPF | PERFMON, ["CAP_NET_ADMIN"]),
+    (ALL_CAPS, []),
+    (NET_ADMIN | SYS_ADMIN, []),          # kernels before 5.8: CAP_SYS_ADMIN grants bpf and perf
+    (SYS_ADMIN, ["CAP_NET_ADMIN"]),       # ... but never CAP_NET_ADMIN's part
+], ids=["none", "no-bpf", "no-perfmon", "no-net-admin", "all", "sys-admin", "sys-admin-only"])
+def test_missing_capabilities_are_named_exactly(caps, missing):
+    assert environment.missing_capabilities(caps) == missing
+
+
+def test_a_bpf_refusal_names_seccomp_and_its_mode(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Name:\tpodflow\nSeccomp:\t2\nSeccomp_filters:\t1\n")
+    text = environment.explain_refusal("bpf", "CAP_BPF", 1, status_path=str(status))
+    assert text.startswith("bpf() was refused (EPERM) although the agent holds CAP_BPF: a "
+                           "seccomp filter is in force (/proc/self/status Seccomp: 2, filter "
+                           "mode, 1 filter)")
+    status.write_text("Seccomp:\t0\n")
+    text = environment.explain_refusal("perf_event_open", "CAP_PERFMON", 1,
+                                       status_path=str(status))
+    assert "no seccomp filter is in force (/proc/self/status Seccomp: 0): a Linux security " \
+           "module" in text
+
+
+def test_a_refused_bpf_stops_the_checks_with_the_explanation(tmp_path):
+    btf_path = tmp_path / "vmlinux"
+    btf_path.write_bytes(b"")
+    (tmp_path / "modules" / environment.platform.release() / "build" / "include").mkdir(
+        parents=True)
+    with pytest.raises(DatapathError, match=r"bpf\(\) was refused \(EPERM\)"):
+        environment.check_environment(caps=ALL_CAPS, btf_path=str(btf_path),
+                                      modules_dir=str(tmp_path / "modules"),
+                                      bpf_probe=lambda: 1)
+
+
 @pytest.mark.parametrize("caps,btf,headers,message", [
-    (0, True, True, r"needs root, or CAP_BPF \+ CAP_NET_ADMIN \+ CAP_PERFMON"),
-    (1 << 12, True, True, "needs root, or CAP_BPF"),
+    (0, True, True, r"missing CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON: the datapath needs root, "
+                    r"or CAP_BPF \+ CAP_NET_ADMIN \+ CAP_PERFMON"),
+    (1 << 12, True, True, "missing CAP_BPF, CAP_PERFMON: the datapath needs root, or CAP_BPF"),
     (ALL_CAPS, False, True, "no kernel BTF at"),
     (ALL_CAPS, True, False, "bcc needs kernel headers at"),
 ], ids=["no-caps", "net-admin-only", "no-btf", "no-headers"])

@@ -33,7 +33,8 @@ def test_runs_and_prints_a_summary(headless):
     res = headless["res"]
     assert res.returncode == 0, res.stderr
     for heading in ("Connections per category:", "Services (connections, per backend):",
-                    "Drops (packets):", "DNS (records):"):
+                    "Drops (packets):", "DNS (records):",
+                    "NetworkPolicy verdicts (connections):"):
         assert heading in res.stdout
     assert "cleaned up" in res.stderr
 
@@ -84,6 +85,19 @@ def test_blocked_pair_shows_as_drops(headless):
     drops = [d for d in summary["drops"] if d["source"] == src and d["destination"] == dst]
     assert drops and drops[0]["reason"] == "NETFILTER_DROP" and drops[0]["port"] == "tcp/5432"
     assert summary["traffic"]["connect"]["ok"] == 0  # the generator saw them fail too
+
+
+def test_policy_verdicts_enforced_and_not(headless):
+    """The database's policy is enforced by the lab (the frontend's attempts are dropped);
+    the prober's is not (its checks of a cart pod get through): podflow tells them apart."""
+    summary = headless["summary"]
+    assert summary["expected"]["policies"] == {"data/db-ingress": "enforced",
+                                               "monitoring/prober-egress": "not enforced"}
+    db, prober = summary["policies"]["data/db-ingress"], summary["policies"]["monitoring/prober-egress"]
+    assert db["allowed"] > 0 and db["denied_dropped"] > 0 and db["denied_delivered"] == 0
+    assert prober["allowed"] > 0 and prober["denied_delivered"] > 0 and prober["denied_dropped"] == 0
+    assert "(NOT ENFORCED: the CNI lets this policy's denied traffic through)" in \
+        headless["res"].stdout
 
 
 def test_the_host_is_clean_afterwards(headless):

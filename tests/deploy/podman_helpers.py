@@ -108,8 +108,64 @@ Apt::AutoRemove::SuggestsImportant "false";
 """
 
 # A label on the base naming its recipe: a base made by an older recipe is made again.
-BASE_RECIPE = hashlib.sha256((SLIM_DPKG_EXCLUDES + SLIM_APT_CONF + "2").encode()).hexdigest()[:12]
+BASE_RECIPE = hashlib.sha256((SLIM_DPKG_EXCLUDES + SLIM_APT_CONF + "3").encode()).hexdigest()[:12]
 BASE_LABEL = "org.podflow.test-base-recipe"
+
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def _cgroup_mounts(mountinfo: str) -> list[tuple[str, str, str, str]]:
+    """(mount point, fs type, source, super options) of the cgroup tree in a mountinfo text:
+    the tmpfs holding a v1 hierarchy, each cgroup/cgroup2 hierarchy."""
+    out = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        sep = fields.index("-")
+        point, fstype, source, opts = fields[4], fields[sep + 1], fields[sep + 2], fields[sep + 3]
+        if point == CGROUP_ROOT or point.startswith(CGROUP_ROOT + "/"):
+            if fstype in ("tmpfs", "cgroup", "cgroup2"):
+                out.append((point, fstype, source, opts))
+    return out
+
+
+@contextlib.contextmanager
+def cgroups_for_runc():
+    """runc needs the cgroup tree mounted. A machine booted normally has it (systemd or the
+    init mounts it); a chroot made of non-recursive bind mounts (../shared/tools'
+    fresh-machine check) does not, and runc then fails with "no cgroup mount found in
+    mountinfo". Only then: mount the same hierarchies init has (a cgroup v1 hierarchy mounted
+    twice with the same options is the same hierarchy; cgroup2 as Debian 12 boots when init
+    has none), and unmount them afterwards. Refused where the mount would propagate back to
+    the host (a shared /sys)."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        own = fh.read()
+    if any(fstype in ("cgroup", "cgroup2") for _, fstype, _, _ in _cgroup_mounts(own)):
+        yield []
+        return
+    sys_line = next((line for line in own.splitlines() if line.split()[4] == "/sys"), "")
+    if "shared:" in sys_line:
+        raise PodmanError("no cgroup tree is mounted here and /sys is a shared mount: mounting "
+                          "one would propagate to the host; mount it before the tests")
+    try:
+        with open("/proc/1/mountinfo", encoding="utf-8") as fh:
+            wanted = _cgroup_mounts(fh.read())
+    except OSError:
+        wanted = []
+    if not any(fstype in ("cgroup", "cgroup2") for _, fstype, _, _ in wanted):
+        wanted = [(CGROUP_ROOT, "cgroup2", "cgroup2", "rw")]
+    made: list[str] = []
+    try:
+        for point, fstype, source, opts in wanted:
+            os.makedirs(point, exist_ok=True)
+            options = ",".join(o for o in opts.split(",") if o not in ("rw", "ro"))
+            subprocess.run(["mount", "-t", fstype, *(["-o", options] if options else []),
+                            source, point], check=True, capture_output=True, timeout=30)
+            made.append(point)
+        yield made
+    finally:
+        for point in reversed(made):
+            subprocess.run(["umount", point], check=False, capture_output=True, timeout=30)
 
 
 class PodmanError(AssertionError):
@@ -231,6 +287,11 @@ def _slim_and_trust(rootfs: Path) -> None:
     local.mkdir(parents=True, exist_ok=True)
     for cert in Path("/usr/local/share/ca-certificates").glob("*.crt"):
         shutil.copy2(cert, local / cert.name)
+    # The host's whole bundle too, as a local certificate: a build stage that installs
+    # ca-certificates rebuilds the bundle from Mozilla's set plus these files, and a host
+    # whose proxy CA is only in its bundle (a fresh root with the bundle copied in) would
+    # otherwise lose it there. update-ca-certificates appends a local file whole.
+    shutil.copy2("/etc/ssl/certs/ca-certificates.crt", local / "podflow-test-host-bundle.crt")
     (rootfs / "etc/ssl/certs").mkdir(parents=True, exist_ok=True)
     shutil.copy2("/etc/ssl/certs/ca-certificates.crt", rootfs / "etc/ssl/certs/ca-certificates.crt")
 

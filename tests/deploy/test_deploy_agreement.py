@@ -121,25 +121,32 @@ def test_non_default_agent_flags_reach_the_agent():
     assert config.annotate.syn_timeout_s == 5.0  # from extraArgs
 
 
-def test_probe_gets_serving_from_the_real_observer_server():
+def test_probe_gets_serving_from_the_real_observer_server_once_tracing():
     """Start the agent's own gRPC server stage from the DaemonSet's args (on a free loopback
-    port instead of :4245) and ask what the kubelet asks: Health/Check with service ""."""
+    port instead of :4245) and ask what the kubelet asks: Health/Check with service "".
+    NOT_SERVING until the datapath traces (readiness means "tracing"), then SERVING."""
     import dataclasses
 
     from agent.flowstore import FlowStore
     from agent.observer.server import ObserverServer
-    from agent.stats import AgentStats
+    from agent.stats import DATAPATH_TRACING, AgentStats
 
-    config = agent_config(parse_agent_args(agent_container(render())))
+    container = agent_container(render())
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["grpc"].get("service", "") == "", probe
+    config = agent_config(parse_agent_args(container))
     stats = AgentStats(node_name=config.agent.node_name, version="test")
     observer = ObserverServer(dataclasses.replace(config.observer, listen="127.0.0.1:0"),
                               FlowStore(config.store, stats), stats)
     observer.start()
     try:
         with grpc.insecure_channel(observer.address) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=5)
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            def probe() -> int:
+                return health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=5).status
+            assert probe() == health_pb2.HealthCheckResponse.NOT_SERVING
+            stats.set_datapath_state(DATAPATH_TRACING)
+            assert probe() == health_pb2.HealthCheckResponse.SERVING
     finally:
         observer.stop()
 

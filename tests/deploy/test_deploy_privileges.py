@@ -22,6 +22,7 @@ HOST_PATHS_WRITABLE = {
 RBAC_RULES = {
     ("", "pods"), ("", "services"), ("", "nodes"), ("", "namespaces"),
     ("discovery.k8s.io", "endpointslices"), ("apps", "replicasets"), ("batch", "jobs"),
+    ("networking.k8s.io", "networkpolicies"),
 }
 
 

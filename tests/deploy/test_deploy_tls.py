@@ -33,7 +33,7 @@ def tls_server(certs, values_name: str):
     from agent.config import AgentConfig
     from agent.flowstore import FlowStore
     from agent.observer.server import ObserverServer
-    from agent.stats import AgentStats
+    from agent.stats import DATAPATH_TRACING, AgentStats
 
     container = agent_container(render(VALUE_SETS[values_name]))
     mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "tls")
@@ -42,6 +42,7 @@ def tls_server(certs, values_name: str):
     config = AgentConfig.from_args(build_parser("agent").parse_args(args))
     observer = dataclasses.replace(config.observer, listen="127.0.0.1:0")
     stats = AgentStats(node_name="node-a", version="test")
+    stats.set_datapath_state(DATAPATH_TRACING)  # health answers SERVING only then
     return ObserverServer(observer, FlowStore(config.store, stats), stats)
 
 

@@ -45,6 +45,8 @@ RESOURCES = {
                                                  "discovery.k8s.io/v1", "discovery.k8s.io"),
     "/apis/apps/v1/replicasets": ("replicasets", "ReplicaSet", "apps/v1", "apps"),
     "/apis/batch/v1/jobs": ("jobs", "Job", "batch/v1", "batch"),
+    "/apis/networking.k8s.io/v1/networkpolicies": ("networkpolicies", "NetworkPolicy",
+                                                   "networking.k8s.io/v1", "networking.k8s.io"),
 }
 KIND_TO_RESOURCE = {kind: res for res, kind, _v, _g in RESOURCES.values()}
 RESOURCE_INFO = {res: (kind, version, group) for res, kind, version, group in RESOURCES.values()}

@@ -51,9 +51,12 @@ def test_kubernetes_source_stale_then_fresh_in_server_status(ebpf_ready, api, tm
 
 
 def test_missing_rbac_stops_the_agent_with_a_clear_message(ebpf_ready, api, tmp_path):
+    """With --rbac-wait 0 a 403 at start is fatal at once (the default waits for an API
+    server still loading its RBAC: tests/enrich/test_rbac_wait_agent.py)."""
     api.forbid("pods", "list")
     kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
-    with run_agent(tmp_path, "--metadata", "kubernetes", "--kubeconfig", kubeconfig) as agent:
+    with run_agent(tmp_path, "--metadata", "kubernetes", "--kubeconfig", kubeconfig,
+                   "--rbac-wait", "0") as agent:
         assert agent.wait(timeout_s=60) == 2
     assert "missing RBAC permission: list pods (at cluster scope)" in agent.stderr_text()
 

@@ -131,13 +131,14 @@ def test_enrich(record, category, service, backend, pods, translation):
 
 
 # Records whose packets answer the connection: the Service (conntrack or the Service address)
-# says which side the server is. Other connections' direction is not known here (False).
+# says which side the server is; for other connections it is guessed from the ports (a
+# well-known or non-ephemeral port answering an ephemeral one: names.guess_reply).
 REPLIES = {"backend-veth-reply", "client-veth-reply-from-clusterip", "nodeport-reply",
-           "headless-reply"}
+           "headless-reply", "world-reply-to-pod"}
 
 
 @pytest.mark.parametrize("record,name", [pytest.param(c[1], c[0], id=c[0]) for c in CASES])
-def test_is_reply_is_set_where_the_service_side_is_known(record, name):
+def test_is_reply_is_set_where_known_or_guessed(record, name):
     record = flow_pb2.Flow.FromString(record.SerializeToString())
     enricher = FlowEnricher(cluster(), conntrack())
     enricher.enrich([record])

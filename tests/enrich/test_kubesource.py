@@ -30,11 +30,12 @@ def connect(api, tmp_path):
     """connect(**kwargs) -> (state, stats, source), started against the fake."""
     sources = []
 
-    def make(watch_timeout_s: int = 30, sync_timeout_s: float = 5.0):
+    def make(watch_timeout_s: int = 30, sync_timeout_s: float = 5.0, rbac_wait_s: float = 0.0):
         state, stats = ClusterState(), AgentStats("node-a", "test")
         kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
         source = KubeSource(state, stats, kubeconfig=kubeconfig, context="fake",
-                            watch_timeout_s=watch_timeout_s, sync_timeout_s=sync_timeout_s)
+                            watch_timeout_s=watch_timeout_s, sync_timeout_s=sync_timeout_s,
+                            rbac_wait_s=rbac_wait_s)
         sources.append(source)
         source.start()
         return state, stats, source
@@ -143,6 +144,47 @@ def test_api_server_down_then_back(api, connect):
     api.create(objs.pod("cart-2", "10.0.0.3"))
     assert state.wait_for(lambda s: "10.0.0.3" in s.pod_by_ip, 10.0)
     assert wait_until(lambda: not stats.metadata_stale and stats.metadata_error == "", 10.0)
+
+
+def test_a_403_while_the_api_server_loads_its_rbac_is_waited_for(api, connect, caplog):
+    """An API server that is still starting answers 403 until its RBAC is loaded: the agent
+    waits (bounded), says "waiting for RBAC", and goes on once it is granted."""
+    api.create(objs.pod("cart-1", "10.0.0.2"))
+    api.forbid("pods", "list")
+    state, stats, source = connect(sync_timeout_s=1.0, rbac_wait_s=30)
+    assert stats.metadata_error == ("waiting for RBAC: missing RBAC permission: list pods (at "
+                                    "cluster scope)")
+    assert source.failure() is None
+    api.allow("pods", "list")  # RBAC loaded
+    assert state.wait_for(lambda s: "10.0.0.2" in s.pod_by_ip, 10.0)
+    assert wait_until(lambda: stats.metadata_error == "" and not stats.metadata_stale, 5.0)
+    assert source.failure() is None
+    assert "waiting for RBAC: missing RBAC permission: list pods (at cluster scope); an API " \
+           "server that is still starting refuses" in caplog.text
+    assert "(pods)" not in caplog.text  # the resource is named once
+
+
+def test_a_403_that_persists_past_the_wait_is_fatal(api, connect):
+    api.forbid("endpointslices", "watch")
+    _state, stats, source = connect(sync_timeout_s=1.0, rbac_wait_s=2.0)
+    assert stats.metadata_error.startswith("waiting for RBAC: missing RBAC permission: watch "
+                                           "endpointslices.discovery.k8s.io (at cluster scope)")
+    assert source.failure() is None
+    assert wait_until(lambda: source.failure() is not None, 5.0)
+    assert source.failure() == (
+        "missing RBAC permission: watch endpointslices.discovery.k8s.io (at cluster scope), "
+        "still after waiting 2 s (--rbac-wait) for the API server's RBAC: grant it in the "
+        "agent's ClusterRole")
+
+
+def test_a_missing_permission_is_logged_naming_the_resource_once(api, connect, caplog):
+    _state, stats, _source = connect()
+    api.forbid("pods", "watch")
+    api.disconnect_watches()
+    assert wait_until(lambda: "watch pods" in stats.metadata_error, 3.0)
+    line = next(r.getMessage() for r in caplog.records if "watch pods" in r.getMessage())
+    assert line == ("missing RBAC permission: watch pods (at cluster scope); serving the last "
+                    "known state")
 
 
 def test_missing_rbac_for_pods_is_fatal_and_named(api, connect):

@@ -86,7 +86,7 @@ def _flows_to(path, pod_name: str, port: int) -> list[dict]:
 
 
 def test_real_traffic_reaches_flow_log_and_metrics_and_sighup_splits_it(tmp_path, ebpf_ready):
-    with Lab("pfexport") as lab:
+    with Lab(f"pfexport{os.getpid() % 10000}") as lab:
         node = lab.add_node("node-a", kind="bridge")
         client = node.add_pod("shop", "fe-1", labels={"app": "fe"})
         server = node.add_pod("db", "pg-1", labels={"app": "pg"})

@@ -320,3 +320,26 @@ def test_aggregate_then_mask(tmp_path, store, stats):
     assert [r["flow"] for r in records[1:]] == [
         {"ip": {"source": "10.0.1.5", "destination": "10.0.2.9", "ip_version": "IPV4"},
          "packets": "10", "bytes": "50"}]
+
+
+def test_a_flow_log_deleted_while_written_is_reopened_and_nothing_is_lost(tmp_path, store,
+                                                                         stats):
+    """An operator frees disk space with `rm flows.jsonl`: the next flush (within a second)
+    finds the path gone and starts a new file with a header; no record went into the deleted
+    file, so none is reported lost."""
+    path = tmp_path / "flows.jsonl"
+    exp = build(path, store, stats)
+    exp.start()
+    try:
+        store.extend([make_flow(i) for i in range(10)])
+        wait_for(lambda: path.exists() and len(read_lines(str(path))) == 11, timeout_s=5)
+        path.unlink()
+        store.extend([make_flow(i) for i in range(10, 20)])
+        wait_for(lambda: path.exists() and len(read_lines(str(path))) == 11, timeout_s=5)
+    finally:
+        exp.stop()
+    records = read_lines(str(path))
+    assert "podflow_flow_log" in records[0]
+    assert [seq_of(r) for r in records[1:]] == list(range(10, 20))
+    assert stats.snapshot_lost() == {}
+    assert exp.records_written == 20

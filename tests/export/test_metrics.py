@@ -14,6 +14,7 @@ from agent.errors import ConfigError
 from agent.export import metrics
 from podflow_api.v1 import flow_pb2, observer_pb2
 from tests.export.conftest import make_flow, wait_for
+from tests.policy.verdicts import with_verdict
 
 
 def scrape(server) -> dict[str, dict[tuple, float]]:
@@ -163,7 +164,12 @@ def test_agent_health_from_stats(serve, stats):
     stats.set_datapath_errors({"parse_error": 3})
     stats.exporter_error = "cannot write /x: No space left on device"
     stats.metadata_stale = True
+    stats.set_interface_notes("veth1", {"egress": "foreign cls_bpf filter 'x' runs first"})
+    assert scrape(server)["podflow_datapath_tracing"] == {(): 0}
+    stats.set_datapath_state("tracing")
     got = scrape(server)
+    assert got["podflow_datapath_tracing"] == {(): 1}
+    assert got["podflow_interface_notes"] == {(): 1}
     assert got["podflow_lost_events"] == {(("stage", "EXPORTER_WRITE"),): 5,
                                           (("stage", "KERNEL_RING_BUFFER"),): 2}
     assert got["podflow_interfaces_traced"] == {(): 2}
@@ -183,6 +189,41 @@ BAD_ARGS = {
 def test_bad_flags_name_the_flag(argv, message):
     with pytest.raises(ConfigError, match=message):
         AgentConfig.from_flags(["--metrics", "127.0.0.1:0", *argv])
+
+
+def test_policy_verdicts_and_findings_by_policy(serve, store):
+    server = serve()
+    allowed = (flow_pb2.POLICY_ALLOWED, "shop/cart-in")
+    denied = (flow_pb2.POLICY_DENIED, "data/db-in")
+    flows = [
+        with_verdict(make_flow(0), ingress=allowed),
+        with_verdict(make_flow(1), ingress=allowed, enforcement=flow_pb2.POLICY_ALLOWED_DELIVERED),
+        with_verdict(make_flow(2), egress=allowed, ingress=denied),
+        with_verdict(make_flow(3, verdict=flow_pb2.DROPPED, drop_reason="NETFILTER_DROP"),
+                egress=allowed, ingress=denied, enforcement=flow_pb2.POLICY_ENFORCED),
+        # at the destination's veth: not counted as a packet, but it shows a finding
+        with_verdict(_to_pod(4, flow_pb2.POD, "node-t"), ingress=denied,
+                enforcement=flow_pb2.POLICY_NOT_ENFORCED),
+        with_verdict(make_flow(5, verdict=flow_pb2.DROPPED, drop_reason="NO_SOCKET"), ingress=allowed,
+                enforcement=flow_pb2.POLICY_DROPPED_OTHERWISE),
+    ]
+    _feed_and_wait(store, server, flows)
+    got = scrape(server)
+    pv = lambda p, v: (("policy", p), ("verdict", v))  # noqa: E731
+    pf = lambda p, f: (("finding", f), ("policy", p))  # noqa: E731
+    assert got["podflow_policy_verdicts"] == {pv("shop/cart-in", "allowed"): 5,
+                                              pv("data/db-in", "denied"): 2}
+    assert got["podflow_policy_findings"] == {pf("data/db-in", "enforced"): 1,
+                                              pf("data/db-in", "not-enforced"): 1,
+                                              pf("shop/cart-in", "dropped-otherwise"): 1}
+
+
+def test_policy_series_are_capped_too(serve, store):
+    server = serve("--metrics-max-series", "2")
+    flows = [with_verdict(make_flow(i), ingress=(flow_pb2.POLICY_ALLOWED, f"ns/p{i}")) for i in range(5)]
+    _feed_and_wait(store, server, flows)
+    verdicts, _ = server.counters.policy_snapshot()
+    assert len(verdicts) <= 3 and verdicts[(metrics.OVERFLOW, metrics.OVERFLOW)] >= 3
 
 
 @pytest.mark.parametrize("labels", [("source_namespace", "destination_namespace", "service",

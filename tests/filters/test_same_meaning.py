@@ -17,6 +17,7 @@ from agent.errors import FilterError, PodflowError
 from agent.filters.engine import compile_filters
 from agent.filters.flags import add_filter_arguments, filters_from_args
 from podflow_api.v1 import flow_pb2 as F
+from tests.policy.verdicts import with_verdict
 from tui import filterexpr
 from tui.filterexpr import parse_filter
 from tui.flowkey import flow_key
@@ -72,6 +73,19 @@ FLOWS = {
     "frontend>cart": _flow(FRONTEND, CART, "sctp", 42000, 9000, "shop/cart",
                            outcome=F.IN_PROGRESS),
 }
+# NetworkPolicy verdicts (agent/policy fills them on the agent)
+with_verdict(FLOWS["cart>redis"], (F.POLICY_ALLOWED, "shop/cart-egress"),
+        (F.POLICY_ALLOWED, "shop/redis-from-cart"), F.POLICY_ALLOWED_DELIVERED)
+with_verdict(FLOWS["redis>cart"], (F.POLICY_ALLOWED, "shop/cart-egress"),
+        (F.POLICY_ALLOWED, "shop/redis-from-cart"), F.POLICY_ALLOWED_DELIVERED)
+with_verdict(FLOWS["frontend>dns"], (F.POLICY_DENIED, "shop/default-deny"),
+        (F.POLICY_NOT_ISOLATED,), F.POLICY_ENFORCED)
+with_verdict(FLOWS["world>nginx"], (F.POLICY_NOT_APPLICABLE,), (F.POLICY_NOT_ISOLATED,))
+with_verdict(FLOWS["node>metrics"], (F.POLICY_NOT_APPLICABLE,),
+        (F.POLICY_DENIED, "kube-system/metrics-in", "kube-system/default-deny"),
+        F.POLICY_NOT_ENFORCED)
+with_verdict(FLOWS["frontend>cart"], (F.POLICY_ALLOWED, "shop/cart-egress"),
+        (F.POLICY_NOT_ISOLATED,), F.POLICY_DROPPED_OTHERWISE)
 
 # (id, `/` expression, observe flags, the records both select)
 CASES = [
@@ -149,6 +163,27 @@ CASES = [
     ("node", "node=node-b", ["--node", "node-b"], ["cart>redis", "redis>cart", "cart-ping"]),
     ("node-glob", "node=node-[ac]", ["--node", "node-[ac]"],
      ["frontend>dns", "world>nginx", "nginx>world", "node>metrics", "frontend>cart"]),
+    # policy-verdict: the verdict, or what was seen of it; unknown = not evaluated
+    ("policy-verdict-denied", "policy-verdict=denied", ["--policy-verdict", "denied"],
+     ["frontend>dns", "node>metrics"]),
+    ("policy-verdict-allowed", "policy-verdict=allowed", ["--policy-verdict", "allowed"],
+     ["cart>redis", "redis>cart", "frontend>cart"]),
+    ("policy-verdict-not-isolated", "policy-verdict=not-isolated",
+     ["--policy-verdict", "not-isolated"], ["world>nginx"]),
+    ("policy-verdict-unknown", "policy-verdict=unknown", ["--policy-verdict", "unknown"],
+     ["nginx>world", "cart-ping"]),
+    ("policy-verdict-findings", "policy-verdict=not-enforced,dropped_otherwise",
+     ["--policy-verdict", "not-enforced,dropped_otherwise"], ["node>metrics", "frontend>cart"]),
+    ("policy-verdict-enforced", "policy-verdict=ENFORCED", ["--policy-verdict", "ENFORCED"],
+     ["frontend>dns"]),
+    # policy: a policy the verdict names (allowing or denying), [ns/]name, globs
+    ("policy", "policy=shop/cart-egress", ["--policy", "shop/cart-egress"],
+     ["cart>redis", "redis>cart", "frontend>cart"]),
+    ("policy-any-namespace", "policy=default-deny", ["--policy", "default-deny"],
+     ["frontend>dns", "node>metrics"]),
+    ("policy-glob", "policy=kube-system/*", ["--policy", "kube-system/*"], ["node>metrics"]),
+    ("policy-none", "!policy=*", ["--not", "--policy", "*"],
+     ["world>nginx", "nginx>world", "cart-ping"]),
     # terms of different words combine with AND (flags of different words too)
     ("and", "ns=shop proto=tcp", ["--namespace", "shop", "--protocol", "tcp"],
      ["cart>redis", "redis>cart"]),
@@ -194,6 +229,9 @@ BAD = [
     ("pod-empty-namespace", "pod=/cart", ["--pod", "/cart"], "empty namespace"),
     ("pod-two-slashes", "pod=a/b/c", ["--pod", "a/b/c"], "namespace/name-prefix"),
     ("service-two-slashes", "svc=a/b/c", ["--service", "a/b/c"], "namespace/name"),
+    ("policy-verdict", "policy-verdict=blocked", ["--policy-verdict", "blocked"],
+     "'blocked' is not one of allowed, denied"),
+    ("policy-two-slashes", "policy=a/b/c", ["--policy", "a/b/c"], "namespace/name"),
 ]
 
 

@@ -178,7 +178,9 @@ def test_metadata_looks_like_kubectl_output(cluster, tmp_path):
     by_kind = collections.defaultdict(dict)
     for item in doc["items"]:
         by_kind[item["kind"]][(item["metadata"].get("namespace"), item["metadata"]["name"])] = item
-    assert set(by_kind) == {"Node", "Pod", "Service", "EndpointSlice", "ReplicaSet"}
+    assert set(by_kind) == {"Node", "Pod", "Service", "EndpointSlice", "ReplicaSet", "Namespace"}
+    assert by_kind["Namespace"][(None, "shop")]["metadata"]["labels"] == {
+        "kubernetes.io/metadata.name": "shop"}
 
     node_a = by_kind["Node"][(None, "node-a")]
     assert node_a["spec"]["podCIDR"] == "10.244.1.0/24"

@@ -1,61 +1,13 @@
-"""Fixtures of the Observer tests: real gRPC servers (agent.observer.server over agent.flowstore, as the
-agent runs them) on port 0 or unix sockets, fed with generated, enriched-looking flows."""
+"""Fixtures of the Observer tests: real gRPC servers on port 0 or unix sockets, fed with
+generated, enriched-looking flows (tests/observer/agents.py)."""
 
 from __future__ import annotations
 
-import os
-import sys
 import tempfile
 
-import grpc
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from observer_flows import make_flow  # noqa: E402
-
-from agent.config import ObserverSection, StoreSection  # noqa: E402
-from agent.flowstore import FlowStore  # noqa: E402
-from agent.observer.server import ObserverServer  # noqa: E402
-from agent.stats import AgentStats  # noqa: E402
-from podflow_api.v1 import observer_pb2_grpc  # noqa: E402
-
-
-class InProcessAgent:
-    """A node's Observer as a client sees it, without eBPF: flows are fed with `feed()`."""
-
-    def __init__(self, node: str = "node-a", listen: str = "127.0.0.1:0", capacity: int = 4096,
-                 client_queue_size: int = 1024, **observer):
-        """`observer`: more ObserverSection fields (tls_cert, tls_key, tls_ca ...)."""
-        self.stats = AgentStats(node_name=node, version="test")
-        self.store = FlowStore(StoreSection(capacity=capacity,
-                                            client_queue_size=client_queue_size), self.stats)
-        self.server = ObserverServer(ObserverSection(listen=listen, **observer), self.store,
-                                     self.stats)
-        self.node = node
-
-    def start(self) -> InProcessAgent:
-        self.server.start()
-        return self
-
-    @property
-    def address(self) -> str:
-        addr = self.server.address
-        return addr.replace("0.0.0.0", "127.0.0.1")
-
-    def feed(self, n: int, **kw) -> list:
-        flows = [make_flow(i, node=self.node, **kw) for i in range(n)]
-        self.store.extend(flows)
-        return flows
-
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.address)
-
-    def stub(self, channel: grpc.Channel) -> observer_pb2_grpc.ObserverStub:
-        return observer_pb2_grpc.ObserverStub(channel)
-
-    def stop(self) -> None:
-        self.server.stop(grace_s=0.2)
+from tests.observer.agents import InProcessAgent
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import sys
 import time
 
 import pytest
-from conftest import InProcessAgent
+from tests.observer.agents import InProcessAgent
 from google.protobuf import json_format
-from observer_flows import make_flow
+from tests.observer.observer_flows import make_flow
 
 from podflow_api.v1 import flow_pb2, observer_pb2
 

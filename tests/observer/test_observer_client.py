@@ -8,14 +8,13 @@ import threading
 import time
 
 import pytest
-from conftest import InProcessAgent
-from observer_flows import make_flow
+from tests.observer.agents import InProcessAgent
+from tests.observer.observer_flows import make_flow
 
 from agent.client.channel import normalize_address, open_channel
 from agent.client.merge import MergedFlows, response_time_ns
 from agent.errors import ConfigError, RequestRejected
 from agent.config import ObserverSection
-from agent.errors import ConfigError
 from agent.observer.server import ObserverServer
 from podflow_api.v1 import observer_pb2
 

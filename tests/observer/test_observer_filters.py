@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from observer_flows import make_flow
+from tests.observer.observer_flows import make_flow
 
 from agent.filters import flags as filters
 from agent.errors import ConfigError
@@ -86,6 +86,14 @@ CASES = [
     ("outcome", {"outcome": [F.REFUSED]}, {"outcome": F.REFUSED}, {}),
     ("dns_query-glob", {"dns_query": ["*.shop.svc.cluster.local"]},
      {"dns__query": "cart.shop.svc.cluster.local"}, {"dns__query": "example.com"}),
+    ("policy_verdict-denied", {"policy_verdict": ["denied"]},
+     {"policy__ingress__verdict": F.POLICY_DENIED}, {"policy__ingress__verdict": F.POLICY_ALLOWED}),
+    ("policy_verdict-finding", {"policy_verdict": ["not-enforced"]},
+     {"policy__enforcement": F.POLICY_NOT_ENFORCED}, {"policy__enforcement": F.POLICY_ENFORCED}),
+    ("policy_verdict-unknown", {"policy_verdict": ["unknown"]}, {},
+     {"policy__egress__verdict": F.POLICY_NOT_ISOLATED}),
+    ("policy-either-direction", {"policy": ["shop/*"]},
+     {"policy__egress__policies": ["shop/cart-out"]}, {"policy__ingress__policies": ["db/in"]}),
     ("all-fields-must-match", {"source_namespace": ["shop"], "protocol": ["udp"]},
      {"proto": "udp"}, {}),
 ]
@@ -130,8 +138,8 @@ BAD = [
     ("source_pod", ["/x"], "empty namespace"),
     ("destination_pod", ["a/b/c"], "namespace/name-prefix"),
     ("source_namespace", ["a/b"], "not a namespace"),
-    ("source_label", ["app in ()"], "empty value set"),
-    ("destination_label", ["=x"], "cannot parse"),
+    ("source_label", ["app in ()"], "needs at least one value"),
+    ("destination_label", ["=x"], "expected a label key"),
     ("source_service", ["a/b/c"], "namespace/name"),
     ("service", ["/cart"], "namespace/name"),
     ("source_workload", ["Deployment/"], "kind/name"),

@@ -11,16 +11,17 @@ import time
 import grpc
 import psutil
 import pytest
-from conftest import InProcessAgent
+from tests.observer.agents import InProcessAgent
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from observer_flows import make_flow
+from tests.observer.observer_flows import make_flow
 
 from agent.client import stream as client
 from agent.errors import ConfigError
 from agent.observer.server import ListenAddress
 from agent.observer.servicer import OBSERVER_SERVICE
+from agent.stats import DATAPATH_FAILED, DATAPATH_TRACING
 from podflow_api.v1 import flow_pb2, observer_pb2
 from tests.waiting import wait_until
 
@@ -267,12 +268,24 @@ def test_server_status_and_nodes(agent):
     assert node.num_flows == 25 and node.address == agent.server.address
 
 
-def test_health_and_reflection(agent):
+def test_health_follows_the_datapath_and_reflection(agent):
+    """Service "" (the kubelet's probes) is SERVING only while the datapath traces; the
+    Observer service as soon as the API answers."""
     with agent.channel() as ch:
         health = health_pb2_grpc.HealthStub(ch)
-        for service in ("", OBSERVER_SERVICE):
-            resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
-            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+        def status(service: str) -> int:
+            return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+        NOT_SERVING, SERVING = (health_pb2.HealthCheckResponse.NOT_SERVING,
+                                health_pb2.HealthCheckResponse.SERVING)
+        assert (status(""), status(OBSERVER_SERVICE)) == (NOT_SERVING, SERVING)
+        agent.stats.set_datapath_state(DATAPATH_TRACING)
+        assert status("") == SERVING
+        agent.stats.set_datapath_state(DATAPATH_FAILED, "the reader stopped")
+        assert (status(""), status(OBSERVER_SERVICE)) == (NOT_SERVING, SERVING)
+        st = agent.stub(ch).ServerStatus(observer_pb2.ServerStatusRequest(), timeout=5)
+        assert (st.datapath_state, st.datapath_error) == ("failed", "the reader stopped")
         refl = reflection_pb2_grpc.ServerReflectionStub(ch)
         answers = list(refl.ServerReflectionInfo(iter([
             reflection_pb2.ServerReflectionRequest(list_services=""),

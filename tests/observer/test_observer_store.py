@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from observer_flows import make_flow
+from tests.observer.observer_flows import make_flow
 
 from agent.config import StoreSection
 from agent.errors import ConfigError

@@ -9,7 +9,7 @@ import os
 
 import grpc
 import pytest
-from conftest import InProcessAgent
+from tests.observer.agents import InProcessAgent
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -174,8 +174,11 @@ def test_plaintext_health_port_serves_only_health(pki):
     and the Observer stays behind TLS (the plaintext port does not answer it)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from agent.stats import DATAPATH_TRACING
+
     crt, key = pki["server"]
     a = InProcessAgent(tls_cert=crt, tls_key=key, health_listen="127.0.0.1:0").start()
+    a.stats.set_datapath_state(DATAPATH_TRACING)  # what the probes wait for
     try:
         health_addr = a.server.ready_info()["health_listen"].replace("0.0.0.0", "127.0.0.1")
         with grpc.insecure_channel(health_addr) as ch:

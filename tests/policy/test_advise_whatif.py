@@ -9,9 +9,11 @@ import pytest
 import yaml
 
 from agent.policy.advise import KUBE_DNS_PEER, advise, stable_labels
-from agent.policy.evaluate import PolicyEvaluator, RuleRef, Verdict
+from agent.policy.evaluate import PolicyEvaluator
 from agent.policy.facts import Endpoint, cluster_of_facts
-from agent.policy.model import EGRESS, INGRESS, NetworkPolicy, load_policies
+from agent.policy.load import load_policies
+from agent.policy.model import EGRESS, INGRESS, NetworkPolicy
+from agent.policy.verdict import RuleRef, Verdict
 from agent.policy.whatif import what_if
 from policy.cluster import labels, np
 from policy.traffic import API, CART_A, DB_0, FACTS, LAPTOP, REPORT, STOREFRONT_A, fact

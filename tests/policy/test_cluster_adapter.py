@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from agent.enrich.k8s.state import ClusterState
 from agent.policy.cluster import ClusterStatePolicyView
-from agent.policy.evaluate import PolicyEvaluator, Reason, Verdict
-from agent.policy.model import load_policies
+from agent.policy.evaluate import PolicyEvaluator
+from agent.policy.load import load_policies
+from agent.policy.verdict import Reason, Verdict
 from agent.policy.view import PolicyCluster
 from enrich import objs
 from policy.cluster import labels, np

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.policy.evaluate import Connection, PolicyEvaluator, Reason, Verdict
-from agent.policy.model import load_policies
+from agent.policy.evaluate import PolicyEvaluator
+from agent.policy.load import load_policies
+from agent.policy.verdict import Connection, Reason, Verdict
 from policy.cluster import (CART1, CART2, CART_COPY, CART_IN_DATA, CHECKOUT, CLIENT, COREDNS,
                             DB, GATEWAY_A, LEGACY, NODE_A, NODE_B, STOREFRONT, TESTER, WORLD,
                             cluster, labels, np)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.policy.evaluate import Connection, ConnectionVerdict, DirectionVerdict, Verdict
+from agent.policy.verdict import Connection, ConnectionVerdict, DirectionVerdict, Verdict
 from agent.policy.facts import NODE, POD, WORLD, facts_from_flows
 from agent.policy.finding import Enforcement, Seen, join
 from agent.policy.flows import connection_of, seen_of
@@ -53,7 +53,7 @@ def test_denied_icmp_delivered_is_no_finding():
 def test_judge_a_record():
     from agent.policy.evaluate import PolicyEvaluator
     from agent.policy.flows import judge
-    from agent.policy.model import load_policies
+    from agent.policy.load import load_policies
     from agent.policy.view import PodInfo, StaticCluster
     cluster = StaticCluster(pods={"10.0.1.3": PodInfo("web", "sf", {"app": "sf"}),
                                   "10.0.2.1": PodInfo("shop", "cart", {"app": "cart"})})
@@ -142,6 +142,10 @@ def test_connection_of_skips_what_has_no_connection():
                  Seen.IN_FLIGHT, id="bridge-proves-nothing"),
     pytest.param(record("b", 2, "a", 1, reply=True, direction=flow_pb2.TO_POD), Seen.IN_FLIGHT,
                  id="bare-reply-may-be-a-reject"),
+    pytest.param(record("b", 2, "a", 1, reply=True), Seen.DELIVERED,
+                 id="reply-leaving-the-server-pod"),
+    pytest.param(record("b", 2, "a", 1, reply=True, point=flow_pb2.BRIDGE), Seen.IN_FLIGHT,
+                 id="reply-on-a-bridge-proves-nothing"),
     pytest.param(record("a", 1, "b", 2, outcome=flow_pb2.ESTABLISHED), Seen.DELIVERED,
                  id="established"),
     pytest.param(record("a", 1, "b", 2, outcome=flow_pb2.REFUSED), Seen.IN_FLIGHT,

@@ -7,8 +7,11 @@ import json
 
 import pytest
 
-from agent.policy.model import (EGRESS, INGRESS, LabelSelector, PolicyError, Requirement,
-                                load_policies, load_policy_file, parse_policy)
+from agent.errors import PolicyError
+from agent.policy.load import load_policies, load_policy_file
+from agent.policy.model import EGRESS, INGRESS
+from agent.policy.parse import parse_policy
+from agent.policy.selectors import LabelSelector, Requirement
 from policy.cluster import labels, np
 
 

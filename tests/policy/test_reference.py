@@ -10,9 +10,10 @@ import random
 
 import pytest
 
-from agent.policy.evaluate import (ConnectionVerdict, DirectionVerdict, PolicyEvaluator, Reason,
-                                   RuleRef, Verdict)
-from agent.policy.model import EGRESS, INGRESS, NAMESPACE_NAME_LABEL, load_policies
+from agent.policy.evaluate import PolicyEvaluator
+from agent.policy.load import load_policies
+from agent.policy.model import EGRESS, INGRESS, NAMESPACE_NAME_LABEL
+from agent.policy.verdict import ConnectionVerdict, DirectionVerdict, Reason, RuleRef, Verdict
 from agent.policy.view import ContainerPort, PodInfo, StaticCluster
 
 NAMESPACES = ["a", "b", "c"]

@@ -8,6 +8,14 @@ with a label selector, as the TUI asks) plus the one call only the TUI makes:
   (little endian), then binary frames `channel byte + payload`. The bytes are relayed to
   the address the test gave the pod (a real agent's unix socket), like the kubelet would.
 
+A port-forward can be made to fail as a real cluster's does (`break_portforward`):
+- "forbidden": the upgrade is refused with 403 and the API server's Status, as when the TUI's
+  user lacks `create` (or, on 1.35+, `get`) on pods/portforward;
+- "dial": refused with 500 `error dialing backend: dial tcp ...:10250: connect: connection
+  refused`, as when the API server cannot reach the node's kubelet;
+- "pod-port": upgraded, then the kubelet's message on the port's error channel (nothing
+  listens on the port inside the pod) and the end of the stream.
+
 The kubernetes Python client talks to it unchanged through a kubeconfig.
 """
 
@@ -19,7 +27,7 @@ import socket
 import struct
 import threading
 
-from tests.enrich.fakeapi import FakeAPIServer, _Handler
+from tests.enrich.fakeapi import FakeAPIServer, _Handler, status
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -50,6 +58,19 @@ class _PortForwardHandler(_Handler):
         if target is None:
             self.not_found(f'pods "{name}" not found')
             return
+        broken = self.api.portforward_broken(ns, name)
+        if broken == "forbidden":
+            self.send_json(403, status(
+                403, "Forbidden",
+                f'pods "{name}" is forbidden: User "alice" cannot create resource '
+                f'"pods/portforward" in API group "" in the namespace "{ns}"',
+                details={"name": name, "kind": "pods"}))
+            return
+        if broken == "dial":
+            self.send_json(500, status(
+                500, "InternalError", "error dialing backend: dial tcp 10.0.0.5:10250: "
+                "connect: connection refused"))
+            return
         key = self.headers.get("Sec-WebSocket-Key")
         protocols = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
         if self.headers.get("Upgrade", "").lower() != "websocket" or not key \
@@ -58,7 +79,7 @@ class _PortForwardHandler(_Handler):
                                  "message": "upgrade request required"})
             return
         port = int(query.get("ports", "0"))
-        upstream = _dial(target)
+        upstream = _dial(target) if broken is None else None
         accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
         self.send_response(101, "Switching Protocols")
         self.send_header("Upgrade", "websocket")
@@ -78,6 +99,15 @@ class _PortForwardHandler(_Handler):
         port_le = struct.pack("<H", port)
         send(b"\x00" + port_le)   # data channel opened
         send(b"\x01" + port_le)   # error channel opened
+        if upstream is None:  # "pod-port": the kubelet cannot connect inside the pod
+            _read_frame(self.rfile)  # the client's first bytes
+            send(b"\x01" + (f"an error occurred forwarding {port} -> {port}: error forwarding "
+                            f"port {port} to pod {name}: failed to connect to localhost:{port} "
+                            "inside namespace: connect: connection refused").encode())
+            with send_lock:
+                sock.sendall(_frame(b"", opcode=8))
+            self.close_connection = True
+            return
 
         def downstream() -> None:
             try:
@@ -124,6 +154,7 @@ class FakeKube(FakeAPIServer):
     def __init__(self) -> None:
         super().__init__()
         self._targets: dict[tuple[str, str], str] = {}  # pod -> "unix:/path" or "host:port"
+        self._broken: dict[tuple[str, str], str] = {}   # pod -> how its port-forward fails
         self.forwards = 0                                # port-forward sessions opened
 
     def add_pod(self, obj: dict, target: str) -> None:
@@ -144,6 +175,20 @@ class FakeKube(FakeAPIServer):
             if (namespace, name) not in self._objects["pods"]:
                 return None
             return self._targets.get((namespace, name))
+
+    def break_portforward(self, namespace: str, name: str, how: str | None) -> None:
+        """Make port-forwards to the pod fail: "forbidden", "dial", "pod-port" (see the
+        module docstring); None: work again."""
+        assert how in (None, "forbidden", "dial", "pod-port"), how
+        with self._lock:
+            if how is None:
+                self._broken.pop((namespace, name), None)
+            else:
+                self._broken[(namespace, name)] = how
+
+    def portforward_broken(self, namespace: str, name: str) -> str | None:
+        with self._lock:
+            return self._broken.get((namespace, name))
 
     def forward_opened(self) -> None:
         with self._lock:

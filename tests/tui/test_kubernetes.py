@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.tui.conftest import wait_for
+from tests.tui.conftest import screen_lines, wait_for
 from tests.tui.fake_kube import FakeKube, pod
 from tests.tui.test_app import SIZE, rows, text
 from tui.app import KubernetesOptions, create_app
@@ -66,3 +66,49 @@ async def test_api_server_unreachable_is_shown(tmp_path, kube):
         await wait_for(pilot, lambda: any(r[2] == "UNAVAILABLE" and "listing agent pods" in r[7]
                                           for r in rows(app, "nodes-table")), timeout_s=15)
         assert "nodes 0/0 connected" in text(app, "#status-bar")
+
+
+FAILED_FORWARDS = {
+    # how the API server refuses -> what the status bar and the Nodes view must say
+    "forbidden": ('port-forward: 403 Forbidden: pods "podflow-agent-a1" is forbidden: User '
+                  '"alice" cannot create resource "pods/portforward" in API group "" in the '
+                  'namespace "podflow"'),
+    "dial": ("port-forward: 500 Internal Server Error: error dialing backend: dial tcp "
+             "10.0.0.5:10250: connect: connection refused"),
+    "pod-port": ("port-forward: an error occurred forwarding 4245 -> 4245: error forwarding "
+                 "port 4245 to pod podflow-agent-a1: failed to connect to localhost:4245"),
+}
+
+
+@pytest.mark.parametrize("how", FAILED_FORWARDS)
+async def test_a_failed_port_forward_shows_the_api_servers_reason(tmp_path, kube, agents, how):
+    """Not gRPC's view of the local proxy (`failed to connect to all addresses; ...
+    127.0.0.1:42151`), but what the API server said: on the status bar and per agent in the
+    Nodes view; gone once the port-forward works again."""
+    a, _b = agents
+    a.send(5)
+    kube.add_pod(pod("podflow", "podflow-agent-a1", "node-a", LABELS), a.address)
+    kube.break_portforward("podflow", "podflow-agent-a1", how)
+    reason = FAILED_FORWARDS[how]
+    options = KubernetesOptions(kubeconfig=kube.write_kubeconfig(str(tmp_path / "kubeconfig")),
+                                context="fake", poll_s=0.3)
+    app = create_app(kubernetes=options, backoff_max_s=0.5, status_poll_s=0.5)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: f"node-a: {reason}" in text(app, "#status-bar"),
+                       what=f"the reason on the status bar: {text(app, '#status-bar')}")
+        await pilot.press("4")
+
+        def row():
+            return {r[0]: r for r in rows(app, "nodes-table")}.get("node-a")
+        await wait_for(pilot, lambda: row() is not None and row()[7].startswith(reason[:40]),
+                       what="the reason in the Nodes view")
+        assert row()[2] in ("UNAVAILABLE", "reconnecting")
+        assert "127.0.0.1" not in row()[7] and "failed to connect to all" not in row()[7]
+        assert any(reason[:40] in line for line in screen_lines(app))
+
+        kube.break_portforward("podflow", "podflow-agent-a1", None)
+        await wait_for(pilot, lambda: "nodes 1/1 connected" in text(app, "#status-bar"),
+                       timeout_s=15, what="connected once the port-forward works")
+        assert reason not in text(app, "#status-bar")
+        await wait_for(pilot, lambda: "5 flows seen" in text(app, "#status-bar"),
+                       what=f"the flows: {text(app, '#status-bar')}")

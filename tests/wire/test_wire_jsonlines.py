@@ -89,3 +89,78 @@ def test_flush_bytes_flushes_on_its_own(tmp_path):
         sink.add(_line(i))
     assert len(path.read_text().splitlines()) >= 8  # written without a flush() call
     sink.close()
+
+
+# -- a file deleted or moved while open (an operator freeing disk space, logrotate without HUP)
+
+def _sink(path, lost=None) -> JsonLinesSink:
+    return JsonLinesSink(str(path), RotationConfig(), logformat.header_fields(node_name="n"),
+                         node_name="n", on_lost=lambda stage, n, _packets: lost.append((stage, n))
+                         if lost is not None else None)
+
+
+def test_a_deleted_file_is_followed_before_the_next_write_and_nothing_is_lost(tmp_path, caplog):
+    path = tmp_path / "flows.jsonl"
+    lost = []
+    sink = _sink(path, lost)
+    sink.open()
+    sink.add_many([_line(0), _line(1)], [T0, T0 + 1])
+    assert sink.flush()
+    path.unlink()  # rm flows.jsonl: the writer still holds the old file open
+    sink.add_many([_line(2), _line(3)], [T0 + 2, T0 + 3])
+    assert sink.flush()
+    sink.close()
+    records = _records(path)
+    assert "podflow_flow_log" in records[0]  # a new file, with its header
+    assert [r["flow"]["summary"] for r in records[1:]] == ["seq=2", "seq=3"]
+    assert lost == [] and sink.lost_total == 0  # nothing went into the deleted file
+    assert f"{path} was deleted while open; writing to a new {path}" in caplog.text
+
+
+def test_a_file_moved_away_keeps_its_lines_and_a_new_one_is_started(tmp_path, caplog):
+    path = tmp_path / "flows.jsonl"
+    sink = _sink(path)
+    sink.open()
+    sink.add(_line(0), T0)
+    assert sink.flush()
+    path.rename(tmp_path / "flows.jsonl.old")  # logrotate without a SIGHUP
+    sink.add(_line(1), T0 + 1)
+    assert sink.flush()
+    sink.close()
+    assert [r["flow"]["summary"] for r in _records(tmp_path / "flows.jsonl.old")
+            if "flow" in r] == ["seq=0"]
+    assert [r["flow"]["summary"] for r in _records(path) if "flow" in r] == ["seq=1"]
+    assert f"{path} was moved while open" in caplog.text
+
+
+def test_records_written_into_a_file_deleted_meanwhile_are_counted_and_reported(tmp_path):
+    """The file is unlinked while a write is under way (forced here by deleting it right after
+    the writer's own write call): those records reach no reader. Counted as EXPORTER_WRITE,
+    and the new file says so at its top."""
+    path = tmp_path / "flows.jsonl"
+    lost = []
+    sink = _sink(path, lost)
+    sink.open()
+    sink.add(_line(0), T0)
+    assert sink.flush()
+    write_all = sink.writer._write_all
+
+    def write_while_deleted(data: bytes) -> None:
+        write_all(data)
+        sink.writer._write_all = write_all  # once
+        path.unlink()
+    sink.writer._write_all = write_while_deleted
+    sink.add_many([_line(1), _line(2), _line(3)], [T0 + 10, T0 + 30, T0 + 20])
+    assert sink.flush()
+    sink.add(_line(4), T0 + 40)
+    assert sink.flush()
+    sink.close()
+    assert lost == [(observer_pb2.EXPORTER_WRITE, 3)]
+    assert sink.records_written == 2  # seq 0 (in the deleted file before) and seq 4
+    records = _records(path)
+    assert "podflow_flow_log" in records[0]
+    assert records[1]["lost_events"]["stage"] == "EXPORTER_WRITE"
+    assert records[1]["lost_events"]["num_events_lost"] == "3"
+    assert (records[1]["lost_events"]["first"], records[1]["lost_events"]["last"]) == \
+        (rfc3339_ns(T0 + 10), rfc3339_ns(T0 + 30))
+    assert [r["flow"]["summary"] for r in records if "flow" in r] == ["seq=4"]

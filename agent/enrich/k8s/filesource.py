@@ -1,7 +1,7 @@
 """`--metadata FILE`: cluster metadata from a file, for the lab, the demo and offline use.
 
-The file holds what `kubectl get pods,services,endpointslices,nodes -A -o json` prints (a
-List), or several such documents (JSON or YAML, `---` separated), or a JSON array of
+The file holds what `kubectl get
+pods,services,endpointslices,nodes,namespaces,networkpolicies -A -o json` prints (a List), or several such documents (JSON or YAML, `---` separated), or a JSON array of
 objects. It is polled (mtime, inode, size) and reloaded when it changes; a file that cannot
 be read keeps the last good state served and says what is wrong and where.
 """

@@ -7,8 +7,11 @@ One reflector thread per resource, the way client-go's informers work:
 - 410 Gone (history compacted) -> relist;
 - API server away -> keep serving the last state, report it stale (AgentStats, logs) and
   retry with capped exponential backoff; fresh again once every resource lists or watches;
-- 403 -> "missing RBAC permission: list pods (at cluster scope)"; fatal at start for the
-  resources enrichment cannot do without, a warning for the optional ones.
+- 403 -> "missing RBAC permission: list pods (at cluster scope)"; a warning for the optional
+  resources; for the ones enrichment cannot do without, retried with backoff for a bounded
+  time at start (`--rbac-wait`: an API server that is still starting answers 403 until it has
+  loaded its RBAC), reported as "waiting for RBAC" meanwhile (log, ServerStatus
+  .metadata_error), and fatal (`failure()`: the agent exits 2) only if it persists.
 
 Every pod in the cluster is watched, not only this node's: flows cross nodes and the
 remote end must be named too (about 2 KiB of cache per pod; see bench/enrich.py).
@@ -54,6 +57,8 @@ RESOURCES = (
     Resource("Namespace", "namespaces", "CoreV1Api", "list_namespace", False),
     Resource("ReplicaSet", "replicasets.apps", "AppsV1Api", "list_replica_set_for_all_namespaces", False),
     Resource("Job", "jobs.batch", "BatchV1Api", "list_job_for_all_namespaces", False),
+    Resource("NetworkPolicy", "networkpolicies.networking.k8s.io", "NetworkingV1Api",
+             "list_network_policy_for_all_namespaces", False),
 )
 
 
@@ -231,6 +236,15 @@ def _short(exc: Exception) -> str:
     return str(reason or exc)
 
 
+# What an optional resource that cannot be read costs (the warning says it).
+_WITHOUT = {
+    "Namespace": "namespaceSelectors of NetworkPolicies see only kubernetes.io/metadata.name",
+    "ReplicaSet": "workloads are named without ReplicaSet (Deployments by pod-template-hash)",
+    "Job": "workloads are named without Job (a CronJob's pods name their Job)",
+    "NetworkPolicy": "NetworkPolicy verdicts are not evaluated (flows carry none)",
+}
+
+
 class _Health:
     """Folds the reflectors' states into AgentStats.metadata_stale / metadata_error."""
 
@@ -240,30 +254,46 @@ class _Health:
         self._errors: dict[str, str] = {}
         self._warnings: dict[str, str] = {}
         self._stale = False
+        self.waiting_for_rbac = False
 
     def ok(self, reflector: Reflector) -> None:
         name = reflector.spec.resource
         if name not in self._errors and name not in self._warnings:
             return
         with self._lock:
-            self._errors.pop(name, None)
+            was_rbac = self._errors.pop(name, "").startswith("missing RBAC")
             self._warnings.pop(name, None)
+            if was_rbac and self.waiting_for_rbac and not any(
+                    m.startswith("missing RBAC") for m in self._errors.values()):
+                self.waiting_for_rbac = False
+                log.info("RBAC granted: listing and watching every resource the names need")
             self._publish()
 
     def warn(self, reflector: Reflector, message: str) -> None:
         """A problem that leaves the metadata usable (an optional resource is forbidden)."""
         with self._lock:
             if self._warnings.get(reflector.spec.resource) != message:
-                log.warning("%s; workloads are named without %s", message, reflector.spec.kind)
+                log.warning("%s; %s", message, _WITHOUT.get(reflector.spec.kind,
+                                                            f"going on without {reflector.spec.kind}"))
             self._warnings[reflector.spec.resource] = message
             self._publish()
 
     def failed(self, reflector: Reflector, message: str) -> None:
         with self._lock:
             if self._errors.get(reflector.spec.resource) != message:
-                log.warning("%s (%s); serving the last known state", message,
-                            reflector.spec.resource)
+                if message.startswith("missing RBAC"):  # names the resource already
+                    if not self.waiting_for_rbac:
+                        log.warning("%s; serving the last known state", message)
+                else:
+                    log.warning("%s (%s); serving the last known state", message,
+                                reflector.spec.resource)
             self._errors[reflector.spec.resource] = message
+            self._publish()
+
+    def wait_for_rbac(self, waiting: bool) -> None:
+        """While waiting, RBAC errors read "waiting for RBAC: ..." (the start-up bound)."""
+        with self._lock:
+            self.waiting_for_rbac = waiting
             self._publish()
 
     def _publish(self) -> None:
@@ -276,6 +306,8 @@ class _Health:
         by_message: dict[str, list[str]] = {}
         for resource, message in sorted({**self._warnings, **self._errors}.items()):
             if message.startswith("missing RBAC"):
+                if self.waiting_for_rbac and resource in self._errors:
+                    message = f"waiting for RBAC: {message}"
                 by_message[message] = []  # already names the resource
             else:
                 by_message.setdefault(message, []).append(resource)
@@ -288,8 +320,10 @@ class KubeSource:
 
     def __init__(self, state: ClusterState, stats: AgentStats, kubeconfig: str | None = None,
                  context: str | None = None, sync_timeout_s: float = 10.0,
-                 watch_timeout_s: int = 300) -> None:
+                 watch_timeout_s: int = 300, rbac_wait_s: float = 0.0) -> None:
         self._state = state
+        self._rbac_wait_s = rbac_wait_s
+        self._rbac_deadline: float | None = None  # set while waiting for RBAC at start
         self._stats = stats
         self._kubeconfig = kubeconfig
         self._context = context
@@ -302,7 +336,9 @@ class KubeSource:
         self._api_client: client.ApiClient | None = None
 
     def start(self) -> None:
+        started = time.monotonic()
         self._api_client = load_api_client(self._kubeconfig, self._context)
+        self._health.wait_for_rbac(self._rbac_wait_s > 0)  # 403s at start are said once, below
         for spec in RESOURCES:
             reflector = Reflector(spec, self._api_client, self._state, self._health, self._stop,
                                   self._watch_timeout_s)
@@ -313,14 +349,37 @@ class KubeSource:
         deadline = time.monotonic() + self._sync_timeout_s
         for reflector in self.reflectors:
             reflector.synced.wait(max(0.0, deadline - time.monotonic()))
-        forbidden = [r.forbidden for r in self.reflectors if r.forbidden and r.spec.required]
-        if forbidden:
+        forbidden = self._forbidden()
+        if forbidden and self._rbac_wait_s <= 0:
             self.stop()
             raise MetadataError("; ".join(forbidden) + " (grant it in the agent's ClusterRole)")
+        if not forbidden:
+            self._health.wait_for_rbac(False)
+        else:
+            self._rbac_deadline = started + self._rbac_wait_s
+            self._health.wait_for_rbac(True)
+            log.warning("waiting for RBAC: %s; an API server that is still starting refuses "
+                        "until it has loaded its RBAC: retrying with backoff for up to %.0f s "
+                        "(--rbac-wait), then exiting unless it is granted (the agent's "
+                        "ClusterRole)", "; ".join(forbidden), self._rbac_wait_s)
         for reflector in self.reflectors:
             if not reflector.synced.is_set():
                 self._health.failed(reflector, f"no answer from the API server for "
                                                f"{reflector.spec.resource} yet")
+
+    def _forbidden(self) -> list[str]:
+        return [r.forbidden for r in self.reflectors if r.forbidden and r.spec.required]
+
+    def failure(self) -> str | None:
+        """While waiting for RBAC at start: None until the wait is over; then, if a resource
+        the names need is still forbidden, why the agent must stop."""
+        if self._rbac_deadline is None or not self._health.waiting_for_rbac:
+            return None  # not waiting, or granted meanwhile (_Health.ok)
+        forbidden = self._forbidden()
+        if not forbidden or time.monotonic() < self._rbac_deadline:
+            return None
+        return (f"{'; '.join(forbidden)}, still after waiting {self._rbac_wait_s:.0f} s "
+                "(--rbac-wait) for the API server's RBAC: grant it in the agent's ClusterRole")
 
     def stop(self) -> None:
         self._stop.set()

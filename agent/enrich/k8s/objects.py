@@ -7,13 +7,14 @@ instead of whole objects (10,000 pods must stay cheap in memory).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from agent.errors import ObjectError
 
 # kind -> how the API names its collection; the cache and the sources key on `kind`.
 KINDS: tuple[str, ...] = ("Pod", "Service", "EndpointSlice", "Node", "Namespace",
-                          "ReplicaSet", "Job")
+                          "ReplicaSet", "Job", "NetworkPolicy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,11 @@ class Pod:
     created: str                     # RFC 3339; compares in time order
     owner_kind: str                  # the controller ownerReference, "" for a bare pod
     owner_name: str
+    # (name, port, protocol) of every container port, what a NetworkPolicy's named port
+    # resolves to: spec.containers[].ports and those of restartable init containers
+    # (sidecars, restartPolicy: Always), which serve while the pod runs. None: the object
+    # had no spec.containers (unknown), () when it declares no ports.
+    container_ports: tuple[tuple[str, int, str], ...] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -39,6 +45,25 @@ class Pod:
     def live(self) -> bool:
         """A pod that finished no longer owns its IP: the kubelet may give it to a new pod."""
         return self.phase not in ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkPolicyObject:
+    """A NetworkPolicy as the cache holds it: its identity and the object as JSON (apiVersion,
+    kind, name, namespace and spec; status, annotations and managed fields left out, so a
+    change to those is no change). agent/policy parses and evaluates it; the cache only
+    stores it and tells the policy stage (ClusterState.subscribe)."""
+
+    namespace: str
+    name: str
+    body: str        # canonical JSON: equal objects compare equal
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    def object(self) -> dict:
+        return json.loads(self.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +176,26 @@ def _controller(meta: dict) -> tuple[str, str]:
     return "", ""
 
 
+def _container_ports(spec: dict) -> tuple[tuple[str, int, str], ...] | None:
+    containers = spec.get("containers")
+    if not isinstance(containers, list):
+        return None
+    sidecars = [c for c in spec.get("initContainers") or []
+                if isinstance(c, dict) and c.get("restartPolicy") == "Always"]
+    out = []
+    for container in containers + sidecars:
+        if not isinstance(container, dict):
+            continue
+        for port in container.get("ports") or []:
+            if not isinstance(port, dict):
+                continue
+            number = port.get("containerPort")
+            if isinstance(number, int) and not isinstance(number, bool) and number > 0:
+                out.append((str(port.get("name") or ""), number,
+                            str(port.get("protocol") or "TCP").upper()))
+    return tuple(out)
+
+
 def parse_pod(obj: dict) -> Pod:
     meta = _meta(obj)
     spec = obj.get("spec") or {}
@@ -165,7 +210,8 @@ def parse_pod(obj: dict) -> Pod:
                node_name=spec.get("nodeName", ""), host_network=bool(spec.get("hostNetwork")),
                ips=tuple(ips), phase=status.get("phase", ""),
                created=meta.get("creationTimestamp", ""),
-               owner_kind=owner_kind, owner_name=owner_name)
+               owner_kind=owner_kind, owner_name=owner_name,
+               container_ports=_container_ports(spec))
 
 
 def parse_service(obj: dict) -> Service:
@@ -228,6 +274,22 @@ def parse_namespace(obj: dict) -> Namespace:
     return Namespace(name=meta["name"], labels=_labels(meta)[0])
 
 
+def parse_networkpolicy(obj: dict) -> NetworkPolicyObject:
+    """Only what evaluation reads, as canonical JSON; the policy stage validates the rest
+    (a malformed spec is its to report, with the field)."""
+    meta = _meta(obj)
+    namespace = meta.get("namespace") or "default"
+    body = {"apiVersion": obj.get("apiVersion") or "networking.k8s.io/v1",
+            "kind": "NetworkPolicy", "metadata": {"name": meta["name"], "namespace": namespace},
+            "spec": obj.get("spec")}
+    try:
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ObjectError(f"NetworkPolicy {namespace}/{meta['name']}: spec is not JSON: {exc}") \
+            from exc
+    return NetworkPolicyObject(namespace=namespace, name=meta["name"], body=text)
+
+
 def _parse_owned(kind: str):
     def parse(obj: dict) -> Owned:
         meta = _meta(obj)
@@ -245,6 +307,7 @@ PARSERS = {
     "Namespace": parse_namespace,
     "ReplicaSet": _parse_owned("ReplicaSet"),
     "Job": _parse_owned("Job"),
+    "NetworkPolicy": parse_networkpolicy,
 }
 
 

@@ -62,6 +62,10 @@ class ClusterState:
         self._node_peers: dict[str, Peer] = {}
         self.generation = 0  # bumped on every change; lets tests and benches wait for one
         self.changed = threading.Condition(self._lock)
+        # Kinds a source has listed (its whole set is known), and who is told of each change
+        # of a kind before `generation` moves (the policy stage, for NetworkPolicies).
+        self._listed: set[str] = set()
+        self._listeners: dict[str, list] = {}
 
     # ---- writers -----------------------------------------------------------------------
 
@@ -74,11 +78,15 @@ class ClusterState:
             return
         with self._lock:
             if event_type == "DELETED":
+                old = self._objects[kind].get(obj.key)
                 self._remove(kind, obj.key)
+                if old is not None:
+                    self._tell(kind, "DELETED", old)
             elif self._objects[kind].get(obj.key) == obj:
                 return  # a change to fields podflow does not use (status heartbeats)
             else:
                 self._put(kind, obj)
+                self._tell(kind, event_type, obj)
             self._bump()
 
     def replace(self, kind: str, raws: list[dict]) -> None:
@@ -93,6 +101,7 @@ class ClusterState:
                 continue
             parsed[obj.key] = obj
         with self._lock:
+            self._listed.add(kind)
             if kind == "Node":  # one re-index for the whole set, not one per node
                 self._objects["Node"] = parsed
                 self._reindex_nodes()
@@ -103,7 +112,28 @@ class ClusterState:
             for key, obj in parsed.items():
                 if self._objects[kind].get(key) != obj:
                     self._put(kind, obj)
+            self._tell(kind, "REPLACED", list(parsed.values()))
             self._bump()
+
+    def subscribe(self, kind: str, listener) -> None:
+        """Call `listener(event, objects)` on every change of `kind`: ("ADDED" | "MODIFIED" |
+        "DELETED", one object) or ("REPLACED", every object, after a relist or a reload). It
+        runs in the source's thread, under the state's lock and BEFORE `generation` moves,
+        so whoever caches by generation (the enricher) never keeps an answer made before the
+        listener saw the change. A kind already listed is replayed to it at once."""
+        with self._lock:
+            self._listeners.setdefault(kind, []).append(listener)
+            if kind in self._listed:
+                listener("REPLACED", list(self._objects[kind].values()))
+
+    def listed(self, kind: str) -> bool:
+        """Whether a source has listed `kind` (its whole set is known; a forbidden or not
+        yet answered list is not)."""
+        return kind in self._listed
+
+    def _tell(self, kind: str, event: str, objs) -> None:
+        for listener in self._listeners.get(kind, ()):
+            listener(event, objs)
 
     def _bump(self) -> None:
         self.generation += 1
@@ -331,6 +361,17 @@ class ClusterState:
 
     def get(self, kind: str, namespace: str, name: str):
         return self._objects[kind].get((namespace, name))
+
+    def objects(self, kind: str) -> list:
+        """Every cached object of `kind` (a copy)."""
+        with self._lock:
+            return list(self._objects[kind].values())
+
+    def service_backends(self, namespace: str, name: str) -> list[str]:
+        """The addresses of a Service's ready endpoints, from its EndpointSlices."""
+        with self._lock:
+            slices = list(self._slices_by_service.get((namespace, name), {}).values())
+        return [ip for sl in slices for ep in sl.endpoints if ep.ready for ip in ep.addresses]
 
     def count(self, kind: str) -> int:
         return len(self._objects[kind])

@@ -42,6 +42,9 @@ from collections.abc import Callable, Sequence
 
 from google.protobuf import unknown_fields
 
+from agent.filters.labels import parse_hubble_selector, parse_labels
+from agent.observer.hubble.patterns import (compile_fqdn_patterns, compile_node_name_patterns,
+                                            compile_regexp)
 from podflow_hubble.flow import flow_pb2 as hb
 
 Predicate = Callable[[hb.Flow], bool]
@@ -282,49 +285,6 @@ def _cluster_name(values, path, _flt) -> Predicate:
 # ---------------------------------------------------------------------------------------
 # Name patterns (FQDNs, node names) and regular expressions
 
-_FQDN_CHARS = r"(?:[-0-9_a-z]+(?:\.[-0-9_a-z]+)*)"
-
-
-def _fqdn_pattern_regexp(pattern: str) -> str:
-    """Hubble's FQDN pattern -> a regular expression: lowercase, one trailing dot dropped,
-    "*" stands for [-.0-9a-z]*; other characters than [-.0-9_a-z*] are refused."""
-    pattern = pattern.strip().removesuffix(".").lower()
-    if not pattern:
-        raise ValueError("empty pattern")
-    if pattern.endswith("."):
-        raise ValueError("multiple trailing dots in pattern")
-    out = []
-    for ch in pattern:
-        if ch == ".":
-            out.append(r"\.")
-        elif ch == "*":
-            out.append("[-.0-9a-z]*")
-        elif ch == "-" or ch == "_" or "0" <= ch <= "9" or "a" <= ch <= "z":
-            out.append(ch)
-        else:
-            raise ValueError(f"{ch!r}: invalid rune in pattern")
-    return "".join(out)
-
-
-def compile_fqdn_patterns(patterns: Sequence[str]) -> re.Pattern:
-    return re.compile(r"\A(?:" + "|".join(_fqdn_pattern_regexp(p) for p in patterns) + r")\Z")
-
-
-def compile_node_name_patterns(patterns: Sequence[str]) -> re.Pattern:
-    """"cluster/node" patterns; an empty part matches any name, no slash any cluster."""
-    parts = []
-    for pattern in patterns:
-        if not pattern:
-            raise ValueError("empty pattern")
-        elems = pattern.split("/")
-        if len(elems) > 2:
-            raise ValueError("too many slashes in pattern")
-        cluster, node = ("", elems[0]) if len(elems) == 1 else elems
-        parts.append((_fqdn_pattern_regexp(cluster) if cluster else _FQDN_CHARS) + "/" +
-                     (_fqdn_pattern_regexp(node) if node else _FQDN_CHARS))
-    return re.compile(r"\A(?:" + "|".join(parts) + r")\Z")
-
-
 def _fqdn_check(side: str):
     def build(values, path, _flt) -> Predicate:
         try:
@@ -351,11 +311,6 @@ def _node_name(values, path, _flt) -> Predicate:
     return check
 
 
-def compile_regexp(pattern: str) -> re.Pattern:
-    """A Go (RE2) regular expression in Python's re: \\z (end of text) is spelled \\Z."""
-    return re.compile(re.sub(r"(?<!\\)((?:\\\\)*)\\z", r"\1\\Z", pattern))
-
-
 def _regexps(values, path) -> list[re.Pattern]:
     out = []
     for value in values:
@@ -378,192 +333,12 @@ def _dns_query(values, path, _flt) -> Predicate:
     return check
 
 
-# ---------------------------------------------------------------------------------------
-# Label selectors (Kubernetes syntax, Cilium's label sources)
-
-_SPECIAL = "=!(),<>"
-_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
-_NAME = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?")
-_SUBDOMAIN = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*")
-
-Labels = tuple  # of (source, key, value)
-
-
-def _lex(selector: str) -> list[str]:
-    tokens: list[str] = []
-    i, n = 0, len(selector)
-    while i < n:
-        ch = selector[i]
-        if ch.isspace():
-            i += 1
-        elif ch in _SPECIAL:
-            two = selector[i:i + 2]
-            if two in ("!=", "=="):
-                tokens.append(two)
-                i += 2
-            else:
-                tokens.append(ch)
-                i += 1
-        else:
-            j = i
-            while j < n and not selector[j].isspace() and selector[j] not in _SPECIAL:
-                j += 1
-            tokens.append(selector[i:j])
-            i = j
-    return tokens
-
-
-def _is_ident(token: str | None) -> bool:
-    return bool(token) and token[0] not in _SPECIAL
-
-
-def _selector_key(raw: str) -> tuple[str, str]:
-    """A selector key -> (label source, key), as Cilium reads it: "k8s:app" is the key "app"
-    of source k8s; "app" is "app" of any source. The key must be a valid label key."""
-    source, sep, key = raw.partition(":")
-    if not sep:
-        source, key = "any", raw
-    translated = f"{source}.{key}"  # what Kubernetes' selector parser validates in Cilium
-    prefix, slash, name = translated.rpartition("/")
-    if (len(name) > 63 or not _NAME.fullmatch(name)
-            or (slash and (len(prefix) > 253 or not _SUBDOMAIN.fullmatch(prefix)))):
-        raise ValueError(f"invalid label key {raw!r}")
-    return source, key
-
-
-def _label_value(value: str) -> str:
-    if len(value) > 63 or not _VALUE.fullmatch(value):
-        raise ValueError(f"invalid label value {value!r}")
-    return value
-
-
-def _lookup(labels: Labels, source: str, key: str) -> tuple[str, bool]:
-    for label_source, label_key, value in labels:
-        if label_key == key and (source == "any" or source == label_source):
-            return value, True
-    return "", False
-
-
-def parse_label_selector(selector: str) -> Callable[[Labels], bool]:
-    """A label selector as a predicate over parsed labels (see `parse_labels`); an empty
-    selector selects everything. Raises ValueError naming what is wrong."""
-    tokens = _lex(selector)
-    reqs: list[Callable[[Labels], bool]] = []
-    pos = 0
-
-    def peek() -> str | None:
-        return tokens[pos] if pos < len(tokens) else None
-
-    def take() -> str | None:
-        nonlocal pos
-        token = peek()
-        pos += 1
-        return token
-
-    while pos < len(tokens):
-        token = take()
-        if token == "!":
-            raw = take()
-            if not _is_ident(raw):
-                raise ValueError(f"expected a label key after '!' in {selector!r}")
-            source, key = _selector_key(raw)
-            reqs.append(lambda ls, s=source, k=key: not _lookup(ls, s, k)[1])
-        elif _is_ident(token) and token not in ("in", "notin"):
-            source, key = _selector_key(token)
-            op = peek()
-            if op is None or op == ",":
-                reqs.append(lambda ls, s=source, k=key: _lookup(ls, s, k)[1])
-            elif op in ("=", "==", "!="):
-                take()
-                nxt = peek()
-                value = "" if nxt is None or nxt == "," else take()
-                if value and not _is_ident(value):
-                    raise ValueError(f"expected a value after {op!r} in {selector!r}")
-                value = _label_value(value)
-                if op == "!=":
-                    reqs.append(lambda ls, s=source, k=key, v=value:
-                                _lookup(ls, s, k) != (v, True))
-                else:
-                    reqs.append(lambda ls, s=source, k=key, v=value:
-                                _lookup(ls, s, k) == (v, True))
-            elif op in ("in", "notin"):
-                take()
-                if take() != "(":
-                    raise ValueError(f"expected '(' after {op!r} in {selector!r}")
-                values: set[str] = set()
-                while True:
-                    nxt = take()
-                    if nxt is None:
-                        raise ValueError(f"missing ')' in {selector!r}")
-                    if nxt in (",", ")"):
-                        if nxt == ")" and not values:
-                            raise ValueError(f"{op!r} needs at least one value in {selector!r}")
-                        if nxt == ",":
-                            continue
-                        break
-                    if not _is_ident(nxt):
-                        raise ValueError(f"unexpected {nxt!r} in the values of {selector!r}")
-                    values.add(_label_value(nxt))
-                frozen = frozenset(values)
-                if op == "in":
-                    reqs.append(lambda ls, s=source, k=key, vs=frozen:
-                                (lambda v: v[1] and v[0] in vs)(_lookup(ls, s, k)))
-                else:
-                    reqs.append(lambda ls, s=source, k=key, vs=frozen:
-                                (lambda v: not v[1] or v[0] not in vs)(_lookup(ls, s, k)))
-            elif op in (">", "<"):
-                take()
-                raw_value = take()
-                if not _is_ident(raw_value) or not re.fullmatch(r"[-+]?[0-9]+", raw_value):
-                    raise ValueError(f"{op!r} needs an integer in {selector!r}")
-                bound = int(raw_value)
-                greater = op == ">"
-                reqs.append(lambda ls, s=source, k=key, b=bound, g=greater:
-                            _compare(_lookup(ls, s, k), b, g))
-            else:
-                raise ValueError(f"unexpected {op!r} after {token!r} in {selector!r}")
-        else:
-            raise ValueError(f"expected a label key, found {token!r} in {selector!r}")
-        after = take()
-        if after is None:
-            break
-        if after != ",":
-            raise ValueError(f"expected ',' or the end, found {after!r} in {selector!r}")
-        if peek() is None:
-            raise ValueError(f"a requirement must follow ',' in {selector!r}")
-    if not reqs:
-        return lambda labels: True
-    return lambda labels: all(req(labels) for req in reqs)
-
-
-def _compare(found: tuple[str, bool], bound: int, greater: bool) -> bool:
-    value, exists = found
-    if not exists or not re.fullmatch(r"[-+]?[0-9]+", value):
-        return False
-    return int(value) > bound if greater else int(value) < bound
-
-
-@functools.lru_cache(maxsize=16384)
-def parse_labels(labels: tuple[str, ...]) -> Labels:
-    """Cilium's "source:key=value" labels -> sorted (source, key, value); a label without a
-    source has the source "unspec" (only a source-less selector key finds it)."""
-    out = []
-    for label in labels:
-        source, sep, rest = label.partition(":")
-        if not sep:
-            source, rest = "unspec", label
-        key, _, value = rest.partition("=")
-        out.append((source, key, value))
-    out.sort()
-    return tuple(out)
-
-
 def _label_check(get: Callable[[hb.Flow], Sequence[str]]):
     def build(values, path, _flt) -> Predicate:
         selectors = []
         for value in values:
             try:
-                selectors.append(parse_label_selector(value))
+                selectors.append(parse_hubble_selector(value))
             except ValueError as exc:
                 raise HubbleFilterError(f"{path}: {exc}") from None
 

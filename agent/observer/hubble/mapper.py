@@ -58,6 +58,7 @@ class HubbleMapper:
         self._services = _Bounded(small)         # (namespace, name, reply) -> parts
         self._dns = _Bounded(max_cached)         # DNS bytes -> (l7 field, Summary head)
         self._interfaces = _Bounded(small)       # (index, name) -> field
+        self._policies = _Bounded(small)         # policy verdict bytes -> parts
         self._extensions = _Bounded(max_cached)  # static Struct entries, by their inputs
         self._masked = _Bounded(max_cached)
 
@@ -149,6 +150,15 @@ class HubbleMapper:
                                                 _str(b"\x12", iface.name)))
         return hit
 
+    def _policy(self, flow: pf.Flow, raw: bytes) -> dict:
+        """The *_allowed_by / *_denied_by fields of the record's NetworkPolicy verdict."""
+        hit = self._policies.get(raw)
+        if hit is None:
+            hit = self._policies.put(raw, {
+                name: b"".join(_ld(_field(name), p.SerializeToString()) for p in policies)
+                for name, policies in rules.policy_fields(flow)})
+        return hit
+
     # -- a record ---------------------------------------------------------------------------
 
     def _static(self, flow: pf.Flow) -> _Static:
@@ -163,6 +173,7 @@ class HubbleMapper:
                flow.ip.SerializeToString(), flow.l4.SerializeToString(),
                (flow.interface.index, flow.interface.name) if has("interface") else None,
                flow.dns.SerializeToString() if has("dns") else None, subs,
+               flow.policy.SerializeToString() if has("policy") else None,
                # the same in every record of a flow: written once, with the static parts
                (flow.first_seen.seconds, flow.first_seen.nanos) if has("first_seen") else None)
         hit = self._statics.get(key)
@@ -183,6 +194,8 @@ class HubbleMapper:
         parts.update(self._event(flow, reply, direction, l7))
         if flow.HasField("service") and flow.service.name:
             parts.update(self._service(flow, reply))
+        if flow.HasField("policy"):
+            parts.update(self._policy(flow, flow.policy.SerializeToString()))
         for name, field in (("IP", _ip_bytes(flow.ip)), ("l4", _l4_bytes(flow)),
                             ("interface", self._interface(flow)
                              if flow.HasField("interface") else b"")):

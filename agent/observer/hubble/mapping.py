@@ -12,8 +12,12 @@ How each Hubble field is filled (one podflow record -> one Hubble flow):
   mapped twice (two clients) has one uuid and `hubble observe --uuid` finds it again.
 - verdict: FORWARDED / DROPPED. drop_reason_desc: the kernel's skb_drop_reason mapped to the
   nearest Cilium reason (KERNEL_DROP_REASONS); NETFILTER_DROP of pod traffic is
-  POLICY_DENIED (that is how a NetworkPolicy drops with iptables/nftables CNIs). The kernel's
-  own name stays in extensions.drop_reason and in the Summary.
+  POLICY_DENIED (that is how a NetworkPolicy drops with iptables/nftables CNIs), and so is
+  any drop podflow's policy verdict calls enforced. The kernel's own name stays in
+  extensions.drop_reason and the Summary.
+- egress_allowed_by / ingress_allowed_by / egress_denied_by / ingress_denied_by: the
+  NetworkPolicies of podflow's verdict (flow.policy, agent/policy), as Policy messages
+  (`policy_fields`).
 - is_reply: always set (see `is_reply`); traffic_direction: Hubble's meaning, the direction
   of the CONNECTION relative to the pod it was seen at: EGRESS = the pod opened it. podflow's
   FROM_POD/TO_POD is per packet, so a reply leaving a pod is INGRESS.
@@ -342,11 +346,45 @@ def policy_shaped(flow: pf.Flow) -> bool:
 
 
 def drop_reason(flow: pf.Flow) -> int:
-    """The Cilium drop reason nearest to the record's kernel reason (DropReason value)."""
+    """The Cilium drop reason nearest to the record's kernel reason (DropReason value). A
+    drop podflow's verdict calls enforced is a policy's whatever the kernel's reason; one of
+    traffic no NetworkPolicy denies keeps the guess below: a netfilter drop of pod traffic may
+    still be a policy podflow does not read (Calico's or Cilium's own kinds)."""
+    if flow.policy.enforcement == pf.POLICY_ENFORCED:
+        return hb.POLICY_DENIED
     name = flow.drop_reason
     if name == "NETFILTER_DROP":
         return hb.POLICY_DENIED if policy_shaped(flow) else hb.DROP_REASON_UNKNOWN
     return KERNEL_DROP_REASONS.get(name, hb.DROP_REASON_UNKNOWN)
+
+
+_POLICY_FIELDS = ((pf.POLICY_ALLOWED, "egress", "egress_allowed_by"),
+                  (pf.POLICY_ALLOWED, "ingress", "ingress_allowed_by"),
+                  (pf.POLICY_DENIED, "egress", "egress_denied_by"),
+                  (pf.POLICY_DENIED, "ingress", "ingress_denied_by"))
+
+
+def hubble_policy(ref: str) -> hb.Policy:
+    """A NetworkPolicy ("namespace/name") as Hubble's Policy message, labelled the way Cilium
+    labels the rules it derives from a NetworkPolicy."""
+    namespace, _, name = ref.partition("/")
+    return hb.Policy(name=name, namespace=namespace, kind="NetworkPolicy", labels=[
+        "k8s:io.cilium.k8s.policy.derived-from=NetworkPolicy",
+        f"k8s:io.cilium.k8s.policy.name={name}",
+        f"k8s:io.cilium.k8s.policy.namespace={namespace}"])
+
+
+def policy_fields(flow: pf.Flow) -> list[tuple[str, list[hb.Policy]]]:
+    """(Hubble field, its Policy messages) for each *_allowed_by / *_denied_by field a
+    record's policy verdict fills; [] without a verdict."""
+    if not flow.HasField("policy"):
+        return []
+    out = []
+    for verdict, side, name in _POLICY_FIELDS:
+        direction = getattr(flow.policy, side)
+        if direction.verdict == verdict and direction.policies:
+            out.append((name, [hubble_policy(ref) for ref in direction.policies]))
+    return out
 
 
 def is_l7(flow: pf.Flow, reply: bool, direction: int) -> bool:

@@ -31,7 +31,7 @@ from agent.observer.hubble.peer import (ClusterPeers, PeerInfo, PeerServicer, St
 from agent.observer.hubble.servicer import (OBSERVER_SERVICE, HubbleObserverServicer,
                                             observer_handler)
 from agent.observer.server import (ListenAddress, bind_port, remove_stale_socket,
-                                   server_credentials)
+                                   report_datapath_health, server_credentials)
 from agent.stage import Stage
 from agent.stats import AgentStats
 from podflow_hubble.peer import peer_pb2
@@ -122,6 +122,7 @@ class HubbleServer(Stage):
             stats.node_name))
         self.peer: PeerServicer | None = None
         self.health = health.HealthServicer()
+        self._stopping = False
         self._server: grpc.Server | None = None
 
     def _tls_name(self, node: str) -> str | None:
@@ -154,11 +155,16 @@ class HubbleServer(Stage):
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], server)
         server.start()
-        for service in ("", HEALTH_SERVICE):
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        # `hubble status` asks HEALTH_SERVICE: like podflow's own API, SERVING only while
+        # the datapath traces.
+        self.stats.on_datapath_state(self._datapath_state_changed)
         self._server = server
         log.info("Hubble API listening on %s (peers reach it at %s)%s", self.address,
                  self.advertised, " (TLS)" if self.credentials is not None else "")
+
+    def _datapath_state_changed(self, state: str) -> None:
+        if not self._stopping:  # enter_graceful_shutdown said NOT_SERVING for good
+            report_datapath_health(self.health, ("", HEALTH_SERVICE), state, self.stats)
 
     def _peer_source(self, port: int | None):
         itself = PeerInfo(self.stats.node_name, self.advertised,
@@ -174,6 +180,7 @@ class HubbleServer(Stage):
     def stop(self, grace_s: float = 1.0) -> None:
         if self._server is None:
             return
+        self._stopping = True
         self.health.enter_graceful_shutdown()
         self.observer.shutdown()
         if self.peer is not None:

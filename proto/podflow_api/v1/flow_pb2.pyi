@@ -46,6 +46,29 @@ class FlowCategory(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HOST_TO_POD: _ClassVar[FlowCategory]
     OTHER: _ClassVar[FlowCategory]
 
+class PolicyVerdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POLICY_VERDICT_UNKNOWN: _ClassVar[PolicyVerdict]
+    POLICY_NOT_ISOLATED: _ClassVar[PolicyVerdict]
+    POLICY_ALLOWED: _ClassVar[PolicyVerdict]
+    POLICY_DENIED: _ClassVar[PolicyVerdict]
+    POLICY_NOT_APPLICABLE: _ClassVar[PolicyVerdict]
+
+class PolicyAllowReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POLICY_ALLOW_REASON_UNKNOWN: _ClassVar[PolicyAllowReason]
+    POLICY_ALLOW_RULE: _ClassVar[PolicyAllowReason]
+    POLICY_ALLOW_OWN_NODE: _ClassVar[PolicyAllowReason]
+    POLICY_ALLOW_SELF: _ClassVar[PolicyAllowReason]
+
+class PolicyEnforcement(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POLICY_ENFORCEMENT_UNDECIDED: _ClassVar[PolicyEnforcement]
+    POLICY_ALLOWED_DELIVERED: _ClassVar[PolicyEnforcement]
+    POLICY_ENFORCED: _ClassVar[PolicyEnforcement]
+    POLICY_NOT_ENFORCED: _ClassVar[PolicyEnforcement]
+    POLICY_DROPPED_OTHERWISE: _ClassVar[PolicyEnforcement]
+
 class ConnectionOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     OUTCOME_UNKNOWN: _ClassVar[ConnectionOutcome]
@@ -85,6 +108,20 @@ OUTSIDE_TO_SERVICE: FlowCategory
 POD_TO_WORLD: FlowCategory
 HOST_TO_POD: FlowCategory
 OTHER: FlowCategory
+POLICY_VERDICT_UNKNOWN: PolicyVerdict
+POLICY_NOT_ISOLATED: PolicyVerdict
+POLICY_ALLOWED: PolicyVerdict
+POLICY_DENIED: PolicyVerdict
+POLICY_NOT_APPLICABLE: PolicyVerdict
+POLICY_ALLOW_REASON_UNKNOWN: PolicyAllowReason
+POLICY_ALLOW_RULE: PolicyAllowReason
+POLICY_ALLOW_OWN_NODE: PolicyAllowReason
+POLICY_ALLOW_SELF: PolicyAllowReason
+POLICY_ENFORCEMENT_UNDECIDED: PolicyEnforcement
+POLICY_ALLOWED_DELIVERED: PolicyEnforcement
+POLICY_ENFORCED: PolicyEnforcement
+POLICY_NOT_ENFORCED: PolicyEnforcement
+POLICY_DROPPED_OTHERWISE: PolicyEnforcement
 OUTCOME_UNKNOWN: ConnectionOutcome
 ESTABLISHED: ConnectionOutcome
 REFUSED: ConnectionOutcome
@@ -265,6 +302,38 @@ class Translation(_message.Message):
     translated_port: int
     def __init__(self, original_ip: _Optional[str] = ..., original_port: _Optional[int] = ..., translated_ip: _Optional[str] = ..., translated_port: _Optional[int] = ...) -> None: ...
 
+class PolicyRule(_message.Message):
+    __slots__ = ("policy", "index")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    policy: str
+    index: int
+    def __init__(self, policy: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
+
+class DirectionPolicy(_message.Message):
+    __slots__ = ("verdict", "policies", "rules", "reason", "unresolved_named_ports")
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    UNRESOLVED_NAMED_PORTS_FIELD_NUMBER: _ClassVar[int]
+    verdict: PolicyVerdict
+    policies: _containers.RepeatedScalarFieldContainer[str]
+    rules: _containers.RepeatedCompositeFieldContainer[PolicyRule]
+    reason: PolicyAllowReason
+    unresolved_named_ports: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, verdict: _Optional[_Union[PolicyVerdict, str]] = ..., policies: _Optional[_Iterable[str]] = ..., rules: _Optional[_Iterable[_Union[PolicyRule, _Mapping]]] = ..., reason: _Optional[_Union[PolicyAllowReason, str]] = ..., unresolved_named_ports: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Policy(_message.Message):
+    __slots__ = ("egress", "ingress", "enforcement")
+    EGRESS_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_FIELD_NUMBER: _ClassVar[int]
+    ENFORCEMENT_FIELD_NUMBER: _ClassVar[int]
+    egress: DirectionPolicy
+    ingress: DirectionPolicy
+    enforcement: PolicyEnforcement
+    def __init__(self, egress: _Optional[_Union[DirectionPolicy, _Mapping]] = ..., ingress: _Optional[_Union[DirectionPolicy, _Mapping]] = ..., enforcement: _Optional[_Union[PolicyEnforcement, str]] = ...) -> None: ...
+
 class DNS(_message.Message):
     __slots__ = ("query", "qtypes", "rcode", "ips", "ttl", "latency_ns", "response", "id")
     QUERY_FIELD_NUMBER: _ClassVar[int]
@@ -286,7 +355,7 @@ class DNS(_message.Message):
     def __init__(self, query: _Optional[str] = ..., qtypes: _Optional[_Iterable[str]] = ..., rcode: _Optional[str] = ..., ips: _Optional[_Iterable[str]] = ..., ttl: _Optional[int] = ..., latency_ns: _Optional[int] = ..., response: _Optional[bool] = ..., id: _Optional[int] = ...) -> None: ...
 
 class Flow(_message.Message):
-    __slots__ = ("time", "node_name", "interface", "observation_point", "traffic_direction", "verdict", "drop_reason", "drop_reason_code", "ip", "l4", "packets", "bytes", "first_seen", "last_seen", "flow_end", "is_reply", "source", "destination", "category", "service", "backend", "translation", "dns", "outcome", "summary")
+    __slots__ = ("time", "node_name", "interface", "observation_point", "traffic_direction", "verdict", "drop_reason", "drop_reason_code", "ip", "l4", "packets", "bytes", "first_seen", "last_seen", "flow_end", "is_reply", "source", "destination", "category", "service", "backend", "translation", "dns", "outcome", "summary", "policy")
     TIME_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     INTERFACE_FIELD_NUMBER: _ClassVar[int]
@@ -312,6 +381,7 @@ class Flow(_message.Message):
     DNS_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     node_name: str
     interface: Interface
@@ -337,4 +407,5 @@ class Flow(_message.Message):
     dns: DNS
     outcome: ConnectionOutcome
     summary: str
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_name: _Optional[str] = ..., interface: _Optional[_Union[Interface, _Mapping]] = ..., observation_point: _Optional[_Union[ObservationPoint, str]] = ..., traffic_direction: _Optional[_Union[TrafficDirection, str]] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., drop_reason: _Optional[str] = ..., drop_reason_code: _Optional[int] = ..., ip: _Optional[_Union[IP, _Mapping]] = ..., l4: _Optional[_Union[Layer4, _Mapping]] = ..., packets: _Optional[int] = ..., bytes: _Optional[int] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., flow_end: _Optional[bool] = ..., is_reply: _Optional[bool] = ..., source: _Optional[_Union[Endpoint, _Mapping]] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., category: _Optional[_Union[FlowCategory, str]] = ..., service: _Optional[_Union[Service, _Mapping]] = ..., backend: _Optional[_Union[Backend, _Mapping]] = ..., translation: _Optional[_Union[Translation, _Mapping]] = ..., dns: _Optional[_Union[DNS, _Mapping]] = ..., outcome: _Optional[_Union[ConnectionOutcome, str]] = ..., summary: _Optional[str] = ...) -> None: ...
+    policy: Policy
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_name: _Optional[str] = ..., interface: _Optional[_Union[Interface, _Mapping]] = ..., observation_point: _Optional[_Union[ObservationPoint, str]] = ..., traffic_direction: _Optional[_Union[TrafficDirection, str]] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., drop_reason: _Optional[str] = ..., drop_reason_code: _Optional[int] = ..., ip: _Optional[_Union[IP, _Mapping]] = ..., l4: _Optional[_Union[Layer4, _Mapping]] = ..., packets: _Optional[int] = ..., bytes: _Optional[int] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., flow_end: _Optional[bool] = ..., is_reply: _Optional[bool] = ..., source: _Optional[_Union[Endpoint, _Mapping]] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., category: _Optional[_Union[FlowCategory, str]] = ..., service: _Optional[_Union[Service, _Mapping]] = ..., backend: _Optional[_Union[Backend, _Mapping]] = ..., translation: _Optional[_Union[Translation, _Mapping]] = ..., dns: _Optional[_Union[DNS, _Mapping]] = ..., outcome: _Optional[_Union[ConnectionOutcome, str]] = ..., summary: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ...) -> None: ...

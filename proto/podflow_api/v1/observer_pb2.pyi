@@ -47,7 +47,7 @@ NODE_RECONNECTING: NodeState
 NODE_GONE: NodeState
 
 class FlowFilter(_message.Message):
-    __slots__ = ("source_ip", "destination_ip", "source_pod", "destination_pod", "source_namespace", "destination_namespace", "source_label", "destination_label", "source_service", "destination_service", "source_workload", "destination_workload", "source_port", "destination_port", "protocol", "tcp_flags", "verdict", "traffic_direction", "observation_point", "interface", "node_name", "ip_version", "category", "drop_reason", "outcome", "dns_query", "service", "server_port")
+    __slots__ = ("source_ip", "destination_ip", "source_pod", "destination_pod", "source_namespace", "destination_namespace", "source_label", "destination_label", "source_service", "destination_service", "source_workload", "destination_workload", "source_port", "destination_port", "protocol", "tcp_flags", "verdict", "traffic_direction", "observation_point", "interface", "node_name", "ip_version", "category", "drop_reason", "outcome", "dns_query", "service", "server_port", "policy_verdict", "policy")
     SOURCE_IP_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_IP_FIELD_NUMBER: _ClassVar[int]
     SOURCE_POD_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,8 @@ class FlowFilter(_message.Message):
     DNS_QUERY_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     SERVER_PORT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERDICT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     source_ip: _containers.RepeatedScalarFieldContainer[str]
     destination_ip: _containers.RepeatedScalarFieldContainer[str]
     source_pod: _containers.RepeatedScalarFieldContainer[str]
@@ -104,7 +106,9 @@ class FlowFilter(_message.Message):
     dns_query: _containers.RepeatedScalarFieldContainer[str]
     service: _containers.RepeatedScalarFieldContainer[str]
     server_port: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, source_ip: _Optional[_Iterable[str]] = ..., destination_ip: _Optional[_Iterable[str]] = ..., source_pod: _Optional[_Iterable[str]] = ..., destination_pod: _Optional[_Iterable[str]] = ..., source_namespace: _Optional[_Iterable[str]] = ..., destination_namespace: _Optional[_Iterable[str]] = ..., source_label: _Optional[_Iterable[str]] = ..., destination_label: _Optional[_Iterable[str]] = ..., source_service: _Optional[_Iterable[str]] = ..., destination_service: _Optional[_Iterable[str]] = ..., source_workload: _Optional[_Iterable[str]] = ..., destination_workload: _Optional[_Iterable[str]] = ..., source_port: _Optional[_Iterable[str]] = ..., destination_port: _Optional[_Iterable[str]] = ..., protocol: _Optional[_Iterable[str]] = ..., tcp_flags: _Optional[_Iterable[str]] = ..., verdict: _Optional[_Iterable[_Union[_flow_pb2.Verdict, str]]] = ..., traffic_direction: _Optional[_Iterable[_Union[_flow_pb2.TrafficDirection, str]]] = ..., observation_point: _Optional[_Iterable[_Union[_flow_pb2.ObservationPoint, str]]] = ..., interface: _Optional[_Iterable[str]] = ..., node_name: _Optional[_Iterable[str]] = ..., ip_version: _Optional[_Iterable[_Union[_flow_pb2.IPVersion, str]]] = ..., category: _Optional[_Iterable[_Union[_flow_pb2.FlowCategory, str]]] = ..., drop_reason: _Optional[_Iterable[str]] = ..., outcome: _Optional[_Iterable[_Union[_flow_pb2.ConnectionOutcome, str]]] = ..., dns_query: _Optional[_Iterable[str]] = ..., service: _Optional[_Iterable[str]] = ..., server_port: _Optional[_Iterable[str]] = ...) -> None: ...
+    policy_verdict: _containers.RepeatedScalarFieldContainer[str]
+    policy: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, source_ip: _Optional[_Iterable[str]] = ..., destination_ip: _Optional[_Iterable[str]] = ..., source_pod: _Optional[_Iterable[str]] = ..., destination_pod: _Optional[_Iterable[str]] = ..., source_namespace: _Optional[_Iterable[str]] = ..., destination_namespace: _Optional[_Iterable[str]] = ..., source_label: _Optional[_Iterable[str]] = ..., destination_label: _Optional[_Iterable[str]] = ..., source_service: _Optional[_Iterable[str]] = ..., destination_service: _Optional[_Iterable[str]] = ..., source_workload: _Optional[_Iterable[str]] = ..., destination_workload: _Optional[_Iterable[str]] = ..., source_port: _Optional[_Iterable[str]] = ..., destination_port: _Optional[_Iterable[str]] = ..., protocol: _Optional[_Iterable[str]] = ..., tcp_flags: _Optional[_Iterable[str]] = ..., verdict: _Optional[_Iterable[_Union[_flow_pb2.Verdict, str]]] = ..., traffic_direction: _Optional[_Iterable[_Union[_flow_pb2.TrafficDirection, str]]] = ..., observation_point: _Optional[_Iterable[_Union[_flow_pb2.ObservationPoint, str]]] = ..., interface: _Optional[_Iterable[str]] = ..., node_name: _Optional[_Iterable[str]] = ..., ip_version: _Optional[_Iterable[_Union[_flow_pb2.IPVersion, str]]] = ..., category: _Optional[_Iterable[_Union[_flow_pb2.FlowCategory, str]]] = ..., drop_reason: _Optional[_Iterable[str]] = ..., outcome: _Optional[_Iterable[_Union[_flow_pb2.ConnectionOutcome, str]]] = ..., dns_query: _Optional[_Iterable[str]] = ..., service: _Optional[_Iterable[str]] = ..., server_port: _Optional[_Iterable[str]] = ..., policy_verdict: _Optional[_Iterable[str]] = ..., policy: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetFlowsRequest(_message.Message):
     __slots__ = ("number", "first", "follow", "since", "until", "allowlist", "denylist", "field_mask")
@@ -187,7 +191,7 @@ class LostCount(_message.Message):
     def __init__(self, stage: _Optional[_Union[LostStage, str]] = ..., count: _Optional[int] = ..., packets: _Optional[int] = ...) -> None: ...
 
 class ServerStatusResponse(_message.Message):
-    __slots__ = ("num_flows", "max_flows", "seen_flows", "lost", "uptime_ns", "node_name", "version", "interfaces", "flows_per_second", "datapath_errors", "metadata_source", "metadata_stale", "metadata_error", "exporter_error")
+    __slots__ = ("num_flows", "max_flows", "seen_flows", "lost", "uptime_ns", "node_name", "version", "interfaces", "flows_per_second", "datapath_errors", "metadata_source", "metadata_stale", "metadata_error", "exporter_error", "datapath_state", "datapath_error", "interface_notes")
     class DatapathErrorsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +213,9 @@ class ServerStatusResponse(_message.Message):
     METADATA_STALE_FIELD_NUMBER: _ClassVar[int]
     METADATA_ERROR_FIELD_NUMBER: _ClassVar[int]
     EXPORTER_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DATAPATH_STATE_FIELD_NUMBER: _ClassVar[int]
+    DATAPATH_ERROR_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_NOTES_FIELD_NUMBER: _ClassVar[int]
     num_flows: int
     max_flows: int
     seen_flows: int
@@ -223,7 +230,20 @@ class ServerStatusResponse(_message.Message):
     metadata_stale: bool
     metadata_error: str
     exporter_error: str
-    def __init__(self, num_flows: _Optional[int] = ..., max_flows: _Optional[int] = ..., seen_flows: _Optional[int] = ..., lost: _Optional[_Iterable[_Union[LostCount, _Mapping]]] = ..., uptime_ns: _Optional[int] = ..., node_name: _Optional[str] = ..., version: _Optional[str] = ..., interfaces: _Optional[_Iterable[_Union[_flow_pb2.Interface, _Mapping]]] = ..., flows_per_second: _Optional[float] = ..., datapath_errors: _Optional[_Mapping[str, int]] = ..., metadata_source: _Optional[str] = ..., metadata_stale: _Optional[bool] = ..., metadata_error: _Optional[str] = ..., exporter_error: _Optional[str] = ...) -> None: ...
+    datapath_state: str
+    datapath_error: str
+    interface_notes: _containers.RepeatedCompositeFieldContainer[InterfaceNote]
+    def __init__(self, num_flows: _Optional[int] = ..., max_flows: _Optional[int] = ..., seen_flows: _Optional[int] = ..., lost: _Optional[_Iterable[_Union[LostCount, _Mapping]]] = ..., uptime_ns: _Optional[int] = ..., node_name: _Optional[str] = ..., version: _Optional[str] = ..., interfaces: _Optional[_Iterable[_Union[_flow_pb2.Interface, _Mapping]]] = ..., flows_per_second: _Optional[float] = ..., datapath_errors: _Optional[_Mapping[str, int]] = ..., metadata_source: _Optional[str] = ..., metadata_stale: _Optional[bool] = ..., metadata_error: _Optional[str] = ..., exporter_error: _Optional[str] = ..., datapath_state: _Optional[str] = ..., datapath_error: _Optional[str] = ..., interface_notes: _Optional[_Iterable[_Union[InterfaceNote, _Mapping]]] = ...) -> None: ...
+
+class InterfaceNote(_message.Message):
+    __slots__ = ("interface", "hook", "note")
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    HOOK_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    interface: str
+    hook: str
+    note: str
+    def __init__(self, interface: _Optional[str] = ..., hook: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class GetNodesRequest(_message.Message):
     __slots__ = ()

@@ -4,7 +4,7 @@ table-driven: every field, its alternatives, the whitelist/blacklist rules and b
 from __future__ import annotations
 
 import pytest
-from observer_flows import make_flow
+from tests.observer.observer_flows import make_flow
 
 from agent.observer.hubble import filters
 from agent.observer.hubble.filters import HubbleFilterError, compile_filters
@@ -337,5 +337,5 @@ def test_an_empty_experimental_message_is_harmless():
         "sourceless-label-key", "sourceless-label", "prefixed-key", "prefixed-key-with-source",
         "spaces"])
 def test_label_selector_sources(selector, labels, expected):
-    check = filters.parse_label_selector(selector)
+    check = filters.parse_hubble_selector(selector)
     assert check(filters.parse_labels(tuple(labels))) is expected

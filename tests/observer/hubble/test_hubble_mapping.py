@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 from google.protobuf import json_format, struct_pb2
-from observer_flows import customize, make_flow
+from tests.observer.observer_flows import customize, make_flow
 
 from agent.observer.hubble import encode, mapping
 from agent.observer.hubble.mapper import HubbleMapper, to_hubble

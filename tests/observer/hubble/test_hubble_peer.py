@@ -10,7 +10,7 @@ import threading
 
 import grpc
 import pytest
-from test_observer_tls import pki  # noqa: F401  (the fixture)
+from tests.observer.test_observer_tls import pki  # noqa: F401  (the fixture, used by name)
 
 from agent.config import AgentConfig, ObserverSection, StoreSection
 from agent.enrich.k8s.kubesource import KubeSource

@@ -11,13 +11,13 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from observer_flows import make_flow
+from tests.observer.observer_flows import make_flow
 
 from agent.config import StoreSection
 from agent.flowstore import FlowStore
 from agent.observer.hubble import servicer as hubble_servicer
 from agent.observer.hubble.server import HubbleServer
-from agent.stats import AgentStats
+from agent.stats import DATAPATH_FAILED, DATAPATH_TRACING, AgentStats
 from podflow_api.v1 import observer_pb2 as pf_observer
 from podflow_hubble.flow import flow_pb2 as hb
 from podflow_hubble.observer import observer_pb2, observer_pb2_grpc
@@ -254,10 +254,21 @@ def test_agent_and_debug_events_are_unimplemented_with_a_reason(agent, method, r
 
 
 def test_health_of_the_name_hubble_status_checks(agent):
+    """What `hubble status` checks follows the datapath, as podflow's own readiness does:
+    NOT_SERVING until it traces, SERVING while it does, NOT_SERVING again if it fails."""
     health = health_pb2_grpc.HealthStub(agent.channel)
-    for service in ("hubble.server.Observer", ""):
-        answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
-        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+    def statuses():
+        return [health.Check(health_pb2.HealthCheckRequest(service=s), timeout=5).status
+                for s in ("hubble.server.Observer", "")]
+
+    serving, not_serving = (health_pb2.HealthCheckResponse.SERVING,
+                            health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert statuses() == [not_serving] * 2
+    agent.stats.set_datapath_state(DATAPATH_TRACING)
+    assert statuses() == [serving] * 2
+    agent.stats.set_datapath_state(DATAPATH_FAILED, "the reader stopped")
+    assert statuses() == [not_serving] * 2
 
 
 def test_every_answer_carries_the_server_version_header(agent):
