@@ -39,7 +39,8 @@ from agent.config.flags import (Section, as_tuple, at_least, between, check_cidr
 from agent.errors import ConfigError
 from agent.filters import engine as filters
 from agent.filters.flags import add_filter_arguments, filters_from_args
-from agent.wire.jsonlines import RotationConfig, add_rotation_arguments, rotation_from_args
+from agent.wire.jsonlines import (FLOW_LOG_ROTATION, RotationConfig, add_rotation_arguments,
+                                  rotation_from_args)
 
 
 # ---------------------------------------------------------------------------------------
@@ -301,7 +302,8 @@ class FlowLogSection(Section):
     path: str | None = option("--flow-log", None, metavar="PATH",
                               help="write every flow as a JSON line to PATH ('-' for stdout)")
     rotation: RotationConfig = shared(
-        RotationConfig(), add=lambda group: add_rotation_arguments(group, _FLOW_LOG),
+        FLOW_LOG_ROTATION,
+        add=lambda group: add_rotation_arguments(group, _FLOW_LOG, FLOW_LOG_ROTATION),
         read=lambda namespace: rotation_from_args(namespace, _FLOW_LOG))
     allow: tuple = option(
         "--flow-log-allow", (), given=[], action="append", metavar="JSON",

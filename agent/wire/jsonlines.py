@@ -53,15 +53,27 @@ class RotationConfig:
 NO_ROTATION = RotationConfig(max_bytes=sys.maxsize, max_backups=0)  # one file, never rotated
 
 
-def add_rotation_arguments(parser: argparse.ArgumentParser, prefix: str) -> None:
+# The agent's flow log keeps history by default: 100 MB x (1 + 20) of JSON lines, the
+# backups gzip-compressed (~14x on real flow logs, ~30x on churn): at 2,000 new flows/s seen
+# on two pod veths (~3 MB/s of records) that is about 11 minutes, in ~250 MB of disk.
+FLOW_LOG_ROTATION = RotationConfig(max_bytes=100 * MIB, max_backups=20, compress=True)
+
+
+def add_rotation_arguments(parser: argparse.ArgumentParser, prefix: str,
+                           defaults: RotationConfig = RotationConfig()) -> None:
     """Add --{prefix}max-size-mb, --{prefix}max-backups and --{prefix}compress
     (prefix "flow-log-" for the agent, "output-" for observe)."""
-    parser.add_argument(f"--{prefix}max-size-mb", type=float, default=10.0, metavar="MB",
-                        help="rotate the file when it would grow past this size (default 10)")
-    parser.add_argument(f"--{prefix}max-backups", type=int, default=5, metavar="N",
-                        help="rotated files to keep: PATH.1 ... PATH.N (default 5)")
-    parser.add_argument(f"--{prefix}compress", action="store_true",
-                        help="gzip rotated files (PATH.1.gz ...)")
+    size_mb = defaults.max_bytes / MIB
+    parser.add_argument(f"--{prefix}max-size-mb", type=float, default=size_mb, metavar="MB",
+                        help="rotate the file when it would grow past this size "
+                             f"(default {size_mb:g})")
+    parser.add_argument(f"--{prefix}max-backups", type=int, default=defaults.max_backups,
+                        metavar="N", help="rotated files to keep: PATH.1 ... PATH.N "
+                                          f"(default {defaults.max_backups})")
+    parser.add_argument(f"--{prefix}compress", action=argparse.BooleanOptionalAction,
+                        default=defaults.compress,
+                        help="gzip rotated files (PATH.1.gz ...) "
+                             f"(default {'on' if defaults.compress else 'off'})")
 
 
 def rotation_from_args(args: argparse.Namespace, prefix: str) -> RotationConfig:
