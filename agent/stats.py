@@ -61,6 +61,9 @@ class AgentStats:
     _datapath_state: str = DATAPATH_STARTING
     datapath_error: str = ""
     _state_listeners: list = field(default_factory=list, repr=False)
+    # what the agent sheds under overload (agent/datapath/shedding.py): 0 nothing,
+    # 1 DNS decoding, 2 also per-connection enrichment detail; set by the datapath's reader
+    shed_level: int = 0
     metadata_source: str = "none"
     metadata_stale: bool = False
     metadata_error: str = ""
@@ -141,7 +144,10 @@ class AgentStats:
 
     def snapshot_datapath_errors(self) -> dict[str, int]:
         with self._lock:
-            return {**self._datapath_errors, **self._agent_errors}
+            out = {**self._datapath_errors, **self._agent_errors}
+        if self.shed_level:
+            out["shed_level"] = self.shed_level
+        return out
 
     def snapshot_interfaces(self) -> list[flow_pb2.Interface]:
         with self._lock:

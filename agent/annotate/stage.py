@@ -80,7 +80,11 @@ class Annotator:
 
     def dns_packet(self, packet: DnsPacket) -> None:
         """Learn from one captured DNS packet; malformed ones are counted as
-        `dns_malformed` in ServerStatus.datapath_errors."""
+        `dns_malformed` in ServerStatus.datapath_errors. Under overload (shed level 1 and
+        up, agent/datapath/shedding.py) the packet is counted as `dns_not_decoded` instead."""
+        if self.stats.shed_level:
+            self.stats.add_error("dns_not_decoded")
+            return
         with self._lock:
             if self.dns.packet(packet) is None:
                 self.stats.add_error("dns_malformed")

@@ -51,6 +51,7 @@ PROG_EGRESS = "podflow_egress"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 TC_CHECK_S = 5.0  # how often tc-mode interfaces are checked for foreign filters ahead of ours
 NEW_EVENT_WINDOW_S = 0.1  # the new-flow event budget is spent per window (bpf/maps.h)
+READER_STOP_S = 3.0  # the agent stops within 5 s at any load: the reader's share
 
 
 def expand_includes(path: Path, _stack: tuple[Path, ...] = ()) -> str:
@@ -152,7 +153,11 @@ class Datapath(Stage):
                 self._detach(attachment)
         self._stop.set()
         if self._reader is not None:
-            self._reader.join(timeout=30)
+            # the final sweep: both halves drained, every flow ended (seconds at most)
+            self._reader.join(timeout=READER_STOP_S)
+            if self._reader.is_alive():
+                log.error("the datapath reader did not finish its final sweep in %.0f s",
+                          READER_STOP_S)
             self._reader = None
         if self._bpf is not None:
             for ext in self._attached_extensions:  # not one that failed to attach

@@ -29,6 +29,7 @@ from agent.datapath import abi, bpfsys, memory
 from agent.datapath.batch import FlowBatch
 from agent.datapath.decode import InterfaceInfo, KtimeClock
 from agent.datapath.flowtable import Emitted, FlowTable
+from agent.datapath.shedding import LoadGovernor
 from agent.errors import DatapathError
 from agent.stats import AgentStats
 from podflow_api.v1 import observer_pb2
@@ -39,6 +40,12 @@ log = logging.getLogger("podflow.datapath")
 # active (the program reads the selector, then the clock): margin for "every packet before
 # the flip was drained".
 FLIP_MARGIN_NS = 2_000_000
+
+# A half of the flow map holds one sweep interval's flows: while the drained half comes back
+# fuller than FULLER, sweeps come twice as often (down to a MIN_INTERVAL_SHARE of
+# --sweep-interval); emptier than EMPTIER, they slow down again (up to --sweep-interval).
+FULLER, EMPTIER = 0.5, 0.2
+MIN_INTERVAL_SHARE = 1 / 8
 
 # struct pf_flow_event (abi.FlowEvent) as a numpy record, to read events in bulk.
 _EVENT_DTYPE = np.dtype({"names": ["kind", "key", "pkt_len", "ts_ns", "tcp_flags"],
@@ -109,6 +116,8 @@ class FlowReader:
         self._batches: list[FlowBatch] = []
         self._last_errors: list[int] = [0] * abi.ERR_MAX
         self.records_emitted = 0
+        self.governor = LoadGovernor(stats)
+        self.interval_s = config.sweep_interval_s  # follows the churn (see FULLER)
 
     # -- events -----------------------------------------------------------------------------
 
@@ -151,7 +160,7 @@ class FlowReader:
                     self._sweep()
                 except DatapathError as exc:
                     log.error("%s", exc)
-                next_sweep = now + self.config.sweep_interval_s
+                next_sweep = now + self.interval_s
                 trim = True
             self._flush()
             if stopping:
@@ -159,7 +168,8 @@ class FlowReader:
             if trim:  # after this sweep's batches went through the pipeline
                 trim = False
                 memory.trim()
-            stop.wait(self.config.poll_interval_s)
+                self.governor.sweep()
+            stop.wait(min(self.config.poll_interval_s, self.interval_s))
 
     def _flush(self) -> None:
         """Hand what was read to the pipeline: batches of records and extension records."""
@@ -181,12 +191,22 @@ class FlowReader:
         """Drain the half the programs stopped writing at the previous flip, flip, and send
         what the flow table says is due."""
         keys, values = self.maps.drain_inactive()
+        self._follow_churn(len(keys))
         self.table.ingest(keys, values)
         complete_until = self.maps.flip() - FLIP_MARGIN_NS
         now_ns = time.monotonic_ns()
         self._emit(self.table.step(now_ns, complete_until))
         self._pending.extend(self._sweep_extensions(now_ns, False))
         self._update_counters()
+
+    def _follow_churn(self, drained: int) -> None:
+        """Sweep more often while the halves fill up, so that one interval's flows fit."""
+        fill = drained / self.maps.max_entries
+        base = self.config.sweep_interval_s
+        if fill > FULLER:
+            self.interval_s = max(self.interval_s / 2, base * MIN_INTERVAL_SHARE)
+        elif fill < EMPTIER:
+            self.interval_s = min(self.interval_s * 2, base)
 
     def _final_sweep(self) -> None:
         """At stop, after detaching: both halves drained (after a flip, so no program still

@@ -22,6 +22,7 @@ import itertools
 import numpy as np
 
 from agent.datapath.batch import FlowBatch, Ident
+from agent.datapath.shedding import NO_DETAIL
 from agent.enrich.conntrack import Match, Tuple5
 from agent.enrich.k8s.state import ClusterState
 from agent.enrich.names import (_NO_PORTS, ConnectionJudge, FlowEnricher, _translate,
@@ -93,7 +94,8 @@ class BatchEnricher:
     datapath's thread calls it."""
 
     def __init__(self, state: ClusterState | None, conntrack=None, max_idents: int = 16384,
-                 judge: ConnectionJudge | None = None):
+                 judge: ConnectionJudge | None = None, stats=None):
+        self._stats = stats  # its shed_level: agent/datapath/shedding.py
         self._state = state
         self._conntrack = conntrack
         self._names = FlowEnricher(state, None)
@@ -112,6 +114,8 @@ class BatchEnricher:
         if state is not None and (self._ports is None or self._ports.generation != generation):
             self._ports = ServicePorts(state)
         node = batch.node_name
+        # Under overload (shed level 2) new identities get no per-connection detail.
+        detail = self._stats is None or self._stats.shed_level < NO_DETAIL
         idents: list[Ident] = []
         finders: list = []
         positions: dict[int, int] = {}   # id(Ident) -> its index in `idents`
@@ -139,7 +143,7 @@ class BatchEnricher:
             if not len(rows):
                 continue
             names = batch.group_names.get(g)
-            base = (group, node, names, generation)
+            base = (group, node, names, generation, detail)
             proto = _PROTO_NAMES.get(group.proto)
             if proto is None or self._involved(group, proto) is False:
                 # Names depend on the addresses only; the side and the server port remain.
@@ -157,7 +161,7 @@ class BatchEnricher:
                     batch.sport[rows].tolist(), batch.dport[rows].tolist(),
                     replies[rows].tolist(), server_ports[rows].tolist()):
                 match = None
-                if (sp or dp) and self._conntrack is not None:
+                if (sp or dp) and detail and self._conntrack is not None:
                     opening = group.proto == 6 and bool(batch.tcp_flags[row] & 0x02)
                     # Without metadata every record may be DNATed: only the events tell
                     # (no netlink query per 5-tuple).
@@ -171,6 +175,8 @@ class BatchEnricher:
         batch.set_idents(ident, idents)
         if self._judge is not None:
             self._enforcement(batch, finders)
+        if not detail:  # every record of the batch named without per-connection detail
+            self._stats.add_error("enrichment_detail_shed", len(batch))
 
     @staticmethod
     def _enforcement(batch: FlowBatch, finders: list) -> None:
@@ -237,7 +243,7 @@ class BatchEnricher:
             if reply:
                 enriched.is_reply = True
             which = _WHICH.get(group.proto)
-            if self._judge is not None and which and not group.fragment:
+            if self._judge is not None and which and not group.fragment and base[-1]:
                 client_ip = group.destination if reply else group.source
                 if not server_ip:
                     server_ip = group.source if reply else group.destination

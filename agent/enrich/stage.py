@@ -40,20 +40,21 @@ class Enricher(Stage):
         self._conntrack: Conntrack | None = None
         self._judge: ConnectionJudge | None = None
         self._enricher = FlowEnricher(state, None)
-        self._batch = BatchEnricher(state, None)
+        self._batch = BatchEnricher(state, None, stats=stats)
 
     def use_judge(self, judge: ConnectionJudge) -> None:
         """Give every new connection a NetworkPolicy verdict from `judge` (the policy stage,
         built after this one: stages never import later ones, main.py connects them)."""
         self._judge = judge
         self._enricher = FlowEnricher(self.state, self._conntrack, judge=judge)
-        self._batch = BatchEnricher(self.state, self._conntrack, judge=judge)
+        self._batch = BatchEnricher(self.state, self._conntrack, judge=judge, stats=self._stats)
 
     def start(self) -> None:
         if self._use_conntrack:
             self._conntrack = open_conntrack(event_grace_s=self._conntrack_grace_s)
         self._enricher = FlowEnricher(self.state, self._conntrack, judge=self._judge)
-        self._batch = BatchEnricher(self.state, self._conntrack, judge=self._judge)
+        self._batch = BatchEnricher(self.state, self._conntrack, judge=self._judge,
+                                    stats=self._stats)
         if self._source is not None:
             try:
                 self._source.start()

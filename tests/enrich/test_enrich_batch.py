@@ -82,3 +82,19 @@ def test_without_metadata_only_translations_from_conntrack_events():
     assert with_entry.translation.translated_ip == CART1 and not with_entry.is_reply
     assert not without.HasField("translation") and not without.HasField("source")
     assert np.array_equal(batch.ident[:1], batch.ident[:1])
+
+
+def test_under_overload_new_identities_get_no_conntrack_detail_and_say_so():
+    from agent.datapath.shedding import NO_DETAIL
+    from agent.stats import AgentStats
+
+    stats = AgentStats("n", "t")
+    stats.shed_level = NO_DETAIL
+    batch = batches.batch(batches.rec(FRONTEND, CART_VIP, 40000, 80, "tcp"))
+    BatchEnricher(cluster(), conntrack(), stats=stats).enrich(batch)
+    flow = batch.flow(0)
+    assert flow.service.name == "cart" and not flow.backend.pod_name
+    assert stats.snapshot_datapath_errors()["enrichment_detail_shed"] == 1
+    stats.shed_level = 0
+    BatchEnricher(cluster(), conntrack(), stats=stats).enrich(batch)
+    assert batch.flow(0).backend.pod_name == "cart-1"
