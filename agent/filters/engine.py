@@ -72,7 +72,10 @@ def compile_filter(flt: observer_pb2.FlowFilter, path: str = "filter") -> Predic
 # -- one builder per field kind ---------------------------------------------------------------
 
 @functools.lru_cache(maxsize=65536)
-def _parse_ip(text: str):
+def parse_ip(text: str):
+    """A record's address as an ip_address (None when it is not one), cached: the same few
+    thousand addresses are checked against CIDRs on every flow. Shared with Hubble's
+    filters (agent.observer.hubble.filters)."""
     try:
         return ipaddress.ip_address(text)
     except ValueError:
@@ -96,7 +99,7 @@ def _ip_check(side: str):
                 return False
             if ip in exact:
                 return True
-            addr = _parse_ip(ip)  # cached; also catches non-canonical spellings of an IP
+            addr = parse_ip(ip)  # cached; also catches non-canonical spellings of an IP
             if addr is None:
                 return False
             if exact and str(addr) in exact:

@@ -4,6 +4,8 @@ links returning TCX_PASS or a redirect). Exact counts on real veths:
 - tcx: podflow's links go to the head of the chain, so behind nothing; a program put at the
   head later is passed again within about a second; a tool that keeps taking the head is
   left there after three moves, and the agent says so instead of fighting forever;
+- tcx in front of a legacy chain: a clsact filter that ends the chain runs after podflow's
+  tcx programs, so it hides nothing from them;
 - legacy tc (clsact + cls_bpf): a foreign direct-action filter with a lower priority number
   runs first and can end the chain; podflow cannot see those packets and says so, naming the
   interface, the hook and the filter, in its log and in ServerStatus.
@@ -106,6 +108,19 @@ def test_tcx_leaves_the_head_to_a_tool_that_keeps_taking_it_and_says_so(ebpf_rea
         send_udp(client, server.ip, 7777, 10, PAYLOAD, sport=40102)
         assert _sent_to_server(agent, log, client, server, 40102) == (0, 0)
     assert agent.stderr_text().count("moved podflow back to the head") == 3
+
+
+def test_tcx_counts_everything_in_front_of_a_legacy_filter_that_ends_the_chain(
+        ebpf_ready, lab_factory, tmp_path):
+    """tcx links run before a clsact qdisc's filters: a foreign direct-action cls_bpf filter
+    that ends the legacy chain cannot hide a packet from podflow's tcx programs."""
+    node, client, server = _setup(lab_factory, "cxtcxlegacy")
+    with ForeignProgram(node, server.host_ifname, "egress", "tc"):
+        pass  # the filter stays after the helper exits
+    agent, log = _start(node, tmp_path, "tcx")
+    send_udp(client, server.ip, 7777, COUNT, PAYLOAD, sport=40104)
+    assert _sent_to_server(agent, log, client, server, 40104) == (COUNT, COUNT * FRAME)
+    assert "Traceback" not in agent.stderr_text()
 
 
 def test_legacy_tc_behind_a_foreign_direct_action_filter_says_so(ebpf_ready, lab_factory,

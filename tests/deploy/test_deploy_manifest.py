@@ -25,9 +25,11 @@ def test_render_script_check_mode_agrees():
 
 def test_manifest_holds_the_default_objects_plus_the_namespace_in_apply_order():
     docs = [d for d in yaml.safe_load_all((REPO / "deploy/podflow.yaml").read_text()) if d]
+    # ClusterRoles: the agent's and the TUI's Policies view's; Services: hubble-peer and the
+    # agents'
     assert [d["kind"] for d in docs] == ["Namespace", "ServiceAccount", "ClusterRole",
-                                         "ClusterRoleBinding", "Role", "Service", "Service",
-                                         "DaemonSet"]  # the agents' Service and hubble-peer
+                                         "ClusterRole", "ClusterRoleBinding", "Role", "Service",
+                                         "Service", "DaemonSet"]
     rendered = render({"namespace": {"create": True}})
     key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
     assert sorted(docs, key=key) == sorted(rendered, key=key)

@@ -112,7 +112,7 @@ def test_kernel_filesystems_and_headers_are_mounted_where_the_entrypoint_looks()
 def test_rbac_is_read_only_on_what_the_agent_reads(values_name):
     objects = render(VALUE_SETS[values_name])
     assert by_kind(objects, "RoleBinding") == []
-    role = one(objects, "ClusterRole")
+    role = one(objects, "ClusterRole", one(objects, "ClusterRoleBinding")["roleRef"]["name"])
     granted = set()
     for rule in role["rules"]:
         assert sorted(rule["verbs"]) == ["get", "list", "watch"], rule
@@ -175,6 +175,15 @@ def test_tui_role_is_what_the_tui_does_and_bound_to_no_one(values_name):
                for r in rule["resources"] for v in rule["verbs"]}
     assert granted == TUI_RULES
     assert by_kind(objects, "RoleBinding") == []
+    # the Policies view's one cluster-wide list, also bound to no one
+    policies = [r for r in by_kind(objects, "ClusterRole")
+                if r["metadata"]["name"] == "podflow-tui-policies"]
+    assert len(policies) == 1
+    assert [(tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"]))
+            for r in policies[0]["rules"]] == [(("networking.k8s.io",), ("networkpolicies",),
+                                                ("list",))]
+    assert not [b for b in by_kind(objects, "ClusterRoleBinding")
+                if b["roleRef"]["name"] == "podflow-tui-policies"]
 
 
 

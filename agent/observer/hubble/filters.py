@@ -35,13 +35,13 @@ client) is refused the same way rather than half applied. CEL expressions are re
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
 
 from google.protobuf import unknown_fields
 
+from agent.filters.engine import parse_ip
 from agent.filters.labels import parse_hubble_selector, parse_labels
 from agent.observer.hubble.patterns import (compile_fqdn_patterns, compile_node_name_patterns,
                                             compile_regexp)
@@ -136,18 +136,11 @@ def _ip_check(get_ip: Callable[[hb.Flow], str]):
                 return True
             if not nets:
                 return False
-            addr = _parse_ip(ip)
+            addr = parse_ip(ip)
             return addr is not None and any(addr in net for net in nets)
         return check
     return build
 
-
-@functools.lru_cache(maxsize=65536)
-def _parse_ip(text: str):
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
 
 
 def _never_filled_ip(values, path, flt) -> Predicate:
