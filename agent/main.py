@@ -45,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_quiet_netlink)
     stats = AgentStats(node_name=config.agent.node_name, version=__version__)
+    from agent.datapath import memory  # noqa: PLC0415 (libc calls: only for the agent)
+
+    memory.fixed_mmap_threshold()
     started: list[Stage] = []  # in start order, stopped in reverse
     try:
         for stage in build_stages(config, stats):
@@ -105,6 +108,7 @@ def build_stages(config: agent_config.AgentConfig, stats: AgentStats) -> list[St
     """Every stage the configuration turns on, in start order (the datapath last: nothing
     flows before its consumers run). Building reads files and kernel BTF, starts nothing."""
     from agent.annotate.stage import Annotator
+    from agent.datapath.batch import FlowBatch
     from agent.datapath.loader import Datapath
     from agent.enrich.stage import Enricher
     from agent.export.flowlog import FlowLogExporter
@@ -122,11 +126,17 @@ def build_stages(config: agent_config.AgentConfig, stats: AgentStats) -> list[St
     if policy is not None:
         enricher.use_judge(policy.judge)   # verdicts are judged where names are found
 
-    def pipeline(flows: list) -> None:
-        """Called by the datapath's reader thread with each batch of decoded flows."""
-        annotator.annotate(flows)
-        enricher.enrich(flows)
-        store.extend(flows)
+    def pipeline(records) -> None:
+        """Called by the datapath's reader thread with each batch of records (a FlowBatch of
+        columns), or a list of Flow objects (drop records)."""
+        if isinstance(records, FlowBatch):
+            annotator.annotate_batch(records)
+            enricher.enrich_batch(records)
+            store.extend_batch(records)
+        else:
+            annotator.annotate(records)
+            enricher.enrich(records)
+            store.extend(records)
 
     stages: list[Stage] = [enricher] + ([policy] if policy is not None else [])
     if config.observer.enabled:

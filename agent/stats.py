@@ -18,11 +18,13 @@ from podflow_api.v1 import flow_pb2, observer_pb2
 
 @dataclass
 class LostSpan:
-    """How many events one stage lost, and over which wall-clock span (ns)."""
+    """How many events one stage lost (and the packets they held, where known), and over
+    which wall-clock span (ns)."""
 
     count: int = 0
     first_ns: int = 0
     last_ns: int = 0
+    packets: int = 0
 
 
 # The datapath's life, as readiness sees it: only TRACING means "flows are being counted".
@@ -59,19 +61,25 @@ class AgentStats:
     _datapath_state: str = DATAPATH_STARTING
     datapath_error: str = ""
     _state_listeners: list = field(default_factory=list, repr=False)
+    # what the agent sheds under overload (agent/datapath/shedding.py): 0 nothing,
+    # 1 DNS decoding, 2 also per-connection enrichment detail; set by the datapath's reader
+    shed_level: int = 0
     metadata_source: str = "none"
     metadata_stale: bool = False
     metadata_error: str = ""
     exporter_error: str = ""
 
-    def add_lost(self, stage: int, count: int, when_ns: int | None = None) -> None:
-        """Count `count` events lost at `stage` (an observer_pb2.LostStage value)."""
+    def add_lost(self, stage: int, count: int, when_ns: int | None = None,
+                 packets: int = 0) -> None:
+        """Count `count` events lost at `stage` (an observer_pb2.LostStage value), holding
+        `packets` packets (0: unknown; at the kernel's flow map an event is a packet)."""
         if count <= 0:
             return
         now = when_ns or time.time_ns()
         with self._lock:
             span = self._lost.setdefault(stage, LostSpan(first_ns=now))
             span.count += count
+            span.packets += packets
             span.last_ns = now
 
     def set_datapath_errors(self, errors: dict[str, int]) -> None:
@@ -131,11 +139,15 @@ class AgentStats:
 
     def snapshot_lost(self) -> dict[int, LostSpan]:
         with self._lock:
-            return {k: LostSpan(v.count, v.first_ns, v.last_ns) for k, v in self._lost.items()}
+            return {k: LostSpan(v.count, v.first_ns, v.last_ns, v.packets)
+                    for k, v in self._lost.items()}
 
     def snapshot_datapath_errors(self) -> dict[str, int]:
         with self._lock:
-            return {**self._datapath_errors, **self._agent_errors}
+            out = {**self._datapath_errors, **self._agent_errors}
+        if self.shed_level:
+            out["shed_level"] = self.shed_level
+        return out
 
     def snapshot_interfaces(self) -> list[flow_pb2.Interface]:
         with self._lock:
@@ -145,5 +157,5 @@ class AgentStats:
         return time.time_ns() - self.started_ns
 
     def lost_counts(self) -> list[observer_pb2.LostCount]:
-        return [observer_pb2.LostCount(stage=stage, count=span.count)
+        return [observer_pb2.LostCount(stage=stage, count=span.count, packets=span.packets)
                 for stage, span in sorted(self.snapshot_lost().items())]

@@ -76,7 +76,7 @@ NODE_CT_UDP_TIMEOUT_S = 3
 # --metadata. Adjust here when the agent's flags change (e.g. --idle-timeout).
 PODFLOW_ARGS = ("--flow-log", "{flow_log}", "--flow-log-max-size-mb", "1000000",
                 "--flow-log-max-backups", "1", "--metrics", "127.0.0.1:0")
-PODFLOW_DRAIN_MIN_S = 15 + 3  # the agent's default --idle-timeout, then a sweep and a flush
+PODFLOW_DRAIN_MIN_S = 5 + 3  # the agent's default --idle-timeout, then a sweep and a flush
 
 # netobserv attaches to matching interfaces in every namespace named in /var/run/netns (on
 # this shared host: other labs' cni0, and this node's namespace a second time, which counts

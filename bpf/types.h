@@ -12,9 +12,13 @@
  * (agent/datapath/extension.py), which the stage consuming the feature builds and
  * agent/main.py hands to the Datapath (drop.h and dns.h: the annotate stage's
  * datapath_extensions()).
- *   PF_EVENT_FLOW_NEW       struct pf_flow_event: the first packet of a new flow entry
- *   PF_EVENT_FLOW_MAP_FULL  struct pf_flow_event: a packet that found the flow map full;
- *                           the agent accumulates these by key (they are real packets)
+ *   PF_EVENT_FLOW_NEW       struct pf_flow_event: the first packet of a flow the active
+ *                           half of the flow map did not hold and the other half did not
+ *                           either (a hint for a fast first record: the packet is counted
+ *                           in the map too; events beyond a per-CPU budget are not sent,
+ *                           and the agent's sweep announces those flows)
+ *   2                       unused (was a per-packet event while the flow map was full;
+ *                           such packets are now counted as lost, PF_ERR_MAP_FULL)
  *   PF_EVENT_DROP           bpf/drop.h (-DPODFLOW_DROPS): drops seen at skb:kfree_skb
  *   PF_EVENT_DNS            bpf/dns.h (-DPODFLOW_DNS): DNS payload capture
  *   PF_EVENT_EXT_FIRST..    free for later features
@@ -71,7 +75,6 @@ struct pf_flow_value {
 
 /* Ring-buffer event kinds (pf_event_hdr.kind) */
 #define PF_EVENT_FLOW_NEW      1
-#define PF_EVENT_FLOW_MAP_FULL 2
 #define PF_EVENT_DROP          3
 #define PF_EVENT_DNS           4
 #define PF_EVENT_EXT_FIRST     5
@@ -82,7 +85,7 @@ struct pf_event_hdr {
     __u8  _pad[7];
 };
 
-/* PF_EVENT_FLOW_NEW and PF_EVENT_FLOW_MAP_FULL. 72 bytes. */
+/* PF_EVENT_FLOW_NEW. 72 bytes. */
 struct pf_flow_event {
     struct pf_event_hdr hdr;
     struct pf_flow_key key;
@@ -105,10 +108,13 @@ enum pf_error {
     PF_ERR_IPV6_EXT_TOO_LONG,      /* more extension headers than the walk allows */
     PF_ERR_TRUNC_L4,               /* TCP/UDP/SCTP/ICMP header cut short */
     PF_ERR_BAD_TCP_DOFF,           /* TCP data offset < 5 */
-    PF_ERR_MAP_FULL,               /* flow map full: packet sent as a MAP_FULL event */
-    PF_ERR_MAP_UPDATE,             /* flow map update failed for another reason */
-    PF_ERR_RINGBUF_FULL_NEW,       /* FLOW_NEW event lost (the flow is still counted) */
-    PF_ERR_RINGBUF_FULL_MAP_FULL,  /* MAP_FULL event lost: that packet is not counted */
+    PF_ERR_MAP_FULL,               /* active flow-map half full: the packet is not counted
+                                      (lost; its bytes in map_full_bytes) */
+    PF_ERR_MAP_UPDATE,             /* flow map update failed for another reason (lost) */
+    PF_ERR_RINGBUF_FULL_NEW,       /* FLOW_NEW event not sent, ring buffer full (the flow
+                                      is still counted and announced by the sweep) */
+    PF_ERR_NEW_COALESCED,          /* FLOW_NEW event not sent, over the CPU's budget (the
+                                      same) */
     PF_ERR_OTHER_ETHERTYPE,        /* non-IP frame (ARP ...): counted, not a flow */
     PF_ERR_EXT_FIRST = 16,         /* 16..31 free for drop.h / dns.h */
     PF_ERR_MAX = 32,

@@ -51,7 +51,7 @@ def test_the_flag_defaults_are_the_field_defaults(monkeypatch):
 
 def test_help_shows_each_default_where_it_says_so():
     text = "\n".join(a.help or "" for a in _parser()._actions)
-    for needle in ("(default: 5)", "(default: 15)", "(default: 65536)", "(default: 4M)",
+    for needle in ("(default: 5)", "(default: 262144)", "(default: 65536)", "(default: 4M)",
                    "(default: 512)", "(default 65535)", "(default 8192)", "default 64",
                    "(default :4245,", "(default 2000)", "(default 600)",
                    "(default source_namespace,destination_namespace,service,verdict;"):
@@ -73,7 +73,9 @@ GOOD = [
     (["--no-conntrack"], "metadata", "use_conntrack", False),
     (["--flow-log-fields", "source, l4"], "flow_log", "fields", ("source", "l4")),
     (["--flow-log-max-backups", "2"], "flow_log", "rotation",
-     RotationConfig(max_backups=2)),
+     RotationConfig(max_bytes=100 << 20, max_backups=2, compress=True)),
+    (["--no-flow-log-compress"], "flow_log", "rotation",
+     RotationConfig(max_bytes=100 << 20, max_backups=20, compress=False)),
     (["--metrics", ":9965"], "metrics", "host_port", ("0.0.0.0", 9965)),
     (["--metrics-labels", ""], "metrics", "labels", ()),
 ]

@@ -20,6 +20,11 @@ uses): flows from several agents are held back until every agent still talking h
 something at least as new, or for at most `reorder_s`, then merged into the ring in time
 order. File replays hold nothing back and are merged by time too.
 
+Ends that come after a flow's last record (`flow_update` responses: agent/wire/flowupdate.py)
+are applied to the flow's latest record held (its flow_end and outcome, so the Flows view
+shows it ended, and a Service's failed attempt is counted once); they are never counted as
+records or traffic.
+
 Counting: the Flows view shows every record; Top, Services and the totals count each packet
 once, following `agent.wire.counting.counts_once`, the rule the agent's metrics follow (the
 sender's FROM_POD veth record; a TO_POD record only when the sender has no veth of its own;
@@ -43,6 +48,7 @@ from agent.wire.timefmt import NS_PER_S, ts_ns
 from podflow_api.v1 import flow_pb2, observer_pb2
 
 from tui.filterexpr import FlowFilter
+from tui.flowends import LatestRecords
 from tui.flowkey import PIVOTS, FlowKey, flow_key, pivot_label
 from tui.policy_rows import policy_rows
 from tui.records import (LIVE_KINDS, STAGE_NAMES, BackendShare, Entry, NodeInfo, PolicyRow,
@@ -85,6 +91,7 @@ class Aggregator:
         self._buckets: dict[int, dict[FlowKey, list[int]]] = {}
         self._failures: dict[FlowKey, list[int]] = {}       # key -> [no_endpoints, refused, unanswered]
         self._failed_conns: OrderedDict = OrderedDict()     # connections already counted
+        self._latest = LatestRecords(max_flows)  # where a flow's late end is applied
         self.flows_seen = 0
         self.policy_catalog = None                         # PolicyCatalog, when given
         self.latest_ns = 0
@@ -183,9 +190,15 @@ class Aggregator:
         entries: list[Entry] = []
         by_source: dict[str, list[Entry]] = {}
         notices = []
+        updates = []
         for source_id, resp in items:
             kind = resp.WhichOneof("response_types")
-            if kind == "flow":
+            if kind == "flow_update":
+                update = resp.flow_update
+                if not update.node_name and resp.node_name:
+                    update.node_name = resp.node_name
+                updates.append(update)
+            elif kind == "flow":
                 flow = resp.flow
                 if not flow.node_name and resp.node_name:
                     flow.node_name = resp.node_name
@@ -207,6 +220,8 @@ class Aggregator:
                 for entry in entries[i:i + self.LOCK_CHUNK]:
                     self._account(entry, now_mono)
         with self._lock:
+            for update in updates:
+                self._apply_update(update)
             for source_id, resp in notices:
                 self._take_notice(source_id, resp)
                 self._merge.heard(source_id, now_mono)
@@ -215,7 +230,7 @@ class Aggregator:
             released = self._into_ring(self._merge.release(now_mono))
             self._update_rates(now_mono)
             self._prune()
-            if entries or notices or released:
+            if entries or notices or released or updates:
                 self.version += 1
         return len(entries)
 
@@ -232,7 +247,15 @@ class Aggregator:
             state = observer_pb2.NodeState.Name(st.state).removeprefix("NODE_").lower()
             node.message = f"{', '.join(st.node_names)}: {state} {st.message}".strip()
 
+    def _apply_update(self, update: flow_pb2.Flow) -> None:
+        """An end that came after the flow's last record: onto that record (if still held),
+        and a failed attempt it reveals counted once; nothing else counted."""
+        flow, key = self._latest.apply(update)
+        if key.service and (key.no_endpoints or key.outcome in ("refused", "unanswered")):
+            self._count_failure(flow, key)
+
     def _account(self, entry: Entry, now_mono: float) -> None:
+        self._latest.remember(entry)
         node = self._nodes.get(entry.source_id)
         if node is not None:
             node.received += 1

@@ -172,6 +172,33 @@ class DnsTracker:
             return []
         return names
 
+    def annotate_batch(self, batch) -> None:
+        """A batch of records (agent/datapath/batch.py): the DNS message of each port-53
+        record (as extra Flow bytes), the looked-up names of each address pair."""
+        groups = batch.groups
+        port53 = ((batch.sport == DNS_PORT) | (batch.dport == DNS_PORT)) & (
+            (batch.proto == 6) | (batch.proto == 17))
+        if port53.any():
+            rows = port53.nonzero()[0]
+            for i, g, proto, sport, dport in zip(rows.tolist(), batch.group[rows].tolist(),
+                                                 batch.proto[rows].tolist(),
+                                                 batch.sport[rows].tolist(),
+                                                 batch.dport[rows].tolist()):
+                group = groups[g]
+                record = self._by_tuple.get((_PROTOS[proto], group.source, sport,
+                                             group.destination, dport))
+                if record is not None:
+                    batch.extras[i] = flow_pb2.Flow(dns=record).SerializeToString()
+        if not self._names:
+            return
+        names = {}
+        for g, group in enumerate(groups):
+            src_names = self.names(group.destination, group.source)
+            dst_names = self.names(group.source, group.destination)
+            if src_names or dst_names:
+                names[g] = (tuple(src_names), tuple(dst_names))
+        batch.group_names = names
+
     def annotate(self, flows: list[flow_pb2.Flow]) -> None:
         for flow in flows:
             kind = flow.l4.WhichOneof("protocol")

@@ -209,15 +209,20 @@ class DropScope:
         if flow.verdict == flow_pb2.DROPPED or flow.observation_point != flow_pb2.POD_VETH:
             return
         if flow.traffic_direction == flow_pb2.FROM_POD:
-            address = flow.ip.source
+            self.learn_address(flow.ip.source, flow.interface.index)
         elif flow.traffic_direction == flow_pb2.TO_POD:
-            address = flow.ip.destination
-        else:
+            self.learn_address(flow.ip.destination, flow.interface.index)
+
+    def learn_address(self, address: str, ifindex: int) -> None:
+        """A pod's address, seen at its veth."""
+        pods = self._pods
+        if pods.get(address) == ifindex:
+            pods.move_to_end(address)
             return
-        self._pods[address] = flow.interface.index
-        self._pods.move_to_end(address)
-        if len(self._pods) > self.max_addresses:
-            self._pods.popitem(last=False)
+        pods[address] = ifindex
+        pods.move_to_end(address)
+        if len(pods) > self.max_addresses:
+            pods.popitem(last=False)
 
     def is_pod(self, address: str) -> bool:
         if address in self._pods:

@@ -206,10 +206,13 @@ class MergedFlows:
                 elif isinstance(item, RequestRejected):
                     raise item
                 elif item is not None:
-                    flows = [resp for resp in item if resp.HasField("flow")]
+                    # An end notice (flow_update) keeps its place after its flow's records.
+                    flows = [resp for resp in item
+                             if resp.HasField("flow") or resp.HasField("flow_update")]
                     if len(flows) < len(item):
                         merge.heard(stream)
-                        yield from (resp for resp in item if not resp.HasField("flow"))
+                        yield from (resp for resp in item if not (
+                            resp.HasField("flow") or resp.HasField("flow_update")))
                     merge.add(stream, flows)
                 yield from merge.release()
             if not self._closed.is_set():

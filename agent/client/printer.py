@@ -71,6 +71,17 @@ def format_compact(flow: flow_pb2.Flow) -> str:
     return line
 
 
+def format_update(flow: flow_pb2.Flow) -> str:
+    """The line of a flow_update: a flow already printed ended (and how it went)."""
+    c = flow_columns(flow)
+    line = f"{c['time']} [{c['node']}] {c['source']} {flowtext.ARROW} {c['destination']}"
+    parts = [p for p in (c["proto"], c["direction"]) if p]
+    line += (" " + " ".join(parts) if parts else "") + " ended"
+    if flow.outcome:
+        line += " " + flow_pb2.ConnectionOutcome.Name(flow.outcome).lower().replace("_", "-")
+    return line
+
+
 _STAGE_HINT = {
     observer_pb2.CLIENT_QUEUE: "this client read too slowly",
     observer_pb2.KERNEL_RING_BUFFER: "the kernel ring buffer was full",
@@ -90,7 +101,9 @@ def format_notice(resp: observer_pb2.GetFlowsResponse) -> str:
         le = resp.lost_events
         stage = observer_pb2.LostStage.Name(le.stage)
         hint = _STAGE_HINT.get(le.stage, "")
-        return (f"WARNING: node {node}: {le.num_events_lost} flows LOST at {stage}"
+        what = ("packets" if le.stage == observer_pb2.KERNEL_FLOW_MAP else
+                f"flows ({le.num_packets_lost} packets)" if le.num_packets_lost else "flows")
+        return (f"WARNING: node {node}: {le.num_events_lost} {what} LOST at {stage}"
                 f"{f' ({hint})' if hint else ''} between {short_time(ts_ns(le.first))} and "
                 f"{short_time(ts_ns(le.last))}")
     ns = resp.node_status
@@ -151,6 +164,14 @@ class FlowPrinter:
                 self.sink.write_line(format_table_row(flow_columns(resp.flow)), t_ns)
             else:
                 self.sink.write_line(format_compact(resp.flow), t_ns)
+            if self.flush_each:
+                self.sink.flush()
+            return
+        if kind == "flow_update":  # not a flow of its own: nothing counted, no warning
+            if self.output in ("json", "jsonl"):
+                self.sink.write_line(flowjson.to_json(resp), ts_ns(resp.time))
+            elif self.output == "compact":
+                self.sink.write_line(format_update(resp.flow_update), ts_ns(resp.time))
             if self.flush_each:
                 self.sink.flush()
             return

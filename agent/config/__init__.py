@@ -39,7 +39,8 @@ from agent.config.flags import (Section, as_tuple, at_least, between, check_cidr
 from agent.errors import ConfigError
 from agent.filters import engine as filters
 from agent.filters.flags import add_filter_arguments, filters_from_args
-from agent.wire.jsonlines import RotationConfig, add_rotation_arguments, rotation_from_args
+from agent.wire.jsonlines import (FLOW_LOG_ROTATION, RotationConfig, add_rotation_arguments,
+                                  rotation_from_args)
 
 
 # ---------------------------------------------------------------------------------------
@@ -82,12 +83,22 @@ class DatapathSection(Section):
         help="report an active flow every SECONDS with what it did since its last record "
              "(default: {default})")
     idle_timeout_s: float = option(
-        "--idle-timeout", 15.0, type=float, metavar="SECONDS", check=positive(" seconds"),
-        help="end a flow (flow_end=true) after SECONDS without packets (default: {default})")
+        "--idle-timeout", 5.0, type=float, metavar="SECONDS", check=positive(" seconds"),
+        help="end a flow after SECONDS without packets; its last record says flow_end "
+             "(default: {default})")
     flow_map_size: int = option(
         "--flow-map-size", 65536, metavar="N", parse=parse_size, check=between(1, 1 << 24),
-        help="flows the kernel map holds at once; more are still counted through the ring "
-             "buffer (default: {default})")
+        help="flows each half of the kernel's flow map holds: the flows of one sweep "
+             "interval; packets that find it full are counted as lost (default: {default})")
+    max_flows: int = option(
+        "--max-flows", 262144, metavar="N", parse=parse_size, check=between(1, 1 << 24),
+        help="flows the agent follows at once between their records; beyond, the flows "
+             "seen longest ago are ended early (default: {default})")
+    new_flow_events: int = option(
+        "--new-flow-events", 500, type=int, metavar="N", check=between(0, 1_000_000),
+        help="new-flow events per second and CPU, each giving a flow's first record at once; "
+             "beyond, new flows are reported by the next sweeps, and so without any event "
+             "with 0 (default: {default})")
     ringbuf_bytes: int = option(
         "--ringbuf-size", 4 << 20, given="4M", metavar="BYTES", parse=parse_size,
         check=check_ringbuf_bytes,
@@ -291,7 +302,8 @@ class FlowLogSection(Section):
     path: str | None = option("--flow-log", None, metavar="PATH",
                               help="write every flow as a JSON line to PATH ('-' for stdout)")
     rotation: RotationConfig = shared(
-        RotationConfig(), add=lambda group: add_rotation_arguments(group, _FLOW_LOG),
+        FLOW_LOG_ROTATION,
+        add=lambda group: add_rotation_arguments(group, _FLOW_LOG, FLOW_LOG_ROTATION),
         read=lambda namespace: rotation_from_args(namespace, _FLOW_LOG))
     allow: tuple = option(
         "--flow-log-allow", (), given=[], action="append", metavar="JSON",

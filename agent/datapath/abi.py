@@ -18,7 +18,6 @@ PF_FAMILY_IPV4 = 4
 PF_FAMILY_IPV6 = 6
 
 EVENT_FLOW_NEW = 1
-EVENT_FLOW_MAP_FULL = 2
 EVENT_DROP = 3  # bpf/drop.h
 EVENT_DNS = 4  # bpf/dns.h
 EVENT_EXT_FIRST = 5
@@ -65,7 +64,7 @@ class EventHeader(ctypes.Structure):
 
 
 class FlowEvent(ctypes.Structure):
-    """struct pf_flow_event (bpf/types.h): FLOW_NEW and FLOW_MAP_FULL."""
+    """struct pf_flow_event (bpf/types.h): FLOW_NEW."""
 
     _fields_ = [
         ("hdr", EventHeader),
@@ -93,12 +92,13 @@ ERROR_NAMES: dict[int, str] = {
     11: "flow_map_full",
     12: "flow_map_update",
     13: "ringbuf_full_new_flow",
-    14: "ringbuf_full_map_full",
+    14: "new_flow_events_coalesced",
     15: "other_ethertype",
 }
 ERR_MAP_FULL = 11
+ERR_MAP_UPDATE = 12
 ERR_RINGBUF_FULL_NEW = 13
-ERR_RINGBUF_FULL_MAP_FULL = 14
+ERR_NEW_COALESCED = 14
 ERR_EXT_FIRST = 16  # 16..31 belong to drop.h / dns.h
 ERR_MAX = 32
 

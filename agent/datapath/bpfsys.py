@@ -3,8 +3,12 @@
 
 - read_flow_map: BPF_MAP_LOOKUP_BATCH into numpy arrays, about 10x faster than one lookup per
   entry (1.2 M entries/s here, ../shared/PERFORMANCE-NOTES.md);
-- lookup_and_delete: BPF_MAP_LOOKUP_AND_DELETE_ELEM, so an idle flow's final counters and its
+- drain_map: BPF_MAP_LOOKUP_AND_DELETE_BATCH into numpy arrays: a half of the flow map that no
+  program writes any more, read and emptied in a few syscalls;
+- lookup_and_delete: BPF_MAP_LOOKUP_AND_DELETE_ELEM, so an idle entry's final counters and its
   removal are one atomic step;
+- update_elem / lookup_elem / percpu_u64_array: single elements (the flow-map selector,
+  map-in-map slots, per-CPU counters);
 - link_create / query_tcx / prog_name / prog_id / link_id: tcx links (BPF_LINK_CREATE, at
   the head of the chain) and what is attached where, in which order, at which revision
   (BPF_PROG_QUERY), for agent/datapath/tc.py;
@@ -33,8 +37,11 @@ BPF_MAP_CREATE = 0
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_QUERY = 16
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
 BPF_MAP_LOOKUP_BATCH = 24
+BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25
 BPF_LINK_CREATE = 28
 BPF_LINK_DETACH = 34
 TCX_ATTACH_TYPES = {"ingress": 46, "egress": 47}  # BPF_TCX_INGRESS, BPF_TCX_EGRESS
@@ -95,9 +102,10 @@ def bpf(cmd: int, attr: ctypes.Structure) -> int:
 # ---------------------------------------------------------------------------------------
 # The flow map
 
-_VALUE_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8"), ("first_seen_ns", "<u8"),
-                         ("last_seen_ns", "<u8"), ("tcp_flags", "<u8")])
-assert _VALUE_DTYPE.itemsize == abi.VALUE_SIZE
+VALUE_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8"), ("first_seen_ns", "<u8"),
+                        ("last_seen_ns", "<u8"), ("tcp_flags", "<u8")])  # struct pf_flow_value
+assert VALUE_DTYPE.itemsize == abi.VALUE_SIZE
+_VALUE_DTYPE = VALUE_DTYPE
 
 
 def read_flow_map(map_fd: int, max_entries: int, chunk: int = 8192) -> list[tuple]:
@@ -127,6 +135,89 @@ def read_flow_map(map_fd: int, max_entries: int, chunk: int = 8192) -> list[tupl
             return entries
         token_in.value = token_out.value
         first = False
+
+
+def drain_map(map_fd: int, max_entries: int, key_size: int = abi.KEY_SIZE,
+              value_dtype: np.dtype = VALUE_DTYPE, chunk: int = 8192,
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Read and delete every entry of a hash map with BPF_MAP_LOOKUP_AND_DELETE_BATCH:
+    (keys as an (n, key_size) uint8 array, values as a `value_dtype` array). Exact only when
+    no program writes the map meanwhile (the inactive half of the flow map)."""
+    chunk = min(chunk, max(max_entries, 64))
+    key_parts: list[np.ndarray] = []
+    value_parts: list[np.ndarray] = []
+    token_in, token_out = ctypes.c_uint32(0), ctypes.c_uint32(0)
+    first = True
+    while True:
+        keys = np.empty((chunk, key_size), dtype=np.uint8)
+        values = np.empty(chunk, dtype=value_dtype)
+        attr = _BatchAttr(in_batch=0 if first else ctypes.addressof(token_in),
+                          out_batch=ctypes.addressof(token_out),
+                          keys=keys.ctypes.data, values=values.ctypes.data,
+                          count=chunk, map_fd=map_fd)
+        rc = bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, attr)
+        if rc not in (0, -_ENOENT):
+            raise DatapathError(f"draining a flow map: {os.strerror(-rc)}")
+        if attr.count:
+            key_parts.append(keys[:attr.count])
+            value_parts.append(values[:attr.count])
+        if rc == -_ENOENT:
+            break
+        token_in.value = token_out.value
+        first = False
+    if not key_parts:
+        return np.empty((0, key_size), np.uint8), np.empty(0, value_dtype)
+    if len(key_parts) == 1:
+        return key_parts[0], value_parts[0]
+    return np.concatenate(key_parts), np.concatenate(value_parts)
+
+
+def update_elem(map_fd: int, key: bytes, value: bytes, flags: int = 0) -> None:
+    """BPF_MAP_UPDATE_ELEM. For a map-in-map, the kernel returns only once every program
+    that may still use the old value has finished (synchronize_rcu)."""
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    vbuf = ctypes.create_string_buffer(value, len(value))
+    attr = _ElemAttr(map_fd=map_fd, key=ctypes.addressof(kbuf), value=ctypes.addressof(vbuf),
+                     flags=flags)
+    rc = bpf(BPF_MAP_UPDATE_ELEM, attr)
+    if rc < 0:
+        raise DatapathError(f"updating a map: {os.strerror(-rc)}")
+
+
+def lookup_elem(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    """BPF_MAP_LOOKUP_ELEM: the value's bytes, None when absent."""
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    vbuf = ctypes.create_string_buffer(value_size)
+    attr = _ElemAttr(map_fd=map_fd, key=ctypes.addressof(kbuf), value=ctypes.addressof(vbuf))
+    rc = bpf(BPF_MAP_LOOKUP_ELEM, attr)
+    if rc == -_ENOENT:
+        return None
+    if rc < 0:
+        raise DatapathError(f"reading a map: {os.strerror(-rc)}")
+    return vbuf.raw
+
+
+def possible_cpus() -> int:
+    """How many values a per-CPU map holds per key: the possible CPUs."""
+    try:
+        with open("/sys/devices/system/cpu/possible", encoding="ascii") as fh:
+            text = fh.read().strip()
+    except OSError:
+        return os.cpu_count() or 1
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
+
+
+def percpu_u64_array(map_fd: int, entries: int, ncpus: int) -> list[int]:
+    """Each entry of a per-CPU array of u64, summed over CPUs."""
+    out = []
+    for index in range(entries):
+        raw = lookup_elem(map_fd, ctypes.c_uint32(index).value.to_bytes(4, "little"), 8 * ncpus)
+        out.append(int(np.frombuffer(raw, "<u8").sum()) if raw is not None else 0)
+    return out
 
 
 def lookup_and_delete(map_fd: int, key: bytes) -> tuple | None:

@@ -57,7 +57,7 @@ def pod_direction(kind: InterfaceKind, hook_direction: int) -> int:
     return flow_pb2.TRAFFIC_DIRECTION_UNKNOWN
 
 
-_OBSERVATION_POINT = {
+OBSERVATION_POINT = {
     InterfaceKind.POD_VETH: flow_pb2.POD_VETH,
     InterfaceKind.BRIDGE: flow_pb2.BRIDGE,
 }
@@ -125,7 +125,7 @@ def _template(raw_key: bytes, tcp_flags: int, iface: InterfaceInfo | None,
     flow.interface.index = key.ifindex
     if iface is not None:
         flow.interface.name = iface.name
-        flow.observation_point = _OBSERVATION_POINT[iface.kind]
+        flow.observation_point = OBSERVATION_POINT[iface.kind]
         flow.traffic_direction = pod_direction(iface.kind, key.direction)
 
     src = _address(key.family, key.src_addr)

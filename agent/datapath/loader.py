@@ -1,15 +1,16 @@
 """The agent's datapath stage: compile and load the eBPF programs (bpf/podflow.c), attach them
 to pod veths and bridges as they come and go, and turn the kernel's counters into records.
 
-This is the ONLY module that imports bcc. The reader thread never blocks the kernel: the
-programs write ring-buffer events without wakeups (BPF_RB_NO_WAKEUP) and the reader
-consumes them on a timer, sweeps the flow map with batch syscalls about once a second, and
-hands decoded Flow batches to the agent's pipeline (agent/main.py).
+This is the ONLY module that imports bcc. It loads, attaches and owns the kernel objects; the
+reader thread (reader.py) turns the ring buffer and the two halves of the flow map into
+batches of records for the agent's pipeline (agent/main.py).
 
 Around it, each in its own module: the environment checks (environment.py), raw bpf(2)
 calls (bpfsys.py), TC/tcx attachment (tc.py), which interfaces to trace (interfaces.py),
-the struct mirrors of bpf/types.h (abi.py), counters -> interval records (tracker.py),
-records -> Flow (decode.py), and features with kernel code of their own (extension.py).
+the struct mirrors of bpf/types.h (abi.py), the reader (reader.py), the flow table between
+records (flowtable.py), records as columns (batch.py), memory given back (memory.py),
+records -> Flow one at a time (decode.py, the drop records' way), and features with kernel
+code of their own (extension.py).
 """
 
 from __future__ import annotations
@@ -29,16 +30,15 @@ from typing import TYPE_CHECKING
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.datapath import abi, bpfsys, decode, interfaces, tc
+from agent.datapath import abi, bpfsys, decode, interfaces, memory, tc
 from agent.datapath.environment import (check_environment, explain_refusal,
                                         probe_perf_event_open)
 from agent.datapath.extension import DatapathExtension, EventHandler
-from agent.datapath.tracker import FlowRecord, FlowTracker
+from agent.datapath.reader import FlowMaps, FlowReader
 from agent.errors import AttachError, DatapathError
 from agent.stage import Stage
 from agent.stats import (DATAPATH_FAILED, DATAPATH_STARTING, DATAPATH_STOPPING,
                          DATAPATH_TRACING, AgentStats)
-from podflow_api.v1 import observer_pb2
 
 if TYPE_CHECKING:
     from agent.config import DatapathSection
@@ -50,6 +50,8 @@ PROG_INGRESS = "podflow_ingress"  # also the TC filter names (agent/datapath/tc.
 PROG_EGRESS = "podflow_egress"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 TC_CHECK_S = 5.0  # how often tc-mode interfaces are checked for foreign filters ahead of ours
+NEW_EVENT_WINDOW_S = 0.1  # the new-flow event budget is spent per window (bpf/maps.h)
+READER_STOP_S = 3.0  # the agent stops within 5 s at any load: the reader's share
 
 
 def expand_includes(path: Path, _stack: tuple[Path, ...] = ()) -> str:
@@ -77,11 +79,12 @@ def expand_includes(path: Path, _stack: tuple[Path, ...] = ()) -> str:
 class Datapath(Stage):
     """Loads the programs, keeps the traced interface set current, runs the reader.
 
-    `pipeline` receives every batch of decoded flows on the reader thread; `extensions` are
-    the features compiled in with the programs (agent/datapath/extension.py)."""
+    `pipeline` receives, on the reader thread, every FlowBatch of records (batch.py) and
+    every list of Flow objects the extensions made (drop records); `extensions` are the
+    features compiled in with the programs (agent/datapath/extension.py)."""
 
     def __init__(self, config: DatapathSection, stats: AgentStats,
-                 pipeline: Callable[[list], None],
+                 pipeline: Callable[[object], None],
                  extensions: Sequence[DatapathExtension] = ()):
         self.config = config
         self.stats = stats
@@ -89,10 +92,8 @@ class Datapath(Stage):
         self.pipeline = pipeline
         self.extensions = list(extensions)
         self.clock = decode.KtimeClock.now()
-        self.tracker = FlowTracker(int(config.active_timeout_s * 1e9),
-                                   int(config.idle_timeout_s * 1e9))
         self._bpf = None
-        self._flow_map_fd = -1
+        self.reader: FlowReader | None = None
         self._progs: dict[str, tuple[int, str]] = {}
         self._prog_ids: dict[str, int] = {}
         self._attached_extensions: list[DatapathExtension] = []
@@ -105,12 +106,9 @@ class Datapath(Stage):
         self._use_tcx = config.attach_mode in ("tcx", "auto")
         self._handlers: dict[int, EventHandler] = {}
         self._error_names: dict[int, str] = {}
-        self._pending: list = []
-        self._last_errors: list[int] = [0] * abi.ERR_MAX
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
         self._watcher: interfaces.LinkWatcher | None = None
-        self.records_emitted = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -155,7 +153,11 @@ class Datapath(Stage):
                 self._detach(attachment)
         self._stop.set()
         if self._reader is not None:
-            self._reader.join(timeout=30)
+            # the final sweep: both halves drained, every flow ended (seconds at most)
+            self._reader.join(timeout=READER_STOP_S)
+            if self._reader.is_alive():
+                log.error("the datapath reader did not finish its final sweep in %.0f s",
+                          READER_STOP_S)
             self._reader = None
         if self._bpf is not None:
             for ext in self._attached_extensions:  # not one that failed to attach
@@ -176,15 +178,18 @@ class Datapath(Stage):
     def _load(self) -> None:
         from bcc import BPF  # the only bcc import in podflow
 
+        per_window = round(self.config.new_flow_events * NEW_EVENT_WINDOW_S)
+        if self.config.new_flow_events and not per_window:
+            per_window = 1
         cflags = [f"-I{BPF_DIR}",
                   f"-DPODFLOW_FLOW_MAP_SIZE={self.config.flow_map_size}",
-                  f"-DPODFLOW_RINGBUF_PAGES={self.config.ringbuf_bytes // PAGE_SIZE}"]
+                  f"-DPODFLOW_RINGBUF_PAGES={self.config.ringbuf_bytes // PAGE_SIZE}",
+                  f"-DPODFLOW_NEW_EVENTS_PER_WINDOW={per_window}",
+                  f"-DPODFLOW_NEW_EVENT_WINDOW_NS={int(NEW_EVENT_WINDOW_S * 1e9)}ULL"]
         for ext in self.extensions:
             cflags.extend(ext.cflags())
             self._error_names.update(ext.error_names())
             self._handlers.update(ext.event_handlers())
-        self._handlers[abi.EVENT_FLOW_NEW] = Datapath._on_flow_event
-        self._handlers[abi.EVENT_FLOW_MAP_FULL] = Datapath._on_flow_event
         source = expand_includes(BPF_DIR / "podflow.c")
         try:
             self._bpf = BPF(text=source, cflags=cflags)
@@ -196,10 +201,21 @@ class Datapath(Stage):
         except Exception as exc:  # noqa: BLE001
             raise DatapathError(f"cannot compile or load bpf/podflow.c: {exc} "
                                 f"({_why_load_failed(exc)})") from exc
-        self._flow_map_fd = self._bpf["flows"].map_fd
-        self._bpf["events"].open_ring_buffer(self._on_event)
+        bpf = self._bpf
+        maps = FlowMaps((bpf["flows_a"].map_fd, bpf["flows_b"].map_fd),
+                        bpf["flow_maps"].map_fd, bpf["flow_sel"].map_fd,
+                        self.config.flow_map_size)
+        self.reader = FlowReader(self.config, self.stats, self.pipeline, maps, self._known,
+                                 self.clock, consume_ring=bpf.ring_buffer_consume,
+                                 sweep_extensions=self._sweep_extensions,
+                                 kernel_errors=self.kernel_errors,
+                                 map_full_bytes=self._map_full_bytes,
+                                 error_names=self._error_names)
+        self._handlers[abi.EVENT_FLOW_NEW] = lambda _dp, raw: self.reader.on_flow_event(raw)
+        bpf["events"].open_ring_buffer(self._on_event)
         for ext in self.extensions:
             self._attach_extension(ext)
+        memory.release_compiler()  # the compiler is not needed again
 
     def _attach_extension(self, ext: DatapathExtension) -> None:
         """Attach one extension; an optional one (the drop tracer) that cannot attach is
@@ -368,29 +384,14 @@ class Datapath(Stage):
             return 0
         flows = handler(self, raw)
         if flows:
-            self._pending.extend(flows)
+            self.reader.add_flows(flows)
         return 0
-
-    def _on_flow_event(self, raw: bytes) -> list | None:
-        ev = abi.FlowEvent.from_buffer_copy(raw[:ctypes.sizeof(abi.FlowEvent)])
-        key = bytes(ev.key)
-        if ev.hdr.kind == abi.EVENT_FLOW_MAP_FULL:
-            self.tracker.on_map_full(key, ev.pkt_len, ev.ts_ns, ev.tcp_flags)
-            return None
-        record = self.tracker.on_new(key, ev.pkt_len, ev.ts_ns, ev.tcp_flags)
-        return [self._decode(record)] if record is not None else None
-
-    def _decode(self, record: FlowRecord):
-        ifindex = int.from_bytes(record.key[:4], "little")
-        self.records_emitted += 1
-        return decode.decode_record(record, self._known.get(ifindex), self.node_name,
-                                    self.clock)
 
     def _run_reader(self) -> None:
         """The reader thread: when it ends other than by stop(), nothing is counted any
         more, and readiness says so (FAILED: gRPC health NOT_SERVING)."""
         try:
-            self._read_loop()
+            self.reader.run(self._stop)
         except Exception as exc:  # noqa: BLE001  the thread's last resort: reported, not hidden
             log.exception("the datapath reader stopped")
             self.stats.set_datapath_state(DATAPATH_FAILED, f"the reader stopped: {exc!r}")
@@ -398,63 +399,16 @@ class Datapath(Stage):
         if not self._stop.is_set():
             self.stats.set_datapath_state(DATAPATH_FAILED, "the reader stopped")
 
-    def _read_loop(self) -> None:
-        next_sweep = time.monotonic()
-        while True:
-            stopping = self._stop.is_set()
-            self._bpf.ring_buffer_consume()
-            now = time.monotonic()
-            if stopping:
-                self._final_sweep()
-            elif now >= next_sweep:
-                try:
-                    self._sweep()
-                except DatapathError as exc:
-                    log.error("%s", exc)
-                next_sweep = now + self.config.sweep_interval_s
-            self._flush()
-            if stopping:
-                return
-            self._stop.wait(self.config.poll_interval_s)
+    @property
+    def records_emitted(self) -> int:
+        return self.reader.records_emitted if self.reader is not None else 0
 
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        try:
-            self.pipeline(batch)
-        # The reader is the boundary between the kernel and every later stage: a bug in one
-        # of them must cost that batch (counted and logged), not stop all flow accounting.
-        except Exception:  # noqa: BLE001
-            log.exception("pipeline failed on a batch of %d flows", len(batch))
-            self.stats.add_lost(observer_pb2.AGENT_QUEUE, len(batch))
-
-    def _sweep(self) -> None:
-        now_ns = time.monotonic_ns()
-        entries = bpfsys.read_flow_map(self._flow_map_fd, self.config.flow_map_size)
-        result = self.tracker.sweep(entries, now_ns)
-        records = result.records
-        for key in result.idle_keys:
-            value = bpfsys.lookup_and_delete(self._flow_map_fd, key)
-            record = self.tracker.end(key, value, now_ns)
-            if record is not None:
-                records.append(record)
-        self._pending.extend(self._decode(r) for r in records)
-        self._sweep_extensions(now_ns, final=False)
-        self._update_counters()
-
-    def _final_sweep(self) -> None:
-        now_ns = time.monotonic_ns()
-        entries = bpfsys.read_flow_map(self._flow_map_fd, self.config.flow_map_size)
-        records = self.tracker.flush(entries, now_ns)
-        self._pending.extend(self._decode(r) for r in records)
-        self._sweep_extensions(now_ns, final=True)
-        self._update_counters()
-
-    def _sweep_extensions(self, now_ns: int, final: bool) -> None:
+    def _sweep_extensions(self, now_ns: int, final: bool) -> list:
         """Extensions with maps of their own (drop.h) sweep them with the flow map."""
-        for ext in self.extensions:
-            self._pending.extend(ext.sweep(self, now_ns, final) or ())
+        out: list = []
+        for ext in self._attached_extensions:
+            out.extend(ext.sweep(self, now_ns, final) or ())
+        return out
 
     def kernel_errors(self) -> list[int]:
         """The per-reason counters, summed over CPUs."""
@@ -469,15 +423,9 @@ class Datapath(Stage):
             out[info.name if info else str(k.value)] = int(sum(v))
         return out
 
-    def _update_counters(self) -> None:
-        counts = self.kernel_errors()
-        lost_new = counts[abi.ERR_RINGBUF_FULL_NEW] - self._last_errors[abi.ERR_RINGBUF_FULL_NEW]
-        lost_full = (counts[abi.ERR_RINGBUF_FULL_MAP_FULL]
-                     - self._last_errors[abi.ERR_RINGBUF_FULL_MAP_FULL])
-        self.stats.add_lost(observer_pb2.KERNEL_RING_BUFFER, lost_new)
-        self.stats.add_lost(observer_pb2.KERNEL_FLOW_MAP, lost_full)
-        self._last_errors = counts
-        self.stats.set_datapath_errors(abi.error_counts(counts, self._error_names))
+    def _map_full_bytes(self) -> int:
+        table = self._bpf["map_full_bytes"]
+        return int(table.sum(table.Key(0)).value)
 
 
 def _why_load_failed(exc: Exception) -> str:

@@ -7,10 +7,14 @@ each record is matched against both tuples of the conntrack entry, in both direc
 report the whole connection as one hop.
 
 Two sources, both over NETLINK_NETFILTER (ctnetlink), no `conntrack` CLI:
-- events (NEW/DESTROY), read by a thread and drained again at the start of every batch, so
-  a connection that is already gone when its flow record arrives is still attributed;
+- events (NEW/DESTROY) of DNATed connections only (a socket filter in the kernel refuses
+  the others: agent/enrich/ctfilter.py), read by a thread and drained again at the start of
+  every batch, so a connection that is already gone when its flow record arrives is still
+  attributed;
 - lookups (IPCTNL_MSG_CT_GET by original or reply tuple) for connections opened before the
-  listener started or while it lost events, cached per 5-tuple for a short TTL.
+  listener started or while it lost events, cached per 5-tuple for a short TTL. The
+  enrichment asks only for records a Service may be involved in (agent/enrich/batch.py).
+Both caches expire from queues in expiry order: no walk over every entry.
 
 The agent runs in the node's network namespace, so this reads that node's table.
 """
@@ -27,9 +31,11 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from agent.enrich import ctfilter
 from agent.errors import ConntrackError
 
 log = logging.getLogger("podflow.conntrack")
@@ -218,6 +224,9 @@ class Conntrack:
         # 5-tuple as a record sees it -> (Match, expires_ns or 0 while the entry lives)
         self._events: dict[Tuple5, tuple[Match, int]] = {}
         self._lookups: dict[Tuple5, tuple[Match | None, int]] = {}
+        # (expires_ns, 5-tuple) in expiry order: destroyed entries' grace, lookups' TTL
+        self._event_expiry: deque = deque()
+        self._lookup_expiry: deque = deque()
         self._listening_since_ns = 0   # events cover connections confirmed after this
         self._events_lost_at_ns = 0    # the last time the kernel dropped events (ENOBUFS)
         self.events_lost = 0
@@ -233,6 +242,10 @@ class Conntrack:
         self._query_sock.settimeout(1.0)
         groups = (1 << (NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1))
         self._event_sock = _open_socket(groups, self._netns)
+        try:
+            ctfilter.attach(self._event_sock)
+        except OSError as exc:  # every event is then read (and checked) here
+            log.warning("conntrack events are not filtered in the kernel: %s", exc)
         try:  # a large buffer: bursts of short connections must not overflow it
             self._event_sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
         except OSError:
@@ -310,19 +323,29 @@ class Conntrack:
         request, reply = Match(entry, False), Match(entry, True)
         # The four ways a record can line up with the entry: client->VIP (before DNAT),
         # client->backend (after DNAT), backend->client and VIP->client.
-        self._events[entry.orig] = (request, expires_ns)
-        self._events[entry.reply.reversed()] = (request, expires_ns)
-        self._events[entry.reply] = (reply, expires_ns)
-        self._events[entry.orig.reversed()] = (reply, expires_ns)
+        keys = (entry.orig, entry.reply.reversed(), entry.reply, entry.orig.reversed())
+        events = self._events
+        for key, match in zip(keys, (request, request, reply, reply)):
+            events[key] = (match, expires_ns)
+        if expires_ns:
+            self._event_expiry.append((expires_ns, keys))
 
     def _sweep(self, now_ns: int, force: bool = False) -> None:
+        """Forget what expired, from the queues (oldest first)."""
         self._last_sweep_ns = now_ns
-        for key, (_match, expires) in list(self._events.items()):
-            if expires and expires < now_ns:
-                self._events.pop(key, None)
-        for key, (_match, expires) in list(self._lookups.items()):
-            if expires < now_ns:
-                self._lookups.pop(key, None)
+        events, queue = self._events, self._event_expiry
+        while queue and queue[0][0] < now_ns:
+            expires, keys = queue.popleft()
+            for key in keys:
+                held = events.get(key)
+                if held is not None and held[1] == expires:  # not renewed by a later event
+                    del events[key]
+        lookups, queue = self._lookups, self._lookup_expiry
+        while queue and queue[0][0] < now_ns:
+            expires, key = queue.popleft()
+            held = lookups.get(key)
+            if held is not None and held[1] == expires:
+                del lookups[key]
         if force and len(self._events) >= self._max_entries * 4:
             # Still full of live entries (or lost DESTROY events): forget the oldest half;
             # lookups cover whatever is still in the kernel.
@@ -332,18 +355,20 @@ class Conntrack:
 
     # ---- lookups -----------------------------------------------------------------------
 
-    def lookup(self, t: Tuple5, first_seen=0, opening: bool = False) -> Match | None:
+    def lookup(self, t: Tuple5, first_seen=0, opening: bool = False,
+               query: bool = True) -> Match | None:
         """The DNATed connection a record with 5-tuple `t` belongs to, or None.
 
         A record that holds its connection's opening packet (`opening`: TCP SYN) and whose
         `first_seen` (wall clock ns, or the record's Timestamp, read only when needed) is
         after the event listener started, with no event lost since, skips the netlink
         round trips: that connection's NEW event was received. Any other record (UDP, or
-        a connection older than the agent) is looked up in the kernel, cached per 5-tuple."""
+        a connection older than the agent) is looked up in the kernel, cached per 5-tuple,
+        unless `query` is false (only what the events said)."""
         hit = self._events.get(t)
         if hit is not None:
             return hit[0]
-        if t.proto not in PROTOCOLS_WITH_PORTS or self._query_sock is None:
+        if not query or t.proto not in PROTOCOLS_WITH_PORTS or self._query_sock is None:
             return None
         if opening and self._listening_since_ns:
             if not isinstance(first_seen, int):
@@ -361,7 +386,10 @@ class Conntrack:
             self._sweep(now)
             if len(self._lookups) >= self._max_entries:
                 self._lookups.clear()
-        self._lookups[t] = (match, now + self._lookup_ttl_ns)
+                self._lookup_expiry.clear()
+        expires = now + self._lookup_ttl_ns
+        self._lookups[t] = (match, expires)
+        self._lookup_expiry.append((expires, t))
         return match
 
     def _query(self, t: Tuple5) -> Match | None:

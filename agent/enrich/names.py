@@ -64,6 +64,22 @@ def guess_reply(which: str, l4, sport: int, dport: int) -> bool:
     return sport < WELL_KNOWN_PORT_END <= dport
 
 
+def guess_replies(proto, sport, dport, tcp_flags):
+    """guess_reply for arrays of records (numpy): protocol numbers, ports (ICMP: type and
+    code), TCP flags (the union of the flow's)."""
+    import numpy as np  # noqa: PLC0415  (numpy only where records come as columns)
+
+    sport = sport.astype(np.int64)
+    dport = dport.astype(np.int64)
+    src_ephemeral, dst_ephemeral = sport >= EPHEMERAL_PORT_FIRST, dport >= EPHEMERAL_PORT_FIRST
+    by_ports = np.where(src_ephemeral != dst_ephemeral, dst_ephemeral,
+                        (sport < WELL_KNOWN_PORT_END) & (dport >= WELL_KNOWN_PORT_END))
+    syn_only = (proto == 6) & ((tcp_flags & 0x02) != 0) & ((tcp_flags & 0x10) == 0)
+    icmp4 = np.isin(sport, list(_ICMP_ANSWERS["icmpv4"]))
+    icmp6 = np.isin(sport, list(_ICMP_ANSWERS["icmpv6"]))
+    return np.select([proto == 1, proto == 58, syn_only], [icmp4, icmp6, False], by_ports)
+
+
 def _is_host(peer: Peer) -> bool:
     return peer.kind == flow_pb2.NODE or (peer.pod is not None and peer.pod.host_network)
 

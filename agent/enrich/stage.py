@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from agent.enrich.batch import BatchEnricher
 from agent.enrich.conntrack import Conntrack, open_conntrack
 from agent.enrich.k8s.filesource import FileSource
 from agent.enrich.k8s.state import ClusterState
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
     from agent.config import MetadataSection
 
 class Enricher(Stage):
-    """What the pipeline calls for each batch: `enrich(flows)` fills in names in place.
+    """What the pipeline calls for each batch: `enrich_batch(batch)` (and `enrich(flows)`
+    for drop records) fills in names in place.
 
     It owns the pieces it starts: the metadata source (a file poller or the API watch),
     and the conntrack reader used for Service translations."""
@@ -38,17 +40,21 @@ class Enricher(Stage):
         self._conntrack: Conntrack | None = None
         self._judge: ConnectionJudge | None = None
         self._enricher = FlowEnricher(state, None)
+        self._batch = BatchEnricher(state, None, stats=stats)
 
     def use_judge(self, judge: ConnectionJudge) -> None:
         """Give every new connection a NetworkPolicy verdict from `judge` (the policy stage,
         built after this one: stages never import later ones, main.py connects them)."""
         self._judge = judge
         self._enricher = FlowEnricher(self.state, self._conntrack, judge=judge)
+        self._batch = BatchEnricher(self.state, self._conntrack, judge=judge, stats=self._stats)
 
     def start(self) -> None:
         if self._use_conntrack:
             self._conntrack = open_conntrack(event_grace_s=self._conntrack_grace_s)
         self._enricher = FlowEnricher(self.state, self._conntrack, judge=self._judge)
+        self._batch = BatchEnricher(self.state, self._conntrack, judge=self._judge,
+                                    stats=self._stats)
         if self._source is not None:
             try:
                 self._source.start()
@@ -69,7 +75,12 @@ class Enricher(Stage):
         return failure() if failure is not None else None
 
     def enrich(self, flows: list) -> None:
+        """Flow objects (drop records), one by one."""
         self._enricher.enrich(flows)
+
+    def enrich_batch(self, batch) -> None:
+        """A batch of records (agent/datapath/batch.py): names per identity."""
+        self._batch.enrich(batch)
 
     def ready_info(self) -> dict:
         return {"metadata": self._stats.metadata_source,

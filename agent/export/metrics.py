@@ -8,6 +8,10 @@ goes to one series whose labels all read "__overflow__"), and series not updated
 Agent health (lost events by stage, datapath errors, exporter and metadata state, traced
 interfaces) is read from AgentStats at scrape time, so it matches ServerStatus.
 
+Records kept as columns (the datapath's batches) are counted a batch at a time: the labels
+and the count-once rule are read once per identity (and outcome) of the batch, the packets
+and bytes summed with numpy; end notices count nothing.
+
 Double counting: the same packet may be recorded on a pod veth, on a bridge, and on the
 peer pod's veth, on this node and on another. Flow metrics count one record per packet by
 the rule the TUI's views follow (agent.wire.counting.counts_once), so summing a family over
@@ -25,6 +29,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from agent.datapath.batch import FlowBatch
 from agent.errors import ConfigError
 from agent.stage import Stage
 from agent.stats import AgentStats
@@ -58,6 +65,9 @@ def _enum_name(enum_type, number: int) -> str:
 
 def _protocol(flow: flow_pb2.Flow) -> str:
     return flow.l4.WhichOneof("protocol") or ""
+
+
+_L4_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmpv4", 58: "icmpv6"}
 
 
 # label name -> how to read it from a flow
@@ -143,20 +153,77 @@ class FlowCounters:
                 entry[2] += flow.bytes
                 entry[3] = now
 
-    def _add_policy(self, flow: flow_pb2.Flow, counted: bool, now: int) -> None:
+    def add_batch(self, batch: FlowBatch, lo: int, hi: int) -> None:
+        """Records [lo, hi) of a batch of columns, end notices left out."""
+        keep = np.flatnonzero(~batch.update[lo:hi]) + lo
+        if not len(keep):
+            return
+        # Records of one identity, outcome and policy finding read the same labels.
+        ident = batch.ident[keep].astype(np.int64)
+        groups = (ident * 256 + batch.outcome[keep]) * 256 + batch.enforcement[keep]
+        uniq, inverse = np.unique(groups, return_inverse=True)
+        inverse = inverse.ravel()
+        flows = np.bincount(inverse, minlength=len(uniq))
+        packets = np.bincount(inverse, weights=batch.packets[keep], minlength=len(uniq))
+        nbytes = np.bincount(inverse, weights=batch.bytes[keep], minlength=len(uniq))
+        protos = np.zeros(len(batch.idents), np.int64)
+        protos[batch.ident] = batch.proto
+        now = time.monotonic_ns()
+        readers = self._readers
+        with self._lock:
+            series = self._series
+            reps = []
+            for group in uniq.tolist():
+                rest, enforcement = divmod(group, 256)
+                ident_no, outcome = divmod(rest, 256)
+                rep = flow_pb2.Flow()
+                rep.CopyFrom(batch.idents[ident_no].flow)
+                name = _L4_PROTOCOLS.get(int(protos[ident_no]))
+                if name:
+                    getattr(rep.l4, name).SetInParent()
+                rep.outcome = outcome
+                if enforcement:
+                    rep.policy.enforcement = enforcement
+                reps.append(rep)
+            self._learn_local_pods(reps, now)
+            for rep, n_flows, n_packets, n_bytes in zip(reps, flows.tolist(), packets.tolist(),
+                                                        nbytes.tolist()):
+                counted = self.counts(rep)
+                if rep.HasField("policy"):
+                    self._add_policy(rep, counted, now, n_flows)
+                if not counted:
+                    continue
+                key = tuple(read(rep) for read in readers)
+                entry = series.get(key)
+                if entry is None:
+                    if len(series) >= self.max_series:
+                        self._expire(now)
+                    if len(series) >= self.max_series:
+                        key = self.overflow_key
+                        entry = series.get(key)
+                    if entry is None:
+                        entry = series[key] = [0, 0, 0, 0]
+                entry[0] += n_flows
+                entry[1] += int(n_packets)
+                entry[2] += int(n_bytes)
+                entry[3] = now
+
+    def _add_policy(self, flow: flow_pb2.Flow, counted: bool, now: int, records: int = 1
+                    ) -> None:
         """Per policy the record names: its verdict (a counted record: one per packet, as
         the flow families), and what the record showed (enforced, not-enforced: the
-        denying policies; dropped-otherwise: the allowing ones), every record that shows it."""
+        denying policies; dropped-otherwise: the allowing ones), every record that shows it.
+        `records`: how many records alike this one counts for."""
         denying = denying_policies(flow)
         finding = policy_finding_word(flow)
         for name in policy_names(flow):
             denied = name in denying
             if counted:
-                self._bump(self._policy, (name, "denied" if denied else "allowed"), now)
+                self._bump(self._policy, (name, "denied" if denied else "allowed"), now, records)
             if finding and denied == (finding != "dropped-otherwise"):
-                self._bump(self._findings, (name, finding), now)
+                self._bump(self._findings, (name, finding), now, records)
 
-    def _bump(self, family: dict, key: tuple[str, str], now: int) -> None:
+    def _bump(self, family: dict, key: tuple[str, str], now: int, n: int = 1) -> None:
         entry = family.get(key)
         if entry is None:
             if len(self._policy) + len(self._findings) >= self.max_series:
@@ -166,7 +233,7 @@ class FlowCounters:
                 entry = family.get(key)
             if entry is None:
                 entry = family[key] = [0, 0]
-        entry[0] += 1
+        entry[0] += n
         entry[1] = now
 
     def _expire(self, now: int) -> None:
@@ -312,11 +379,14 @@ class MetricsServer(Stage):
     def _run(self) -> None:
         sub = self._subscription
         while not self._stop.is_set():
-            flows, lost = sub.next_batch(timeout_s=0.5, max_flows=4096)
+            segments, lost = sub.next_segments(timeout_s=0.5, max_flows=16384)
             if lost is not None:
                 self.counters.skipped += lost.count
-            if flows:
-                self.counters.add(flows)
+            for batch, lo, hi in segments:
+                if isinstance(batch, FlowBatch):
+                    self.counters.add_batch(batch, lo, hi)
+                else:
+                    self.counters.add([batch.flow(i) for i in range(lo, hi)])
         sub.close()
 
     def stop(self) -> None:

@@ -8,9 +8,11 @@ A file is JSON lines: a header line `{"podflow_flow_log": {...}}` saying what th
 writer adds: the servers of a merged stream, the TUI filter of an export), then one
 `podflow.v1.GetFlowsResponse` per line in protobuf's JSON mapping with proto field names, so
 `jq .flow` works. Besides flows, responses carry `lost_events` (what the writer or the agents
-could not deliver) and `node_status` notices. Exports of the TUI written before the header
-was unified start with `{"podflow_export": {"filter", "flows", "written"}}`; the reader takes
-that too.
+could not deliver), `flow_update` (a flow already written ended: apply it, count nothing) and
+`node_status` notices. The agent's own flow log writes its records compactly: no spaces, the
+time in the flow, the node only in the header (the reader puts it back on every response).
+Exports of the TUI written before the header was unified start with `{"podflow_export":
+{"filter", "flows", "written"}}`; the reader takes that too.
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ from google.protobuf import json_format
 
 from agent.wire import flowjson
 from agent.wire.fieldmask import apply_mask
-from agent.wire.timefmt import rfc3339, rfc3339_ns, set_ts
+from agent.wire.timefmt import rfc3339_ns, set_ts
 from podflow_api.v1 import flow_pb2, observer_pb2
 
 HEADER_KEY = "podflow_flow_log"
 LEGACY_EXPORT_KEY = "podflow_export"  # the TUI's exports before the header was unified
 FORMAT = "podflow.v1.GetFlowsResponse"
 _RESPONSE_FIELDS = frozenset(f.name for f in observer_pb2.GetFlowsResponse.DESCRIPTOR.fields)
-_RESPONSE_KINDS = frozenset({"flow", "lost_events", "node_status"})
+_RESPONSE_KINDS = frozenset({"flow", "lost_events", "node_status", "flow_update"})
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -57,25 +59,20 @@ def header_line(fields: dict, now_ns: int | None = None) -> bytes:
     return (json.dumps({HEADER_KEY: header}) + "\n").encode()
 
 
-def flow_line(flow: flow_pb2.Flow, node_json: str, mask_tree: dict | None = None) -> bytes:
-    """One flow as a response line, written directly (the flow log's hot path).
-    `node_json`: the quoted node name used when the flow names none; `mask_tree`: trim the
-    flow to these fields (fieldmask.mask_tree)."""
-    t = flow.time
-    node = _quote(flow.node_name) if flow.node_name else node_json
-    if mask_tree is None:
-        flow_json = flowjson.to_json(flow)
-    else:
-        flow_json = json.dumps(apply_mask(flowjson.to_dict(flow), mask_tree))
-    if t.seconds or t.nanos:
-        text = '{"node_name": %s, "time": "%s", "flow": %s}\n' % (node, rfc3339(t), flow_json)
-    else:
-        text = '{"node_name": %s, "flow": %s}\n' % (node, flow_json)
-    return text.encode()
+def flow_line(flow: flow_pb2.Flow, mask_tree: dict | None = None, key: str = "flow") -> bytes:
+    """One record of the agent's flow log: `{"flow":{...}}` in compact JSON, the time in
+    the flow, no node (the file's header names it; FlowLogReader puts it back), as
+    agent.wire.recordcols writes the records it renders from columns. `mask_tree`: trim the
+    flow to these fields (fieldmask.mask_tree); `key`: "flow_update" for an end notice."""
+    fields = flowjson.to_dict(flow)
+    fields.pop("node_name", None)
+    if mask_tree is not None:
+        fields = apply_mask(fields, mask_tree)
+    return ('{"%s":%s}\n' % (key, json.dumps(fields, separators=(",", ":")))).encode()
 
 
 def quote_node(node_name: str) -> str:
-    """A node name as the JSON string flow_line() wants."""
+    """A node name as a JSON string."""
     return _quote(node_name)
 
 
@@ -84,13 +81,16 @@ def response_line(resp: observer_pb2.GetFlowsResponse) -> bytes:
 
 
 def lost_events_response(stage: int, count: int, first_ns: int, last_ns: int,
-                         node_name: str = "", now_ns: int | None = None,
+                         node_name: str = "", now_ns: int | None = None, packets: int = 0,
                          ) -> observer_pb2.GetFlowsResponse:
-    """The record that says `count` flows between first and last were lost at `stage`."""
+    """The record that says `count` flows (holding `packets` packets, 0: unknown) between
+    first and last were lost at `stage`."""
     resp = observer_pb2.GetFlowsResponse(node_name=node_name)
     set_ts(resp.time, time.time_ns() if now_ns is None else now_ns)
     resp.lost_events.stage = stage
     resp.lost_events.num_events_lost = count
+    if packets:
+        resp.lost_events.num_packets_lost = packets
     if first_ns:
         set_ts(resp.lost_events.first, first_ns)
     if last_ns:
@@ -155,6 +155,7 @@ class FlowLogReader:
         self.headers: list[dict] = []
 
     def __iter__(self) -> Iterator[observer_pb2.GetFlowsResponse]:
+        node = ""  # the agent's flow log names its node in the header, not on each line
         with open_text(self.path) as fh:
             for line in fh:
                 line = line.strip()
@@ -168,5 +169,13 @@ class FlowLogReader:
                     header = header_of(json.loads(line))
                     if header is not None:
                         self.headers.append(header)
+                        node = header.get("node_name") or ""
                 else:
+                    if node and not resp.node_name:
+                        resp.node_name = node
+                        kind = resp.WhichOneof("response_types")
+                        if kind in ("flow", "flow_update"):
+                            record = getattr(resp, kind)
+                            if not record.node_name:
+                                record.node_name = node
                     yield resp

@@ -8,6 +8,7 @@ from agent.annotate.stage import Annotator
 from agent.config import AnnotateSection
 from agent.stats import AgentStats
 from podflow_api.v1 import flow_pb2
+from tests import batches
 from tests.annotate.dnswire import a, answer, header, name, query, question, rr
 
 POD, DNS_SERVER, CLUSTER_IP = "10.244.1.2", "10.96.0.10", "10.96.0.12"
@@ -42,7 +43,25 @@ def test_query_answer_latency_and_names():
         ("NOERROR", [CLUSTER_IP], 5, 250_000, True)
     assert list(later.destination.names) == ["cart.shop.svc.cluster.local"]
     assert list(back.source.names) == ["cart.shop.svc.cluster.local"]
-    assert (q.outcome, r.outcome) == (flow_pb2.ESTABLISHED, flow_pb2.ESTABLISHED)
+
+
+def test_a_batch_gets_dns_names_and_outcomes():
+    """The same through a batch of records, as the datapath hands them over: DNS on the
+    port-53 records, names per address pair (for enrichment to place), both sides paired."""
+    ann = Annotator(AnnotateSection(), AgentStats("n", "v"))
+    ann.dns_packet(pkt(POD, DNS_SERVER, 40000, 53, query("cart.shop.svc.cluster.local", msg_id=9), 1_000))
+    ann.dns_packet(pkt(DNS_SERVER, POD, 53, 40000,
+                       answer("cart.shop.svc.cluster.local", [CLUSTER_IP], msg_id=9, ttl=5), 251_000))
+    b = batches.batch(batches.rec(POD, DNS_SERVER, 40000, 53, rev_packets=1, rev_first_ns=batches.T0 + 9),
+                      batches.rec(DNS_SERVER, POD, 53, 40000, hook=1, rev_packets=1),
+                      batches.rec(POD, CLUSTER_IP, 41000, 80, "tcp", flags="SYN,ACK"))
+    ann.annotate_batch(b)
+    q, r, later = (b.flow(i) for i in range(3))
+    assert (q.dns.query, q.dns.id, r.dns.rcode, list(r.dns.ips)) == \
+        ("cart.shop.svc.cluster.local", 9, "NOERROR", [CLUSTER_IP])
+    assert not later.HasField("dns")
+    assert b.group_names[b.group[2]] == ((), ("cart.shop.svc.cluster.local",))
+    assert list(b.outcome) == [flow_pb2.ESTABLISHED, flow_pb2.ESTABLISHED, flow_pb2.IN_PROGRESS]
 
 
 def test_external_name_cname_chain_names_world_flow():

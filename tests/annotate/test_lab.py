@@ -15,6 +15,7 @@ import time
 import grpc
 import pytest
 
+from agent.wire.flowupdate import records_with_updates
 from podflow_api.v1 import observer_pb2, observer_pb2_grpc
 from tests.annotate.dnswire import header, query, tcp
 
@@ -32,12 +33,10 @@ class Cluster:
         self.client, self.server, self.dns = client, server, dns
 
     def flows(self) -> list[dict]:
-        out = []
+        """The records of the flow log, each with the end notices that followed applied."""
         with open(self.log_path, encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    out.append(json.loads(line).get("flow"))
-        return [f for f in out if f]
+            lines = [json.loads(line) for line in fh if line.strip()]
+        return records_with_updates(lines)
 
     def wait_for(self, predicate, timeout_s: float = 15.0, what: str = "") -> list[dict]:
         """Flows matching `predicate`, once at least one did (fails after the timeout)."""
@@ -147,7 +146,8 @@ def test_policy_on_the_destination_node_names_the_pod_it_protected(cluster):
                                      and f["ip"]["destination"] == c.server.ip, what="node-b's drop")
         assert (drop["drop_reason"], drop["traffic_direction"], drop["interface"]["name"]) == \
             ("NETFILTER_DROP", "TO_POD", "eth0")
-        assert drop["node_name"] == "node-b"
+        with open(log_path, encoding="utf-8") as fh:  # the flow log names its node once
+            assert json.loads(fh.readline())["podflow_flow_log"]["node_name"] == "node-b"
     finally:
         agent.stop()
 

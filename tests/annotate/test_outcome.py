@@ -1,164 +1,83 @@
-"""Connection outcomes from hand-built records of both directions (no root needed)."""
+"""Connection outcomes judged from both sides of a connection, as the flow table hands them
+over with each record (no root needed): one case per row, all judged in one call."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from agent.annotate.outcome import OutcomeTracker
+from agent.annotate.outcome import judge
 from podflow_api.v1 import flow_pb2
 
 O = flow_pb2.ConnectionOutcome
-CLIENT, SERVER = ("10.244.1.2", 40000), ("10.244.2.3", 80)
+S = 1_000_000_000
+NOW = 100 * S
+SYN_TIMEOUT = 3 * S
+TCP, UDP = 6, 17
+FLAGS = {"FIN": 1, "SYN": 2, "RST": 4, "PSH": 8, "ACK": 16}
 
 
-class FakeClock:
-    def __init__(self):
-        self.ns = 1_000_000_000
-
-    def __call__(self):
-        return self.ns
+def bits(text: str) -> int:
+    return sum(FLAGS[f] for f in text.split(",") if f)
 
 
-def rec(src, dst, flags="", proto="tcp", ifindex=7, packets=1, reply=False, end=False, t=0):
-    f = flow_pb2.Flow(packets=packets, bytes=60 * packets, is_reply=reply, flow_end=end,
-                      verdict=flow_pb2.FORWARDED)
-    f.interface.index = ifindex
-    f.ip.source, f.ip.destination = src[0], dst[0]
-    f.first_seen.seconds = t
-    l4 = getattr(f.l4, proto)
-    l4.source_port, l4.destination_port = src[1], dst[1]
-    if proto == "tcp":
-        for flag in filter(None, flags.split(",")):
-            setattr(l4.flags, flag, True)
-    return f
-
-
-# Each case: batches of records; the outcome expected on the last record of the last batch.
+# (id, proto, own flags, own first (s before NOW), rev flags or None, rev first, ended, want)
 CASES = [
-    ("established", [[rec(CLIENT, SERVER, "SYN,ACK"), rec(SERVER, CLIENT, "SYN,ACK", reply=True, t=1)]],
-     O.ESTABLISHED),
-    ("refused", [[rec(CLIENT, SERVER, "SYN"), rec(SERVER, CLIENT, "RST,ACK", reply=True, t=1)]],
-     O.REFUSED),
-    ("refused-reply-in-later-batch", [[rec(CLIENT, SERVER, "SYN")],
-                                      [rec(SERVER, CLIENT, "RST,ACK", reply=True)]], O.REFUSED),
-    ("syn-waiting", [[rec(CLIENT, SERVER, "SYN")]], O.IN_PROGRESS),
-    ("reset-after-established", [[rec(CLIENT, SERVER, "SYN,ACK"), rec(SERVER, CLIENT, "SYN,ACK", reply=True)],
-                                 [rec(SERVER, CLIENT, "RST", reply=True)]], O.RESET),
-    ("closed", [[rec(CLIENT, SERVER, "SYN,ACK"), rec(SERVER, CLIENT, "SYN,ACK", reply=True)],
-                [rec(CLIENT, SERVER, "FIN,ACK", end=True)]], O.CLOSED),
-    ("mid-connection-both-ways", [[rec(CLIENT, SERVER, "ACK"), rec(SERVER, CLIENT, "ACK")]],
-     O.ESTABLISHED),
-    ("udp-reply", [[rec(CLIENT, SERVER, proto="udp"), rec(SERVER, CLIENT, proto="udp", reply=True)]],
-     O.ESTABLISHED),
-    ("udp-waiting", [[rec(CLIENT, SERVER, proto="udp")]], O.IN_PROGRESS),
-    ("other-interface-is-another-connection",
-     [[rec(CLIENT, SERVER, "SYN"), rec(SERVER, CLIENT, "RST,ACK", ifindex=9, reply=True)],
-      [rec(CLIENT, SERVER, "SYN")]], O.IN_PROGRESS),
+    ("tcp-established-opener", TCP, "SYN,ACK", 2, "SYN,ACK", 1.9, False, O.ESTABLISHED),
+    ("tcp-established-answerer", TCP, "SYN,ACK", 1.9, "SYN,ACK", 2, False, O.ESTABLISHED),
+    ("tcp-refused", TCP, "SYN", 1, "RST,ACK", 0.9, False, O.REFUSED),
+    ("tcp-refused-seen-from-the-rst", TCP, "RST,ACK", 0.9, "SYN", 1, False, O.REFUSED),
+    ("tcp-syn-waiting", TCP, "SYN", 1, None, 0, False, O.IN_PROGRESS),
+    ("tcp-unanswered", TCP, "SYN", 5, None, 0, False, O.UNANSWERED),
+    ("tcp-unanswered-at-its-end", TCP, "SYN", 1, None, 0, True, O.UNANSWERED),
+    ("tcp-reset", TCP, "SYN,ACK,RST", 9, "SYN,ACK", 8.9, False, O.RESET),
+    ("tcp-closed", TCP, "SYN,ACK,FIN", 9, "SYN,ACK,FIN", 8.9, False, O.CLOSED),
+    ("tcp-mid-connection-both-ways", TCP, "ACK", 9, "ACK", 8.9, False, O.ESTABLISHED),
+    ("tcp-mid-connection-one-way", TCP, "ACK", 9, None, 0, False, O.OUTCOME_UNKNOWN),
+    ("tcp-mid-connection-reset", TCP, "ACK,RST", 9, None, 0, False, O.RESET),
+    ("udp-reply", UDP, "", 1, "", 0.9, False, O.ESTABLISHED),
+    ("udp-waiting", UDP, "", 1, None, 0, False, O.IN_PROGRESS),
+    ("udp-no-reply", UDP, "", 4, None, 0, False, O.NO_REPLY),
+    ("udp-no-reply-at-its-end", UDP, "", 1, None, 0, True, O.NO_REPLY),
 ]
 
 
-@pytest.mark.parametrize("batches,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_outcome(batches, expected):
-    tracker = OutcomeTracker(syn_timeout_s=3, clock=FakeClock())
-    for batch in batches:
-        tracker.annotate(batch)
-    assert batches[-1][-1].outcome == expected
+def columns(cases, paired=True):
+    n = len(cases)
+    cols = {"proto": np.array([c[1] for c in cases], np.uint8),
+            "paired": np.full(n, paired),
+            "own_flags": np.array([bits(c[2]) for c in cases], np.uint8),
+            "own_packets": np.ones(n, np.uint64),
+            "own_first_ns": np.array([NOW - int(c[3] * S) for c in cases], np.int64),
+            "rev_flags": np.array([bits(c[4] or "") for c in cases], np.uint8),
+            "rev_packets": np.array([0 if c[4] is None else 1 for c in cases], np.uint64),
+            "rev_first_ns": np.array([0 if c[4] is None else NOW - int(c[5] * S)
+                                      for c in cases], np.int64),
+            "ended": np.array([c[6] for c in cases])}
+    return cols
 
 
-@pytest.mark.parametrize("proto,flags,expected", [("tcp", "SYN", O.UNANSWERED),
-                                                  ("udp", "", O.NO_REPLY)], ids=["tcp", "udp"])
-def test_timeout_emits_final_record(proto, flags, expected):
-    clock = FakeClock()
-    tracker = OutcomeTracker(syn_timeout_s=3, clock=clock)
-    first = rec(CLIENT, SERVER, flags, proto=proto, packets=2)
-    assert tracker.annotate([first]) == []
-    assert first.outcome == O.IN_PROGRESS
-    clock.ns += 2_000_000_000
-    assert tracker.annotate([]) == []
-    clock.ns += 1_500_000_000
-    extra = tracker.annotate([])
-    assert [(f.outcome, f.packets, f.bytes, f.ip.source) for f in extra] == \
-        [(expected, 0, 0, CLIENT[0])]
-    clock.ns += 5_000_000_000
-    assert tracker.annotate([]) == []  # emitted once
+def test_every_case_in_one_call():
+    got = judge(**columns(CASES), now_ns=NOW, syn_timeout_ns=SYN_TIMEOUT)
+    want = [c[7] for c in CASES]
+    wrong = [(c[0], O.Name(g), O.Name(w)) for c, g, w in zip(CASES, got, want) if g != w]
+    assert not wrong
 
 
-def test_late_record_carries_timeout_outcome():
-    clock = FakeClock()
-    tracker = OutcomeTracker(syn_timeout_s=3, clock=clock)
-    tracker.annotate([rec(CLIENT, SERVER, "SYN")])
-    clock.ns += 3_500_000_000
-    retransmit = rec(CLIENT, SERVER, "SYN")
-    assert tracker.annotate([retransmit]) == []
-    assert retransmit.outcome == O.UNANSWERED
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_each_case_alone(case):
+    assert judge(**columns([case]), now_ns=NOW, syn_timeout_ns=SYN_TIMEOUT)[0] == case[7]
 
 
-def test_bounded():
-    tracker = OutcomeTracker(max_connections=10, clock=FakeClock())
-    tracker.annotate([rec(("10.0.0.1", p), SERVER, "SYN") for p in range(1000, 1050)])
-    assert len(tracker) == 10 and tracker.evicted == 40
+def test_unpaired_records_get_no_outcome():
+    """Bridge records, drops, fragments and ICMP are not judged."""
+    got = judge(**columns(CASES, paired=False), now_ns=NOW, syn_timeout_ns=SYN_TIMEOUT)
+    assert not got.any()
+    icmp = columns(CASES[:1])
+    icmp["proto"][:] = 1
+    assert judge(**icmp, now_ns=NOW, syn_timeout_ns=SYN_TIMEOUT)[0] == O.OUTCOME_UNKNOWN
 
 
-def test_drops_and_icmp_are_left_alone():
-    tracker = OutcomeTracker(clock=FakeClock())
-    dropped = rec(CLIENT, SERVER, "SYN")
-    dropped.verdict = flow_pb2.DROPPED
-    icmp = flow_pb2.Flow()
-    icmp.l4.icmpv4.type = 8
-    tracker.annotate([dropped, icmp])
-    assert (dropped.outcome, icmp.outcome, len(tracker)) == (O.OUTCOME_UNKNOWN, O.OUTCOME_UNKNOWN, 0)
-
-
-def test_bridge_records_get_no_outcome():
-    tracker = OutcomeTracker(clock=FakeClock())
-    syn = rec(CLIENT, SERVER, "SYN")
-    syn.observation_point = flow_pb2.BRIDGE
-    tracker.annotate([syn])
-    assert syn.outcome == O.OUTCOME_UNKNOWN and len(tracker) == 0
-
-
-def test_finished_connections_are_forgotten_after_linger():
-    clock = FakeClock()
-    tracker = OutcomeTracker(syn_timeout_s=3, linger_s=30, clock=clock)
-    tracker.annotate([rec(CLIENT, SERVER, "SYN,ACK"), rec(SERVER, CLIENT, "SYN,ACK", reply=True)])
-    tracker.annotate([rec(CLIENT, SERVER, "FIN,ACK", end=True)])
-    tracker.annotate([rec(("10.0.0.9", 1), SERVER, "SYN")])  # another, still waiting
-    clock.ns += 31_000_000_000
-    tracker.annotate([rec(("10.0.0.9", 1), SERVER, "SYN")])
-    assert len(tracker) == 1
-
-
-# is_reply as the agent really sets it: the enrich stage knows it for Service connections
-# (conntrack, or which side is the Service address) and leaves it False elsewhere, and the
-# pipeline annotates BEFORE it enriches (agent/main.py), so the tracker sees False on every
-# record of a batch and True only on final records copied from an enriched one. Outcomes
-# must come out the same either way: the opener is the side whose SYN has no ACK, and a
-# reply never makes itself the opener.
-def _service_connection(reply_flags: str, reply_first: bool) -> list:
-    from tests.enrich.test_enrich import CART_VIP, FRONTEND
-
-    client = rec((FRONTEND, 40000), (CART_VIP, 80), "SYN", t=5)
-    answer = rec((CART_VIP, 80), (FRONTEND, 40000), reply_flags, t=5)  # same first_seen second
-    return [answer, client] if reply_first else [client, answer]
-
-
-@pytest.mark.parametrize("reply_flags,expected", [("SYN,ACK", O.ESTABLISHED),
-                                                  ("RST,ACK", O.REFUSED)],
-                         ids=["established", "refused"])
-@pytest.mark.parametrize("order", ["annotate-then-enrich", "enrich-then-annotate"])
-@pytest.mark.parametrize("reply_first", [False, True], ids=["request-first", "reply-first"])
-def test_outcomes_hold_with_is_reply_as_enrich_sets_it(reply_flags, expected, order,
-                                                       reply_first):
-    from agent.enrich.names import FlowEnricher
-    from tests.enrich.test_enrich import cluster, conntrack
-
-    batch = _service_connection(reply_flags, reply_first)
-    enricher = FlowEnricher(cluster(), conntrack())
-    tracker = OutcomeTracker(syn_timeout_s=3, clock=FakeClock())
-    steps = ([tracker.annotate, enricher.enrich] if order == "annotate-then-enrich"
-             else [enricher.enrich, tracker.annotate])
-    for step in steps:
-        step(batch)
-    by_source = {f.ip.source: f for f in batch}
-    assert by_source["10.96.0.12"].is_reply and not by_source["10.244.1.2"].is_reply
-    assert [f.outcome for f in batch] == [expected, expected]
+def test_empty():
+    cols = columns([])
+    assert len(judge(**cols, now_ns=NOW, syn_timeout_ns=SYN_TIMEOUT)) == 0

@@ -96,3 +96,21 @@ def test_printer_keeps_what_the_exit_status_needs(output):
     assert err.getvalue().count("WARNING") == 4
     lines = out.getvalue().splitlines()
     assert len(lines) == {"compact": 1, "table": 2, "jsonl": 5}[output]
+
+
+def test_an_end_notice_is_printed_as_one_and_not_counted():
+    from io import StringIO
+
+    from agent.client.printer import FlowPrinter, StreamSink
+    from podflow_api.v1 import flow_pb2, observer_pb2
+
+    update = flow_pb2.Flow(node_name="node-a", flow_end=True, outcome=flow_pb2.NO_REPLY)
+    update.ip.source, update.ip.destination = "10.0.0.1", "10.0.0.2"
+    update.l4.udp.source_port, update.l4.udp.destination_port = 40000, 53
+    resp = observer_pb2.GetFlowsResponse(node_name="node-a", flow_update=update)
+    for output, want in (("compact", "ended no-reply"), ("jsonl", '"flow_update"')):
+        out, err = StringIO(), StringIO()
+        printer = FlowPrinter(output, StreamSink(out), stderr=err)
+        printer.write(resp)
+        assert want in out.getvalue() and not err.getvalue()
+        assert printer.flows == 0 and printer.lost == 0

@@ -63,7 +63,7 @@ def _datapath(*argv: str) -> config.DatapathSection:
 def test_defaults():
     cfg = _datapath()
     assert cfg == config.DatapathSection()
-    assert (cfg.active_timeout_s, cfg.idle_timeout_s) == (5.0, 15.0)
+    assert (cfg.active_timeout_s, cfg.idle_timeout_s) == (5.0, 5.0)
     assert (cfg.flow_map_size, cfg.ringbuf_bytes) == (65536, 4 << 20)
     assert (cfg.include, cfg.exclude) == ((), ())
     assert (cfg.sweep_interval_s, cfg.poll_interval_s, cfg.attach_mode) == (1.0, 0.1, "auto")

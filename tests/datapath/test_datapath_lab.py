@@ -369,9 +369,10 @@ for i in range(flows):  # one socket at a time: no file-descriptor limit in the 
 """
 
 
-def test_full_flow_map_still_counts_every_packet(ebpf_ready, lab_factory, tmp_path):
-    """With room for 8 flows, 40 flows are still counted exactly: packets that find the map
-    full go through the ring buffer and are summed in user space."""
+def test_full_flow_map_counts_what_it_cannot_hold_as_lost_packets(ebpf_ready, lab_factory,
+                                                                   tmp_path):
+    """With room for 8 flows per half of the map, 40 flows in a burst: every packet is in a
+    record or counted as lost (KERNEL_FLOW_MAP, in packets, with their bytes), exactly."""
     lab = lab_factory("dpfull")
     node = lab.add_node("node-a", kind="routed", pod_cidr="10.244.1.0/24")
     client = node.add_pod("shop", "client-1")
@@ -383,33 +384,36 @@ def test_full_flow_map_still_counts_every_packet(ebpf_ready, lab_factory, tmp_pa
     time.sleep(0.5)
     status = server_status(agent.address)
     assert agent.stop() == 0
-    assert status.datapath_errors["flow_map_full"] > 0
-    assert "ringbuf_full_map_full" not in status.datapath_errors
-    assert sum(c.count for c in status.lost) == 0
+    lost = {c.stage: c for c in status.lost}
+    full = status.datapath_errors["flow_map_full"]
+    assert full > 0 and lost[observer_pb2.KERNEL_FLOW_MAP].count == full
     got = record_totals(read_flow_log(log), client.host_ifname, "FROM_POD")
     got = {k: v for k, v in got.items() if k[0] == "udp" and k[2] == server.ip}
     assert len(truth) == 40 and all(v[0] == 5 for v in truth.values())
-    assert got == truth
+    # (the server's replies, if any, and other traffic of the veths can be lost too)
+    assert sum(v[0] for v in got.values()) + full >= 200
+    assert all(got[k][0] <= truth[k][0] and got[k][1] <= truth[k][1] for k in got)
 
 
-def test_lost_new_flow_events_are_reported_and_cost_no_packet(ebpf_ready, lab_factory,
-                                                               tmp_path):
-    """A one-page ring buffer cannot hold a burst of 2000 new-flow events: the loss is
-    reported (KERNEL_RING_BUFFER), yet the sweep still counts every packet of every flow."""
+def test_new_flow_events_over_the_budget_or_the_ring_cost_no_packet(ebpf_ready, lab_factory,
+                                                                     tmp_path):
+    """A burst of 2000 new flows: events beyond the per-CPU budget are not sent (counted as
+    coalesced) and a one-page ring buffer cannot hold the rest (counted too); none of that is
+    a loss: the sweeps report every flow with every packet."""
     lab = lab_factory("dpring")
     node = lab.add_node("node-a", kind="routed", pod_cidr="10.244.1.0/24")
     client = node.add_pod("shop", "client-1")
     server = node.add_pod("shop", "server-1")
-    agent, log = _start(node, tmp_path, "--ringbuf-size", "4096")
+    agent, log = _start(node, tmp_path, "--ringbuf-size", "4096", "--new-flow-events", "20000")
     cap = Capture(node, client.host_ifname, "in", f"udp and host {server.ip}", tmp_path)
     client.run([sys.executable, "-c", MANY_FLOWS, server.ip, "2000", "1"])
     truth = cap.stop()
     time.sleep(0.5)
     status = server_status(agent.address)
     assert agent.stop() == 0
-    lost = {c.stage: c.count for c in status.lost}
-    assert lost.get(observer_pb2.KERNEL_RING_BUFFER, 0) > 0, status
-    assert status.datapath_errors["ringbuf_full_new_flow"] == lost[observer_pb2.KERNEL_RING_BUFFER]
+    assert not [c for c in status.lost if c.count], status
+    errors = status.datapath_errors
+    assert errors["ringbuf_full_new_flow"] + errors["new_flow_events_coalesced"] > 0, errors
     got = record_totals(read_flow_log(log), client.host_ifname, "FROM_POD")
     got = {k: v for k, v in got.items() if k[0] == "udp" and k[2] == server.ip}
     assert len(truth) == 2000

@@ -101,7 +101,7 @@ def test_real_traffic_reaches_flow_log_and_metrics_and_sighup_splits_it(tmp_path
                 client.fetch(server.ip, 5432)
             before = wait_for(lambda: _flows_to(log_path, "pg-1", 5432), timeout_s=20)
             assert before[0]["flow"]["source"]["namespace"] == "shop"
-            assert before[0]["node_name"] == "node-a"
+            assert read_lines(str(log_path))[0]["podflow_flow_log"]["node_name"] == "node-a"
 
             key = ("podflow_flows", (("destination_namespace", "db"), ("service", ""),
                                      ("source_namespace", "shop"), ("verdict", "FORWARDED")))

@@ -14,7 +14,8 @@ from google.protobuf import json_format
 from agent.config import AgentConfig
 from agent.errors import ConfigError
 from agent.export.flowlog import FlowLogExporter
-from podflow_api.v1 import observer_pb2
+from agent.wire import logformat
+from podflow_api.v1 import flow_pb2, observer_pb2
 from tests.export.conftest import NODE, all_records, make_flow, read_lines, seq_of, wait_for
 
 
@@ -44,11 +45,17 @@ def test_every_flow_is_one_get_flows_response_line_after_a_header(tmp_path, stor
     assert {"allowlist", "denylist", "field_mask", "aggregate", "start_time"} <= header.keys()
     assert len(records) == 51
     for flow, record in zip(flows, records[1:]):
-        resp = observer_pb2.GetFlowsResponse(node_name=NODE, flow=flow)
-        resp.time.CopyFrom(flow.time)
+        # the record's own time is in the flow; the node is named once, in the header
+        without_node = flow_pb2.Flow()
+        without_node.CopyFrom(flow)
+        without_node.ClearField("node_name")
+        resp = observer_pb2.GetFlowsResponse(flow=without_node)
         assert record == json_format.MessageToDict(resp, preserving_proto_field_name=True)
         # and it parses back into the API message
         json_format.ParseDict(record, observer_pb2.GetFlowsResponse())
+    # the reader puts the node back
+    read = list(logformat.FlowLogReader(str(tmp_path / "flows.jsonl")))
+    assert [r.flow for r in read] == flows and {r.node_name for r in read} == {NODE}
 
 
 def test_lines_reach_the_file_within_a_second_while_running(tmp_path, store, stats):
@@ -114,7 +121,7 @@ def test_field_mask_keeps_only_the_chosen_fields(tmp_path, store, stats, fields,
     records = run(tmp_path, store, stats, [flow], "--flow-log-fields", fields)
     assert records[0]["podflow_flow_log"]["field_mask"] == fields.split(",")
     record = records[1]
-    assert set(record) == {"node_name", "time", "flow"}, "the response envelope is kept"
+    assert set(record) == {"flow"}, "the response envelope is kept"
     assert set(record["flow"]) == keys
     # Same result as protobuf's own FieldMask.MergeMessage on the Flow.
     from google.protobuf import field_mask_pb2
@@ -162,7 +169,7 @@ def test_aggregated_sums_equal_the_raw_records(tmp_path, store, stats):
     assert len(raw) == 3000
     assert sums(agg) == sums(raw)
     # One record per key per 2 s window: 3 windows x 10 keys at most.
-    windows = collections.Counter((r["time"], key(r)) for r in agg)
+    windows = collections.Counter((r["flow"]["time"], key(r)) for r in agg)
     assert max(windows.values()) == 1
     assert len(agg) <= 30
     for r in agg:  # first/last seen span the window's raw records

@@ -12,7 +12,8 @@ from agent.config import StoreSection
 from agent.errors import ConfigError
 from agent.flowstore import FlowStore
 from agent.stats import AgentStats
-from podflow_api.v1 import observer_pb2
+from podflow_api.v1 import flow_pb2, observer_pb2
+from tests import batches
 
 T0 = 1_800_000_000 * 1_000_000_000
 
@@ -152,7 +153,8 @@ def test_only_the_newest_flows_stay_objects():
     store = FlowStore(StoreSection(capacity=100), AgentStats("n", "t"), hot_flows=10)
     flows = [make_flow(i, time_ns=T0 + i * 1000) for i in range(150)]
     store.extend(flows)
-    objects = [e[3] for e in store._ring if e[3] is not None]
+    objects = [o for seg in store._segments_list[store._head:] for o in seg.batch.objects or ()
+               if o is not None]
     assert len(objects) == 10 and objects == flows[-10:] or set(map(id, objects)) == set(map(id, flows[-10:]))
     assert store.history() == flows[50:]  # older ones come back from their bytes, equal
     assert store.history()[-1] is flows[-1]  # the hot ones are the very objects handed in
@@ -179,3 +181,67 @@ def test_a_small_store_keeps_every_object():
     flows = [make_flow(i) for i in range(120)]
     store.extend(flows)
     assert all(a is b for a, b in zip(store.history(), flows[70:]))
+
+
+# -- batches of records (the datapath's columns) ---------------------------------------------
+
+def _batch_store(capacity=100, queue=8192):
+    return FlowStore(StoreSection(capacity=capacity, client_queue_size=queue),
+                     AgentStats("n", "t"))
+
+
+def test_a_batch_is_held_whole_and_read_as_flows_or_bytes():
+    store = _batch_store()
+    sub = store.subscribe()
+    b = batches.batch(*[batches.rec("10.0.0.1", "10.0.0.2", 40000 + i, 80, packets=i + 1)
+                        for i in range(5)])
+    store.extend_batch(b)
+    assert len(store) == 5 and store.seq == 5 and store.records_seen == 5
+    assert [f.packets for f in store.history()] == [1, 2, 3, 4, 5]
+    raw, lost = sub.next_raw(0.1)
+    assert lost is None and len(raw) == 5
+    assert observer_pb2.GetFlowsBatch.FromString(raw[2][1]).responses[0].flow == b.flow(2)
+
+
+def test_an_end_notice_reaches_followers_and_marks_the_record_it_ends():
+    store = _batch_store()
+    first = batches.batch(batches.rec("10.0.0.1", "10.0.0.2", 40000, 80),
+                          batches.rec("10.0.0.1", "10.0.0.2", 40001, 80))
+    store.extend_batch(first)
+    sub = store.subscribe()
+    objects = store.subscribe()
+    notice = batches.batch(batches.rec("10.0.0.1", "10.0.0.2", 40001, 80, update=True))
+    notice.outcome[0] = flow_pb2.NO_REPLY
+    store.extend_batch(notice)
+    assert store.records_seen == 2 and len(store) == 3
+    # history: the record itself now says it ended, with the final outcome; no new row
+    history = store.history()
+    assert [(f.l4.udp.source_port, f.flow_end, f.outcome) for f in history] == \
+        [(40000, False, 0), (40001, True, flow_pb2.NO_REPLY)]
+    # followers of bytes get it as a flow_update; followers of objects do not
+    raw, _ = sub.next_raw(0.1)
+    (resp,) = [observer_pb2.GetFlowsBatch.FromString(r[1]).responses[0] for r in raw]
+    assert resp.WhichOneof("response_types") == "flow_update"
+    assert resp.flow_update.l4.udp.source_port == 40001 and resp.flow_update.flow_end
+    flows, _ = objects.next_batch(0.1)
+    assert flows == []
+
+
+def test_lost_records_are_counted_with_their_packets():
+    store = _batch_store(capacity=1000, queue=10)
+    sub = store.subscribe()
+    store.extend_batch(batches.batch(*[batches.rec("10.0.0.1", "10.0.0.2", 40000 + i, 80,
+                                                   packets=3) for i in range(30)]))
+    segments, lost = sub.next_segments(0.1)
+    assert (lost.count, lost.packets) == (20, 60)
+    assert sum(hi - lo for _, lo, hi in segments) == 10
+
+
+def test_batches_are_trimmed_to_the_capacity_and_counted_as_evicted():
+    store = _batch_store(capacity=100)
+    for k in range(5):
+        store.extend_batch(batches.batch(*[batches.rec("10.0.0.1", "10.0.0.2", 1000 * k + i, 80)
+                                           for i in range(30)], time_ns=T0 + k))
+    assert len(store) == 100 and store.oldest_seq == 50
+    assert [f.l4.udp.source_port for f in store.history(number=2, first=True)] == [1020, 1021]
+    assert store.evicted_since(T0).count == 50

@@ -85,7 +85,7 @@ def flow_log(tmp_path, meta: str) -> str:
     with open(path, "wb") as fh:
         fh.write(logformat.header_line(logformat.header_fields(node_name="node-a")))
         for f in flows:
-            fh.write(logformat.flow_line(f, logformat.quote_node("node-a")))
+            fh.write(logformat.flow_line(f))
     return str(path)
 
 

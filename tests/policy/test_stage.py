@@ -250,3 +250,28 @@ def test_the_judges_specialized_findings_say_what_seen_in_and_enforcement_of_say
             find(got)
             want = enforcement_of(denied, *seen_in(f, reply), defined)
             assert got.policy.enforcement == want, (index, f)
+
+
+@pytest.mark.parametrize("f,egress,ingress,finding",
+                         [c[1:] for c in CASES if c[1].verdict == F.FORWARDED],
+                         ids=[c[0] for c in CASES if c[1].verdict == F.FORWARDED])
+def test_a_batch_record_gets_what_the_record_alone_gets(f, egress, ingress, finding):
+    """The datapath's records come in batches (agent/enrich/batch.py names them once per
+    identity): the same verdict, finding and side as the record enriched alone."""
+    from agent.enrich.batch import BatchEnricher
+    from tests import batches
+
+    state = cluster()
+    stage = PolicyStage.from_config(PolicySection(), state, AgentStats("node-a", "t"))
+    stage.start()
+    l4 = getattr(f.l4, f.l4.WhichOneof("protocol"))
+    batch = batches.batch(batches.rec(f.ip.source, f.ip.destination, l4.source_port,
+                                      l4.destination_port, f.l4.WhichOneof("protocol"),
+                                      hook=0 if f.traffic_direction == F.FROM_POD else 1,
+                                      flags="SYN" if l4.flags.SYN else ""))
+    batch.outcome[0] = f.outcome
+    BatchEnricher(state, conntrack(), judge=stage.judge).enrich(batch)
+    got = batch.flow(0)
+    assert sides(got) == (egress, ingress, finding)
+    alone, _ = pipeline(cluster(), conntrack())
+    assert got.is_reply == judged(alone, f).is_reply

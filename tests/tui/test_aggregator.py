@@ -184,3 +184,31 @@ def test_flow_key_port_is_the_server_port():
     assert flow_key(f).port == 443
     f.is_reply = False
     assert flow_key(f).port == 51234
+
+
+def test_an_end_notice_marks_its_record_and_counts_a_failure_once():
+    """A flow_update (the end of a flow after its last record) is applied to that record,
+    never counted as a record or traffic; a Service's unanswered attempt it reveals counts
+    once."""
+    c = Cluster(["node-a"], seed=3)
+    agg = Aggregator()
+    agg.add_source("f", "f", "file")
+    t0 = 1_700_000_000_000_000_000
+    cart_call = next(call for wl, call in CALLS if call[1] == "cart")
+    record = c.service_flow("frontend", cart_call, t0)
+    record.outcome = flow_pb2.IN_PROGRESS
+    update = flow_pb2.Flow()
+    update.CopyFrom(record)
+    update.packets = update.bytes = 0
+    update.flow_end = True
+    update.outcome = flow_pb2.UNANSWERED
+    update.time.FromNanoseconds(t0 + 5_000_000_000)
+    responses_ = responses([record]) + [observer_pb2.GetFlowsResponse(
+        node_name="node-a", time=update.time, flow_update=update)] * 2
+    agg.feed_many("f", responses_)
+    agg.process()
+    [svc] = agg.services(ALL)
+    assert (svc.flows, svc.unanswered) == (1, 1)
+    assert agg.summary().flows_seen == 1
+    [entry] = agg.recent(ALL, 10)
+    assert entry.flow.flow_end and entry.key.outcome == "unanswered"

@@ -29,7 +29,7 @@ def test_losses_are_counted_then_written_into_the_file(tmp_path):
                          node_name="n",
                          on_failure=lambda exc, first: events.append(("failure", first)),
                          on_recovery=lambda total: events.append(("recovered", total)),
-                         on_lost=lambda stage, n: events.append(("lost", stage, n)))
+                         on_lost=lambda stage, n, _packets: events.append(("lost", stage, n)))
     assert not sink.open() and sink.failing
     sink.count_lost(observer_pb2.EXPORTER_QUEUE, 2, T0 + 1, T0 + 2)
     sink.add_many([_line(0), _line(1), _line(2)], [T0 + 10, T0 + 30, T0 + 20])
@@ -95,7 +95,7 @@ def test_flush_bytes_flushes_on_its_own(tmp_path):
 
 def _sink(path, lost=None) -> JsonLinesSink:
     return JsonLinesSink(str(path), RotationConfig(), logformat.header_fields(node_name="n"),
-                         node_name="n", on_lost=lambda stage, n: lost.append((stage, n))
+                         node_name="n", on_lost=lambda stage, n, _packets: lost.append((stage, n))
                          if lost is not None else None)
 
 

@@ -42,13 +42,22 @@ def _flow(i: int) -> flow_pb2.Flow:
     return f
 
 
-def test_flow_line_is_the_response_json():
+def test_flow_line_is_the_response_json_without_the_node(tmp_path):
+    """The agent's flow log writes `{"flow":...}` compactly, the node only in the header;
+    the reader puts the node back."""
     flow = _flow(3)
-    resp = observer_pb2.GetFlowsResponse(node_name="node-a", time=flow.time, flow=flow)
-    assert logformat.flow_line(flow, logformat.quote_node("x")) == logformat.response_line(resp)
-    flow.node_name = ""
-    line = logformat.flow_line(flow, logformat.quote_node("node-b"))
-    assert json.loads(line)["node_name"] == "node-b"
+    line = logformat.flow_line(flow)
+    without_node = flow_pb2.Flow()
+    without_node.CopyFrom(flow)
+    without_node.ClearField("node_name")
+    assert json.loads(line) == json_format.MessageToDict(
+        observer_pb2.GetFlowsResponse(flow=without_node), preserving_proto_field_name=True)
+    assert b" " not in line and line.endswith(b"\n")
+    assert json.loads(logformat.flow_line(flow, key="flow_update"))["flow_update"]["packets"] == "3"
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(logformat.header_line(logformat.header_fields(node_name="node-b")) + line)
+    (resp,) = logformat.FlowLogReader(str(path))
+    assert resp.node_name == "node-b" and resp.flow.node_name == "node-b"
 
 
 def test_header_names_what_the_file_holds():

@@ -29,7 +29,7 @@ import struct
 
 from google.protobuf import field_mask_pb2, struct_pb2
 
-from agent.flowstore import varint as _varint
+from agent.wire.protowire import varint as _varint
 from agent.observer.hubble import mapping as rules
 from podflow_api.v1 import flow_pb2 as pf
 from podflow_hubble.flow import flow_pb2 as hb
@@ -285,7 +285,16 @@ _UUID_VARIANT = {c: "89ab"[int(c, 16) & 0x3] for c in "0123456789abcdef"}
 
 def record_uuid(flow: pf.Flow) -> str:
     """A UUID (version 8: derived, not random) from the record's bytes: stable for one
-    record, different for any two records that differ in anything."""
+    record, different for any two records that differ in anything. flow_end and outcome are
+    left out: the store applies a flow's end to its latest record after it was first served
+    (agent/flowstore.py), and the record stays the same record (no two records differ in
+    those alone)."""
+    if flow.flow_end or flow.outcome:
+        stable = pf.Flow()
+        stable.CopyFrom(flow)
+        stable.ClearField("flow_end")
+        stable.ClearField("outcome")
+        flow = stable
     h = hashlib.blake2b(flow.SerializeToString(deterministic=True), digest_size=16).hexdigest()
     # version 8 in the 13th hex digit, RFC 4122's variant (10xx) in the 17th
     return f"{h[:8]}-{h[8:12]}-8{h[13:16]}-{_UUID_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"

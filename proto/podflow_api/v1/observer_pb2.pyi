@@ -131,16 +131,18 @@ class GetFlowsRequest(_message.Message):
     def __init__(self, number: _Optional[int] = ..., first: _Optional[bool] = ..., follow: _Optional[bool] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., allowlist: _Optional[_Iterable[_Union[FlowFilter, _Mapping]]] = ..., denylist: _Optional[_Iterable[_Union[FlowFilter, _Mapping]]] = ..., field_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
 
 class LostEvents(_message.Message):
-    __slots__ = ("stage", "num_events_lost", "first", "last")
+    __slots__ = ("stage", "num_events_lost", "first", "last", "num_packets_lost")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     NUM_EVENTS_LOST_FIELD_NUMBER: _ClassVar[int]
     FIRST_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    NUM_PACKETS_LOST_FIELD_NUMBER: _ClassVar[int]
     stage: LostStage
     num_events_lost: int
     first: _timestamp_pb2.Timestamp
     last: _timestamp_pb2.Timestamp
-    def __init__(self, stage: _Optional[_Union[LostStage, str]] = ..., num_events_lost: _Optional[int] = ..., first: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    num_packets_lost: int
+    def __init__(self, stage: _Optional[_Union[LostStage, str]] = ..., num_events_lost: _Optional[int] = ..., first: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., num_packets_lost: _Optional[int] = ...) -> None: ...
 
 class NodeStatusEvent(_message.Message):
     __slots__ = ("state", "node_names", "message")
@@ -153,18 +155,20 @@ class NodeStatusEvent(_message.Message):
     def __init__(self, state: _Optional[_Union[NodeState, str]] = ..., node_names: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class GetFlowsResponse(_message.Message):
-    __slots__ = ("node_name", "time", "flow", "lost_events", "node_status")
+    __slots__ = ("node_name", "time", "flow", "lost_events", "node_status", "flow_update")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     FLOW_FIELD_NUMBER: _ClassVar[int]
     LOST_EVENTS_FIELD_NUMBER: _ClassVar[int]
     NODE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    FLOW_UPDATE_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     time: _timestamp_pb2.Timestamp
     flow: _flow_pb2.Flow
     lost_events: LostEvents
     node_status: NodeStatusEvent
-    def __init__(self, node_name: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., flow: _Optional[_Union[_flow_pb2.Flow, _Mapping]] = ..., lost_events: _Optional[_Union[LostEvents, _Mapping]] = ..., node_status: _Optional[_Union[NodeStatusEvent, _Mapping]] = ...) -> None: ...
+    flow_update: _flow_pb2.Flow
+    def __init__(self, node_name: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., flow: _Optional[_Union[_flow_pb2.Flow, _Mapping]] = ..., lost_events: _Optional[_Union[LostEvents, _Mapping]] = ..., node_status: _Optional[_Union[NodeStatusEvent, _Mapping]] = ..., flow_update: _Optional[_Union[_flow_pb2.Flow, _Mapping]] = ...) -> None: ...
 
 class GetFlowsBatch(_message.Message):
     __slots__ = ("responses",)
@@ -177,12 +181,14 @@ class ServerStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LostCount(_message.Message):
-    __slots__ = ("stage", "count")
+    __slots__ = ("stage", "count", "packets")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
     stage: LostStage
     count: int
-    def __init__(self, stage: _Optional[_Union[LostStage, str]] = ..., count: _Optional[int] = ...) -> None: ...
+    packets: int
+    def __init__(self, stage: _Optional[_Union[LostStage, str]] = ..., count: _Optional[int] = ..., packets: _Optional[int] = ...) -> None: ...
 
 class ServerStatusResponse(_message.Message):
     __slots__ = ("num_flows", "max_flows", "seen_flows", "lost", "uptime_ns", "node_name", "version", "interfaces", "flows_per_second", "datapath_errors", "metadata_source", "metadata_stale", "metadata_error", "exporter_error", "datapath_state", "datapath_error", "interface_notes")
