@@ -119,6 +119,27 @@ class _Segment:
         return self.first_seq + len(self.batch) - self.row0
 
 
+class _GoneChunk:
+    """Rows [first_seq, first_seq + len) pushed out of the ring: cumulative records and
+    packets before each row (one more entry than rows), and their time span."""
+
+    __slots__ = ("first_seq", "records", "packets", "first_ns", "last_ns")
+
+    def __init__(self, first_seq: int, batch, lo: int, hi: int, times: np.ndarray):
+        self.first_seq = first_seq
+        records = ~batch.update[lo:hi]
+        self.records = np.concatenate(([0], np.cumsum(records, dtype=np.int64)))
+        packets = np.where(records, batch.packets[lo:hi].astype(np.int64), 0)
+        self.packets = np.concatenate(([0], np.cumsum(packets, dtype=np.int64)))
+        self.first_ns, self.last_ns = int(times.min()), int(times.max())
+
+    def __len__(self) -> int:
+        return len(self.records) - 1
+
+
+EVICTED_ROWS_KEPT = 4  # x the store's capacity: see FlowStore._gone
+
+
 class Subscription:
     """A reader's cursor into the store. Not thread-safe: one reader per subscription."""
 
@@ -173,13 +194,16 @@ class Subscription:
             lost = store._count_matching(self.cursor, new_cursor, self._predicate)
             self.cursor = new_cursor
         end = min(head, self.cursor + max_flows)
-        segments, overwritten = store._segments(self.cursor, end)
+        segments, gone = store._segments(self.cursor, end)
         self.cursor = end
-        if overwritten:
+        if gone is not None:
             if lost is None:
-                lost = Lost(observer_pb2.CLIENT_QUEUE, overwritten)
+                lost = gone
             else:
-                lost.count += overwritten
+                lost.count += gone.count
+                lost.packets += gone.packets
+                lost.first_ns = min(lost.first_ns or gone.first_ns, gone.first_ns)
+                lost.last_ns = max(lost.last_ns, gone.last_ns)
         if mode == "segments":
             return segments, lost
         return store._items(segments, self._predicate, raw=mode == "raw",
@@ -216,6 +240,12 @@ class FlowStore:
         # reaching further back than the ring holds can say how many it cannot have.
         self._evicted: dict[int, int] = {}
         self._evicted_last_ns = 0
+        # What the newest EVICTED_ROWS_KEPT x capacity rows pushed out held, row by row
+        # (prefix sums of records and packets per evicted chunk), so a reader that falls
+        # behind the ring is told exactly how many records and packets it missed (end
+        # notices are not records). Rows older than that are counted, their packets not.
+        self._gone: deque[_GoneChunk] = deque()
+        self._gone_rows = 0
         self.started_mono = time.monotonic()
 
     # -- writers --------------------------------------------------------------------------
@@ -262,6 +292,7 @@ class FlowStore:
             rows = len(seg.batch) - seg.row0
             take = min(rows, over)
             times = _times(seg.batch)[seg.row0:seg.row0 + take]
+            self._remember_gone(seg.first_seq, seg.batch, seg.row0, seg.row0 + take, times)
             secs, counts = np.unique(times // _NS, return_counts=True)
             for sec, count in zip(secs.tolist(), counts.tolist()):
                 evicted[sec] = evicted.get(sec, 0) + count
@@ -281,6 +312,34 @@ class FlowStore:
             del self._segments_list[:self._head]
             del self._firsts[:self._head]
             self._head = 0
+
+    def _remember_gone(self, first_seq: int, batch, lo: int, hi: int,
+                       times: np.ndarray) -> None:
+        chunk = _GoneChunk(first_seq, batch, lo, hi, times)
+        self._gone.append(chunk)
+        self._gone_rows += len(chunk)
+        while self._gone_rows - len(self._gone[0]) >= EVICTED_ROWS_KEPT * self.capacity:
+            self._gone_rows -= len(self._gone.popleft())
+
+    def _gone_between(self, begin: int, end: int) -> Lost | None:
+        """The records (and their packets) of rows [begin, end) already pushed out of the
+        ring; called with the lock held."""
+        if begin >= end:
+            return None
+        lost = Lost(observer_pb2.CLIENT_QUEUE, 0)
+        known_from = self._gone[0].first_seq if self._gone else end
+        if begin < known_from:  # older than what is remembered: counted as rows
+            lost.count += min(end, known_from) - begin
+        for chunk in self._gone:
+            lo = max(begin, chunk.first_seq) - chunk.first_seq
+            hi = min(end, chunk.first_seq + len(chunk)) - chunk.first_seq
+            if hi <= lo:
+                continue
+            lost.count += int(chunk.records[hi] - chunk.records[lo])
+            lost.packets += int(chunk.packets[hi] - chunk.packets[lo])
+            lost.first_ns = min(lost.first_ns or chunk.first_ns, chunk.first_ns)
+            lost.last_ns = max(lost.last_ns, chunk.last_ns)
+        return lost if lost.count else None
 
     def _demote(self) -> None:
         """Let go of the Flow objects of records no longer among the newest hot_flows."""
@@ -378,12 +437,13 @@ class FlowStore:
             self._subscribers.discard(sub)
             self._cond.notify_all()
 
-    def _segments(self, begin: int, end: int) -> tuple[list[tuple[object, int, int]], int]:
-        """(batch, first row, end row) ranges holding records [begin, end), and how many of
-        those were already overwritten."""
+    def _segments(self, begin: int, end: int) -> tuple[list[tuple[object, int, int]],
+                                                         Lost | None]:
+        """(batch, first row, end row) ranges holding records [begin, end), and what those
+        already overwritten held (records and packets), or None."""
         with self._lock:
             oldest = self.seq - self._held
-            overwritten = max(0, min(end, oldest) - begin)
+            overwritten = self._gone_between(begin, min(end, oldest))
             begin = max(begin, oldest)
             out = []
             if begin >= end:
@@ -462,10 +522,10 @@ class FlowStore:
 
     def _count_matching(self, begin: int, end: int, predicate: Predicate | None) -> Lost:
         """Count the records in [begin, end) a reader skips: those matching its filter where
-        the ring still holds them, every one already overwritten (it can no longer be
-        judged). End notices are not records: not counted."""
-        segments, overwritten = self._segments(begin, end)
-        lost = Lost(observer_pb2.CLIENT_QUEUE, overwritten)
+        the ring still holds them, and every one already overwritten, with its packets (no
+        longer judged by the filter). End notices are not records: not counted."""
+        segments, gone = self._segments(begin, end)
+        lost = gone or Lost(observer_pb2.CLIENT_QUEUE, 0)
         for batch, lo, hi in segments:
             rows = np.flatnonzero(~batch.update[lo:hi]) + lo
             if predicate is not None:

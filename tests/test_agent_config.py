@@ -75,7 +75,7 @@ GOOD = [
     (["--flow-log-max-backups", "2"], "flow_log", "rotation",
      RotationConfig(max_bytes=100 << 20, max_backups=2, compress=True)),
     (["--no-flow-log-compress"], "flow_log", "rotation",
-     RotationConfig(max_bytes=100 << 20, max_backups=20, compress=False)),
+     RotationConfig(max_bytes=100 << 20, max_backups=30, compress=False)),
     (["--metrics", ":9965"], "metrics", "host_port", ("0.0.0.0", 9965)),
     (["--metrics-labels", ""], "metrics", "labels", ()),
 ]

@@ -53,10 +53,11 @@ class RotationConfig:
 NO_ROTATION = RotationConfig(max_bytes=sys.maxsize, max_backups=0)  # one file, never rotated
 
 
-# The agent's flow log keeps history by default: 100 MB x (1 + 20) of JSON lines, the
-# backups gzip-compressed (~14x on real flow logs, ~30x on churn): at 2,000 new flows/s seen
-# on two pod veths (~3 MB/s of records) that is about 11 minutes, in ~250 MB of disk.
-FLOW_LOG_ROTATION = RotationConfig(max_bytes=100 * MIB, max_backups=20, compress=True)
+# The agent's flow log keeps history by default: 100 MB x (1 + 30) of JSON lines, the
+# backups gzip-compressed (~14x on real flow logs, ~40x on churn): at 2,000 new flows/s seen
+# on two pod veths (~4 MB/s of records, measured by bench/churn.py) that is about 13
+# minutes, in ~320 MB of disk at most (100 MB written, 30 x ~7 MB compressed).
+FLOW_LOG_ROTATION = RotationConfig(max_bytes=100 * MIB, max_backups=30, compress=True)
 
 
 def add_rotation_arguments(parser: argparse.ArgumentParser, prefix: str,

@@ -101,7 +101,7 @@ def test_files_the_flags_name_are_mounted(values_name):
     args = parse_agent_args(container)
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert args.flow_log.startswith(mounts["flow-log"] + "/")
-    assert args.flow_log_max_size_mb == 100 and args.flow_log_max_backups == 20  # values.yaml
+    assert args.flow_log_max_size_mb == 100 and args.flow_log_max_backups == 30  # values.yaml
     if values.get("tls", {}).get("enabled"):
         assert args.tls_cert == f"{mounts['tls']}/tls.crt"
         assert args.tls_key == f"{mounts['tls']}/tls.key"

@@ -237,6 +237,38 @@ def test_lost_records_are_counted_with_their_packets():
     assert sum(hi - lo for _, lo, hi in segments) == 10
 
 
+def test_records_overwritten_before_read_are_counted_with_their_packets_not_notices():
+    """A reader asleep while the ring turned over: every record pushed out unread is counted
+    with its packets (the flow log's EXPORTER_QUEUE lines, to the packet); end notices are
+    not records and are not counted."""
+    store = _batch_store(capacity=10, queue=10)
+    sub = store.subscribe()
+    for n in range(5):  # 5 batches of 4 records (2, 3, 4, 5 packets) and one end notice
+        store.extend_batch(batches.batch(
+            *[batches.rec("10.0.0.1", "10.0.0.2", 40000 + 10 * n + i, 80, packets=i + 2)
+              for i in range(4)],
+            batches.rec("10.0.0.1", "10.0.0.2", 40000 + 10 * n, 80, update=True)))
+    segments, lost = sub.next_segments(0.1, max_flows=100)
+    held = [(b, lo, hi) for b, lo, hi in segments]
+    held_records = sum(int((~b.update[lo:hi]).sum()) for b, lo, hi in held)
+    held_packets = sum(int(b.packets[lo:hi][~b.update[lo:hi]].sum()) for b, lo, hi in held)
+    assert lost.count + held_records == 20
+    assert lost.packets + held_packets == 5 * (2 + 3 + 4 + 5)
+
+
+def test_records_beyond_what_the_store_remembers_are_counted_as_rows():
+    from agent import flowstore
+
+    store = _batch_store(capacity=4, queue=4)
+    sub = store.subscribe()
+    for n in range(flowstore.EVICTED_ROWS_KEPT * 4 + 8):
+        store.extend_batch(batches.batch(batches.rec("10.0.0.1", "10.0.0.2", 40000 + n, 80,
+                                                     packets=7)))
+    _segments, lost = sub.next_segments(0.1, max_flows=100)
+    assert lost.count == flowstore.EVICTED_ROWS_KEPT * 4 + 4
+    assert lost.packets == 7 * flowstore.EVICTED_ROWS_KEPT * 4  # those still remembered
+
+
 def test_batches_are_trimmed_to_the_capacity_and_counted_as_evicted():
     store = _batch_store(capacity=100)
     for k in range(5):
