@@ -19,7 +19,7 @@ from agent.export.flowlog import FlowLogExporter
 from agent.export.metrics import MetricsServer
 from agent.flowstore import FlowStore
 from agent.stats import AgentStats
-from agent.wire.jsonlines import RotationConfig
+from agent.wire.rotation import RotationConfig
 from podflow_api.v1 import flow_pb2, observer_pb2
 
 NODE = "bench-node"

@@ -15,7 +15,7 @@ from agent.config.flags import Option, SharedFlags
 from agent.errors import ConfigError
 from agent.stage import Stage
 from agent.stats import AgentStats
-from agent.wire.jsonlines import RotationConfig
+from agent.wire.rotation import RotationConfig
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -15,7 +15,8 @@ import time
 from agent import __version__
 from agent.errors import ExportError
 from agent.wire import logformat
-from agent.wire.jsonlines import NO_ROTATION, JsonLinesSink
+from agent.wire.jsonlines import JsonLinesSink
+from agent.wire.rotation import NO_ROTATION
 from podflow_api.v1 import observer_pb2
 
 from tui.records import Entry

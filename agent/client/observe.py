@@ -26,7 +26,7 @@ from agent.client.merge import MergedFlows
 from agent.client.printer import OUTPUTS, FlowPrinter, Sink, StreamSink
 from agent.errors import ConfigError, ExportError, RequestRejected
 from agent.filters.flags import add_filter_arguments, filters_from_args
-from agent.wire import jsonlines, logformat
+from agent.wire import jsonlines, logformat, rotation
 from agent.wire.fieldmask import parse_field_mask
 from agent.wire.timefmt import parse_time, timestamp
 from podflow_api.v1 import observer_pb2
@@ -107,7 +107,7 @@ def build_request(args: argparse.Namespace) -> observer_pb2.GetFlowsRequest:
 
 # -- output -----------------------------------------------------------------------------------
 
-def output_file_sink(path: str, rotation: jsonlines.RotationConfig, header: dict | None,
+def output_file_sink(path: str, rotation: rotation.RotationConfig, header: dict | None,
                      stderr: TextIO = sys.stderr) -> jsonlines.JsonLinesSink:
     """The --output-file sink: a write error (disk full) does not stop the stream; it is
     said once per episode on stderr, and the lines not written are counted (for JSON output
@@ -143,7 +143,7 @@ def open_sink(args: argparse.Namespace) -> Sink:
             agent_version=__version__, allowlist=allow, denylist=deny,
             field_mask=parse_field_mask(args.fields or "", "--fields"),
             servers=args.server or [DEFAULT_SERVER])
-    return output_file_sink(args.output_file, jsonlines.rotation_from_args(args, "output-"),
+    return output_file_sink(args.output_file, rotation.rotation_from_args(args, "output-"),
                             header)
 
 

@@ -39,8 +39,8 @@ from agent.config.flags import (Section, as_tuple, at_least, between, check_cidr
 from agent.errors import ConfigError
 from agent.filters import engine as filters
 from agent.filters.flags import add_filter_arguments, filters_from_args
-from agent.wire.jsonlines import (FLOW_LOG_ROTATION, RotationConfig, add_rotation_arguments,
-                                  rotation_from_args)
+from agent.wire.rotation import (FLOW_LOG_ROTATION, RotationConfig, add_rotation_arguments,
+                                 rotation_from_args)
 
 
 # ---------------------------------------------------------------------------------------

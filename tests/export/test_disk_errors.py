@@ -180,7 +180,7 @@ def test_observe_file_sink_counts_what_a_full_disk_refused(small_tmpfs):
     import io
 
     from agent.client.observe import output_file_sink
-    from agent.wire.jsonlines import RotationConfig
+    from agent.wire.rotation import RotationConfig
 
     path = small_tmpfs / "cluster.jsonl"
     stderr = io.StringIO()

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from agent.errors import ConfigError
-from agent.wire.jsonlines import RotatingWriter, RotationConfig, add_rotation_arguments, rotation_from_args
+from agent.wire.rotation import RotatingWriter, RotationConfig, add_rotation_arguments, rotation_from_args
 from tests.export.conftest import log_files, read_lines
 
 HEADER = b'{"podflow_flow_log": {"format": "test"}}\n'

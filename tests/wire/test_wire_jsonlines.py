@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 
 from agent.wire import logformat
-from agent.wire.jsonlines import NO_ROTATION, JsonLinesSink, RotationConfig
+from agent.wire.jsonlines import JsonLinesSink
+from agent.wire.rotation import NO_ROTATION, RotationConfig
 from agent.wire.timefmt import rfc3339_ns
 from podflow_api.v1 import observer_pb2
 
