@@ -212,3 +212,26 @@ def test_an_end_notice_marks_its_record_and_counts_a_failure_once():
     assert agg.summary().flows_seen == 1
     [entry] = agg.recent(ALL, 10)
     assert entry.flow.flow_end and entry.key.outcome == "unanswered"
+
+
+def test_an_update_goes_only_to_its_own_flow_even_when_first_packets_share_a_nanosecond():
+    from tui.flowends import LatestRecords
+    from tui.records import Entry
+
+    def record(sport: int, end: bool = False) -> flow_pb2.Flow:
+        f = flow_pb2.Flow(flow_end=end)
+        f.interface.index = 5
+        f.ip.source, f.ip.destination = "10.0.0.1", "10.0.0.2"
+        f.l4.udp.source_port, f.l4.udp.destination_port = sport, 53
+        f.first_seen.FromNanoseconds(1_700_000_000_000_000_123)
+        return f
+
+    latest = LatestRecords(10)
+    kept, newer = record(40000), record(40001)
+    for f in (kept, newer, record(40002, end=True)):
+        latest.remember(Entry(0, "a", f, flow_key(f), True))
+    update = record(40000, end=True)  # the first flow's: its record was displaced
+    flow, _ = latest.apply(update)
+    assert flow is update and not kept.flow_end and not newer.flow_end
+    flow, _ = latest.apply(record(40001, end=True))
+    assert flow is newer and newer.flow_end
