@@ -125,7 +125,6 @@ class FlowCounters:
         now = time.monotonic_ns()
         readers = self._readers
         with self._lock:
-            series = self._series
             self._learn_local_pods(flows, now)  # first: the sender's record may come later in the batch
             for flow in flows:
                 if flow.verdict == flow_pb2.DROPPED:
@@ -138,20 +137,8 @@ class FlowCounters:
                     self._add_policy(flow, counted, now)
                 if not counted:
                     continue
-                key = tuple(read(flow) for read in readers)
-                entry = series.get(key)
-                if entry is None:
-                    if len(series) >= self.max_series:
-                        self._expire(now)
-                    if len(series) >= self.max_series:
-                        key = self.overflow_key
-                        entry = series.get(key)
-                    if entry is None:
-                        entry = series[key] = [0, 0, 0, 0]
-                entry[0] += 1
-                entry[1] += flow.packets
-                entry[2] += flow.bytes
-                entry[3] = now
+                self._count(tuple(read(flow) for read in readers), 1, flow.packets,
+                            flow.bytes, now)
 
     def add_batch(self, batch: FlowBatch, lo: int, hi: int) -> None:
         """Records [lo, hi) of a batch of columns, end notices left out."""
@@ -171,7 +158,6 @@ class FlowCounters:
         now = time.monotonic_ns()
         readers = self._readers
         with self._lock:
-            series = self._series
             reps = []
             for group in uniq.tolist():
                 rest, enforcement = divmod(group, 256)
@@ -193,20 +179,25 @@ class FlowCounters:
                     self._add_policy(rep, counted, now, n_flows)
                 if not counted:
                     continue
-                key = tuple(read(rep) for read in readers)
+                self._count(tuple(read(rep) for read in readers), n_flows, int(n_packets),
+                            int(n_bytes), now)
+
+    def _count(self, key: tuple, records: int, packets: int, nbytes: int, now: int) -> None:
+        """Add to one series (the overflow series once max_series are alive); lock held."""
+        series = self._series
+        entry = series.get(key)
+        if entry is None:
+            if len(series) >= self.max_series:
+                self._expire(now)
+            if len(series) >= self.max_series:
+                key = self.overflow_key
                 entry = series.get(key)
-                if entry is None:
-                    if len(series) >= self.max_series:
-                        self._expire(now)
-                    if len(series) >= self.max_series:
-                        key = self.overflow_key
-                        entry = series.get(key)
-                    if entry is None:
-                        entry = series[key] = [0, 0, 0, 0]
-                entry[0] += n_flows
-                entry[1] += int(n_packets)
-                entry[2] += int(n_bytes)
-                entry[3] = now
+            if entry is None:
+                entry = series[key] = [0, 0, 0, 0]
+        entry[0] += records
+        entry[1] += packets
+        entry[2] += nbytes
+        entry[3] = now
 
     def _add_policy(self, flow: flow_pb2.Flow, counted: bool, now: int, records: int = 1
                     ) -> None:
