@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from agent.flowstore import FlowStore, Lost, Subscription
+from agent.flowstore.evictions import Lost
+from agent.flowstore import FlowStore, Subscription
 from agent.stats import AgentStats
 from podflow_api.v1 import observer_pb2
 

@@ -17,7 +17,8 @@ import grpc
 from google.protobuf import field_mask_pb2
 
 from agent.errors import InvalidRequest
-from agent.flowstore import FlowStore, Lost, StoredFlow
+from agent.flowstore.evictions import Lost
+from agent.flowstore import FlowStore, StoredFlow
 from agent.wire.protowire import frame_flow, node_prefix, timestamp_bytes, varint
 from agent.observer.follow import Followers, read_flows
 from agent.observer.plan import FlowsPlan, plan_request

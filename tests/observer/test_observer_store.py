@@ -257,7 +257,7 @@ def test_records_overwritten_before_read_are_counted_with_their_packets_not_noti
 
 
 def test_records_beyond_what_the_store_remembers_are_counted_as_rows():
-    from agent import flowstore
+    from agent.flowstore import evictions as flowstore
 
     store = _batch_store(capacity=4, queue=4)
     sub = store.subscribe()

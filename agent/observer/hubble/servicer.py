@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf import timestamp_pb2
 
-from agent.flowstore import FlowStore, Lost
+from agent.flowstore.evictions import Lost
+from agent.flowstore import FlowStore
 from agent.observer.follow import MAX_BATCH, Followers, read_flows
 from agent.observer.hubble.filters import HubbleFilterError, compile_filters
 from agent.observer.hubble.encode import FlowMask

@@ -31,12 +31,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agent.datapath.batch import FlowBatch
+from agent.flowstore.evictions import Evictions, Lost
 from agent.stats import AgentStats
 from agent.wire.protowire import frame_flow, node_prefix
 from podflow_api.v1 import flow_pb2, observer_pb2
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from agent.config import StoreSection
 
 DEFAULT_HOT_FLOWS = 8192  # newest Flow objects kept as objects
-EVICTED_SECONDS = 6 * 3600  # seconds (with evictions) remembered for `since` queries
 _NS = 1_000_000_000
 RATE_WINDOW_S = 5.0  # flows_per_second is averaged over about this many seconds
 
@@ -53,19 +52,6 @@ Predicate = Callable[[flow_pb2.Flow], bool]
 # A record as held for the wire: (time_ns, framed, response_offset, flow_offset).
 # framed[response_offset:] is the GetFlowsResponse, framed[flow_offset:] the Flow.
 StoredFlow = tuple[int, bytes, int, int]
-
-
-@dataclass
-class Lost:
-    """Records a subscriber missed: `count` of them (holding `packets` packets, where they
-    could still be read), produced between first_ns and last_ns (wall clock of the records
-    themselves; 0 when none of them could be examined)."""
-
-    stage: int
-    count: int
-    first_ns: int = 0
-    last_ns: int = 0
-    packets: int = 0
 
 
 class ObjectBatch:
@@ -117,27 +103,6 @@ class _Segment:
     @property
     def end_seq(self) -> int:
         return self.first_seq + len(self.batch) - self.row0
-
-
-class _GoneChunk:
-    """Rows [first_seq, first_seq + len) pushed out of the ring: cumulative records and
-    packets before each row (one more entry than rows), and their time span."""
-
-    __slots__ = ("first_seq", "records", "packets", "first_ns", "last_ns")
-
-    def __init__(self, first_seq: int, batch, lo: int, hi: int, times: np.ndarray):
-        self.first_seq = first_seq
-        records = ~batch.update[lo:hi]
-        self.records = np.concatenate(([0], np.cumsum(records, dtype=np.int64)))
-        packets = np.where(records, batch.packets[lo:hi].astype(np.int64), 0)
-        self.packets = np.concatenate(([0], np.cumsum(packets, dtype=np.int64)))
-        self.first_ns, self.last_ns = int(times.min()), int(times.max())
-
-    def __len__(self) -> int:
-        return len(self.records) - 1
-
-
-EVICTED_ROWS_KEPT = 4  # x the store's capacity: see FlowStore._gone
 
 
 class Subscription:
@@ -236,16 +201,7 @@ class FlowStore:
         self._cond = threading.Condition(self._lock)
         self._subscribers: set[Subscription] = set()
         self._rate_samples: deque[tuple[float, int]] = deque()
-        # Records pushed out of the ring, counted per second of their time, so a `since` query
-        # reaching further back than the ring holds can say how many it cannot have.
-        self._evicted: dict[int, int] = {}
-        self._evicted_last_ns = 0
-        # What the newest EVICTED_ROWS_KEPT x capacity rows pushed out held, row by row
-        # (prefix sums of records and packets per evicted chunk), so a reader that falls
-        # behind the ring is told exactly how many records and packets it missed (end
-        # notices are not records). Rows older than that are counted, their packets not.
-        self._gone: deque[_GoneChunk] = deque()
-        self._gone_rows = 0
+        self._evicted = Evictions(capacity)  # what left the ring (agent/evictions.py)
         self.started_mono = time.monotonic()
 
     # -- writers --------------------------------------------------------------------------
@@ -284,19 +240,14 @@ class FlowStore:
                 self._cond.notify_all()
 
     def _trim(self) -> None:
-        """Drop the oldest records beyond the capacity, counting them per second of time."""
+        """Drop the oldest records beyond the capacity, remembering what they held."""
         over = self._held - self.capacity
-        evicted = self._evicted
         while over > 0:
             seg = self._segments_list[self._head]
             rows = len(seg.batch) - seg.row0
             take = min(rows, over)
             times = _times(seg.batch)[seg.row0:seg.row0 + take]
-            self._remember_gone(seg.first_seq, seg.batch, seg.row0, seg.row0 + take, times)
-            secs, counts = np.unique(times // _NS, return_counts=True)
-            for sec, count in zip(secs.tolist(), counts.tolist()):
-                evicted[sec] = evicted.get(sec, 0) + count
-            self._evicted_last_ns = max(self._evicted_last_ns, int(times.max()))
+            self._evicted.add(seg.first_seq, seg.batch, seg.row0, seg.row0 + take, times)
             if take == rows:
                 self._segments_list[self._head] = None
                 self._head += 1
@@ -306,40 +257,10 @@ class FlowStore:
                 self._firsts[self._head] = seg.first_seq
             self._held -= take
             over -= take
-        while len(evicted) > EVICTED_SECONDS:
-            del evicted[next(iter(evicted))]
         if self._head > 1024 and self._head * 2 > len(self._segments_list):
             del self._segments_list[:self._head]
             del self._firsts[:self._head]
             self._head = 0
-
-    def _remember_gone(self, first_seq: int, batch, lo: int, hi: int,
-                       times: np.ndarray) -> None:
-        chunk = _GoneChunk(first_seq, batch, lo, hi, times)
-        self._gone.append(chunk)
-        self._gone_rows += len(chunk)
-        while self._gone_rows - len(self._gone[0]) >= EVICTED_ROWS_KEPT * self.capacity:
-            self._gone_rows -= len(self._gone.popleft())
-
-    def _gone_between(self, begin: int, end: int) -> Lost | None:
-        """The records (and their packets) of rows [begin, end) already pushed out of the
-        ring; called with the lock held."""
-        if begin >= end:
-            return None
-        lost = Lost(observer_pb2.CLIENT_QUEUE, 0)
-        known_from = self._gone[0].first_seq if self._gone else end
-        if begin < known_from:  # older than what is remembered: counted as rows
-            lost.count += min(end, known_from) - begin
-        for chunk in self._gone:
-            lo = max(begin, chunk.first_seq) - chunk.first_seq
-            hi = min(end, chunk.first_seq + len(chunk)) - chunk.first_seq
-            if hi <= lo:
-                continue
-            lost.count += int(chunk.records[hi] - chunk.records[lo])
-            lost.packets += int(chunk.packets[hi] - chunk.packets[lo])
-            lost.first_ns = min(lost.first_ns or chunk.first_ns, chunk.first_ns)
-            lost.last_ns = max(lost.last_ns, chunk.last_ns)
-        return lost if lost.count else None
 
     def _demote(self) -> None:
         """Let go of the Flow objects of records no longer among the newest hot_flows."""
@@ -415,13 +336,8 @@ class FlowStore:
     def evicted_since(self, since_ns: int) -> Lost | None:
         """Records no longer held whose time is at or after `since_ns` (to the second: the
         count includes evictions of since's own second), or None."""
-        since_sec = since_ns // _NS
         with self._lock:
-            count = sum(n for sec, n in self._evicted.items() if sec >= since_sec)
-            last_ns = self._evicted_last_ns
-        if not count:
-            return None
-        return Lost(observer_pb2.STORE_OVERWRITTEN, count, since_ns, last_ns)
+            return self._evicted.since(since_ns)
 
     def subscribe(self, predicate: Predicate | None = None, start_seq: int | None = None,
                   queue_size: int | None = None) -> Subscription:
@@ -443,7 +359,7 @@ class FlowStore:
         already overwritten held (records and packets), or None."""
         with self._lock:
             oldest = self.seq - self._held
-            overwritten = self._gone_between(begin, min(end, oldest))
+            overwritten = self._evicted.between(begin, min(end, oldest))
             begin = max(begin, oldest)
             out = []
             if begin >= end:
