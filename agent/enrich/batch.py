@@ -67,26 +67,29 @@ class ServicePorts:
                     for ip in ep.addresses:
                         for _name, port, proto in sl.ports:
                             add(ip, proto, port)
-        self._index = {ip: {p: (ALL_PORTS if ports is ALL_PORTS
-                                else np.array(sorted(ports), np.uint16))
+        self._index = {ip: {p: (ALL_PORTS if ports is ALL_PORTS else frozenset(ports))
                             for p, ports in by_proto.items()}
                        for ip, by_proto in index.items()}
 
     def at(self, ip: str, proto: str):
-        """False (no Service port here), ALL_PORTS, or an array of ports."""
+        """False (no Service port here), ALL_PORTS, or a set of ports."""
         by_proto = self._index.get(ip)
         if by_proto is None or proto not in by_proto:
             return False
         return by_proto[proto]
 
 
-def _service_ports(ports: np.ndarray, allowed) -> np.ndarray:
-    """`ports` where they are Service ports at that address, else 0."""
+def _service_port(port: int, allowed) -> int:
+    """`port` where it is a Service port at that address (ServicePorts.at), else 0."""
     if allowed is False:
-        return np.zeros(len(ports), np.uint16)
-    if allowed is ALL_PORTS:
-        return ports
-    return np.where(np.isin(ports, allowed), ports, 0).astype(np.uint16)
+        return 0
+    return port if allowed is ALL_PORTS or port in allowed else 0
+
+
+# A group (records of one interface, direction, address pair and protocol) with at most this
+# many records is named record by record in Python: numpy's per-call cost exceeds the work
+# when most groups hold a record or two (many clients, each its own address pair).
+SMALL_GROUP = 16
 
 
 class BatchEnricher:
@@ -147,6 +150,12 @@ class BatchEnricher:
             proto = _PROTO_NAMES.get(group.proto)
             if proto is None or self._involved(group, proto) is False:
                 # Names depend on the addresses only; the side and the server port remain.
+                if len(rows) <= SMALL_GROUP:
+                    for row in rows.tolist():
+                        ident[row] = index_of(self._ident(
+                            base, group, node, names, 0, 0, None, bool(replies[row]),
+                            int(server_ports[row])))
+                    continue
                 sides = replies[rows].astype(np.int64) * 65536 + server_ports[rows]
                 kinds, inverse = np.unique(sides, return_inverse=True)
                 picks = [index_of(self._ident(base, group, node, names, 0, 0, None,
@@ -154,12 +163,12 @@ class BatchEnricher:
                          for k in kinds.tolist()]
                 ident[rows] = np.array(picks, np.int32)[inverse.ravel()]
                 continue
-            svc_sport = _service_ports(batch.sport[rows], self._at(group.source, proto))
-            svc_dport = _service_ports(batch.dport[rows], self._at(group.destination, proto))
-            for row, sp, dp, sport, dport, reply, server_port in zip(
-                    rows.tolist(), svc_sport.tolist(), svc_dport.tolist(),
-                    batch.sport[rows].tolist(), batch.dport[rows].tolist(),
+            at_source, at_destination = self._at(group.source, proto), self._at(
+                group.destination, proto)
+            for row, sport, dport, reply, server_port in zip(
+                    rows.tolist(), batch.sport[rows].tolist(), batch.dport[rows].tolist(),
                     replies[rows].tolist(), server_ports[rows].tolist()):
+                sp, dp = _service_port(sport, at_source), _service_port(dport, at_destination)
                 match = None
                 if (sp or dp) and detail and self._conntrack is not None:
                     opening = group.proto == 6 and bool(batch.tcp_flags[row] & 0x02)
