@@ -107,7 +107,11 @@ def to_dict(msg: Message) -> dict:
 
 _CACHE_MAX = 20000
 _text_cache: dict[tuple, str] = {}  # (message full name, wire bytes) -> JSON text
-_text_encoders: dict = {}  # FieldDescriptor -> value -> JSON text
+# (FieldDescriptor, compact) -> value -> JSON text. Two styles: MessageToJson's (", " and
+# ": ") for `observe -o jsonl` and responses, compact ("," and ":") for the agent's flow log,
+# whose records rendered from columns (agent/wire/recordcols.py) are compact too.
+_text_encoders: dict = {}
+_SEPARATORS = {False: (", ", ": "), True: (",", ":")}
 # Messages whose text is looked up by their wire bytes: few distinct values that repeat from
 # flow to flow (pods, Services, addresses). Messages that carry ports or counters seldom
 # repeat, and a miss costs more than encoding them.
@@ -119,30 +123,33 @@ def _float_text(value: float) -> str:
     return json.dumps(_float(value))
 
 
-def _message_text_converter(descriptor):
+def _message_text_converter(descriptor, compact: bool):
     full_name = descriptor.full_name
     if full_name == "google.protobuf.Timestamp":
         return rfc3339_quoted
     if full_name.startswith("google.protobuf."):
-        return lambda m: json.dumps(json_format.MessageToDict(m, preserving_proto_field_name=True))
+        separators = _SEPARATORS[compact]
+        return lambda m: json.dumps(json_format.MessageToDict(m, preserving_proto_field_name=True),
+                                    separators=separators)
+    encode = to_compact_json if compact else to_json
     if full_name not in _CACHED:
-        return to_json
+        return encode
 
-    def cached(m, full_name=full_name):
-        key = (full_name, m.SerializeToString())
+    def cached(m, key_prefix=(full_name, compact)):
+        key = (key_prefix, m.SerializeToString())
         text = _text_cache.get(key)
         if text is None:
             if len(_text_cache) >= _CACHE_MAX:
                 _text_cache.clear()
-            text = _text_cache[key] = to_json(m)
+            text = _text_cache[key] = encode(m)
         return text
     return cached
 
 
-def _scalar_text_converter(field: FieldDescriptor):
+def _scalar_text_converter(field: FieldDescriptor, compact: bool):
     kind = field.type
     if kind == FieldDescriptor.TYPE_MESSAGE:
-        return _message_text_converter(field.message_type)
+        return _message_text_converter(field.message_type, compact)
     if kind == FieldDescriptor.TYPE_ENUM:
         names = {v.number: _quote(v.name) for v in field.enum_type.values}
         return lambda number, names=names: names.get(number) or str(number)
@@ -159,31 +166,32 @@ def _scalar_text_converter(field: FieldDescriptor):
     return str  # 32-bit integers
 
 
-def _field_text_encoder(field: FieldDescriptor):
-    encoder = _text_encoders.get(field)
+def _field_text_encoder(field: FieldDescriptor, compact: bool = False):
+    encoder = _text_encoders.get((field, compact))
     if encoder is not None:
         return encoder
-    prefix = _quote(field.name) + ": "
+    item_sep, key_sep = _SEPARATORS[compact]
+    prefix = _quote(field.name) + key_sep
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         key_field = field.message_type.fields_by_name["key"]
-        value_conv = _scalar_text_converter(field.message_type.fields_by_name["value"])
+        value_conv = _scalar_text_converter(field.message_type.fields_by_name["value"], compact)
         bool_key = key_field.type == FieldDescriptor.TYPE_BOOL
 
         def encoder(value, prefix=prefix):
             items = []
             for k, v in value.items():
                 key = ("true" if k else "false") if bool_key else str(k)
-                items.append(_quote(key) + ": " + value_conv(v))
-            return prefix + "{" + ", ".join(items) + "}"
+                items.append(_quote(key) + key_sep + value_conv(v))
+            return prefix + "{" + item_sep.join(items) + "}"
     else:
-        conv = _scalar_text_converter(field)
+        conv = _scalar_text_converter(field, compact)
         if field.is_repeated:
             def encoder(value, prefix=prefix, conv=conv):
-                return prefix + "[" + ", ".join([conv(v) for v in value]) + "]"
+                return prefix + "[" + item_sep.join([conv(v) for v in value]) + "]"
         else:
             def encoder(value, prefix=prefix, conv=conv):
                 return prefix + conv(value)
-    _text_encoders[field] = encoder
+    _text_encoders[(field, compact)] = encoder
     return encoder
 
 
@@ -191,5 +199,14 @@ def to_json(msg: Message) -> str:
     """One line of JSON, identical to MessageToJson(msg, preserving_proto_field_name=True,
     indent=None)."""
     get = _text_encoders.get
-    return "{" + ", ".join([(get(field) or _field_text_encoder(field))(value)
+    return "{" + ", ".join([(get((field, False)) or _field_text_encoder(field))(value)
                             for field, value in msg.ListFields()]) + "}"
+
+
+def to_compact_json(msg: Message, skip: frozenset = frozenset()) -> str:
+    """to_json without spaces (json.dumps(to_dict(msg), separators=(",", ":"))), leaving
+    out the top-level fields named in `skip`."""
+    get = _text_encoders.get
+    return "{" + ",".join([(get((field, True)) or _field_text_encoder(field, True))(value)
+                           for field, value in msg.ListFields()
+                           if not skip or field.name not in skip]) + "}"

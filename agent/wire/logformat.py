@@ -35,6 +35,7 @@ LEGACY_EXPORT_KEY = "podflow_export"  # the TUI's exports before the header was 
 FORMAT = "podflow.v1.GetFlowsResponse"
 _RESPONSE_FIELDS = frozenset(f.name for f in observer_pb2.GetFlowsResponse.DESCRIPTOR.fields)
 _RESPONSE_KINDS = frozenset({"flow", "lost_events", "node_status", "flow_update"})
+_NO_NODE = frozenset({"node_name"})  # a flow-log record leaves the node to the header
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -64,11 +65,13 @@ def flow_line(flow: flow_pb2.Flow, mask_tree: dict | None = None, key: str = "fl
     the flow, no node (the file's header names it; FlowLogReader puts it back), as
     agent.wire.recordcols writes the records it renders from columns. `mask_tree`: trim the
     flow to these fields (fieldmask.mask_tree); `key`: "flow_update" for an end notice."""
-    fields = flowjson.to_dict(flow)
-    fields.pop("node_name", None)
-    if mask_tree is not None:
-        fields = apply_mask(fields, mask_tree)
-    return ('{"%s":%s}\n' % (key, json.dumps(fields, separators=(",", ":")))).encode()
+    if mask_tree is None:
+        body = flowjson.to_compact_json(flow, _NO_NODE)
+    else:
+        fields = flowjson.to_dict(flow)
+        fields.pop("node_name", None)
+        body = json.dumps(apply_mask(fields, mask_tree), separators=(",", ":"))
+    return ('{"%s":%s}\n' % (key, body)).encode()
 
 
 def quote_node(node_name: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from google.protobuf import json_format
 
@@ -73,6 +75,16 @@ def test_identical_to_message_to_json(build):
     msg = build()
     expected = json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=None)
     assert flowjson.to_json(msg) == expected
+
+
+@pytest.mark.parametrize("build", CASES.values(), ids=CASES.keys())
+def test_compact_identical_to_message_to_dict_without_spaces(build):
+    msg = build()
+    expected = json.dumps(json_format.MessageToDict(msg, preserving_proto_field_name=True),
+                          separators=(",", ":"))
+    assert flowjson.to_compact_json(msg) == expected
+    assert flowjson.to_json(msg) == json_format.MessageToJson(  # the two styles kept apart
+        msg, preserving_proto_field_name=True, indent=None)
 
 
 @pytest.mark.parametrize("build", CASES.values(), ids=CASES.keys())
