@@ -196,9 +196,6 @@ class FlowBatch:
         """Record i as a Flow object (made now: for filters, objects-wanting readers, tests)."""
         return flow_pb2.Flow.FromString(self.record_bytes(i))
 
-    def to_flows(self) -> list[flow_pb2.Flow]:
-        return [self.flow(i) for i in range(len(self))]
-
     def stored_items(self, prefix: bytes) -> list[tuple[int, bytes, int, int]]:
         """Every record framed for the wire (made once, on the first reader's request)."""
         return recordcols.framed(self, prefix)

@@ -1,14 +1,10 @@
 """The raw bpf(2) calls podflow makes itself, in one place: what bcc 0.26 does not offer
 (tcx links, program queries) or offers too slowly (batch reads of the flow map).
 
-- read_flow_map: BPF_MAP_LOOKUP_BATCH into numpy arrays, about 10x faster than one lookup per
-  entry (1.2 M entries/s here, ../shared/PERFORMANCE-NOTES.md);
 - drain_map: BPF_MAP_LOOKUP_AND_DELETE_BATCH into numpy arrays: a half of the flow map that no
-  program writes any more, read and emptied in a few syscalls;
-- lookup_and_delete: BPF_MAP_LOOKUP_AND_DELETE_ELEM, so an idle entry's final counters and its
-  removal are one atomic step;
-- update_elem / lookup_elem / percpu_u64_array: single elements (the flow-map selector,
-  map-in-map slots, per-CPU counters);
+  program writes any more, read and emptied in a few syscalls (batch calls are about 10x
+  faster than one per entry: ../shared/PERFORMANCE-NOTES.md);
+- update_elem: single elements (the flow-map selector, map-in-map slots);
 - link_create / query_tcx / prog_name / prog_id / link_id: tcx links (BPF_LINK_CREATE, at
   the head of the chain) and what is attached where, in which order, at which revision
   (BPF_PROG_QUERY), for agent/datapath/tc.py;
@@ -37,10 +33,7 @@ BPF_MAP_CREATE = 0
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_QUERY = 16
-BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
-BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
-BPF_MAP_LOOKUP_BATCH = 24
 BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25
 BPF_LINK_CREATE = 28
 BPF_LINK_DETACH = 34
@@ -105,36 +98,6 @@ def bpf(cmd: int, attr: ctypes.Structure) -> int:
 VALUE_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8"), ("first_seen_ns", "<u8"),
                         ("last_seen_ns", "<u8"), ("tcp_flags", "<u8")])  # struct pf_flow_value
 assert VALUE_DTYPE.itemsize == abi.VALUE_SIZE
-_VALUE_DTYPE = VALUE_DTYPE
-
-
-def read_flow_map(map_fd: int, max_entries: int, chunk: int = 8192) -> list[tuple]:
-    """Every entry of the flow map with BPF_MAP_LOOKUP_BATCH (about 10x faster than one
-    lookup per entry): [(key bytes, packets, bytes, first_ns, last_ns, tcp_flags)]."""
-    chunk = min(chunk, max(max_entries, 64))
-    keys = np.zeros((chunk, abi.KEY_SIZE), dtype=np.uint8)
-    values = np.zeros(chunk, dtype=_VALUE_DTYPE)
-    token_in, token_out = ctypes.c_uint32(0), ctypes.c_uint32(0)
-    entries: list[tuple] = []
-    first = True
-    while True:
-        attr = _BatchAttr(in_batch=0 if first else ctypes.addressof(token_in),
-                          out_batch=ctypes.addressof(token_out),
-                          keys=keys.ctypes.data, values=values.ctypes.data,
-                          count=chunk, map_fd=map_fd)
-        rc = bpf(BPF_MAP_LOOKUP_BATCH, attr)
-        if rc not in (0, -_ENOENT):  # -ENOENT: the last batch
-            raise DatapathError(f"reading the flow map: {os.strerror(-rc)}")
-        n = attr.count
-        if n:
-            vals = values[:n]
-            entries.extend(zip((bytes(k) for k in keys[:n]), vals["packets"].tolist(),
-                               vals["bytes"].tolist(), vals["first_seen_ns"].tolist(),
-                               vals["last_seen_ns"].tolist(), vals["tcp_flags"].tolist()))
-        if rc == -_ENOENT:
-            return entries
-        token_in.value = token_out.value
-        first = False
 
 
 def drain_map(map_fd: int, max_entries: int, key_size: int = abi.KEY_SIZE,
@@ -182,60 +145,6 @@ def update_elem(map_fd: int, key: bytes, value: bytes, flags: int = 0) -> None:
     rc = bpf(BPF_MAP_UPDATE_ELEM, attr)
     if rc < 0:
         raise DatapathError(f"updating a map: {os.strerror(-rc)}")
-
-
-def lookup_elem(map_fd: int, key: bytes, value_size: int) -> bytes | None:
-    """BPF_MAP_LOOKUP_ELEM: the value's bytes, None when absent."""
-    kbuf = ctypes.create_string_buffer(key, len(key))
-    vbuf = ctypes.create_string_buffer(value_size)
-    attr = _ElemAttr(map_fd=map_fd, key=ctypes.addressof(kbuf), value=ctypes.addressof(vbuf))
-    rc = bpf(BPF_MAP_LOOKUP_ELEM, attr)
-    if rc == -_ENOENT:
-        return None
-    if rc < 0:
-        raise DatapathError(f"reading a map: {os.strerror(-rc)}")
-    return vbuf.raw
-
-
-def possible_cpus() -> int:
-    """How many values a per-CPU map holds per key: the possible CPUs."""
-    try:
-        with open("/sys/devices/system/cpu/possible", encoding="ascii") as fh:
-            text = fh.read().strip()
-    except OSError:
-        return os.cpu_count() or 1
-    count = 0
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        count += int(hi or lo) - int(lo) + 1
-    return count
-
-
-def percpu_u64_array(map_fd: int, entries: int, ncpus: int) -> list[int]:
-    """Each entry of a per-CPU array of u64, summed over CPUs."""
-    out = []
-    for index in range(entries):
-        raw = lookup_elem(map_fd, ctypes.c_uint32(index).value.to_bytes(4, "little"), 8 * ncpus)
-        out.append(int(np.frombuffer(raw, "<u8").sum()) if raw is not None else 0)
-    return out
-
-
-def lookup_and_delete(map_fd: int, key: bytes) -> tuple | None:
-    """Atomically take an entry out of the flow map: the returned value includes every
-    packet counted up to the delete. None when the entry is already gone."""
-    kbuf = ctypes.create_string_buffer(key, len(key))
-    vbuf = abi.FlowValue()
-    attr = _ElemAttr(map_fd=map_fd, key=ctypes.addressof(kbuf), value=ctypes.addressof(vbuf))
-    rc = bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, attr)
-    if rc == -_ENOENT:
-        return None
-    if rc < 0:
-        raise DatapathError(f"deleting an idle flow: {os.strerror(-rc)}")
-    return (vbuf.packets, vbuf.bytes, vbuf.first_seen_ns, vbuf.last_seen_ns, vbuf.tcp_flags)
-
-
-# ---------------------------------------------------------------------------------------
-# tcx links and attached programs
 
 
 def link_create(prog_fd: int, ifindex: int, direction: str, first: bool = False) -> int:

@@ -115,16 +115,6 @@ class Emitted:
         return cls(np.zeros((0, KEY_SIZE), np.uint8), z64, z64, z64, z64, z8, zb, zb, z64,
                    z64, z8, z64)
 
-    @classmethod
-    def concat(cls, parts: list[Emitted]) -> Emitted:
-        parts = [p for p in parts if len(p)]
-        if not parts:
-            return cls.empty()
-        if len(parts) == 1:
-            return parts[0]
-        return cls(*(np.concatenate([getattr(p, f) for p in parts])
-                     for f in cls.__dataclass_fields__))
-
 
 # column name -> dtype; "key" is (n, 44) uint8
 _COLUMNS = {

@@ -21,7 +21,6 @@ import gzip
 import json
 import time
 from collections.abc import Iterable, Iterator
-from json.encoder import encode_basestring_ascii as _quote
 
 from google.protobuf import json_format
 
@@ -72,11 +71,6 @@ def flow_line(flow: flow_pb2.Flow, mask_tree: dict | None = None, key: str = "fl
         fields.pop("node_name", None)
         body = json.dumps(apply_mask(fields, mask_tree), separators=(",", ":"))
     return ('{"%s":%s}\n' % (key, body)).encode()
-
-
-def quote_node(node_name: str) -> str:
-    """A node name as a JSON string."""
-    return _quote(node_name)
 
 
 def response_line(resp: observer_pb2.GetFlowsResponse) -> bytes:

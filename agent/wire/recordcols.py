@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-from json.encoder import encode_basestring_ascii as _quote
 
 import numpy as np
 
@@ -269,7 +268,3 @@ def _l4_head(ident: IdentRender, proto: int) -> str:
     head = ident.json_parts()[0]
     name = _L4_NAMES.get(proto)
     return f'{head},"l4":{{"{name}":{{"source_port":' if name else head
-
-
-def quoted_node(node_name: str) -> str:
-    return _quote(node_name)
