@@ -15,12 +15,11 @@ log's header says the node (agent.wire.logformat), and a record's `time` is in t
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 
-from agent.wire import flowjson
+from agent.wire import flowjson, logformat
 from agent.wire.protowire import (RESPONSE_FLOW, RESPONSE_FLOW_UPDATE, frame_flow,
                                   timestamp_bytes, varint)
 from agent.wire.timefmt import rfc3339_ns
@@ -62,11 +61,6 @@ def _part(flow: flow_pb2.Flow, lo: int, hi: int) -> flow_pb2.Flow:
     return part
 
 
-def compact_json(msg) -> str:
-    """A message's JSON mapping (proto field names, defaults omitted), without spaces."""
-    return json.dumps(flowjson.to_dict(msg), separators=(",", ":"))
-
-
 class IdentRender:
     """An identity's Flow (only the fields its records share) and its renderings. The tail
     comes in variants by the record's policy enforcement (Policy.enforcement, inside the
@@ -90,8 +84,8 @@ class IdentRender:
     def json_parts(self) -> tuple[str, str]:
         """(fields 3..9, ",fields 16.." or "") as compact JSON members, node_name left out."""
         if self._json is None:
-            head = compact_json(_part(self.flow, 3, _L4_FIRST - 1))[1:-1]
-            tail = compact_json(_part(self.flow, _L4_AFTER_END, 1 << 29))[1:-1]
+            head = flowjson.to_compact_json(_part(self.flow, 3, _L4_FIRST - 1))[1:-1]
+            tail = flowjson.to_compact_json(_part(self.flow, _L4_AFTER_END, 1 << 29))[1:-1]
             self._json = (head, "," + tail if tail else "")
         return self._json
 
@@ -104,7 +98,7 @@ class IdentRender:
         if found is None:
             part = _part(self.flow, _L4_AFTER_END, 1 << 29)
             part.policy.enforcement = enforcement
-            found = self._tails[key] = (("," + compact_json(part)[1:-1]) if as_json
+            found = self._tails[key] = (("," + flowjson.to_compact_json(part)[1:-1]) if as_json
                                         else part.SerializeToString())
         return found
 
@@ -198,9 +192,7 @@ def _second(sec: int) -> str:
 def record_json(batch, i: int) -> str:
     """Record i as a flow-log line through a Flow object (the slow path, any shape)."""
     flow = flow_pb2.Flow.FromString(record_proto(batch, i))
-    flow.ClearField("node_name")
-    key = "flow_update" if batch.update[i] else "flow"
-    return '{"%s":%s}\n' % (key, compact_json(flow))
+    return logformat.flow_line(flow, key="flow_update" if batch.update[i] else "flow").decode()
 
 
 def json_lines(batch, lo: int = 0, hi: int | None = None, rows=None) -> str:
