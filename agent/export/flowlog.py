@@ -188,9 +188,8 @@ class FlowLogExporter(Stage):
             return
         if columns and self._mask_tree is None:
             text = recordcols.json_lines(batch, rows=np.asarray(rows, np.int64))
-            if text:
-                lines = text.encode().splitlines(keepends=True)
-                self.sink.add_many(lines, [batch.time_ns] * len(lines))
+            if text:  # one line per record
+                self.sink.add_block(text.encode(), len(rows), batch.time_ns)
             return
         flows = [(batch.flow(i), bool(batch.update[i])) for i in rows]
         self._add_records([f for f, _ in flows], [u for _, u in flows])

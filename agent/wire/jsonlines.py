@@ -55,6 +55,27 @@ class _LostSpan:
             self.last_ns = last_ns
 
 
+@dataclass
+class _Pending:
+    """What one flush handed to the writer: line count and record time of each item."""
+
+    counts: list[int]
+    times: list[int]
+    lines: int
+
+    def span_of_last(self, n: int) -> tuple[int, int]:
+        """The time span (first_ns, last_ns) of the records in the last `n` lines (an
+        unknown time counts as now)."""
+        now = time.time_ns()
+        stamped = []
+        for count, t in zip(reversed(self.counts), reversed(self.times)):
+            if n <= 0:
+                break
+            stamped.append(t or now)
+            n -= count
+        return (min(stamped), max(stamped)) if stamped else (now, now)
+
+
 class JsonLinesSink:
     """Lines (bytes, each with the time of the record it holds) to a RotatingWriter, with
     every loss counted and reported. Not thread-safe: one thread owns it.
@@ -85,8 +106,12 @@ class JsonLinesSink:
         self._on_recovery = on_recovery
         self._on_lost = on_lost
         self.writer = RotatingWriter(path, rotation, self._header_line)
+        # Pending items: a line, or a block of whole lines (add_block), each with its line
+        # count and the time of the records it holds (ns, 0: unknown).
         self._pending: list[bytes] = []
-        self._times: list[int] = []  # record time (ns) of each pending line
+        self._counts: list[int] = []
+        self._times: list[int] = []
+        self._pending_lines = 0
         self.pending_bytes = 0
         self._unreported: dict[int, _LostSpan] = {}  # stage -> not yet in the file
         self.failing = False
@@ -100,7 +125,7 @@ class JsonLinesSink:
     @property
     def pending_lines(self) -> int:
         """Lines added and not yet flushed."""
-        return len(self._pending)
+        return self._pending_lines
 
     def _header_line(self) -> bytes:
         return b"" if self.header is None else logformat.header_line(self.header)
@@ -137,7 +162,9 @@ class JsonLinesSink:
         """One whole line (ending in a newline). `time_ns`: the time of the record it holds,
         for the span of a loss report (0: now)."""
         self._pending.append(line)
+        self._counts.append(1)
         self._times.append(time_ns)
+        self._pending_lines += 1
         self.pending_bytes += len(line)
         if self.flush_bytes is not None and self.pending_bytes >= self.flush_bytes:
             self.flush()
@@ -145,8 +172,24 @@ class JsonLinesSink:
     def add_many(self, lines: list[bytes], times_ns: list[int]) -> None:
         """add() for a batch (the flow log's hot path)."""
         self._pending.extend(lines)
+        self._counts.extend([1] * len(lines))
         self._times.extend(times_ns)
+        self._pending_lines += len(lines)
         self.pending_bytes += sum(map(len, lines))
+        if self.flush_bytes is not None and self.pending_bytes >= self.flush_bytes:
+            self.flush()
+
+    def add_block(self, block: bytes, count: int, time_ns: int = 0) -> None:
+        """`count` whole lines in one bytes object, all holding records of about `time_ns`
+        (the flow log's hot path: a batch's lines are written as they were encoded, with no
+        list of lines to split and join again)."""
+        if not count:
+            return
+        self._pending.append(block)
+        self._counts.append(count)
+        self._times.append(time_ns)
+        self._pending_lines += count
+        self.pending_bytes += len(block)
         if self.flush_bytes is not None and self.pending_bytes >= self.flush_bytes:
             self.flush()
 
@@ -176,31 +219,30 @@ class JsonLinesSink:
         if not self.failing and not self._follow_path():
             return False
         lines = lost_lines + self._pending
-        times = self._times
-        self._pending, self._times, self.pending_bytes = [], [], 0
+        pending = _Pending(self._counts, self._times, self._pending_lines)
+        self._pending, self._counts, self._times = [], [], []
+        self._pending_lines = self.pending_bytes = 0
         try:
             self.writer.write_lines(lines)
         except ExportError as exc:
-            written = len(lines) - exc.unwritten
+            written = len(lost_lines) + pending.lines - exc.unwritten
             self._mark_reported(spans[:written])
             records_done = max(0, written - len(lost_lines))
             self.records_written += records_done
-            unwritten = times[records_done:]
+            unwritten = pending.lines - records_done
             if unwritten:
-                now = time.time_ns()
-                stamped = [t or now for t in unwritten]
-                self.count_lost(observer_pb2.EXPORTER_WRITE, len(unwritten), min(stamped),
-                                max(stamped))
+                first_ns, last_ns = pending.span_of_last(unwritten)
+                self.count_lost(observer_pb2.EXPORTER_WRITE, unwritten, first_ns, last_ns)
             self._fail(exc)
             return False
         self._mark_reported(spans)
-        self.records_written += len(times)
+        self.records_written += pending.lines
         if self.failing:
             self.failing = False
             if self._on_recovery is not None:
                 self._on_recovery(self.lost_total)
         if self.writer.current_file_deleted():
-            self._written_into_deleted_file(times)
+            self._written_into_deleted_file(pending)
         return True
 
     def _follow_path(self) -> bool:
@@ -218,21 +260,21 @@ class JsonLinesSink:
 
     def _drop_pending(self, exc: ExportError) -> None:
         """The pending records cannot be written (the path cannot be opened): counted."""
-        times, self._pending, self._times, self.pending_bytes = self._times, [], [], 0
-        if times:
-            now = time.time_ns()
-            stamped = [t or now for t in times]
-            self.count_lost(observer_pb2.EXPORTER_WRITE, len(times), min(stamped), max(stamped))
+        pending = _Pending(self._counts, self._times, self._pending_lines)
+        self._pending, self._counts, self._times = [], [], []
+        self._pending_lines = self.pending_bytes = 0
+        if pending.lines:
+            first_ns, last_ns = pending.span_of_last(pending.lines)
+            self.count_lost(observer_pb2.EXPORTER_WRITE, pending.lines, first_ns, last_ns)
 
-    def _written_into_deleted_file(self, times: list[int]) -> None:
+    def _written_into_deleted_file(self, pending: _Pending) -> None:
         """The file was deleted during the write just made: its records reach no reader.
         Counted as EXPORTER_WRITE, the path opened again, and the count written there."""
-        records = min(self.writer.lines_in_current, len(times))
+        records = min(self.writer.lines_in_current, pending.lines)
         if records:
-            now = time.time_ns()
-            stamped = [t or now for t in times[len(times) - records:]]
+            first_ns, last_ns = pending.span_of_last(records)
             self.records_written -= records
-            self.count_lost(observer_pb2.EXPORTER_WRITE, records, min(stamped), max(stamped))
+            self.count_lost(observer_pb2.EXPORTER_WRITE, records, first_ns, last_ns)
         log.warning("%s was deleted while being written: %d records written into it are lost; "
                     "writing to a new %s", self.path, records, self.path)
         self.writer.close()

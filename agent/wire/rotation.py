@@ -180,48 +180,66 @@ class RotatingWriter:
 
     def write_lines(self, lines: list[bytes]) -> None:
         """Write every line, rotating between lines when the next one would cross the size
-        limit. On failure raises ExportError with `.unwritten` = how many of `lines` were
-        not written (the file keeps only complete lines)."""
+        limit. An item of `lines` may hold several whole lines (a block, the flow log's
+        batch): it goes out in one write when it fits, else it is cut at a line boundary.
+        On failure raises ExportError with `.unwritten` = how many LINES were not written
+        (the file keeps only complete lines)."""
         self.lines_in_current = 0
         if not lines:
             return
+        total = sum(item.count(b"\n") for item in lines)
         done = 0
+        at = (0, 0)  # (item, offset in it) of the first byte not yet written
         try:
             self.open()
             if self._needs_header:
                 self._write_header()
-            while done < len(lines):
-                chunk, count = self._next_chunk(lines, done)
-                if count == 0:
+            while at[0] < len(lines):
+                chunk, after = self._next_chunk(lines, at)
+                if not chunk:
                     self._rotate()
                     self.lines_in_current = 0
                     continue
                 self._write_all(chunk)
                 self._has_data = True
+                count = chunk.count(b"\n")
                 done += count
                 self.lines_in_current += count
+                at = after
         except ExportError as exc:
-            exc.unwritten = len(lines) - done
+            exc.unwritten = total - done
             raise
         except OSError as exc:
             err = ExportError(f"cannot write {self.path}: {exc.strerror or exc}")
-            err.unwritten = len(lines) - done
+            err.unwritten = total - done
             raise err from exc
 
-    def _next_chunk(self, lines: list[bytes], start: int) -> tuple[bytes, int]:
-        """The lines from `start` that fit in the current file. Returns count 0 when the
-        file must rotate first."""
+    def _next_chunk(self, lines: list[bytes], at: tuple[int, int]
+                    ) -> tuple[bytes, tuple[int, int]]:
+        """The whole lines from `at` that fit in the current file, and the position after
+        them. Empty when the file must rotate first."""
         room = self.config.max_bytes - self._size
         parts = []
-        for line in lines[start:]:
-            if len(line) > room and not self.is_stdout:
+        index, offset = at
+        while index < len(lines):
+            item = lines[index]
+            piece = item[offset:] if offset else item
+            if len(piece) <= room or self.is_stdout:
+                parts.append(piece)
+                room -= len(piece)
+                index, offset = index + 1, 0
+                continue
+            cut = piece.rfind(b"\n", 0, room) + 1  # the whole lines of the block that fit
+            if not cut and not parts and not self._has_data:
                 # A line that fits no file at all goes alone into a fresh file.
-                if not parts and not self._has_data:
-                    parts.append(line)
-                break
-            parts.append(line)
-            room -= len(line)
-        return b"".join(parts), len(parts)
+                cut = piece.find(b"\n") + 1 or len(piece)
+            if cut:
+                parts.append(piece[:cut])
+                offset += cut
+                if offset >= len(item):
+                    index, offset = index + 1, 0
+            break
+        return b"".join(parts), (index, offset)
 
     def _write_all(self, data: bytes) -> None:
         """Write `data` completely or undo the partial write (truncate to the old size)."""

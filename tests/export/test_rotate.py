@@ -111,3 +111,31 @@ def test_bad_rotation_arguments_name_the_flag(argv, flag):
     add_rotation_arguments(parser, "output-")
     with pytest.raises(ConfigError, match=flag):
         rotation_from_args(parser.parse_args(argv), "output-")
+
+
+@pytest.mark.parametrize("config", CASES.values(), ids=CASES.keys())
+def test_blocks_of_lines_rotate_at_line_boundaries_like_single_lines(tmp_path, config):
+    """The flow log hands over a batch's lines as one bytes block: a block that does not fit
+    is cut between lines, and the files are the same as with one item per line."""
+    by_line, by_block = str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")
+    one = RotatingWriter(by_line, config, lambda: HEADER)
+    blocks = RotatingWriter(by_block, config, lambda: HEADER)
+    for batch in range(20):
+        lines = _lines(7 + batch % 5, batch * 20)
+        one.write_lines(lines)
+        blocks.write_lines([b"".join(lines[:3]), b"".join(lines[3:])])
+    one.close()
+    blocks.close()
+    assert blocks.rotations == one.rotations > 0
+    for a, b in zip(log_files(by_line), log_files(by_block)):
+        assert read_lines(a) == read_lines(b)
+
+
+def test_a_block_with_a_line_larger_than_the_limit_still_writes_it_alone(tmp_path):
+    path = str(tmp_path / "flows.jsonl")
+    writer = RotatingWriter(path, RotationConfig(max_bytes=300, max_backups=5), lambda: HEADER)
+    big = (json.dumps({"seq": 1, "pad": "y" * 400}) + "\n").encode()
+    writer.write_lines([b"".join(_lines(1)) + big + b"".join(_lines(1, 2))])
+    writer.close()
+    seqs = [[r["seq"] for r in read_lines(f)[1:]] for f in log_files(path)]
+    assert seqs == [[0], [1], [2]]

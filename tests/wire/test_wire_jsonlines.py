@@ -165,3 +165,26 @@ def test_records_written_into_a_file_deleted_meanwhile_are_counted_and_reported(
     assert (records[1]["lost_events"]["first"], records[1]["lost_events"]["last"]) == \
         (rfc3339_ns(T0 + 10), rfc3339_ns(T0 + 30))
     assert [r["flow"]["summary"] for r in records if "flow" in r] == ["seq=4"]
+
+
+def test_blocks_count_their_lines_written_and_lost(tmp_path):
+    """add_block: one bytes object holding many lines counts as that many records, written
+    or lost (with the block's record time)."""
+    path = tmp_path / "later" / "flows.jsonl"
+    sink = JsonLinesSink(str(path), NO_ROTATION, logformat.header_fields(node_name="n"),
+                         node_name="n")
+    sink.add_block(_line(0) + _line(1) + _line(2), 3, T0 + 5)
+    sink.add(_line(3), T0 + 9)
+    assert sink.pending_lines == 4
+    assert not sink.flush()  # the directory does not exist
+    assert sink.lost_total == 4 and sink.records_written == 0 and sink.pending_lines == 0
+    path.parent.mkdir()
+    sink.add_block(_line(4) + _line(5), 2, T0 + 20)
+    assert sink.flush()
+    sink.close()
+    records = _records(path)
+    lost = [r["lost_events"] for r in records if "lost_events" in r]
+    assert [(x["num_events_lost"], x["first"], x["last"]) for x in lost] == \
+        [("4", rfc3339_ns(T0 + 5), rfc3339_ns(T0 + 9))]
+    assert [r["flow"]["summary"] for r in records if "flow" in r] == ["seq=4", "seq=5"]
+    assert sink.records_written == 2
