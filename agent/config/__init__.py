@@ -328,6 +328,11 @@ class FlowLogSection(Section):
         check=check_interval,
         help="write one record per flow key per INTERVAL (30s, 1m, 1h) with summed packets "
              "and bytes instead of every record")
+    every_point: bool = option(
+        "--flow-log-every-point", False, action="store_true",
+        help="write a record for every observation point; by default a pod-to-pod flow on "
+             "this node, whose packets both veths report with the same counts, is written "
+             "once, as the sending pod's record (the one aggregates count)")
     queue_size: int = option(
         "--flow-log-queue-size", 65535, type=int, metavar="N", check=at_least(1),
         help="flows the flow log may lag behind before the oldest are skipped and reported "

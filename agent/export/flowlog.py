@@ -13,6 +13,13 @@ the writing, rotation and loss accounting are agent.wire.jsonlines's sink, share
 `podflow observe --output-file` and the TUI's export. Records kept as columns (the datapath's
 batches) are written a batch at a time (agent.wire.recordcols), without a Flow object per
 record unless a filter or a field mask needs one; end notices become `flow_update` lines.
+
+One record per flow and interval: a pod-to-pod flow on this node is reported by both pods'
+veths, with the same counts when nothing was lost between them. The flow log writes the
+sending pod's record (FROM_POD, the one every aggregate counts: agent/wire/counting.py) and
+leaves the receiving veth's repeat out (FlowBatch.receiver_repeats), unless
+`--flow-log-every-point`; records that differ between the veths are all written. The header
+says which (`every_point`). The API and the TUI still get every observation point.
 """
 
 from __future__ import annotations
@@ -77,9 +84,12 @@ class FlowLogExporter(Stage):
         self.stats = stats
         self.node_name = stats.node_name
         self.queue_size = config.queue_size
+        self.every_point = config.every_point
+        self.receiver_repeats = 0  # records left out: a FROM_POD record beside them holds them
         header = logformat.header_fields(
             node_name=self.node_name, agent_version=stats.version, allowlist=self.allowlist,
-            denylist=self.denylist, field_mask=self.field_mask, aggregate=self.aggregate)
+            denylist=self.denylist, field_mask=self.field_mask, aggregate=self.aggregate,
+            every_point=self.every_point)
         self.sink = JsonLinesSink(self.path, config.rotation, header, node_name=self.node_name,
                                   on_failure=self._failed, on_recovery=self._recovered,
                                   on_lost=lambda stage, n, packets: stats.add_lost(
@@ -181,6 +191,12 @@ class FlowLogExporter(Stage):
         rows = range(lo, hi)
         if self._predicate is not None:
             rows = [i for i in rows if self._predicate(batch.flow(i))]
+        if columns and not self.every_point:
+            rows = np.asarray(rows, np.int64)
+            repeats = batch.receiver_repeats(rows)
+            if repeats.any():
+                self.receiver_repeats += int(repeats.sum())
+                rows = rows[~repeats]
         if self._aggregator is not None:
             flows = [batch.flow(i) for i in rows if not batch.update[i]]
             if flows:

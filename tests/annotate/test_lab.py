@@ -21,8 +21,9 @@ from tests.annotate.dnswire import header, query, tcp
 
 pytestmark = pytest.mark.root
 
+# --flow-log-every-point: these tests read each veth's records
 AGENT_ARGS = ("--active-timeout", "1", "--idle-timeout", "2", "--sweep-interval", "0.2",
-              "--syn-timeout", "1")
+              "--syn-timeout", "1", "--flow-log-every-point")
 SERVICE_IP = "10.96.0.12"
 SERVICE_NAME = "cart.shop.svc.cluster.local"
 

@@ -19,7 +19,9 @@ import pytest
 from podflow_api.v1 import observer_pb2, observer_pb2_grpc
 
 # Fast timeouts so a test's flows end quickly; stopping the agent flushes the rest.
-AGENT_ARGS = ("--active-timeout", "1", "--idle-timeout", "2", "--sweep-interval", "0.2")
+# --flow-log-every-point: these tests hold each veth's records against what it carried
+AGENT_ARGS = ("--active-timeout", "1", "--idle-timeout", "2", "--sweep-interval", "0.2",
+              "--flow-log-every-point")
 
 L4_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmpv4", 58: "icmpv6"}
 

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.root
 
 CART_VIP, EMPTY_VIP = "10.96.0.12", "10.96.0.20"
 NODE_PORT = 30080
-AGENT_ARGS = ("--active-timeout", "1", "--idle-timeout", "2", "--sweep-interval", "0.2")
+# --flow-log-every-point: these tests hold each veth's records against what it carried
+AGENT_ARGS = ("--active-timeout", "1", "--idle-timeout", "2", "--sweep-interval", "0.2",
+              "--flow-log-every-point")
 
 def request(host, ip: str, port: int, timeout_s: float = 3.0) -> tuple[int, str]:
     """(client port, name of the pod that answered or "-")."""

@@ -343,3 +343,49 @@ def test_a_flow_log_deleted_while_written_is_reopened_and_nothing_is_lost(tmp_pa
     assert [seq_of(r) for r in records[1:]] == list(range(10, 20))
     assert stats.snapshot_lost() == {}
     assert exp.records_written == 20
+
+
+def _pod_to_pod(*, to_pod_packets: int = 1, to_pod_end: bool = True):
+    """One UDP packet from pod 10.0.0.1 to pod 10.0.0.2 on this node, as both veths report it:
+    leaving the client (veth5 ingress: FROM_POD), entering the server (veth7 egress: TO_POD)."""
+    from agent.datapath import abi
+    from tests.batches import T0, batch, rec
+    return batch(
+        rec("10.0.0.1", "10.0.0.2", 40000, 53, ifindex=5, hook=abi.PF_DIR_INGRESS, end=True),
+        rec("10.0.0.1", "10.0.0.2", 40000, 53, ifindex=7, hook=abi.PF_DIR_EGRESS,
+            packets=to_pod_packets, nbytes=80 * to_pod_packets, first_ns=T0 + 20_000,
+            end=to_pod_end),
+        rec("10.0.0.3", "10.0.0.2", 40001, 53, ifindex=7, hook=abi.PF_DIR_EGRESS, end=True))
+
+
+def _write_batch(tmp_path, store, stats, batch, *argv):
+    exp = build(tmp_path / "flows.jsonl", store, stats, *argv)
+    exp.start()
+    store.extend_batch(batch)
+    exp.stop()
+    return exp, read_lines(str(tmp_path / "flows.jsonl"))
+
+
+def test_a_pod_to_pod_flow_on_this_node_is_one_record_as_the_sender_s(tmp_path, store, stats):
+    """Both veths report the same packet with the same counts: the flow log writes the sending
+    pod's record (the one aggregates count) and says so in its header."""
+    exp, records = _write_batch(tmp_path, store, stats, _pod_to_pod())
+    assert records[0]["podflow_flow_log"]["every_point"] is False
+    flows = [r["flow"] for r in records[1:]]
+    assert [(f["interface"]["name"], f["traffic_direction"], f["ip"]["source"]) for f in flows] \
+        == [("veth5", "FROM_POD", "10.0.0.1"), ("veth7", "TO_POD", "10.0.0.3")]
+    assert exp.receiver_repeats == 1
+
+
+def test_records_that_differ_between_the_veths_are_both_written(tmp_path, store, stats):
+    """A packet lost between the two veths (fewer at the receiver) is news: nothing folded."""
+    exp, records = _write_batch(tmp_path, store, stats, _pod_to_pod(to_pod_packets=0,
+                                                                     to_pod_end=False))
+    assert len(records) == 4 and exp.receiver_repeats == 0
+
+
+def test_every_point_keeps_both_veths_records(tmp_path, store, stats):
+    exp, records = _write_batch(tmp_path, store, stats, _pod_to_pod(), "--flow-log-every-point")
+    assert records[0]["podflow_flow_log"]["every_point"] is True
+    assert [r["flow"]["interface"]["name"] for r in records[1:]] == ["veth5", "veth7", "veth7"]
+    assert exp.receiver_repeats == 0
