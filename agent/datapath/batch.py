@@ -200,38 +200,50 @@ class FlowBatch:
         """Every record framed for the wire (made once, on the first reader's request)."""
         return recordcols.framed(self, prefix)
 
-    def receiver_repeats(self, rows: np.ndarray) -> np.ndarray:
+    def receiver_repeats(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Which of `rows` repeat, at the receiving pod's veth (POD_VETH, TO_POD), a FROM_POD
         record among `rows` of the same connection with the same counts: the same packets of
         a pod-to-pod flow on this node, seen leaving one pod and entering the other. The
         FROM_POD record is the one that counts them (agent/wire/counting.py); a flow log that
-        keeps one record per flow and interval leaves the repeat out. Records that differ in
-        packets, bytes, end, outcome or policy finding are never repeats: the difference is
-        news (a packet lost between the two veths). Bool per row."""
+        keeps one record per flow and interval leaves the repeat out.
+
+        Returns (repeat: bool per row, enforcement: uint8 per row). What only the receiver's
+        record shows of the NetworkPolicy verdict (its finding: the packets were delivered)
+        moves to the sender's record in `enforcement`. Records that differ in packets,
+        bytes, end, outcome or finding are never repeats: the difference is news (a packet
+        lost between the two veths)."""
         rows = np.asarray(rows, np.int64)
-        out = np.zeros(len(rows), bool)
+        repeat = np.zeros(len(rows), bool)
+        enforcement = self.enforcement[rows]
         if len(rows) < 2:
-            return out
+            return repeat, enforcement
         points = np.array([(f.flow.observation_point, f.flow.traffic_direction)
                            for f in self.idents], np.int64).reshape(-1, 2)[self.ident[rows]]
         veth = points[:, 0] == flow_pb2.POD_VETH
-        sender = veth & (points[:, 1] == flow_pb2.FROM_POD)
+        sender = np.flatnonzero(veth & (points[:, 1] == flow_pb2.FROM_POD))
         receiver = veth & (points[:, 1] == flow_pb2.TO_POD)
         if self.extras:  # records with a payload of their own (DNS) are kept
             receiver &= ~np.isin(rows, np.fromiter(self.extras, np.int64))
-        if not sender.any() or not receiver.any():
-            return out
+        receiver = np.flatnonzero(receiver)
+        if not len(sender) or not len(receiver):
+            return repeat, enforcement
         # family, protocol, key flags, addresses, ports: the connection at either veth
         signature = np.concatenate([
             self.keys[rows, 5:44],
             self.packets[rows].astype("<u8").view(np.uint8).reshape(-1, 8),
             self.bytes[rows].astype("<u8").view(np.uint8).reshape(-1, 8),
-            np.stack([self.flow_end[rows], self.update[rows], self.outcome[rows],
-                      self.enforcement[rows]], axis=1).astype(np.uint8)], axis=1)
+            np.stack([self.flow_end[rows], self.update[rows], self.outcome[rows]],
+                     axis=1).astype(np.uint8)], axis=1)
         signature = np.ascontiguousarray(signature).view(
             np.dtype((np.void, signature.shape[1]))).ravel()
-        out[receiver] = np.isin(signature[receiver], signature[sender])
-        return out
+        known, first = np.unique(signature[sender], return_index=True)
+        at = np.searchsorted(known, signature[receiver]).clip(0, len(known) - 1)
+        pair = sender[first[at]]  # the sender's row of each receiver's connection
+        mine, theirs = enforcement[receiver], enforcement[pair]
+        hit = (known[at] == signature[receiver]) & ((mine == theirs) | (mine == 0) | (theirs == 0))
+        repeat[receiver[hit]] = True
+        enforcement[pair[hit]] = np.maximum(mine[hit], theirs[hit])  # equal, or one unset
+        return repeat, enforcement
 
     def flow_ids(self) -> np.ndarray:
         """A 64-bit id of each record's flow (its key and first packet): the records of one

@@ -191,24 +191,32 @@ class FlowLogExporter(Stage):
         rows = range(lo, hi)
         if self._predicate is not None:
             rows = [i for i in rows if self._predicate(batch.flow(i))]
+        enforcement = None
         if columns and not self.every_point:
             rows = np.asarray(rows, np.int64)
-            repeats = batch.receiver_repeats(rows)
+            repeats, enforcement = batch.receiver_repeats(rows)
             if repeats.any():
                 self.receiver_repeats += int(repeats.sum())
-                rows = rows[~repeats]
-        if self._aggregator is not None:
-            flows = [batch.flow(i) for i in rows if not batch.update[i]]
-            if flows:
-                self._aggregator.add(flows, time.time_ns())
-            return
-        if columns and self._mask_tree is None:
-            text = recordcols.json_lines(batch, rows=np.asarray(rows, np.int64))
+                rows, enforcement = rows[~repeats], enforcement[~repeats]
+        if columns and self._mask_tree is None and self._aggregator is None:
+            text = recordcols.json_lines(batch, rows=np.asarray(rows, np.int64),
+                                         enforcement=enforcement)
             if text:  # one line per record
                 self.sink.add_block(text.encode(), len(rows), batch.time_ns)
             return
-        flows = [(batch.flow(i), bool(batch.update[i])) for i in rows]
-        self._add_records([f for f, _ in flows], [u for _, u in flows])
+        flows, updates = [], []
+        for at, i in enumerate(rows):
+            flow = batch.flow(i)
+            if enforcement is not None and enforcement[at] != batch.enforcement[i]:
+                flow.policy.enforcement = int(enforcement[at])  # the receiver's finding
+            flows.append(flow)
+            updates.append(bool(batch.update[i]))
+        if self._aggregator is not None:
+            flows = [f for f, update in zip(flows, updates) if not update]
+            if flows:
+                self._aggregator.add(flows, time.time_ns())
+            return
+        self._add_records(flows, updates)
 
     def _add_records(self, flows: list[flow_pb2.Flow], updates: list[bool] | None = None) -> None:
         tree = self._mask_tree

@@ -125,11 +125,14 @@ def _l4_proto(proto: int, sport: int, dport: int, flags: int) -> bytes:
     return b"\x52" + varint(len(inner)) + inner
 
 
-def record_proto(batch, i: int) -> bytes:
-    """Record i of a FlowBatch as a serialized Flow."""
+def record_proto(batch, i: int, enforcement: int | None = None) -> bytes:
+    """Record i of a FlowBatch as a serialized Flow (`enforcement`: its policy finding
+    instead of the batch's)."""
     ident = batch.idents[batch.ident[i]]
     head, _ = ident.proto_parts()
-    tail = ident.tail(int(batch.enforcement[i]), as_json=False)
+    if enforcement is None:
+        enforcement = int(batch.enforcement[i])
+    tail = ident.tail(enforcement, as_json=False)
     packets, nbytes = int(batch.packets[i]), int(batch.bytes[i])
     parts = [_ts_field(b"\x0a", batch.time_ns), head,
              _l4_proto(int(batch.proto[i]), int(batch.sport[i]), int(batch.dport[i]),
@@ -189,14 +192,17 @@ def _second(sec: int) -> str:
     return text
 
 
-def record_json(batch, i: int) -> str:
+def record_json(batch, i: int, enforcement: int | None = None) -> str:
     """Record i as a flow-log line through a Flow object (the slow path, any shape)."""
-    flow = flow_pb2.Flow.FromString(record_proto(batch, i))
+    flow = flow_pb2.Flow.FromString(record_proto(batch, i, enforcement))
     return logformat.flow_line(flow, key="flow_update" if batch.update[i] else "flow").decode()
 
 
-def json_lines(batch, lo: int = 0, hi: int | None = None, rows=None) -> str:
-    """Records [lo, hi) of a batch (or the record indexes `rows`) as flow-log lines."""
+def json_lines(batch, lo: int = 0, hi: int | None = None, rows=None,
+               enforcement: np.ndarray | None = None) -> str:
+    """Records [lo, hi) of a batch (or the record indexes `rows`) as flow-log lines.
+    `enforcement` (one per row) replaces the records' policy findings (the flow log's merge
+    of a receiver's finding into the sender's record: FlowBatch.receiver_repeats)."""
     if rows is None:
         rows = np.arange(lo, len(batch) if hi is None else hi)
     if not len(rows):
@@ -208,6 +214,9 @@ def json_lines(batch, lo: int = 0, hi: int | None = None, rows=None) -> str:
             & (first % 1000 != 0) & (last % 1000 != 0))
     if batch.extras:
         fast &= ~np.isin(rows, np.fromiter(batch.extras, np.int64))
+    if enforcement is None:
+        enforcement = batch.enforcement[rows]
+
     out: list[str] = []
     time_json = '"' + rfc3339_ns(batch.time_ns) + '"'
     idents = batch.idents
@@ -235,17 +244,18 @@ def json_lines(batch, lo: int = 0, hi: int | None = None, rows=None) -> str:
         columns += [sec_text[:k], f_ns.tolist(), sec_text[k:], l_ns.tolist()]
         if template is _RECORD:
             columns.append([_END[e] for e in batch.flow_end[chosen].tolist()])
-        enforcement = batch.enforcement[chosen]
-        if enforcement.any():  # NetworkPolicy findings: the tail of (identity, finding)
+        findings = enforcement[sel]
+        if findings.any():  # NetworkPolicy findings: the tail of (identity, finding)
             columns.append([idents[g].tail(e, True) if e else tails[g]
-                            for g, e in zip(ids, enforcement.tolist())])
+                            for g, e in zip(ids, findings.tolist())])
         else:
             columns.append([tails[g] for g in ids])
         columns.append([_OUTCOME_JSON.get(o, "") for o in batch.outcome[chosen].tolist()])
         out.extend([template % args for args in zip(*columns)])
-    slow = rows[~fast]
-    if len(slow):
-        out.extend(record_json(batch, int(i)) for i in slow.tolist())
+    slow = ~fast
+    if slow.any():
+        out.extend(record_json(batch, i, e) for i, e in
+                   zip(rows[slow].tolist(), enforcement[slow].tolist()))
     return "".join(out)
 
 

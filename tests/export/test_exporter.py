@@ -389,3 +389,28 @@ def test_every_point_keeps_both_veths_records(tmp_path, store, stats):
     assert records[0]["podflow_flow_log"]["every_point"] is True
     assert [r["flow"]["interface"]["name"] for r in records[1:]] == ["veth5", "veth7", "veth7"]
     assert exp.receiver_repeats == 0
+
+
+@pytest.mark.parametrize("fields", [(), ("--flow-log-fields", "policy,interface")],
+                         ids=["columns", "field-mask"])
+def test_the_receiver_s_policy_finding_moves_to_the_record_written(tmp_path, store, stats,
+                                                                   fields):
+    """A request's delivery is proven at the receiving veth (its record's finding,
+    POLICY_ALLOWED_DELIVERED): the one record written for the flow carries it."""
+    batch = _pod_to_pod()
+    batch.enforcement[1] = flow_pb2.POLICY_ALLOWED_DELIVERED
+    exp, records = _write_batch(tmp_path, store, stats, batch, *fields)
+    flows = [r["flow"] for r in records[1:]]
+    assert exp.receiver_repeats == 1 and len(flows) == 2
+    assert flows[0]["interface"]["name"] == "veth5"
+    assert flows[0]["policy"]["enforcement"] == "POLICY_ALLOWED_DELIVERED"
+    assert "enforcement" not in flows[1].get("policy", {})
+    assert batch.enforcement[0] == 0, "the batch the API serves is not changed"
+
+
+def test_records_with_different_findings_are_both_written(tmp_path, store, stats):
+    batch = _pod_to_pod()
+    batch.enforcement[0] = flow_pb2.POLICY_ALLOWED_DELIVERED
+    batch.enforcement[1] = flow_pb2.POLICY_DROPPED_OTHERWISE
+    exp, records = _write_batch(tmp_path, store, stats, batch)
+    assert exp.receiver_repeats == 0 and len(records) == 4
