@@ -16,7 +16,9 @@ traffic (see /work/peers/NETOBSERV.md for its build and configuration). Per run:
     output bytes per one-packet flow;
   - packets: "exact" when the churn packets in the records equal the packets sent at each
     observation point they crossed (podflow: the client's veth FROM_POD and the server's
-    veth TO_POD; netobserv counts a packet once, at the first interface); the details also
+    veth TO_POD, where the flow log's record of the server's veth, when it repeats the
+    client's with the same counts, is left out and its packets are the client's record's;
+    netobserv counts a packet once, at the first interface); the details also
     hold every record's packets per veth and direction against the veth's own counters;
   - lost, by stage: ServerStatus (and the flow log's lost-events lines), the kernel's
     map/ring-buffer counters; netobserv's dropped/errors metrics;
@@ -256,6 +258,7 @@ class RunResult:
     aborted: bool = False
     client_veth: str = ""
     server_veth: str = ""
+    folded_packets: int = 0  # receiver packets the flow log left in the sender's records
 
     @property
     def exact(self) -> bool:
@@ -595,11 +598,19 @@ def read_podflow_log(path: str, res: RunResult, client_ip: str, server_ip: str) 
     churn_counted: collections.Counter = collections.Counter()
     log_lost: collections.Counter = collections.Counter()
     log_lost_packets: collections.Counter = collections.Counter()
+    every_point = True
+    sender = (res.client_veth, "FROM_POD")
+    receiver = (res.server_veth, "TO_POD")
+    sent_by_flow: dict[int, int] = {}  # churn flow (ports) -> its packets at the sender
+    received: set[int] = set()         # churn flows with a record at the receiver
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             record = json.loads(line)
             flow = record.get("flow")
             if flow is None:
+                header = record.get("podflow_flow_log")
+                if header is not None:
+                    every_point = header.get("every_point", True)
                 lost = record.get("lost_events")
                 if lost is not None:
                     log_lost[lost.get("stage", "?")] += int(lost.get("num_events_lost", 0))
@@ -621,6 +632,19 @@ def read_podflow_log(path: str, res: RunResult, client_ip: str, server_ip: str) 
                 res.churn_records += 1
                 res.churn_packets += packets
                 churn_counted[hook] += packets
+                ports = (udp.get("source_port", 0) << 16) | udp.get("destination_port", 0)
+                if hook == sender:
+                    sent_by_flow[ports] = sent_by_flow.get(ports, 0) + packets
+                elif hook == receiver:
+                    received.add(ports)
+    if not every_point:
+        # The flow log wrote the receiver's record of a flow only where it differed from the
+        # sender's (agent/export/flowlog.py): the others' packets are in the sender's record.
+        folded = sum(p for ports, p in sent_by_flow.items() if ports not in received)
+        res.folded_packets = folded
+        churn_counted[receiver] += folded
+        counted[receiver] += folded
+        res.churn_packets += folded
     res.kinds, res.counted, res.log_lost = dict(kinds), dict(counted), dict(log_lost)
     res.log_lost_packets = dict(log_lost_packets)
     res.churn_counted = dict(churn_counted)
@@ -702,7 +726,9 @@ def print_details(results: list[RunResult]) -> None:
               f"kernel conntrack drops {r.conntrack_drops:,}")
         if r.agent == "podflow":
             print(f"  records by kind: {_counts(r.kinds)}; churn records {r.churn_records:,} "
-                  f"(all hooks), churn packets {r.churn_packets:,}")
+                  f"(all hooks), churn packets {r.churn_packets:,} (of which "
+                  f"{r.folded_packets:,} at the server's veth, held by the client's records: "
+                  f"the flow log's one record per pod-to-pod flow)")
             for key in sorted(r.truth):
                 mark = "" if r.counted.get(key, 0) == r.truth[key] else "  (differs)"
                 print(f"  {key[0]} {key[1]}: churn packets in records "

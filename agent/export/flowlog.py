@@ -148,8 +148,9 @@ class FlowLogExporter(Stage):
         last_flush = time.monotonic()
         while True:
             stopping = self._stop.is_set()
+            # Whole batches: the fold pairs each batch's records (FlowBatch.receiver_repeats).
             segments, lost = sub.next_segments(timeout_s=0.0 if stopping else 0.2,
-                                               max_flows=16384)
+                                               max_flows=16384, whole_batches=True)
             if lost is not None and lost.count:
                 sink.count_lost(observer_pb2.EXPORTER_QUEUE, lost.count, lost.first_ns,
                                 lost.last_ns, lost.packets)

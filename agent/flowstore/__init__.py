@@ -137,13 +137,15 @@ class Subscription:
         (framed as flow_update): nothing is parsed unless the filter needs it."""
         return self._next(timeout_s, max_flows, "raw")
 
-    def next_segments(self, timeout_s: float, max_flows: int = 4096,
+    def next_segments(self, timeout_s: float, max_flows: int = 4096, whole_batches: bool = False,
                       ) -> tuple[list[tuple[object, int, int]], Lost | None]:
         """Like next_batch for readers of columns (the flow log, metrics): (batch, first
-        row, end row) ranges, end notices included, the subscription's filter NOT applied."""
-        return self._next(timeout_s, max_flows, "segments")
+        row, end row) ranges, end notices included, the subscription's filter NOT applied.
+        `whole_batches`: past max_flows, read on to the end of the batch reached (the flow
+        log pairs a batch's records with each other)."""
+        return self._next(timeout_s, max_flows, "segments", whole_batches)
 
-    def _next(self, timeout_s: float, max_flows: int, mode: str):
+    def _next(self, timeout_s: float, max_flows: int, mode: str, whole_batches: bool = False):
         store = self._store
         if store.seq <= self.cursor and not self.closed:
             with store._cond:
@@ -159,6 +161,8 @@ class Subscription:
             lost = store._count_matching(self.cursor, new_cursor, self._predicate)
             self.cursor = new_cursor
         end = min(head, self.cursor + max_flows)
+        if whole_batches and end < head:
+            end = store._segment_end(end - 1)
         segments, gone = store._segments(self.cursor, end)
         self.cursor = end
         if gone is not None:
@@ -352,6 +356,14 @@ class FlowStore:
         with self._cond:
             self._subscribers.discard(sub)
             self._cond.notify_all()
+
+    def _segment_end(self, seq: int) -> int:
+        """The end (seq) of the held segment holding record `seq` (seq + 1 when gone)."""
+        with self._lock:
+            i = bisect.bisect_right(self._firsts, seq, self._head) - 1
+            if i < self._head or i >= len(self._segments_list):
+                return seq + 1
+            return max(seq + 1, self._segments_list[i].end_seq)
 
     def _segments(self, begin: int, end: int) -> tuple[list[tuple[object, int, int]],
                                                          Lost | None]:

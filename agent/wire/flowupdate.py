@@ -11,6 +11,28 @@ from __future__ import annotations
 
 from podflow_api.v1 import flow_pb2
 
+# What a flow log's `flow_update` line holds: what names the flow (identity() below) and
+# what the update changes (apply() below), with its time. The names, policy and category are
+# on the record it applies to; repeating them would double the bytes of a short flow's log.
+LOG_FIELDS = ("time", "node_name", "interface", "traffic_direction", "ip", "l4", "first_seen",
+              "last_seen", "flow_end", "outcome")
+
+
+def log_part(flow: flow_pb2.Flow) -> flow_pb2.Flow:
+    """The fields of an update that a flow log writes (LOG_FIELDS)."""
+    part = flow_pb2.Flow()
+    for name in LOG_FIELDS:
+        if flow.HasField(name) if name in _MESSAGES else getattr(flow, name):
+            if name in _MESSAGES:
+                getattr(part, name).CopyFrom(getattr(flow, name))
+            else:
+                setattr(part, name, getattr(flow, name))
+    return part
+
+
+_MESSAGES = frozenset(f.name for f in flow_pb2.Flow.DESCRIPTOR.fields
+                      if f.message_type is not None)
+
 
 def identity(flow: flow_pb2.Flow) -> tuple:
     """What a flow's records and its update share."""

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 
 from google.protobuf import json_format
 
-from agent.wire import flowjson
+from agent.wire import flowjson, flowupdate
 from agent.wire.fieldmask import apply_mask
 from agent.wire.timefmt import rfc3339_ns, set_ts
 from podflow_api.v1 import flow_pb2, observer_pb2
@@ -63,7 +63,10 @@ def flow_line(flow: flow_pb2.Flow, mask_tree: dict | None = None, key: str = "fl
     """One record of the agent's flow log: `{"flow":{...}}` in compact JSON, the time in
     the flow, no node (the file's header names it; FlowLogReader puts it back), as
     agent.wire.recordcols writes the records it renders from columns. `mask_tree`: trim the
-    flow to these fields (fieldmask.mask_tree); `key`: "flow_update" for an end notice."""
+    flow to these fields (fieldmask.mask_tree); `key`: "flow_update" for an end notice (which
+    holds only what names the flow and what changes: flowupdate.LOG_FIELDS)."""
+    if key == "flow_update":
+        flow = flowupdate.log_part(flow)
     if mask_tree is None:
         body = flowjson.to_compact_json(flow, _NO_NODE)
     else:

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from agent.wire import flowjson, logformat
+from agent.wire import flowjson, flowupdate, logformat
 from agent.wire.protowire import (RESPONSE_FLOW, RESPONSE_FLOW_UPDATE, frame_flow,
                                   timestamp_bytes, varint)
 from agent.wire.timefmt import rfc3339_ns
@@ -66,12 +66,13 @@ class IdentRender:
     comes in variants by the record's policy enforcement (Policy.enforcement, inside the
     identity's `policy`)."""
 
-    __slots__ = ("flow", "_proto", "_json", "_tails")
+    __slots__ = ("flow", "_proto", "_json", "_update_json", "_tails")
 
     def __init__(self, flow: flow_pb2.Flow):
         self.flow = flow
         self._proto: tuple[bytes, bytes] | None = None
         self._json: tuple[str, str] | None = None
+        self._update_json: str | None = None
         self._tails: dict[tuple[bool, int], bytes | str] = {}
 
     def proto_parts(self) -> tuple[bytes, bytes]:
@@ -88,6 +89,14 @@ class IdentRender:
             tail = flowjson.to_compact_json(_part(self.flow, _L4_AFTER_END, 1 << 29))[1:-1]
             self._json = (head, "," + tail if tail else "")
         return self._json
+
+    def json_update_head(self) -> str:
+        """The head of a flow-log `flow_update` line: only what names the flow
+        (flowupdate.LOG_FIELDS among fields 3..9); an update line has no tail."""
+        if self._update_json is None:
+            part = _part(flowupdate.log_part(self.flow), 3, _L4_FIRST - 1)
+            self._update_json = flowjson.to_compact_json(part)[1:-1]
+        return self._update_json
 
     def tail(self, enforcement: int, as_json: bool):
         """The tail of a record whose policy enforcement is `enforcement` (0: none)."""
@@ -178,7 +187,7 @@ def framed(batch, prefix: bytes) -> list[tuple[int, bytes, int, int]]:
 _RECORD = ('{"flow":{"time":%s,%s%d,"destination_port":%d%s}},"packets":"%d","bytes":"%d",'
            '"first_seen":"%s.%09dZ","last_seen":"%s.%09dZ"%s%s%s}}\n')
 _UPDATE = ('{"flow_update":{"time":%s,%s%d,"destination_port":%d%s}},'
-           '"first_seen":"%s.%09dZ","last_seen":"%s.%09dZ","flow_end":true%s%s}}\n')
+           '"first_seen":"%s.%09dZ","last_seen":"%s.%09dZ","flow_end":true%s}}\n')
 _END = ("", ',"flow_end":true')
 _second_text: dict[int, str] = {}
 
@@ -220,13 +229,16 @@ def json_lines(batch, lo: int = 0, hi: int | None = None, rows=None,
     out: list[str] = []
     time_json = '"' + rfc3339_ns(batch.time_ns) + '"'
     idents = batch.idents
-    heads = [_l4_head(ident, p) for ident, p in zip(idents, _ident_protos(batch))]
+    protos = _ident_protos(batch)
     tails = [ident.json_parts()[1] for ident in idents]
     update = batch.update[rows]
     for template, sel in ((_RECORD, fast & ~update), (_UPDATE, fast & update)):
         chosen = rows[sel]
         if not len(chosen):
             continue
+        heads = [_l4_head(ident.json_parts()[0] if template is _RECORD
+                          else ident.json_update_head(), p)
+                 for ident, p in zip(idents, protos)]
         f_sec, f_ns = np.divmod(first[sel], _NS)
         l_sec, l_ns = np.divmod(last[sel], _NS)
         uniq, inv = np.unique(np.concatenate([f_sec, l_sec]), return_inverse=True)
@@ -244,12 +256,12 @@ def json_lines(batch, lo: int = 0, hi: int | None = None, rows=None,
         columns += [sec_text[:k], f_ns.tolist(), sec_text[k:], l_ns.tolist()]
         if template is _RECORD:
             columns.append([_END[e] for e in batch.flow_end[chosen].tolist()])
-        findings = enforcement[sel]
-        if findings.any():  # NetworkPolicy findings: the tail of (identity, finding)
-            columns.append([idents[g].tail(e, True) if e else tails[g]
-                            for g, e in zip(ids, findings.tolist())])
-        else:
-            columns.append([tails[g] for g in ids])
+            findings = enforcement[sel]
+            if findings.any():  # NetworkPolicy findings: the tail of (identity, finding)
+                columns.append([idents[g].tail(e, True) if e else tails[g]
+                                for g, e in zip(ids, findings.tolist())])
+            else:
+                columns.append([tails[g] for g in ids])
         columns.append([_OUTCOME_JSON.get(o, "") for o in batch.outcome[chosen].tolist()])
         out.extend([template % args for args in zip(*columns)])
     slow = ~fast
@@ -266,7 +278,6 @@ def _ident_protos(batch) -> list[int]:
     return protos.tolist()
 
 
-def _l4_head(ident: IdentRender, proto: int) -> str:
-    head = ident.json_parts()[0]
+def _l4_head(head: str, proto: int) -> str:
     name = _L4_NAMES.get(proto)
     return f'{head},"l4":{{"{name}":{{"source_port":' if name else head

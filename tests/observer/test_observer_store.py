@@ -277,3 +277,19 @@ def test_batches_are_trimmed_to_the_capacity_and_counted_as_evicted():
     assert len(store) == 100 and store.oldest_seq == 50
     assert [f.l4.udp.source_port for f in store.history(number=2, first=True)] == [1020, 1021]
     assert store.evicted_since(T0).count == 50
+
+
+def test_whole_batches_reads_on_to_the_end_of_the_batch_reached():
+    """The flow log pairs a batch's records: past max_flows it reads the batch to its end,
+    and the next read starts with the next batch."""
+    store = _batch_store()
+    sub, other = store.subscribe(), store.subscribe()
+    for n in (3, 5, 2):
+        store.extend_batch(batches.batch(*[batches.rec("10.0.0.1", "10.0.0.2", 40000 + i, 80)
+                                           for i in range(n)]))
+    segments, _ = sub.next_segments(0.1, max_flows=4, whole_batches=True)
+    assert [(lo, hi) for _, lo, hi in segments] == [(0, 3), (0, 5)]
+    segments, _ = sub.next_segments(0.1, max_flows=4, whole_batches=True)
+    assert [(lo, hi) for _, lo, hi in segments] == [(0, 2)]
+    segments, _ = other.next_segments(0.1, max_flows=4)  # without: cut at max_flows
+    assert [(lo, hi) for _, lo, hi in segments] == [(0, 3), (0, 1)]

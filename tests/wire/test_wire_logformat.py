@@ -9,7 +9,7 @@ import json
 import pytest
 from google.protobuf import json_format
 
-from agent.wire import flowjson, logformat
+from agent.wire import flowjson, flowupdate, logformat
 from podflow_api.v1 import flow_pb2, observer_pb2
 
 LINES = [
@@ -53,7 +53,11 @@ def test_flow_line_is_the_response_json_without_the_node(tmp_path):
     assert json.loads(line) == json_format.MessageToDict(
         observer_pb2.GetFlowsResponse(flow=without_node), preserving_proto_field_name=True)
     assert b" " not in line and line.endswith(b"\n")
-    assert json.loads(logformat.flow_line(flow, key="flow_update"))["flow_update"]["packets"] == "3"
+    update = json.loads(logformat.flow_line(flow, key="flow_update"))["flow_update"]
+    # an end notice names the flow and says what changes; the names are on its record
+    assert set(update) <= set(flowupdate.LOG_FIELDS) and "packets" not in update
+    assert flowupdate.identity_of_json(update) == flowupdate.identity_of_json(
+        json.loads(line)["flow"])
     path = tmp_path / "f.jsonl"
     path.write_bytes(logformat.header_line(logformat.header_fields(node_name="node-b")) + line)
     (resp,) = logformat.FlowLogReader(str(path))
