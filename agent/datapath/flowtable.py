@@ -193,7 +193,9 @@ class FlowTable:
         after the live ones, not yet in the index; returns their row numbers."""
         n, k = self._n, len(keys)
         if n + k > len(self._key_buf):
-            self._resize(max(2 * len(self._key_buf), n + k))
+            # A quarter more than needed: a full table grows by about a drain at each sweep
+            # and would keep twice its rows with doubling.
+            self._resize((n + k) * 5 // 4)
         self._key_buf[n:n + k] = keys
         for name, buf in self._col_buf.items():
             buf[n:n + k] = values.get(name, 0)
