@@ -201,12 +201,13 @@ def load_revision(rev: str):
     root = Path(__file__).resolve().parent.parent
     text = subprocess.run(["git", "-C", str(root), "show", f"{rev}:agent/datapath/flowtable.py"],
                           check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp(prefix="pf-bench-flowtable-")) / "flowtable_at_rev.py"
-    path.write_text(text, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location(f"flowtable_at_{rev}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory(prefix="pf-bench-flowtable-") as tmp:
+        path = Path(tmp) / "flowtable_at_rev.py"
+        path.write_text(text, encoding="utf-8")
+        spec = importlib.util.spec_from_file_location(f"flowtable_at_{rev}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
     return module
 
 
