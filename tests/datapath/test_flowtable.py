@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.datapath import abi
+from agent.datapath import abi, flowtable
 from agent.datapath.bpfsys import VALUE_DTYPE
 from agent.datapath.flowtable import FlowTable, key_hash, reverse_keys
 
@@ -161,3 +161,93 @@ def test_bounded_table_ends_the_oldest_and_loses_nothing(n):
     out2 = t.step(3 * S, 3 * S, final=True)
     assert int(out.packets.sum()) + int(out2.packets.sum()) == n
     assert len(t) == 0
+
+
+def fake_hash(monkeypatch, hash_of):
+    """Make the table hash keys with hash_of(source port) instead of key_hash."""
+    def h(ks):
+        ports = np.ascontiguousarray(ks[:, 40:42]).view("<u2")[:, 0]
+        return np.array([hash_of(int(p)) for p in ports], np.uint64)
+    monkeypatch.setattr(flowtable, "key_hash", h)
+
+
+def test_colliding_hashes_still_count_every_packet_once(monkeypatch):
+    # Every key has the same hash: a lookup finds the key indexed last for it, an older key
+    # is taken as new again (a collision, counted), and no packet is lost or doubled.
+    fake_hash(monkeypatch, lambda port: 42)
+    t = table()
+    a, b, c = key(1000), key(1001), key(1002)
+    out = [t.announce(keys(c), np.array([70]), np.array([1 * S]), np.array([0]))]
+    t.ingest(keys(a, b, c), values((1, 10, 1 * S, 1 * S, 0), (2, 20, 1 * S, 1 * S, 0),
+                                   (1, 70, 1 * S, 1 * S, 0)))
+    out.append(t.step(2 * S, 2 * S))
+    t.ingest(keys(a, b), values((4, 40, 2 * S, 2 * S, 0), (8, 80, 2 * S, 2 * S, 0)))
+    out.append(t.step(3 * S, 3 * S))
+    out.append(t.step(9 * S, 9 * S))
+    assert t.collisions > 0
+    assert totals(out, a)[:2] == (5, 50)
+    assert totals(out, b)[:2] == (10, 100)
+    assert totals(out, c)[:2] == (1, 70)
+    assert len(t) == 0
+
+
+def test_hashes_at_both_ends_of_the_index_and_between(monkeypatch):
+    # Flows whose hashes go before, after and among those of a big table (the index is
+    # searched through buckets from a few thousand rows): each is found again, every record
+    # comes out in hash order.
+    fake_hash(monkeypatch, lambda port: {1: 0, 2: (1 << 64) - 1}.get(port, port << 48))
+    t = table()
+    assert len(t.step(1 * S, 1 * S)) == 0   # an empty table
+    n = 6000
+    mid = keys(*[key(1024 + i) for i in range(n)])
+    t.ingest(mid, values(*[(1, 10, 1 * S, 1 * S, 0)] * n))
+    ends = keys(key(1), key(2))
+    for sec in (1, 2):
+        t.ingest(ends, values((1, 10, sec * S, sec * S, 0), (2, 20, sec * S, sec * S, 0)))
+    t.ingest(mid[::7], values(*[(3, 30, 2 * S, 2 * S, 0)] * len(mid[::7])))
+    assert len(t) == n + 2
+    out = t.step(10 * S, 10 * S)
+    assert len(out) == n + 2 and len(t) == 0
+    assert totals([out], key(1)) == (2, 20, [(True, False)])
+    assert totals([out], key(2)) == (4, 40, [(True, False)])
+    assert totals([out], key(1024 + 7))[:2] == (4, 40)
+    assert int(out.packets.sum()) == n + 3 * len(mid[::7]) + 6
+    hashes = flowtable.key_hash(out.keys)
+    assert (np.diff(hashes.astype(np.float64)) >= 0).all()
+
+
+def test_a_churning_table_grows_shrinks_and_loses_nothing():
+    # Many flows come and go (the buffers grow past their first size and give it back),
+    # some on both sides of a connection, some announced.
+    t = table(active=2, idle=3)
+    rng = np.random.default_rng(7)
+    sent, out = {}, []
+    for sec in range(1, 16):
+        ports = rng.choice(np.arange(1024, 9024), 1500, replace=False) if sec < 10 else []
+        ks = [key(int(p)) for p in ports]
+        ks += [key(80, int(p), direction=1, src=b"\x0a\x00\x00\x02", dst=b"\x0a\x00\x00\x01")
+               for p in ports[:300]]
+        if ks:
+            ann = keys(*ks[:50])
+            out.append(t.announce(ann, np.full(50, 70), np.full(50, sec * S), np.zeros(50)))
+            t.ingest(keys(*ks), values(*[(2, 140, sec * S, sec * S, 0)] * len(ks)))
+            for k in ks:
+                sent[k.tobytes()] = sent.get(k.tobytes(), 0) + 2
+        out.append(t.step(sec * S + 1, sec * S))
+    out.append(t.step(30 * S, 30 * S, final=True))
+    got: dict[bytes, int] = {}
+    for e in out:
+        for k, p in zip(e.keys, e.packets):
+            got[k.tobytes()] = got.get(k.tobytes(), 0) + int(p)
+    assert got == sent
+    assert len(t) == 0 and len(t._key_buf) == flowtable._MIN_CAPACITY
+
+
+def test_oldest_first_is_a_stable_sort_by_last_seen():
+    rng = np.random.default_rng(3)
+    for count in (1, 5, 50, 199, 200):
+        last = rng.integers(0, 20, 200).astype(np.uint64)  # many ties
+        rows = rng.permutation(1000)[:200]
+        want = rows[np.argsort(last, kind="stable")[:count]]
+        got = flowtable.oldest_first(rows, last, count)
+        assert sorted(got.tolist()) == sorted(want.tolist())
