@@ -227,20 +227,27 @@ class FlowBatch:
         receiver = np.flatnonzero(receiver)
         if not len(sender) or not len(receiver):
             return repeat, enforcement
-        # family, protocol, key flags, addresses, ports: the connection at either veth
-        signature = np.concatenate([
-            self.keys[rows, 5:44],
-            self.packets[rows].astype("<u8").view(np.uint8).reshape(-1, 8),
-            self.bytes[rows].astype("<u8").view(np.uint8).reshape(-1, 8),
-            np.stack([self.flow_end[rows], self.update[rows], self.outcome[rows]],
-                     axis=1).astype(np.uint8)], axis=1)
-        signature = np.ascontiguousarray(signature).view(
-            np.dtype((np.void, signature.shape[1]))).ravel()
-        known, first = np.unique(signature[sender], return_index=True)
-        at = np.searchsorted(known, signature[receiver]).clip(0, len(known) - 1)
-        pair = sender[first[at]]  # the sender's row of each receiver's connection
+        # family, protocol, key flags, addresses, ports (the connection at either veth),
+        # packets, bytes, end, update, outcome: 58 bytes, padded to eight 64-bit words
+        signature = np.zeros((len(rows), 64), np.uint8)
+        signature[:, :39] = self.keys[rows, 5:44]
+        signature[:, 39:47] = self.packets[rows].astype("<u8").view(np.uint8).reshape(-1, 8)
+        signature[:, 47:55] = self.bytes[rows].astype("<u8").view(np.uint8).reshape(-1, 8)
+        signature[:, 55] = self.flow_end[rows]
+        signature[:, 56] = self.update[rows]
+        signature[:, 57] = self.outcome[rows]
+        words = signature.view("<u8")
+        digest = np.full(len(rows), 0xCBF29CE484222325, np.uint64)
+        for i in range(8):
+            digest ^= words[:, i]
+            digest *= np.uint64(0x100000001B3)
+        order = sender[np.argsort(digest[sender], kind="stable")]
+        known = digest[order]
+        at = np.searchsorted(known, digest[receiver]).clip(0, len(known) - 1)
+        pair = order[at]  # the sender's row of each receiver's connection (by digest)
         mine, theirs = enforcement[receiver], enforcement[pair]
-        hit = (known[at] == signature[receiver]) & ((mine == theirs) | (mine == 0) | (theirs == 0))
+        hit = ((words[receiver] == words[pair]).all(axis=1)
+               & ((mine == theirs) | (mine == 0) | (theirs == 0)))
         repeat[receiver[hit]] = True
         enforcement[pair[hit]] = np.maximum(mine[hit], theirs[hit])  # equal, or one unset
         return repeat, enforcement

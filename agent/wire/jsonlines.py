@@ -223,7 +223,7 @@ class JsonLinesSink:
         self._pending, self._counts, self._times = [], [], []
         self._pending_lines = self.pending_bytes = 0
         try:
-            self.writer.write_lines(lines)
+            self.writer.write_lines(lines, [1] * len(lost_lines) + pending.counts)
         except ExportError as exc:
             written = len(lost_lines) + pending.lines - exc.unwritten
             self._mark_reported(spans[:written])

@@ -241,9 +241,16 @@ def json_lines(batch, lo: int = 0, hi: int | None = None, rows=None,
                  for ident, p in zip(idents, protos)]
         f_sec, f_ns = np.divmod(first[sel], _NS)
         l_sec, l_ns = np.divmod(last[sel], _NS)
-        uniq, inv = np.unique(np.concatenate([f_sec, l_sec]), return_inverse=True)
-        texts = [_second(s) for s in uniq.tolist()]
-        sec_text = [texts[j] for j in inv.tolist()]
+        seconds = np.concatenate([f_sec, l_sec])
+        base = int(seconds.min())
+        span = int(seconds.max()) - base + 1
+        if span <= 4096:  # a batch's records span seconds to minutes: index, no sort
+            texts = [_second(base + j) for j in range(span)]
+            sec_text = [texts[j] for j in (seconds - base).tolist()]
+        else:
+            uniq, inv = np.unique(seconds, return_inverse=True)
+            texts = [_second(x) for x in uniq.tolist()]
+            sec_text = [texts[j] for j in inv.tolist()]
         k = len(chosen)
         ids = batch.ident[chosen].tolist()
         flags = batch.tcp_flags[chosen]

@@ -178,31 +178,33 @@ class RotatingWriter:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def write_lines(self, lines: list[bytes]) -> None:
+    def write_lines(self, lines: list[bytes], counts: list[int] | None = None) -> None:
         """Write every line, rotating between lines when the next one would cross the size
         limit. An item of `lines` may hold several whole lines (a block, the flow log's
-        batch): it goes out in one write when it fits, else it is cut at a line boundary.
-        On failure raises ExportError with `.unwritten` = how many LINES were not written
-        (the file keeps only complete lines)."""
+        batch; `counts` says how many each holds, default one): it goes out in one write
+        when it fits, else it is cut at a line boundary. On failure raises ExportError with
+        `.unwritten` = how many LINES were not written (the file keeps only complete
+        lines)."""
         self.lines_in_current = 0
         if not lines:
             return
-        total = sum(item.count(b"\n") for item in lines)
+        if counts is None:
+            counts = [1] * len(lines)
+        total = sum(counts)
         done = 0
-        at = (0, 0)  # (item, offset in it) of the first byte not yet written
+        at = (0, 0, 0)  # item, byte offset in it, lines of it already written
         try:
             self.open()
             if self._needs_header:
                 self._write_header()
             while at[0] < len(lines):
-                chunk, after = self._next_chunk(lines, at)
+                chunk, count, after = self._next_chunk(lines, counts, at)
                 if not chunk:
                     self._rotate()
                     self.lines_in_current = 0
                     continue
                 self._write_all(chunk)
                 self._has_data = True
-                count = chunk.count(b"\n")
                 done += count
                 self.lines_in_current += count
                 at = after
@@ -214,32 +216,37 @@ class RotatingWriter:
             err.unwritten = total - done
             raise err from exc
 
-    def _next_chunk(self, lines: list[bytes], at: tuple[int, int]
-                    ) -> tuple[bytes, tuple[int, int]]:
-        """The whole lines from `at` that fit in the current file, and the position after
-        them. Empty when the file must rotate first."""
+    def _next_chunk(self, lines: list[bytes], counts: list[int], at: tuple[int, int, int]
+                    ) -> tuple[bytes, int, tuple[int, int, int]]:
+        """The whole lines from `at` that fit in the current file, how many, and the
+        position after them. Empty when the file must rotate first."""
         room = self.config.max_bytes - self._size
         parts = []
-        index, offset = at
+        count = 0
+        index, offset, taken = at
         while index < len(lines):
             item = lines[index]
             piece = item[offset:] if offset else item
             if len(piece) <= room or self.is_stdout:
                 parts.append(piece)
+                count += counts[index] - taken
                 room -= len(piece)
-                index, offset = index + 1, 0
+                index, offset, taken = index + 1, 0, 0
                 continue
             cut = piece.rfind(b"\n", 0, room) + 1  # the whole lines of the block that fit
             if not cut and not parts and not self._has_data:
                 # A line that fits no file at all goes alone into a fresh file.
                 cut = piece.find(b"\n") + 1 or len(piece)
             if cut:
-                parts.append(piece[:cut])
-                offset += cut
+                part = piece[:cut]
+                parts.append(part)
+                lines_in_part = part.count(b"\n")
+                count += lines_in_part
+                offset, taken = offset + cut, taken + lines_in_part
                 if offset >= len(item):
-                    index, offset = index + 1, 0
+                    index, offset, taken = index + 1, 0, 0
             break
-        return b"".join(parts), (index, offset)
+        return b"".join(parts), count, (index, offset, taken)
 
     def _write_all(self, data: bytes) -> None:
         """Write `data` completely or undo the partial write (truncate to the old size)."""
