@@ -24,7 +24,7 @@ import numpy as np
 from agent.datapath import abi
 from agent.datapath.decode import OBSERVATION_POINT as _OBSERVATION_POINT
 from agent.datapath.decode import InterfaceInfo, KtimeClock, pod_direction
-from agent.datapath.flowtable import key_hash
+from agent.datapath.flowtable import key_hash, row_hash, unique_rows
 from agent.wire import recordcols
 from podflow_api.v1 import flow_pb2
 
@@ -131,12 +131,11 @@ class FlowBatch:
             self.obs = np.zeros(0, np.uint8)
             self.direction = np.zeros(0, np.uint8)
             return
-        raw = np.ascontiguousarray(self.keys[:, :_GROUP_BYTES]).view(f"V{_GROUP_BYTES}").ravel()
-        uniq, inverse = np.unique(raw, return_inverse=True)
-        self.group = inverse.astype(np.int32).ravel()
+        first, inverse = unique_rows(self.keys[:, :_GROUP_BYTES])
+        self.group = inverse.astype(np.int32)
         groups = []
-        for value in uniq.tolist():
-            k = abi.FlowKey.from_buffer_copy(value + b"\0" * 4)
+        for value in first.tolist():
+            k = abi.FlowKey.from_buffer_copy(self.keys[value].tobytes())
             family = k.family
             groups.append(Group(k.ifindex, k.direction, family, k.proto,
                                 bool(k.flags & abi.PF_KEY_FRAGMENT),
@@ -217,11 +216,10 @@ class FlowBatch:
         enforcement = self.enforcement[rows]
         if len(rows) < 2:
             return repeat, enforcement
-        points = np.array([(f.flow.observation_point, f.flow.traffic_direction)
-                           for f in self.idents], np.int64).reshape(-1, 2)[self.ident[rows]]
-        veth = points[:, 0] == flow_pb2.POD_VETH
-        sender = np.flatnonzero(veth & (points[:, 1] == flow_pb2.FROM_POD))
-        receiver = veth & (points[:, 1] == flow_pb2.TO_POD)
+        obs, direction = self.obs[rows], self.direction[rows]
+        veth = obs == flow_pb2.POD_VETH
+        sender = np.flatnonzero(veth & (direction == flow_pb2.FROM_POD))
+        receiver = veth & (direction == flow_pb2.TO_POD)
         if self.extras:  # records with a payload of their own (DNS) are kept
             receiver &= ~np.isin(rows, np.fromiter(self.extras, np.int64))
         receiver = np.flatnonzero(receiver)
@@ -237,10 +235,7 @@ class FlowBatch:
         signature[:, 56] = self.update[rows]
         signature[:, 57] = self.outcome[rows]
         words = signature.view("<u8")
-        digest = np.full(len(rows), 0xCBF29CE484222325, np.uint64)
-        for i in range(8):
-            digest ^= words[:, i]
-            digest *= np.uint64(0x100000001B3)
+        digest = row_hash(signature)
         order = sender[np.argsort(digest[sender], kind="stable")]
         known = digest[order]
         at = np.searchsorted(known, digest[receiver]).clip(0, len(known) - 1)

@@ -56,18 +56,40 @@ _SRC, _DST, _SPORT, _DPORT = slice(8, 24), slice(24, 40), slice(40, 42), slice(4
 
 
 def key_hash(keys: np.ndarray) -> np.ndarray:
-    """A 64-bit hash per key ((n, 44) uint8): FNV-1a over the 32-bit words, then a final
-    mix so that keys differing in one port spread over the whole range."""
-    words = np.ascontiguousarray(keys).view("<u4").reshape(len(keys), _WORDS).astype(_U64)
-    h = np.full(len(keys), 0xCBF29CE484222325, dtype=_U64)
+    """A 64-bit hash per key ((n, 44) uint8): row_hash of the key."""
+    return row_hash(keys)
+
+
+def row_hash(rows: np.ndarray) -> np.ndarray:
+    """A 64-bit hash per row of bytes ((n, w) uint8, w a multiple of 4): FNV-1a over the
+    32-bit words, then a final mix so that rows differing in one port spread over the whole
+    range. Numpy sorts these far faster than the rows themselves (np.unique of raw bytes)."""
+    width = rows.shape[1] // 4
+    words = np.ascontiguousarray(rows).view("<u4").reshape(len(rows), width).astype(_U64)
+    h = np.full(len(rows), 0xCBF29CE484222325, dtype=_U64)
     prime = _U64(0x100000001B3)
-    for i in range(_WORDS):
+    for i in range(width):
         h ^= words[:, i]
         h *= prime
     h ^= h >> _U64(33)
     h *= _U64(0xFF51AFD7ED558CCD)
     h ^= h >> _U64(33)
     return h
+
+
+def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index of each distinct row's first occurrence, in row_hash order; the distinct row of
+    every row) for (n, w) uint8 rows, like np.unique(..., return_index, return_inverse) on
+    the rows as bytes, but sorting their 64-bit hashes (checked: rows that share a hash and
+    differ fall back to the byte sort)."""
+    digest = row_hash(rows)
+    _, first, inverse = np.unique(digest, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    if not (rows == rows[first[inverse]]).all():
+        raw = np.ascontiguousarray(rows).view(f"V{rows.shape[1]}").ravel()
+        _, first, inverse = np.unique(raw, return_index=True, return_inverse=True)
+        inverse = inverse.ravel()
+    return first, inverse
 
 
 def reverse_keys(keys: np.ndarray) -> np.ndarray:
