@@ -145,6 +145,13 @@ class BatchEnricher:
             rows = by_group[bounds[g]:bounds[g + 1]]
             if not len(rows):
                 continue
+            if self._judge is not None:
+                # A pair no policy isolates has one verdict for every port: one identity,
+                # not one per server port (churn over many ports).
+                for reply, client, server in ((False, group.source, group.destination),
+                                              (True, group.destination, group.source)):
+                    if self._judge.port_free(client, server):
+                        server_ports[rows[replies[rows] == reply]] = 0
             names = batch.group_names.get(g)
             base = (group, node, names, generation, detail)
             proto = _PROTO_NAMES.get(group.proto)

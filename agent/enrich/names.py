@@ -48,6 +48,9 @@ class ConnectionJudge(Protocol):
         and the finder each of those records is passed to (it sets what the record shows
         of the verdict); None when there is no verdict to give."""
 
+    def port_free(self, client_ip: str, server_ip: str) -> bool:
+        """Whether judge() gives client -> server one answer whatever the server port."""
+
 
 def guess_reply(which: str, l4, sport: int, dport: int) -> bool:
     """Whether a record without conntrack or Service knowledge is a reply: ICMP answers are;

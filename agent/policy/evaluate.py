@@ -162,11 +162,8 @@ class PolicyEvaluator:
         agent writes into records (agent/policy/judge.py) costs one lookup."""
         return self.lookup(src_ip, dst_ip, dst_port, protocol, True)
 
-    def lookup(self, src_ip: str, dst_ip: str, dst_port: int, protocol: str, derived: bool):
-        """evaluate (derived False) or evaluate_derived (True), without the extra call: this
-        runs once per new connection on the agent's hot path (agent/policy/judge.py), so it
-        reads as little as it can."""
-        snap = self._snap
+    def _entries(self, snap: Snapshot, src_ip: str, dst_ip: str) -> tuple[tuple, tuple]:
+        """The address entries (_end) of both ends, from the cache while current."""
         generation = self._cluster.generation
         ip_ends = snap.ip_ends
         src_entry = ip_ends.get(src_ip)
@@ -175,6 +172,22 @@ class PolicyEvaluator:
         dst_entry = ip_ends.get(dst_ip)
         if dst_entry is None or dst_entry[0] != generation:
             dst_entry = self._end(snap, dst_ip, generation)
+        return src_entry, dst_entry
+
+    def port_free(self, src_ip: str, dst_ip: str) -> bool:
+        """Whether connections from src to dst get one verdict whatever their port and
+        protocol: no policy isolates src's egress nor dst's ingress (or an end is not a
+        pod). Callers then judge such a pair once, not once per server port (a client of
+        many ports, a port scan, or replies mistaken for requests)."""
+        src_entry, dst_entry = self._entries(self._snap, src_ip, dst_ip)
+        return src_entry[6] < 0 and dst_entry[9] < 0  # out_id / in_id: _NA or _NI
+
+    def lookup(self, src_ip: str, dst_ip: str, dst_port: int, protocol: str, derived: bool):
+        """evaluate (derived False) or evaluate_derived (True), without the extra call: this
+        runs once per new connection on the agent's hot path (agent/policy/judge.py), so it
+        reads as little as it can."""
+        snap = self._snap
+        src_entry, dst_entry = self._entries(snap, src_ip, dst_ip)
         if protocol not in WITH_PORTS:
             dst_port = 0
         src_pod = src_entry[2]

@@ -80,7 +80,13 @@ class RecordJudge:
 
     def __init__(self, evaluator: PolicyEvaluator, known: bool = False) -> None:
         self._lookup = evaluator.lookup
+        self._port_free = evaluator.port_free
         self.known = known
+
+    def port_free(self, client_ip: str, server_ip: str) -> bool:
+        """Whether the verdict of client -> server is the same for every server port
+        (PolicyEvaluator.port_free); True while the policies are not known (no verdict)."""
+        return not self.known or self._port_free(client_ip, server_ip)
 
     def judge(self, client_ip: str, server_ip: str, server_port: int, protocol: str,
               reply: bool) -> tuple[bytes, Finder] | None:

@@ -398,3 +398,19 @@ def test_bounded_caches_stay_correct():
         assert ev.evaluate(src, CART1, 8080, "TCP").ingress.verdict == Verdict.DENIED
     stats = ev.cache_stats()
     assert stats["verdicts"] <= 4 and stats["identities"] <= 4 and stats["addresses"] <= 4
+
+
+def test_port_free_when_no_policy_isolates_the_pair():
+    """port_free: one verdict for every port of a pair (enrichment then judges the pair
+    once, not once per server port); any isolation of the client's egress or the server's
+    ingress makes ports matter."""
+    ev = evaluator(db_from({"podSelector": labels(app="cart")}, ports=[{"port": 5432}]))
+    assert ev.port_free(CART1, CHECKOUT) and ev.port_free(WORLD, CART1)
+    assert not ev.port_free(CART1, DB)        # db's ingress is isolated
+    assert ev.port_free(DB, CART1)            # db's egress is not
+    for port in (5432, 5433, 40000):          # and port_free pairs really are port-free
+        assert ev.evaluate(CART1, CHECKOUT, port, "TCP") == ev.evaluate(CART1, CHECKOUT, 1, "TCP")
+    assert not ev.port_free(CART_IN_DATA, DB)
+    assert ev.evaluate(CART_IN_DATA, DB, 5432, "TCP") != ev.evaluate(CART_IN_DATA, DB, 5433, "TCP")
+    deny_out = evaluator(DENY_EGRESS("shop"))
+    assert not deny_out.port_free(CART1, CHECKOUT)

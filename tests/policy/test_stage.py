@@ -275,3 +275,26 @@ def test_a_batch_record_gets_what_the_record_alone_gets(f, egress, ingress, find
     assert sides(got) == (egress, ingress, finding)
     alone, _ = pipeline(cluster(), conntrack())
     assert got.is_reply == judged(alone, f).is_reply
+
+
+def test_a_pair_no_policy_isolates_is_one_identity_whatever_its_ports():
+    """Churn over many server ports: a pair whose verdict cannot depend on the port is named
+    and judged once (PolicyEvaluator.port_free); a pair toward an isolated pod is judged per
+    server port, each record as it would be alone."""
+    from agent.enrich.batch import BatchEnricher
+    from tests import batches
+
+    state = cluster()
+    stage = PolicyStage.from_config(PolicySection(), state, AgentStats("node-a", "t"))
+    stage.start()
+    free = batches.batch(*[batches.rec(FRONTEND, PROBER, 40000 + i, 9000 + i) for i in range(300)])
+    BatchEnricher(state, conntrack(), judge=stage.judge).enrich(free)
+    assert len(free.idents) == 1
+    assert sides(free.flow(299))[:2] == ((NI, ()), (NI, ()))
+    isolated = batches.batch(*[batches.rec(CART1, DB0, 40000 + i, 5430 + i, "tcp") for i in range(4)])
+    BatchEnricher(state, conntrack(), judge=stage.judge).enrich(isolated)
+    assert len(isolated.idents) == 4
+    alone, _ = pipeline(cluster(), conntrack())
+    for i in range(4):
+        want = sides(judged(alone, record(CART1, 40000 + i, DB0, 5430 + i, "tcp")))[:2]
+        assert sides(isolated.flow(i))[:2] == want
