@@ -183,11 +183,13 @@ def framed(batch, prefix: bytes) -> list[tuple[int, bytes, int, int]]:
 
 # -- JSON lines ----------------------------------------------------------------------------
 
-# A record's line, after the identity's head (which ends inside l4: '"source_port":').
-_RECORD = ('{"flow":{"time":%s,%s%d,"destination_port":%d%s}},"packets":"%d","bytes":"%d",'
-           '"first_seen":"%s.%09dZ","last_seen":"%s.%09dZ"%s%s%s}}\n')
-_UPDATE = ('{"flow_update":{"time":%s,%s%d,"destination_port":%d%s}},'
-           '"first_seen":"%s.%09dZ","last_seen":"%s.%09dZ","flow_end":true%s}}\n')
+# A record's line: the prefix (the line's start, time and the identity's head, which ends
+# inside l4 at '"source_port":'), the record's own fields, then the suffix (flow_end, the
+# identity's tail for the record's policy finding, the outcome, the closing braces), made
+# once per distinct (identity, end, finding, outcome) of a batch.
+_RECORD = ('%s%d,"destination_port":%d%s}},"packets":"%d","bytes":"%d",'
+           '"first_seen":"%s.%09dZ","last_seen":"%s.%09dZ"%s')
+_UPDATE = '%s%d,"destination_port":%d%s}},"first_seen":"%s.%09dZ","last_seen":"%s.%09dZ"%s'
 _END = ("", ',"flow_end":true')
 _second_text: dict[int, str] = {}
 
@@ -230,15 +232,16 @@ def json_lines(batch, lo: int = 0, hi: int | None = None, rows=None,
     time_json = '"' + rfc3339_ns(batch.time_ns) + '"'
     idents = batch.idents
     protos = _ident_protos(batch)
-    tails = [ident.json_parts()[1] for ident in idents]
     update = batch.update[rows]
-    for template, sel in ((_RECORD, fast & ~update), (_UPDATE, fast & update)):
+    for is_update, sel in ((False, fast & ~update), (True, fast & update)):
         chosen = rows[sel]
         if not len(chosen):
             continue
-        heads = [_l4_head(ident.json_parts()[0] if template is _RECORD
-                          else ident.json_update_head(), p)
-                 for ident, p in zip(idents, protos)]
+        start = '{"flow_update":{"time":' if is_update else '{"flow":{"time":'
+        prefixes = [start + time_json + "," + _l4_head(
+            ident.json_update_head() if is_update else ident.json_parts()[0], p)
+            for ident, p in zip(idents, protos)]
+        ids = batch.ident[chosen]
         f_sec, f_ns = np.divmod(first[sel], _NS)
         l_sec, l_ns = np.divmod(last[sel], _NS)
         seconds = np.concatenate([f_sec, l_sec])
@@ -252,24 +255,29 @@ def json_lines(batch, lo: int = 0, hi: int | None = None, rows=None,
             texts = [_second(x) for x in uniq.tolist()]
             sec_text = [texts[j] for j in inv.tolist()]
         k = len(chosen)
-        ids = batch.ident[chosen].tolist()
-        flags = batch.tcp_flags[chosen]
-        flags = np.where(proto[sel] == 6, flags, 0).tolist()
-        times = [time_json] * k
-        columns = [times, [heads[g] for g in ids], sport[sel].tolist(), dport[sel].tolist(),
-                   [_FLAGS_JSON[b] for b in flags]]
-        if template is _RECORD:
+        tcp = proto[sel] == 6
+        flags = ([_FLAGS_JSON[b] for b in np.where(tcp, batch.tcp_flags[chosen], 0).tolist()]
+                 if tcp.any() else [""] * k)
+        # What follows the record's own fields, by (identity, end, finding, outcome).
+        ends = np.ones(k, np.int64) if is_update else batch.flow_end[chosen].astype(np.int64)
+        tail_key = ((ids.astype(np.int64) * 2 + ends) * 256
+                    + enforcement[sel].astype(np.int64)) * 256 + batch.outcome[chosen]
+        kinds, which = np.unique(tail_key, return_inverse=True)
+        suffixes = []
+        for key in kinds.tolist():
+            rest, outcome = divmod(key, 256)
+            rest, finding = divmod(rest, 256)
+            g, end = divmod(rest, 2)
+            tail = "" if is_update else (idents[g].tail(finding, True) if finding
+                                          else idents[g].json_parts()[1])
+            suffixes.append(_END[end] + tail + _OUTCOME_JSON.get(outcome, "") + "}}\n")
+        columns = [[prefixes[g] for g in ids.tolist()], sport[sel].tolist(),
+                   dport[sel].tolist(), flags]
+        if not is_update:
             columns += [batch.packets[chosen].tolist(), batch.bytes[chosen].tolist()]
-        columns += [sec_text[:k], f_ns.tolist(), sec_text[k:], l_ns.tolist()]
-        if template is _RECORD:
-            columns.append([_END[e] for e in batch.flow_end[chosen].tolist()])
-            findings = enforcement[sel]
-            if findings.any():  # NetworkPolicy findings: the tail of (identity, finding)
-                columns.append([idents[g].tail(e, True) if e else tails[g]
-                                for g, e in zip(ids, findings.tolist())])
-            else:
-                columns.append([tails[g] for g in ids])
-        columns.append([_OUTCOME_JSON.get(o, "") for o in batch.outcome[chosen].tolist()])
+        columns += [sec_text[:k], f_ns.tolist(), sec_text[k:], l_ns.tolist(),
+                    [suffixes[j] for j in which.ravel().tolist()]]
+        template = _UPDATE if is_update else _RECORD
         out.extend([template % args for args in zip(*columns)])
     slow = ~fast
     if slow.any():
