@@ -640,7 +640,10 @@ def read_podflow_log(path: str, res: RunResult, client_ip: str, server_ip: str) 
     if not every_point:
         # The flow log wrote the receiver's record of a flow only where it differed from the
         # sender's (agent/export/flowlog.py): the others' packets are in the sender's record.
-        folded = sum(p for ports, p in sent_by_flow.items() if ports not in received)
+        # The agent counts them (ServerStatus); the log alone cannot tell a folded record
+        # from one lost before the writer (its packets are counted as lost).
+        inferred = sum(p for ports, p in sent_by_flow.items() if ports not in received)
+        folded = res.kernel_errors.get("flow_log_receiver_packets_folded", inferred)
         res.folded_packets = folded
         churn_counted[receiver] += folded
         counted[receiver] += folded

@@ -197,7 +197,13 @@ class FlowLogExporter(Stage):
             rows = np.asarray(rows, np.int64)
             repeats, enforcement = batch.receiver_repeats(rows)
             if repeats.any():
-                self.receiver_repeats += int(repeats.sum())
+                folded = int(repeats.sum())
+                self.receiver_repeats += folded
+                # Told where losses are (podflow status, metrics): a reader summing the
+                # log's packets per veth knows what the senders' records hold for receivers.
+                self.stats.add_error("flow_log_receiver_records_folded", folded)
+                self.stats.add_error("flow_log_receiver_packets_folded",
+                                     int(batch.packets[rows[repeats]].sum()))
                 rows, enforcement = rows[~repeats], enforcement[~repeats]
         if columns and self._mask_tree is None and self._aggregator is None:
             text = recordcols.json_lines(batch, rows=np.asarray(rows, np.int64),

@@ -375,6 +375,9 @@ def test_a_pod_to_pod_flow_on_this_node_is_one_record_as_the_sender_s(tmp_path, 
     assert [(f["interface"]["name"], f["traffic_direction"], f["ip"]["source"]) for f in flows] \
         == [("veth5", "FROM_POD", "10.0.0.1"), ("veth7", "TO_POD", "10.0.0.3")]
     assert exp.receiver_repeats == 1
+    counted = stats.snapshot_datapath_errors()  # what `podflow status` shows
+    assert counted["flow_log_receiver_records_folded"] == 1
+    assert counted["flow_log_receiver_packets_folded"] == 1
 
 
 def test_records_that_differ_between_the_veths_are_both_written(tmp_path, store, stats):
