@@ -42,9 +42,10 @@ NO_ROTATION = RotationConfig(max_bytes=sys.maxsize, max_backups=0)  # one file, 
 
 
 # The agent's flow log keeps history by default: 100 MB x (1 + 30) of JSON lines, the
-# backups gzip-compressed (~14x on real flow logs, ~40x on churn): at 2,000 new flows/s seen
-# on two pod veths (~4 MB/s of records, measured by bench/churn.py) that is about 13
-# minutes, in ~320 MB of disk at most (100 MB written, 30 x ~7 MB compressed).
+# backups gzip-compressed (~14x on real flow logs, ~40x on churn): at 2,000 new one-packet
+# flows/s seen on two pod veths (~2 MB/s of records: one record per flow, ~1,000 B,
+# measured by bench/churn.py) that is about 26 minutes, in ~320 MB of disk at most (100 MB
+# written, 30 x ~7 MB compressed).
 FLOW_LOG_ROTATION = RotationConfig(max_bytes=100 * MIB, max_backups=30, compress=True)
 
 
