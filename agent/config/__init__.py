@@ -118,6 +118,12 @@ class DatapathSection(Section):
         """How often the reader polls the ring buffer: never slower than the sweep."""
         return min(0.1, self.sweep_interval_s)
 
+    @property
+    def busy_poll_interval_s(self) -> float:
+        """How often while new flows keep coming (agent/datapath/reader.py BUSY_EVENTS): each
+        poll's records are a batch through every stage, and a batch has a fixed cost."""
+        return min(0.25, self.sweep_interval_s)
+
 
 @dataclass(frozen=True)
 class AnnotateSection(Section):

@@ -197,3 +197,26 @@ def test_environment_errors_say_what_is_missing(tmp_path, caps, btf, headers, me
         assert f"linux-headers-{environment.platform.release()}" in str(err.value)
         assert "setup-host.sh" in str(err.value)
 
+
+
+def _reader(*argv: str):
+    from agent.datapath.reader import FlowReader
+    from agent.stats import AgentStats
+    return FlowReader(_datapath(*argv), AgentStats("n", "t"), lambda batch: None, None, {},
+                      None, consume_ring=lambda: None, sweep_extensions=lambda *a: [],
+                      kernel_errors=lambda: [], map_full_bytes=lambda: 0, error_names={})
+
+
+def test_the_reader_polls_less_often_while_new_flows_keep_coming():
+    """Each poll's records are a batch through every stage: a quiet node polls every 0.1 s
+    (first records at once), a node with new flows in every poll every 0.25 s."""
+    from agent.datapath.reader import BUSY_EVENTS
+
+    reader = _reader()
+    assert reader._next_wait_s() == 0.1
+    reader._last_events = BUSY_EVENTS  # what _announce leaves after a busy poll
+    assert reader._next_wait_s() == 0.25
+    assert reader._next_wait_s() == 0.1  # a quiet poll since
+    slow = _reader("--sweep-interval", "0.2")
+    slow._last_events = BUSY_EVENTS
+    assert slow._next_wait_s() == 0.2  # never slower than the sweep
