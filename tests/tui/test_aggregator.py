@@ -235,3 +235,27 @@ def test_an_update_goes_only_to_its_own_flow_even_when_first_packets_share_a_nan
     assert flow is update and not kept.flow_end and not newer.flow_end
     flow, _ = latest.apply(record(40001, end=True))
     assert flow is newer and newer.flow_end
+
+
+def test_latest_records_keep_the_newest_and_index_them_only_when_an_update_comes():
+    from tui.flowends import LatestRecords
+    from tui.records import Entry
+
+    def record(i: int, end: bool = False) -> flow_pb2.Flow:
+        f = flow_pb2.Flow(flow_end=end)
+        f.interface.index = 5
+        f.ip.source, f.ip.destination = "10.0.0.1", "10.0.0.2"
+        f.l4.udp.source_port, f.l4.udp.destination_port = 40000 + i % 20000, 53
+        f.first_seen.FromNanoseconds(1_700_000_000_000_000_000 + i)
+        return f
+
+    latest = LatestRecords(100)
+    records = [record(i) for i in range(1000)]
+    for f in records:
+        latest.remember(Entry(0, "a", f, flow_key(f), True))
+    assert not latest._latest  # nothing read until an update comes
+    flow, _ = latest.apply(record(999, end=True))
+    assert flow is records[999] and flow.flow_end
+    flow, _ = latest.apply(record(10, end=True))  # long evicted: shown alone
+    assert flow is not records[10] and not records[10].flow_end
+    assert len(latest._latest) <= 100
