@@ -39,8 +39,10 @@ import grpc
 from podflow_api.v1 import observer_pb2, observer_pb2_grpc
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+# --flow-log-every-point: each veth's records are held against its own counters (by default
+# the flow log writes a pod-to-pod flow once, as the sender's record).
 AGENT_ARGS = (*os.environ.get("PF_BENCH_AGENT_ARGS", "").split(),
-              "--active-timeout", "1", "--idle-timeout", "2")
+              "--active-timeout", "1", "--idle-timeout", "2", "--flow-log-every-point")
 
 
 def _cpu_s(pid: int) -> float:
