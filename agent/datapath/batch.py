@@ -187,13 +187,14 @@ class FlowBatch:
 
     # -- readers ------------------------------------------------------------------------
 
-    def record_bytes(self, i: int) -> bytes:
-        """Record i as a serialized Flow."""
-        return recordcols.record_proto(self, i)
+    def record_bytes(self, i: int, enforcement: int | None = None) -> bytes:
+        """Record i as a serialized Flow (`enforcement`: its policy finding instead of the
+        batch's, see receiver_repeats)."""
+        return recordcols.record_proto(self, i, enforcement)
 
-    def flow(self, i: int) -> flow_pb2.Flow:
+    def flow(self, i: int, enforcement: int | None = None) -> flow_pb2.Flow:
         """Record i as a Flow object (made now: for filters, objects-wanting readers, tests)."""
-        return flow_pb2.Flow.FromString(self.record_bytes(i))
+        return flow_pb2.Flow.FromString(self.record_bytes(i, enforcement))
 
     def stored_items(self, prefix: bytes) -> list[tuple[int, bytes, int, int]]:
         """Every record framed for the wire (made once, on the first reader's request)."""

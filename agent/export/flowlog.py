@@ -85,7 +85,6 @@ class FlowLogExporter(Stage):
         self.node_name = stats.node_name
         self.queue_size = config.queue_size
         self.every_point = config.every_point
-        self.receiver_repeats = 0  # records left out: a FROM_POD record beside them holds them
         header = logformat.header_fields(
             node_name=self.node_name, agent_version=stats.version, allowlist=self.allowlist,
             denylist=self.denylist, field_mask=self.field_mask, aggregate=self.aggregate,
@@ -197,11 +196,9 @@ class FlowLogExporter(Stage):
             rows = np.asarray(rows, np.int64)
             repeats, enforcement = batch.receiver_repeats(rows)
             if repeats.any():
-                folded = int(repeats.sum())
-                self.receiver_repeats += folded
                 # Told where losses are (podflow status, metrics): a reader summing the
                 # log's packets per veth knows what the senders' records hold for receivers.
-                self.stats.add_error("flow_log_receiver_records_folded", folded)
+                self.stats.add_error("flow_log_receiver_records_folded", int(repeats.sum()))
                 self.stats.add_error("flow_log_receiver_packets_folded",
                                      int(batch.packets[rows[repeats]].sum()))
                 rows, enforcement = rows[~repeats], enforcement[~repeats]
@@ -211,13 +208,11 @@ class FlowLogExporter(Stage):
             if text:  # one line per record
                 self.sink.add_block(text.encode(), len(rows), batch.time_ns)
             return
-        flows, updates = [], []
-        for at, i in enumerate(rows):
-            flow = batch.flow(i)
-            if enforcement is not None and enforcement[at] != batch.enforcement[i]:
-                flow.policy.enforcement = int(enforcement[at])  # the receiver's finding
-            flows.append(flow)
-            updates.append(bool(batch.update[i]))
+        if enforcement is None:  # no fold (Flow objects, or every point)
+            flows = [batch.flow(i) for i in rows]
+        else:  # with the receivers' findings moved to the senders' records
+            flows = [batch.flow(i, finding) for i, finding in zip(rows, enforcement.tolist())]
+        updates = [bool(batch.update[i]) for i in rows]
         if self._aggregator is not None:
             flows = [f for f, update in zip(flows, updates) if not update]
             if flows:

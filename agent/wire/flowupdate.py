@@ -21,17 +21,11 @@ LOG_FIELDS = ("time", "node_name", "interface", "traffic_direction", "ip", "l4",
 def log_part(flow: flow_pb2.Flow) -> flow_pb2.Flow:
     """The fields of an update that a flow log writes (LOG_FIELDS)."""
     part = flow_pb2.Flow()
-    for name in LOG_FIELDS:
-        if flow.HasField(name) if name in _MESSAGES else getattr(flow, name):
-            if name in _MESSAGES:
-                getattr(part, name).CopyFrom(getattr(flow, name))
-            else:
-                setattr(part, name, getattr(flow, name))
+    part.CopyFrom(flow)
+    for field, _ in flow.ListFields():
+        if field.name not in LOG_FIELDS:
+            part.ClearField(field.name)
     return part
-
-
-_MESSAGES = frozenset(f.name for f in flow_pb2.Flow.DESCRIPTOR.fields
-                      if f.message_type is not None)
 
 
 def identity(flow: flow_pb2.Flow) -> tuple:

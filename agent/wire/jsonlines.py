@@ -161,13 +161,7 @@ class JsonLinesSink:
     def add(self, line: bytes, time_ns: int = 0) -> None:
         """One whole line (ending in a newline). `time_ns`: the time of the record it holds,
         for the span of a loss report (0: now)."""
-        self._pending.append(line)
-        self._counts.append(1)
-        self._times.append(time_ns)
-        self._pending_lines += 1
-        self.pending_bytes += len(line)
-        if self.flush_bytes is not None and self.pending_bytes >= self.flush_bytes:
-            self.flush()
+        self.add_block(line, 1, time_ns)
 
     def add_many(self, lines: list[bytes], times_ns: list[int]) -> None:
         """add() for a batch (the flow log's hot path)."""
@@ -175,9 +169,7 @@ class JsonLinesSink:
         self._counts.extend([1] * len(lines))
         self._times.extend(times_ns)
         self._pending_lines += len(lines)
-        self.pending_bytes += sum(map(len, lines))
-        if self.flush_bytes is not None and self.pending_bytes >= self.flush_bytes:
-            self.flush()
+        self._added(sum(map(len, lines)))
 
     def add_block(self, block: bytes, count: int, time_ns: int = 0) -> None:
         """`count` whole lines in one bytes object, all holding records of about `time_ns`
@@ -189,9 +181,19 @@ class JsonLinesSink:
         self._counts.append(count)
         self._times.append(time_ns)
         self._pending_lines += count
-        self.pending_bytes += len(block)
+        self._added(len(block))
+
+    def _added(self, nbytes: int) -> None:
+        self.pending_bytes += nbytes
         if self.flush_bytes is not None and self.pending_bytes >= self.flush_bytes:
             self.flush()
+
+    def _take_pending(self) -> tuple[list[bytes], _Pending]:
+        """What is pending (items, and their line counts and times), the sink left empty."""
+        items, pending = self._pending, _Pending(self._counts, self._times, self._pending_lines)
+        self._pending, self._counts, self._times = [], [], []
+        self._pending_lines = self.pending_bytes = 0
+        return items, pending
 
     def write_line(self, text: str, time_ns: int = 0) -> None:
         """A line of text (without its newline)."""
@@ -218,10 +220,8 @@ class JsonLinesSink:
             return not self.failing
         if not self.failing and not self._follow_path():
             return False
-        lines = lost_lines + self._pending
-        pending = _Pending(self._counts, self._times, self._pending_lines)
-        self._pending, self._counts, self._times = [], [], []
-        self._pending_lines = self.pending_bytes = 0
+        items, pending = self._take_pending()
+        lines = lost_lines + items
         try:
             self.writer.write_lines(lines, [1] * len(lost_lines) + pending.counts)
         except ExportError as exc:
@@ -260,9 +260,7 @@ class JsonLinesSink:
 
     def _drop_pending(self, exc: ExportError) -> None:
         """The pending records cannot be written (the path cannot be opened): counted."""
-        pending = _Pending(self._counts, self._times, self._pending_lines)
-        self._pending, self._counts, self._times = [], [], []
-        self._pending_lines = self.pending_bytes = 0
+        _, pending = self._take_pending()
         if pending.lines:
             first_ns, last_ns = pending.span_of_last(pending.lines)
             self.count_lost(observer_pb2.EXPORTER_WRITE, pending.lines, first_ns, last_ns)

@@ -227,7 +227,6 @@ def json_lines(batch, lo: int = 0, hi: int | None = None, rows=None,
         fast &= ~np.isin(rows, np.fromiter(batch.extras, np.int64))
     if enforcement is None:
         enforcement = batch.enforcement[rows]
-
     out: list[str] = []
     time_json = '"' + rfc3339_ns(batch.time_ns) + '"'
     idents = batch.idents
@@ -268,8 +267,7 @@ def json_lines(batch, lo: int = 0, hi: int | None = None, rows=None,
             rest, outcome = divmod(key, 256)
             rest, finding = divmod(rest, 256)
             g, end = divmod(rest, 2)
-            tail = "" if is_update else (idents[g].tail(finding, True) if finding
-                                          else idents[g].json_parts()[1])
+            tail = "" if is_update else idents[g].tail(finding, True)
             suffixes.append(_END[end] + tail + _OUTCOME_JSON.get(outcome, "") + "}}\n")
         columns = [[prefixes[g] for g in ids.tolist()], sport[sel].tolist(),
                    dport[sel].tolist(), flags]
